@@ -1,0 +1,95 @@
+//! The only place that sequences phases: parse, log, then run the chosen subcommand.
+
+use std::io::Write as _;
+use std::process::{Command as ProcessCommand, ExitCode};
+
+use clap::Parser as _;
+
+use crate::cli::{Cli, Command};
+use crate::config::{self, Config, Hostname, Needs};
+use crate::error::{render_chain, Error};
+use crate::logging::{self, Sink};
+use crate::pid1::{self, Pid1, Pid1Error};
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    // First, before any thread exists: every thread inherits this mask.
+    if let Err(e) = pid1::signals::block() {
+        return fail(&Error::from(e));
+    }
+    let cli = match Cli::try_parse_from(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print to stdout and exit 0; usage errors exit 2.
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(error: &Error) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "kvm-manager: {}", render_chain(error));
+    ExitCode::from(error.exit_code())
+}
+
+fn run(cli: Cli) -> Result<u8, Error> {
+    let command = cli.command.unwrap_or(Command::Run {
+        qemu_extra: cli.qemu_extra,
+    });
+    let log = config::parse_log(&cli.settings)?;
+    let sink = match command {
+        Command::Run { .. } | Command::Network | Command::Supervise { .. } => Sink::Stdout,
+        Command::Image | Command::ConfigDrive { .. } | Command::QemuArgs { .. } => Sink::Stderr,
+    };
+    logging::init(&log, sink)?;
+
+    let hostname = Hostname::from_system()?;
+    let (needs, extra) = match &command {
+        Command::Run { qemu_extra } => (Needs::Image, qemu_extra.clone()),
+        Command::QemuArgs { qemu_extra } => (Needs::Nothing, qemu_extra.clone()),
+        Command::Image => (Needs::Image, Vec::new()),
+        _ => (Needs::Nothing, Vec::new()),
+    };
+    let config = Config::from_settings(&cli.settings, hostname, extra, needs)?;
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+
+    match command {
+        Command::Run { .. } => Err(Error::NotBuilt("image")),
+        Command::Image => Err(Error::NotBuilt("image")),
+        Command::Network => Err(Error::NotBuilt("network")),
+        Command::ConfigDrive { .. } => Err(Error::NotBuilt("config-drive")),
+        Command::QemuArgs { .. } => Err(Error::NotBuilt("qemu-args")),
+        Command::Supervise { command } => supervise(&config, command),
+    }
+}
+
+/// Runs an arbitrary command under our PID-1 supervision (the test hook for `pid1`).
+fn supervise(config: &Config, argv: Vec<std::ffi::OsString>) -> Result<u8, Error> {
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        let pid1 = Pid1::start()?;
+        let (program, args) = argv
+            .split_first()
+            .ok_or(Error::NotBuilt("supervise without a command"))?;
+        let mut command = ProcessCommand::new(program);
+        command.args(args);
+        let spawned = pid1.reaper().spawn(&mut command)?;
+        tracing::info!(pid = spawned.pid.as_raw(), program = ?program, "started");
+        let status = pid1.supervise(spawned, config.vm.shutdown_timeout).await?;
+        tracing::info!(%status, "main child ended");
+        Ok(status.code())
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Pid1(Pid1Error::Runtime(e)))
+}

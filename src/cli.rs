@@ -1,0 +1,208 @@
+//! The command line: every variable of the contract is also a `--kebab-case` flag.
+//!
+//! clap only collects strings here; [`crate::config`] turns them into typed values once, so
+//! that every validation error can name the variable, the bad value and the fix in one format.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::builder::FalseyValueParser;
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+const AFTER_HELP: &str = "\
+Every option can also be set through the environment variable shown next to it; a flag wins \
+over the variable. Arguments after `--` are appended to qemu's command line.
+
+Exit codes: 0 the VM powered off (or the subcommand succeeded); 1 internal error; 2 invalid \
+configuration or usage; 3 base image or overlay error; 4 network error; 5 config-drive error; \
+6 qemu could not be started; 69 a phase that this build does not implement yet; otherwise \
+qemu's own exit code, or 128+N when the supervised process was killed by signal N.";
+
+/// PID 1 for a pod that runs one virtual machine: fetches the base image, creates the pet
+/// overlay, wires the pod network to the VM, serves DHCP and DNS, builds the config drive,
+/// then launches and supervises qemu.
+#[derive(Debug, Parser)]
+#[command(name = "kvm-manager", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(flatten)]
+    pub settings: Settings,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Extra qemu arguments (after `--`) when no subcommand is given (`run` is implied).
+    #[arg(last = true, value_name = "QEMU_ARG")]
+    pub qemu_extra: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Everything (the default): image, network, DHCP/DNS, config drive, then qemu; stays PID 1
+    /// until the VM stops.
+    Run {
+        /// Extra qemu arguments, appended after ours.
+        #[arg(last = true, value_name = "QEMU_ARG")]
+        qemu_extra: Vec<String>,
+    },
+    /// Ensure the base image and the pet overlay, print both paths, exit.
+    Image,
+    /// Reconcile bridge, tap and NAT, then serve DHCP and DNS in the foreground until SIGTERM.
+    Network,
+    /// Build the config-drive ISO and exit.
+    ConfigDrive {
+        /// Where to write the ISO (written to a temporary name, then renamed).
+        #[arg(long, value_name = "PATH")]
+        output: PathBuf,
+    },
+    /// Print the qemu command line `run` would use, one argument per line; no side effects.
+    QemuArgs {
+        /// Extra qemu arguments, appended after ours.
+        #[arg(last = true, value_name = "QEMU_ARG")]
+        qemu_extra: Vec<String>,
+    },
+    /// Supervise COMMAND with kvm-manager's PID-1 semantics (signals, reaping, exit codes).
+    /// A test hook for the supervisor, not part of the contract.
+    #[command(hide = true)]
+    Supervise {
+        /// The program and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<OsString>,
+    },
+}
+
+/// The contract: raw strings as given; parsed and validated by [`crate::config`].
+#[derive(Debug, Args)]
+pub struct Settings {
+    /// Base image: an http(s):// URL, a file:// URL or a local path (qcow2 or raw; .xz, .gz
+    /// and .zst are decompressed).
+    #[arg(long, env = "IMG_SOURCE", global = true, value_name = "URL|PATH")]
+    pub img_source: Option<String>,
+
+    /// File name of the base image in IMAGE_DIR (no `/`, no `..`), or the absolute path of an
+    /// existing image. Default: the last path segment of IMG_SOURCE minus a compression suffix.
+    #[arg(long, env = "IMG_TARGET", global = true, value_name = "NAME|PATH")]
+    pub img_target: Option<String>,
+
+    /// Expected sha256 (64 hex digits) of the bytes as downloaded.
+    #[arg(long, env = "IMG_SHA256", global = true, value_name = "HEX")]
+    pub img_sha256: Option<String>,
+
+    /// Shared volume of base images (may be shared by many pods at once).
+    #[arg(
+        long,
+        env = "IMAGE_DIR",
+        global = true,
+        default_value = "/image",
+        value_name = "DIR"
+    )]
+    pub image_dir: PathBuf,
+
+    /// This VM's own volume: <hostname>.qcow2, the persisted MAC and other state.
+    #[arg(
+        long,
+        env = "PET_DIR",
+        global = true,
+        default_value = "/pet",
+        value_name = "DIR"
+    )]
+    pub pet_dir: PathBuf,
+
+    /// Address of the VM; VM_IP and VM_GW must be the two host addresses of one /30.
+    #[arg(long, env = "VM_IP", global = true, default_value = "192.168.254.2")]
+    pub vm_ip: String,
+
+    /// Address of our bridge (the VM's gateway, DHCP server and DNS forwarder).
+    #[arg(long, env = "VM_GW", global = true, default_value = "192.168.254.1")]
+    pub vm_gw: String,
+
+    /// MAC address of the VM's NIC. Default: derived from the hostname, persisted in PET_DIR.
+    #[arg(long, env = "VM_MAC", global = true, value_name = "MAC")]
+    pub vm_mac: Option<String>,
+
+    /// Number of virtual CPUs. Default: the container's CPU limit (cgroup quota), else 1.
+    #[arg(long, env = "VM_CPUS", global = true, value_name = "N")]
+    pub vm_cpus: Option<String>,
+
+    /// Guest memory, e.g. 2Gi, 1536M, or a bare number of MiB. Default: the container's memory
+    /// limit minus qemu's overhead, else 1Gi.
+    #[arg(long, env = "VM_MEMORY", global = true, value_name = "SIZE")]
+    pub vm_memory: Option<String>,
+
+    /// Virtual size of the overlay, e.g. 20Gi (grow-only). Default: the base image's size.
+    #[arg(long, env = "VM_DISK_SIZE", global = true, value_name = "SIZE")]
+    pub vm_disk_size: Option<String>,
+
+    /// No VNC: TCP 5900 goes to the VM like every other port. As a variable: set to anything
+    /// but empty, 0, false, no, off.
+    #[arg(long, env = "NO_VNC", global = true, action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
+    pub no_vnc: bool,
+
+    /// Require this password for VNC (set over QMP, never on qemu's command line).
+    #[arg(long, env = "VNC_PASSWORD", global = true, hide_env_values = true)]
+    pub vnc_password: Option<String>,
+
+    /// No DHCP server (the guest is configured otherwise). Same values as NO_VNC.
+    #[arg(long, env = "NO_DHCP", global = true, action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
+    pub no_dhcp: bool,
+
+    /// `forward`: DHCP hands out VM_GW and our forwarder relays to the pod's nameservers;
+    /// `passthrough`: DHCP hands out the pod's nameservers.
+    #[arg(long, env = "DNS_MODE", global = true, default_value = "forward")]
+    pub dns_mode: String,
+
+    /// User data for the config drive: a file or a ConfigMap directory.
+    #[arg(
+        long,
+        env = "USERDATA",
+        global = true,
+        default_value = "/userdata",
+        value_name = "PATH"
+    )]
+    pub userdata: PathBuf,
+
+    /// Metadata for the config drive: a file or a ConfigMap directory (YAML or JSON mapping).
+    #[arg(
+        long,
+        env = "METADATA",
+        global = true,
+        default_value = "/metadata",
+        value_name = "PATH"
+    )]
+    pub metadata: PathBuf,
+
+    /// `config-2` (OpenStack layout), `nocloud` (label cidata) or `none`.
+    #[arg(long, env = "CONFIG_DRIVE", global = true, default_value = "config-2")]
+    pub config_drive: String,
+
+    /// `auto` (kvm when /dev/kvm is usable, else tcg with a warning), `kvm` or `tcg`.
+    #[arg(long, env = "ACCEL", global = true, default_value = "auto")]
+    pub accel: String,
+
+    /// Path or name of the qemu binary (RHEL-style images: /usr/libexec/qemu-kvm).
+    #[arg(
+        long,
+        env = "QEMU",
+        global = true,
+        default_value = "qemu-system-x86_64"
+    )]
+    pub qemu: PathBuf,
+
+    /// Time the guest gets to power off after SIGTERM (ACPI power button, re-sent), before
+    /// qemu is told to quit and then killed. The default fits Kubernetes' default 30s grace.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", global = true, default_value = "25s")]
+    pub shutdown_timeout: String,
+
+    /// Port of our HTTP server (health, readiness, metrics, console); 0 disables it. It is
+    /// excluded from the NAT to the VM.
+    #[arg(long, env = "HTTP_PORT", global = true, default_value = "8080")]
+    pub http_port: String,
+
+    /// `text` or `json`.
+    #[arg(long, env = "LOG_FORMAT", global = true, default_value = "text")]
+    pub log_format: String,
+
+    /// `error`, `warn`, `info`, `debug`, `trace`, or tracing directives like
+    /// `info,kvm_manager::net=debug`.
+    #[arg(long, env = "LOG_LEVEL", global = true, default_value = "info")]
+    pub log_level: String,
+}

@@ -1,0 +1,75 @@
+//! The top-level error: wraps each module's error, decides the exit code, and is printed once
+//! as a chain by [`crate::app::main`].
+
+use std::fmt::Write as _;
+
+use crate::config::ConfigError;
+use crate::logging::LogError;
+use crate::pid1::Pid1Error;
+
+/// Exit codes, documented in the README and in `--help`.
+pub mod exit {
+    pub const INTERNAL: u8 = 1;
+    pub const CONFIG: u8 = 2;
+    pub const IMAGE: u8 = 3;
+    pub const NETWORK: u8 = 4;
+    pub const CONFIG_DRIVE: u8 = 5;
+    pub const QEMU_START: u8 = 6;
+    pub const NOT_BUILT: u8 = 69;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid configuration")]
+    Config(#[from] ConfigError),
+    #[error("could not start logging")]
+    Log(#[from] LogError),
+    #[error("supervisor failed")]
+    Pid1(#[from] Pid1Error),
+    #[error(
+        "the {0} phase is not implemented in this build of kvm-manager yet; `kvm-manager \
+         --help` lists what is"
+    )]
+    NotBuilt(&'static str),
+}
+
+impl Error {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) => exit::CONFIG,
+            Error::Log(_) => exit::CONFIG,
+            Error::Pid1(e) => e.exit_code(),
+            Error::NotBuilt(_) => exit::NOT_BUILT,
+        }
+    }
+}
+
+/// `error: top\n  caused by: next\n  caused by: root` — each message once.
+pub fn render_chain(error: &dyn std::error::Error) -> String {
+    let mut out = format!("error: {error}");
+    let mut source = error.source();
+    while let Some(cause) = source {
+        // Infallible: writing to a String.
+        let _ = write!(out, "\n  caused by: {cause}");
+        source = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_prints_every_cause_once_in_order() {
+        let err = Error::Config(ConfigError::Missing {
+            var: "IMG_SOURCE",
+            fix: "set it".into(),
+        });
+        assert_eq!(
+            render_chain(&err),
+            "error: invalid configuration\n  caused by: IMG_SOURCE (--img-source) is required: set it"
+        );
+        assert_eq!(err.exit_code(), exit::CONFIG);
+    }
+}

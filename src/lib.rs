@@ -1,0 +1,14 @@
+//! kvm-manager: PID 1 of a Kubernetes pod that turns the pod into one virtual machine.
+//!
+//! The binary (`src/main.rs`) only calls [`app::main`]. Everything else lives here so that the
+//! deciding half of each area can be unit-tested without root. Only [`app`] sequences phases;
+//! only [`sys`] contains `unsafe`.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod logging;
+pub mod pid1;
+pub mod size;
+pub mod sys;

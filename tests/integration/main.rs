@@ -1,0 +1,10 @@
+//! Integration tests: the real `kvm-manager` binary, in namespaces where root is needed.
+//!
+//! Tests that need root say so loudly and skip when not root; under CI (`CI` set) they fail
+//! instead, because CI runs as root and nothing may skip there.
+
+// Skips are announced on stderr, loudly, by design.
+#![allow(clippy::print_stderr)]
+
+mod pid1;
+mod support;
