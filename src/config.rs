@@ -635,7 +635,7 @@ fn parse_vm(settings: &Settings, extra_args: Vec<String>) -> Result<VmConfig, Co
                     "less than 64MiB (a bare number means MiB)",
                     FIX,
                 ))
-            } else if size.bytes() % MIB != 0 {
+            } else if !size.bytes().is_multiple_of(MIB) {
                 Err(invalid("VM_MEMORY", raw, "not a whole number of MiB", FIX))
             } else {
                 Ok(size)
@@ -647,7 +647,7 @@ fn parse_vm(settings: &Settings, extra_args: Vec<String>) -> Result<VmConfig, Co
             const FIX: &str = "e.g. VM_DISK_SIZE=20Gi (it only ever grows the disk), or unset it";
             let size = ByteSize::parse(raw, None)
                 .map_err(|e| invalid("VM_DISK_SIZE", raw, e.to_string(), FIX))?;
-            if size.bytes() < MIB || size.bytes() % 512 != 0 {
+            if size.bytes() < MIB || !size.bytes().is_multiple_of(512) {
                 Err(invalid(
                     "VM_DISK_SIZE",
                     raw,

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use crate::config::ConfigError;
 use crate::logging::LogError;
 use crate::pid1::Pid1Error;
+use crate::state::StateError;
 
 /// Exit codes, documented in the README and in `--help`.
 pub mod exit {
@@ -26,6 +27,8 @@ pub enum Error {
     Log(#[from] LogError),
     #[error("supervisor failed")]
     Pid1(#[from] Pid1Error),
+    #[error("could not load this VM's persisted state in PET_DIR")]
+    State(#[from] StateError),
     #[error(
         "the {0} phase is not implemented in this build of kvm-manager yet; `kvm-manager \
          --help` lists what is"
@@ -39,6 +42,7 @@ impl Error {
             Error::Config(_) => exit::CONFIG,
             Error::Log(_) => exit::CONFIG,
             Error::Pid1(e) => e.exit_code(),
+            Error::State(_) => exit::IMAGE,
             Error::NotBuilt(_) => exit::NOT_BUILT,
         }
     }

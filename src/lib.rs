@@ -5,10 +5,12 @@
 //! only [`sys`] contains `unsafe`.
 
 pub mod app;
+pub mod atomic_file;
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod logging;
 pub mod pid1;
 pub mod size;
+pub mod state;
 pub mod sys;

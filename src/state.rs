@@ -1,0 +1,164 @@
+//! What must stay the same for this VM across container restarts, persisted in `PET_DIR`:
+//! the NIC's MAC (a new MAC is a new NIC to the guest: new interface name, lost static
+//! config) and the instance id (cloud-init re-runs per-instance modules when it changes).
+//!
+//! The file is `PET_DIR/<hostname>.state.json`, written atomically. It is created on first
+//! start and only ever changed when the operator sets a different `VM_MAC`.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use macaddr::MacAddr6;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::Hostname;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("could not read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{path} is corrupt; move it aside to start with a new instance id (the MAC is derived \
+         from the hostname and stays the same)"
+    )]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("could not write {path} (is PET_DIR writable?)")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PetState {
+    /// `aa:bb:cc:dd:ee:ff`, lowercase.
+    pub mac: String,
+    /// A UUID, used as the config drive's instance id.
+    pub instance_id: String,
+}
+
+impl PetState {
+    pub fn mac(&self) -> MacAddr6 {
+        // Written by us from a MacAddr6 and checked on load.
+        self.mac.parse().unwrap_or_else(|_| MacAddr6::nil())
+    }
+}
+
+/// A locally administered unicast MAC derived from the hostname: `52:54:00` is qemu's own
+/// prefix, the rest comes from a hash of the hostname, so it is stable even before the state
+/// file exists.
+pub fn derived_mac(hostname: &Hostname) -> MacAddr6 {
+    let digest = Sha256::digest(hostname.as_str().as_bytes());
+    MacAddr6::new(0x52, 0x54, 0x00, digest[0], digest[1], digest[2])
+}
+
+pub fn path(pet_dir: &Path, hostname: &Hostname) -> PathBuf {
+    pet_dir.join(format!("{hostname}.state.json"))
+}
+
+fn format_mac(mac: MacAddr6) -> String {
+    mac.to_string().to_ascii_lowercase()
+}
+
+/// Loads the state, creating it on first start. `configured` (VM_MAC) wins over the stored MAC.
+pub fn load_or_create(
+    pet_dir: &Path,
+    hostname: &Hostname,
+    configured: Option<MacAddr6>,
+) -> Result<PetState, StateError> {
+    let path = path(pet_dir, hostname);
+    let stored = match std::fs::read(&path) {
+        Ok(bytes) => {
+            let state: PetState =
+                serde_json::from_slice(&bytes).map_err(|source| StateError::Parse {
+                    path: path.clone(),
+                    source,
+                })?;
+            if state.mac.parse::<MacAddr6>().is_err() || state.instance_id.is_empty() {
+                let source = serde_json::Error::io(io::Error::other("invalid mac or instance_id"));
+                return Err(StateError::Parse { path, source });
+            }
+            Some(state)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(source) => return Err(StateError::Read { path, source }),
+    };
+    let wanted_mac = configured.map(format_mac);
+    let state = match stored {
+        Some(state) if wanted_mac.as_ref().is_none_or(|m| *m == state.mac) => return Ok(state),
+        Some(state) => {
+            let mac = wanted_mac.unwrap_or_else(|| state.mac.clone());
+            tracing::warn!(old = %state.mac, new = %mac, "VM_MAC differs from the stored MAC; the guest will see a new NIC");
+            PetState { mac, ..state }
+        }
+        None => PetState {
+            mac: wanted_mac.unwrap_or_else(|| format_mac(derived_mac(hostname))),
+            instance_id: uuid::Uuid::new_v4().to_string(),
+        },
+    };
+    let bytes = serde_json::to_vec_pretty(&state).map_err(|source| StateError::Parse {
+        path: path.clone(),
+        source,
+    })?;
+    crate::atomic_file::write(&path, &bytes)
+        .map_err(|source| StateError::Write { path, source })?;
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str) -> Hostname {
+        Hostname::parse(name).expect("valid hostname")
+    }
+
+    #[test]
+    fn derived_mac_is_stable_unicast_and_differs_per_host() {
+        let a = derived_mac(&host("vm-0"));
+        assert_eq!(a, derived_mac(&host("vm-0")));
+        assert_ne!(a, derived_mac(&host("vm-1")));
+        assert_eq!(a.as_bytes()[0] & 1, 0, "unicast");
+        assert_eq!(&a.as_bytes()[..3], &[0x52, 0x54, 0x00]);
+    }
+
+    #[test]
+    fn state_survives_a_restart_unchanged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = load_or_create(dir.path(), &host("vm-0"), None).expect("create");
+        let second = load_or_create(dir.path(), &host("vm-0"), None).expect("reload");
+        assert_eq!(first, second);
+        assert_eq!(first.mac(), derived_mac(&host("vm-0")));
+        assert_eq!(first.instance_id.len(), 36);
+    }
+
+    #[test]
+    fn configured_mac_wins_and_keeps_the_instance_id() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = load_or_create(dir.path(), &host("vm-0"), None).expect("create");
+        let mac: MacAddr6 = "52:54:00:aa:bb:cc".parse().expect("mac");
+        let second = load_or_create(dir.path(), &host("vm-0"), Some(mac)).expect("override");
+        assert_eq!(second.mac(), mac);
+        assert_eq!(second.instance_id, first.instance_id);
+        let third = load_or_create(dir.path(), &host("vm-0"), None).expect("reload");
+        assert_eq!(third.mac(), mac, "the override is persisted");
+    }
+
+    #[test]
+    fn corrupt_state_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(path(dir.path(), &host("vm-0")), b"{not json").expect("write");
+        let err = load_or_create(dir.path(), &host("vm-0"), None).expect_err("corrupt");
+        assert!(err.to_string().contains("vm-0.state.json"), "{err}");
+    }
+}
