@@ -197,6 +197,11 @@ pub struct Settings {
     #[arg(long, env = "HTTP_PORT", global = true, default_value = "8080")]
     pub http_port: String,
 
+    /// Where kvm-manager keeps its sockets (qemu's QMP and serial console) and the config
+    /// drive it builds at start; `kvm-manager console` finds the VM there.
+    #[arg(long, env = "RUNTIME_DIR", global = true, default_value = "/run/kvm-manager", value_name = "DIR")]
+    pub runtime_dir: PathBuf,
+
     /// `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", global = true, default_value = "text")]
     pub log_format: String,

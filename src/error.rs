@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use crate::config::ConfigError;
 use crate::logging::LogError;
 use crate::pid1::Pid1Error;
+use crate::qemu::QemuError;
 use crate::state::StateError;
 
 /// Exit codes, documented in the README and in `--help`.
@@ -16,6 +17,8 @@ pub mod exit {
     pub const NETWORK: u8 = 4;
     pub const CONFIG_DRIVE: u8 = 5;
     pub const QEMU_START: u8 = 6;
+    /// The guest ignored the ACPI power button for SHUTDOWN_TIMEOUT; qemu was made to quit.
+    pub const SHUTDOWN_FORCED: u8 = 7;
     pub const NOT_BUILT: u8 = 69;
 }
 
@@ -27,6 +30,8 @@ pub enum Error {
     Log(#[from] LogError),
     #[error("supervisor failed")]
     Pid1(#[from] Pid1Error),
+    #[error("qemu failed")]
+    Qemu(#[from] QemuError),
     #[error("could not load this VM's persisted state in PET_DIR")]
     State(#[from] StateError),
     #[error(
@@ -43,6 +48,7 @@ impl Error {
             Error::Log(_) => exit::CONFIG,
             Error::Pid1(e) => e.exit_code(),
             Error::State(_) => exit::IMAGE,
+            Error::Qemu(e) => e.exit_code(),
             Error::NotBuilt(_) => exit::NOT_BUILT,
         }
     }

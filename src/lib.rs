@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod logging;
 pub mod pid1;
+pub mod qemu;
 pub mod size;
 pub mod state;
 pub mod sys;

@@ -1,0 +1,117 @@
+//! Golden argv files in tests/golden/qemu-args/: one argument per line, as `qemu-args`
+//! prints them. `UPDATE_GOLDEN=1 cargo test` rewrites them after a deliberate change.
+
+use std::path::PathBuf;
+
+use super::*;
+use crate::qemu::sizing::{self, Limits};
+
+fn golden(name: &str, argv: &[OsString]) {
+    let text: String = argv.iter().map(|a| format!("{}\n", a.to_string_lossy())).collect();
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/qemu-args").join(format!("{name}.txt"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, &text).expect("write golden");
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 creates it)", path.display()));
+    assert_eq!(text, want, "argv differs from {}", path.display());
+}
+
+fn base() -> Launch {
+    Launch {
+        qemu: "qemu-system-x86_64".into(),
+        name: "vm-0".into(),
+        accel: Accel::Kvm,
+        sizing: Sizing { cpus: 2, memory_mib: 2048 },
+        disk: "/pet/vm-0.qcow2".into(),
+        config_drive: Some("/run/kvm-manager/config-drive.iso".into()),
+        nic: Some(Nic { tap: "kvm-tap0".into(), mac: MacAddr6::new(0x52, 0x54, 0, 0x12, 0x34, 0x56), mtu: 1450, vhost: true }),
+        vnc: Some(Vnc { password: false }),
+        qmp_socket: "/run/kvm-manager/qmp.sock".into(),
+        extra: Vec::new(),
+    }
+}
+
+fn fixture_sizing(dir: &str, self_cgroup: &str) -> Sizing {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(dir);
+    sizing::decide(None, None, sizing::read_limits(&root, self_cgroup)).expect("fixture limits are large enough")
+}
+
+#[test]
+fn kvm_with_vnc_and_vhost() {
+    golden("kvm", &build(&base()));
+}
+
+#[test]
+fn tcg_without_vhost() {
+    let mut launch = base();
+    launch.accel = Accel::Tcg;
+    if let Some(nic) = launch.nic.as_mut() {
+        nic.vhost = false;
+    }
+    golden("tcg", &build(&launch));
+}
+
+#[test]
+fn no_vnc_has_no_display_and_no_tablet() {
+    let mut launch = base();
+    launch.vnc = None;
+    let argv = build(&launch);
+    assert!(!argv.iter().any(|a| a == "-vnc" || a == "usb-tablet"));
+    golden("no-vnc", &argv);
+}
+
+#[test]
+fn vnc_password_is_required_but_never_on_the_command_line() {
+    let mut launch = base();
+    launch.vnc = Some(Vnc { password: true });
+    golden("vnc-password", &build(&launch));
+}
+
+#[test]
+fn cgroup_v2_limits_size_the_vm() {
+    let mut launch = base();
+    launch.sizing = fixture_sizing("cgroup-v2", "0::/\n");
+    assert_eq!(launch.sizing, Sizing { cpus: 3, memory_mib: 3584 });
+    golden("cgroup-v2", &build(&launch));
+}
+
+#[test]
+fn cgroup_v1_limits_size_the_vm() {
+    let mut launch = base();
+    launch.sizing = fixture_sizing("cgroup-v1", "5:memory:/kubepods/x\n4:cpu,cpuacct:/kubepods/x\n");
+    assert_eq!(launch.sizing, Sizing { cpus: 1, memory_mib: 1344 });
+    golden("cgroup-v1", &build(&launch));
+}
+
+#[test]
+fn extra_args_come_last_unchanged() {
+    let mut launch = base();
+    launch.extra = vec!["-vga".into(), "none,odd".into(), "-device".into(), "virtio-rng-pci".into()];
+    let argv = build(&launch);
+    assert_eq!(argv[argv.len() - 4..], ["-vga", "none,odd", "-device", "virtio-rng-pci"].map(OsString::from));
+    golden("extra-args", &argv);
+}
+
+#[test]
+fn commas_in_paths_and_names_are_doubled() {
+    let mut launch = base();
+    launch.name = "odd,name".into();
+    launch.disk = "/pet/a,b.qcow2".into();
+    launch.config_drive = Some("/run/x,y/cd.iso".into());
+    launch.qmp_socket = "/run/q,m/qmp.sock".into();
+    let argv = build(&launch);
+    let joined: Vec<String> = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    assert!(joined.contains(&"file=/pet/a,,b.qcow2,if=none,id=disk0,format=qcow2,discard=unmap".to_owned()), "{joined:?}");
+    assert!(joined.contains(&"guest=odd,,name,debug-threads=on".to_owned()), "{joined:?}");
+    golden("commas", &argv);
+}
+
+#[test]
+fn without_config_drive_or_nic_there_is_no_cdrom_or_netdev() {
+    let mut launch = base();
+    launch.config_drive = None;
+    launch.nic = None;
+    let argv = build(&launch);
+    assert!(!argv.iter().any(|a| a == "-netdev" || a.to_string_lossy().starts_with("ide-cd")));
+}

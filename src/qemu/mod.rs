@@ -1,0 +1,55 @@
+//! qemu: the command line (pure), the process and its supervision, QMP, the console.
+
+pub mod accel;
+pub mod args;
+pub mod console;
+pub mod process;
+pub mod qmp;
+pub mod sizing;
+
+use std::path::PathBuf;
+
+use crate::pid1::{ExitStatus, Pid1Error};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error(
+        "QEMU={qemu}: not found (searched PATH={path}); install qemu-system-x86 in the image or \
+         set QEMU to the binary's path (RHEL-style images: /usr/libexec/qemu-kvm)",
+        qemu = qemu.display()
+    )]
+    NotFound { qemu: PathBuf, path: String },
+    #[error("could not start QEMU={}", qemu.display())]
+    Spawn {
+        qemu: PathBuf,
+        #[source]
+        source: Pid1Error,
+    },
+    #[error(transparent)]
+    Kvm(#[from] accel::KvmUnavailable),
+    #[error("could not size the VM")]
+    Sizing(#[from] sizing::SizingError),
+    #[error("could not create RUNTIME_DIR {}", path.display())]
+    RuntimeDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("qemu {status} before the VM was up; its last messages:\n{stderr}")]
+    EarlyExit { status: ExitStatus, stderr: String },
+    #[error("qemu is running but its QMP socket does not answer")]
+    Qmp(#[source] qmp::QmpError),
+    #[error("could not set the VNC password")]
+    VncPassword(#[source] qmp::QmpError),
+}
+
+impl QemuError {
+    pub fn exit_code(&self) -> u8 {
+        use crate::error::exit;
+        match self {
+            QemuError::EarlyExit { status, .. } if status.code() != 0 => status.code(),
+            QemuError::Sizing(_) => exit::CONFIG,
+            _ => exit::QEMU_START,
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Starting qemu and seeing it through to the end: console relay, QMP, and the graceful
+//! shutdown ladder (ACPI power button, re-pressed every few seconds, until
+//! `SHUTDOWN_TIMEOUT`; then QMP `quit`; then SIGKILL).
+//!
+//! qemu is not the main child for forwarded signals: qemu treats SIGHUP like SIGTERM (it
+//! quits without asking the guest) and uses SIGUSR1 internally, so nothing is passed on.
+
+use std::ffi::OsString;
+use std::io::ErrorKind;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::sync::oneshot;
+use tokio::time::{Instant, sleep, timeout};
+
+use super::QemuError;
+use super::console::{self, Ring, Stream};
+use super::qmp::Qmp;
+use crate::pid1::{ExitStatus, Pid1, Pid1Error};
+
+/// How often the power button is pressed again while the guest has not powered off.
+const REPRESS_EVERY: Duration = Duration::from_secs(5);
+/// How long qemu gets to obey `quit` before SIGKILL.
+const QUIT_GRACE: Duration = Duration::from_secs(5);
+/// How long qemu gets to open its QMP socket.
+const QMP_WAIT: Duration = Duration::from_secs(30);
+
+/// A started qemu.
+#[derive(Debug)]
+pub struct Qemu {
+    pub pid: Pid,
+    pub qmp: Qmp,
+    pub console: Arc<Ring>,
+    pub stderr: Arc<Ring>,
+    exit: oneshot::Receiver<ExitStatus>,
+    /// The guest console's input; kept open for the lifetime of qemu.
+    _stdin: Option<std::process::ChildStdin>,
+}
+
+/// How qemu ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub status: ExitStatus,
+    /// The guest did not power off in time: qemu was told to quit, or killed.
+    pub forced: bool,
+    /// qemu's last stderr lines.
+    pub stderr: Vec<String>,
+}
+
+/// Spawns qemu with `argv` (program first) and connects to its QMP socket.
+pub async fn start(pid1: &Pid1, argv: &[OsString], qmp_socket: &Path, vnc_password: Option<&str>) -> Result<Qemu, QemuError> {
+    let Some((program, args)) = argv.split_first() else {
+        return Err(QemuError::NotFound { qemu: "".into(), path: String::new() });
+    };
+    if let Some(dir) = qmp_socket.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| QemuError::RuntimeDir { path: dir.to_owned(), source })?;
+    }
+    let _ = std::fs::remove_file(qmp_socket);
+
+    let mut command = Command::new(program);
+    command.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let spawned = pid1.reaper().spawn(&mut command).map_err(|e| match e {
+        Pid1Error::Spawn { source, .. } if source.kind() == ErrorKind::NotFound => QemuError::NotFound {
+            qemu: program.into(),
+            path: std::env::var("PATH").unwrap_or_default(),
+        },
+        other => QemuError::Spawn { qemu: program.into(), source: other },
+    })?;
+    let mut child = spawned.child;
+    let pid = spawned.pid;
+    let mut exit = spawned.exit;
+    tracing::info!(pid = pid.as_raw(), "qemu started");
+
+    let console = Arc::new(Ring::new(1000));
+    let stderr = Arc::new(Ring::new(50));
+    if let Some(out) = child.stdout.take().and_then(|s| tokio::process::ChildStdout::from_std(s).ok()) {
+        let ring = Arc::clone(&console);
+        tokio::spawn(async move { console::pump(out, Stream::Guest, &ring).await });
+    }
+    if let Some(err) = child.stderr.take().and_then(|s| tokio::process::ChildStderr::from_std(s).ok()) {
+        let ring = Arc::clone(&stderr);
+        tokio::spawn(async move { console::pump(err, Stream::Qemu, &ring).await });
+    }
+
+    let qmp = match connect_qmp(qmp_socket, &mut exit).await {
+        Ok(qmp) => qmp,
+        Err(Connect::Exited(status)) => {
+            // Let the stderr relay catch qemu's last words.
+            sleep(Duration::from_millis(200)).await;
+            return Err(QemuError::EarlyExit { status, stderr: stderr.snapshot().join("\n") });
+        }
+        Err(Connect::Failed(e)) => {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = exit.await;
+            return Err(QemuError::Qmp(e));
+        }
+    };
+    if let Some(password) = vnc_password {
+        if let Err(e) = qmp.set_vnc_password(password).await {
+            let _ = qmp.quit().await;
+            let _ = timeout(QUIT_GRACE, &mut exit).await;
+            let _ = kill(pid, Signal::SIGKILL);
+            return Err(QemuError::VncPassword(e));
+        }
+    }
+    Ok(Qemu { pid, qmp, console, stderr, exit, _stdin: child.stdin.take() })
+}
+
+enum Connect {
+    Exited(ExitStatus),
+    Failed(super::qmp::QmpError),
+}
+
+async fn connect_qmp(path: &Path, exit: &mut oneshot::Receiver<ExitStatus>) -> Result<Qmp, Connect> {
+    let deadline = Instant::now() + QMP_WAIT;
+    loop {
+        tokio::select! {
+            status = &mut *exit => {
+                return Err(Connect::Exited(status.unwrap_or(ExitStatus::Exited(-1))));
+            }
+            attempt = Qmp::connect(path) => match attempt {
+                Ok(qmp) => return Ok(qmp),
+                Err(e) if Instant::now() >= deadline => return Err(Connect::Failed(e)),
+                Err(_) => sleep(Duration::from_millis(50)).await,
+            },
+        }
+    }
+}
+
+impl Qemu {
+    /// Waits until qemu exits; on SIGTERM/SIGINT shuts the guest down gracefully.
+    pub async fn supervise(mut self, pid1: &Pid1, shutdown_timeout: Duration) -> Outcome {
+        let (status, forced) = tokio::select! {
+            status = &mut self.exit => (status, false),
+            signal = pid1.shutdown_requested() => {
+                tracing::info!(%signal, timeout = %humantime::format_duration(shutdown_timeout), "shutting the guest down (ACPI power button)");
+                self.graceful(shutdown_timeout).await
+            }
+        };
+        let status = status.unwrap_or(ExitStatus::Exited(-1));
+        // Let the relays flush the last lines.
+        sleep(Duration::from_millis(100)).await;
+        Outcome { status, forced, stderr: self.stderr.snapshot() }
+    }
+
+    async fn graceful(&mut self, shutdown_timeout: Duration) -> (Result<ExitStatus, oneshot::error::RecvError>, bool) {
+        let deadline = Instant::now() + shutdown_timeout;
+        loop {
+            if let Err(e) = self.qmp.system_powerdown().await {
+                tracing::warn!(error = %e, "could not press the ACPI power button");
+            }
+            let wait_until = (Instant::now() + REPRESS_EVERY).min(deadline);
+            if let Ok(status) = tokio::time::timeout_at(wait_until, &mut self.exit).await {
+                tracing::info!("the guest powered off");
+                return (status, false);
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            tracing::info!("the guest is still running; pressing the power button again");
+        }
+        tracing::warn!(timeout = %humantime::format_duration(shutdown_timeout), "the guest did not power off within SHUTDOWN_TIMEOUT; telling qemu to quit");
+        if let Err(e) = self.qmp.quit().await {
+            tracing::warn!(error = %e, "QMP quit failed");
+        }
+        if let Ok(status) = timeout(QUIT_GRACE, &mut self.exit).await {
+            return (status, true);
+        }
+        tracing::warn!(pid = self.pid.as_raw(), "qemu ignored quit; killing it");
+        let _ = kill(self.pid, Signal::SIGKILL);
+        ((&mut self.exit).await, true)
+    }
+}
