@@ -1,0 +1,146 @@
+//! A simulated pod: a "node" network namespace linked by a veth to a "pod" namespace (pod IP
+//! on `eth0`, MTU 1450 like an overlay CNI, default route via the node), and kvm-manager
+//! started inside it as PID 1 of fresh PID, mount and UTS namespaces with the pod's hostname
+//! and a cluster-DNS style `/etc/resolv.conf` bind-mounted over the real one.
+//!
+//! Volumes are directories under one temporary directory, passed through the contract's
+//! variables (`IMAGE_DIR`, `PET_DIR`, `USERDATA`, `METADATA`, `RUNTIME_DIR`), so nothing is
+//! created outside it. Only private addresses, only on interfaces inside our namespaces.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::support::{BIN, Running};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub struct Pod {
+    pub tag: String,
+    pub node_ns: String,
+    pub pod_ns: String,
+    /// The node's address on the veth (also the "cluster DNS" address).
+    pub node_ip: String,
+    pub pod_ip: String,
+    pub hostname: String,
+    pub dir: tempfile::TempDir,
+}
+
+fn run(args: &[&str]) {
+    let status = Command::new(args[0]).args(&args[1..]).stdout(Stdio::null()).status().expect("run a setup command");
+    assert!(status.success(), "{args:?} failed");
+}
+
+impl Pod {
+    /// A new pod whose namespaces are named `<prefix><n>-node` / `-pod`.
+    pub fn new(prefix: &str, hostname: &str) -> Self {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst) + std::process::id() % 50 * 4;
+        let tag = format!("{prefix}{n}");
+        let node_ns = format!("{tag}-node");
+        let pod_ns = format!("{tag}-pod");
+        let subnet = format!("10.{}.{}", 200 + (n / 250) % 50, n % 250);
+        let (node_ip, pod_ip) = (format!("{subnet}.1"), format!("{subnet}.2"));
+        for ns in [&node_ns, &pod_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+            run(&["ip", "netns", "add", ns]);
+        }
+        let veth_node = format!("{tag}n");
+        run(&["ip", "-n", &node_ns, "link", "add", &veth_node, "mtu", "1450", "type", "veth", "peer", "name", "eth0", "netns", &pod_ns, "mtu", "1450"]);
+        run(&["ip", "-n", &node_ns, "addr", "add", &format!("{node_ip}/24"), "dev", &veth_node]);
+        run(&["ip", "-n", &node_ns, "link", "set", &veth_node, "up"]);
+        run(&["ip", "-n", &node_ns, "link", "set", "lo", "up"]);
+        run(&["ip", "-n", &pod_ns, "addr", "add", &format!("{pod_ip}/24"), "dev", "eth0"]);
+        run(&["ip", "-n", &pod_ns, "link", "set", "eth0", "up"]);
+        run(&["ip", "-n", &pod_ns, "link", "set", "lo", "up"]);
+        run(&["ip", "-n", &pod_ns, "route", "add", "default", "via", &node_ip]);
+
+        let dir = tempfile::tempdir().expect("pod tempdir");
+        for sub in ["image", "pet", "userdata", "metadata", "run"] {
+            std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir volume");
+        }
+        std::fs::write(
+            dir.path().join("resolv.conf"),
+            format!(
+                "search default.svc.cluster.local svc.cluster.local cluster.local\nnameserver {node_ip}\noptions ndots:5\n"
+            ),
+        )
+        .expect("write resolv.conf");
+        Self { tag, node_ns, pod_ns, node_ip, pod_ip, hostname: hostname.to_owned(), dir }
+    }
+
+    pub fn path(&self, sub: &str) -> PathBuf {
+        self.dir.path().join(sub)
+    }
+
+    /// The contract's volume variables pointing into this pod's directory.
+    pub fn volume_env(&self) -> Vec<(String, String)> {
+        let p = |s: &str| self.path(s).to_string_lossy().into_owned();
+        vec![
+            ("IMAGE_DIR".into(), p("image")),
+            ("PET_DIR".into(), p("pet")),
+            ("USERDATA".into(), p("userdata")),
+            ("METADATA".into(), p("metadata")),
+            ("RUNTIME_DIR".into(), p("run")),
+        ]
+    }
+
+    /// `kvm-manager ARGS` as PID 1 of the pod (fresh PID, mount and UTS namespaces).
+    pub fn kvm_manager(&self, args: &[&str], env: &[(&str, &str)]) -> Running {
+        let script = r#"set -e
+hostname "$POD_HOSTNAME"
+mount --bind "$POD_RESOLV" /etc/resolv.conf
+exec "$@""#;
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.pod_ns, "unshare", "--pid", "--fork", "--mount-proc", "--mount", "--uts", "--kill-child"])
+            .args(["sh", "-c", script, "pod-init", BIN])
+            .args(args)
+            .env("POD_HOSTNAME", &self.hostname)
+            .env("POD_RESOLV", self.path("resolv.conf"))
+            .env("LOG_LEVEL", "info");
+        command.envs(self.volume_env());
+        command.envs(env.iter().copied());
+        Running::spawn(&mut command)
+    }
+
+    /// A command run in the node namespace.
+    pub fn node(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.node_ns, program]);
+        command
+    }
+
+    /// A command run in the pod namespace (beside kvm-manager, like `kubectl exec`).
+    pub fn exec(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.pod_ns, program]);
+        command
+    }
+
+    /// Pids of every process inside the pod's network namespace.
+    pub fn pids(&self) -> Vec<String> {
+        let out = Command::new("ip").args(["netns", "pids", &self.pod_ns]).output().expect("ip netns pids");
+        String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect()
+    }
+}
+
+/// Copies `src` into the pod's image volume under `name`.
+pub fn stage_image(pod: &Pod, src: &Path, name: &str) -> PathBuf {
+    let target = pod.path("image").join(name);
+    std::fs::copy(src, &target).expect("copy guest image");
+    target
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        for ns in [&self.pod_ns, &self.node_ns] {
+            let out = Command::new("ip").args(["netns", "pids", ns]).output();
+            if let Ok(out) = out {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
