@@ -199,7 +199,13 @@ pub struct Settings {
 
     /// Where kvm-manager keeps its sockets (qemu's QMP and serial console) and the config
     /// drive it builds at start; `kvm-manager console` finds the VM there.
-    #[arg(long, env = "RUNTIME_DIR", global = true, default_value = "/run/kvm-manager", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "RUNTIME_DIR",
+        global = true,
+        default_value = "/run/kvm-manager",
+        value_name = "DIR"
+    )]
     pub runtime_dir: PathBuf,
 
     /// `text` or `json`.

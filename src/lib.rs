@@ -9,6 +9,7 @@ pub mod atomic_file;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod logging;
 pub mod pid1;
 pub mod qemu;

@@ -70,6 +70,37 @@ fn format_mac(mac: MacAddr6) -> String {
     mac.to_string().to_ascii_lowercase()
 }
 
+/// The state as `run` would see it, without writing anything: the stored state, else what
+/// would be created (with a placeholder instance id). For `qemu-args`.
+pub fn peek(
+    pet_dir: &Path,
+    hostname: &Hostname,
+    configured: Option<MacAddr6>,
+) -> Result<PetState, StateError> {
+    let path = path(pet_dir, hostname);
+    let stored = match std::fs::read(&path) {
+        Ok(bytes) => Some(
+            serde_json::from_slice::<PetState>(&bytes).map_err(|source| StateError::Parse {
+                path: path.clone(),
+                source,
+            })?,
+        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(source) => return Err(StateError::Read { path, source }),
+    };
+    let mac = configured.map(format_mac);
+    Ok(match stored {
+        Some(state) => PetState {
+            mac: mac.unwrap_or(state.mac),
+            ..state
+        },
+        None => PetState {
+            mac: mac.unwrap_or_else(|| format_mac(derived_mac(hostname))),
+            instance_id: "(created on first run)".to_owned(),
+        },
+    })
+}
+
 /// Loads the state, creating it on first start. `configured` (VM_MAC) wins over the stored MAC.
 pub fn load_or_create(
     pet_dir: &Path,
@@ -152,6 +183,19 @@ mod tests {
         assert_eq!(second.instance_id, first.instance_id);
         let third = load_or_create(dir.path(), &host("vm-0"), None).expect("reload");
         assert_eq!(third.mac(), mac, "the override is persisted");
+    }
+
+    #[test]
+    fn peek_writes_nothing_and_agrees_with_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let peeked = peek(dir.path(), &host("vm-0"), None).expect("peek");
+        assert!(
+            std::fs::read_dir(dir.path()).expect("ls").next().is_none(),
+            "peek wrote a file"
+        );
+        let loaded = load_or_create(dir.path(), &host("vm-0"), None).expect("create");
+        assert_eq!(peeked.mac, loaded.mac);
+        assert_eq!(peek(dir.path(), &host("vm-0"), None).expect("peek"), loaded);
     }
 
     #[test]

@@ -1,0 +1,62 @@
+//! Prometheus metrics: one recorder for the process, rendered as text on `/metrics`.
+//!
+//! Names (all prefixed `kvm_manager_`): `phase_seconds{phase}` (how long each start phase
+//! took), `image_download_bytes_total`, `dhcp_leases_total`, `dhcp_renewals_total`,
+//! `dns_queries_total{upstream}`, `dns_failures_total{upstream}`, `qemu_up`, `vm_phase{phase}`,
+//! `guest_shutdowns_total{how}`, `starts_total`.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use super::AppState;
+use super::health::Phase;
+
+/// Handle to the process-wide recorder (installed once).
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    handle: Option<PrometheusHandle>,
+}
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+impl Metrics {
+    /// Installs the recorder on first use; later calls share it.
+    pub fn install() -> Self {
+        let handle = HANDLE.get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics are disabled: could not install the recorder");
+                None
+            }
+        });
+        Self { handle: handle.clone() }
+    }
+
+    pub fn render(&self) -> String {
+        self.handle.as_ref().map(PrometheusHandle::render).unwrap_or_default()
+    }
+}
+
+pub fn phase_took(phase: &'static str, took: Duration) {
+    metrics::gauge!("kvm_manager_phase_seconds", "phase" => phase).set(took.as_secs_f64());
+}
+
+pub fn set_phase(phase: Phase) {
+    for p in [Phase::Starting, Phase::Running, Phase::ShuttingDown, Phase::Stopped] {
+        metrics::gauge!("kvm_manager_vm_phase", "phase" => p.name()).set(if p == phase { 1.0 } else { 0.0 });
+    }
+    metrics::gauge!("kvm_manager_qemu_up").set(if matches!(phase, Phase::Running | Phase::ShuttingDown) { 1.0 } else { 0.0 });
+}
+
+pub fn guest_shutdown(how: &'static str) {
+    metrics::counter!("kvm_manager_guest_shutdowns_total", "how" => how).increment(1);
+}
+
+pub(crate) async fn render(State(state): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+}

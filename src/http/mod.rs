@@ -1,0 +1,79 @@
+//! kvm-manager's own HTTP server on `HTTP_PORT`: `/healthz`, `/readyz`, `/metrics` and a web
+//! console (noVNC over a WebSocket that we bridge to qemu's VNC).
+//!
+//! It runs as a task beside the VM and never blocks PID 1's main work: connections are
+//! bounded, handlers have timeouts, and a failure to bind is reported, not fatal to the VM.
+
+pub mod health;
+pub mod metrics;
+pub mod webconsole;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+
+pub use health::{Phase, Readiness, VmStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("could not listen on HTTP_PORT {port} (is another process using it?)")]
+    Bind {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What the server needs to answer.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub port: u16,
+    /// Where the vendored noVNC files are (`core/rfb.js` below it).
+    pub novnc_dir: PathBuf,
+    /// qemu's VNC server; `None` with `NO_VNC`.
+    pub vnc: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct AppState {
+    status: Arc<VmStatus>,
+    metrics: metrics::Metrics,
+    vnc: Option<SocketAddr>,
+    ws_slots: Arc<tokio::sync::Semaphore>,
+}
+
+pub fn router(config: &HttpConfig, status: Arc<VmStatus>, metrics: metrics::Metrics) -> Router {
+    let state = AppState {
+        status,
+        metrics,
+        vnc: config.vnc,
+        ws_slots: Arc::new(tokio::sync::Semaphore::new(webconsole::MAX_VIEWERS)),
+    };
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::render))
+        .route("/", get(webconsole::page))
+        .route("/websockify", get(webconsole::websocket))
+        .nest_service("/novnc", tower_http::services::ServeDir::new(&config.novnc_dir))
+        .with_state(state)
+}
+
+/// Binds `0.0.0.0:port` (the pod IP, for the kubelet's probes) and serves in a task.
+pub async fn serve(config: &HttpConfig, status: Arc<VmStatus>, metrics: metrics::Metrics) -> Result<SocketAddr, HttpError> {
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, config.port))
+        .await
+        .map_err(|source| HttpError::Bind { port: config.port, source })?;
+    let addr = listener.local_addr().map_err(|source| HttpError::Bind { port: config.port, source })?;
+    let app = router(config, status, metrics);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the HTTP server stopped");
+        }
+    });
+    tracing::info!(%addr, "HTTP server listening (/healthz, /readyz, /metrics, web console at /)");
+    Ok(addr)
+}
