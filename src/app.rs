@@ -43,7 +43,10 @@ fn run(cli: Cli) -> Result<u8, Error> {
     let log = config::parse_log(&cli.settings)?;
     let sink = match command {
         Command::Run { .. } | Command::Network | Command::Supervise { .. } => Sink::Stdout,
-        Command::Image | Command::ConfigDrive { .. } | Command::QemuArgs { .. } => Sink::Stderr,
+        Command::Image
+        | Command::ConfigDrive { .. }
+        | Command::QemuArgs { .. }
+        | Command::Console => Sink::Stderr,
     };
     logging::init(&log, sink)?;
 
@@ -66,6 +69,11 @@ fn run(cli: Cli) -> Result<u8, Error> {
         Command::ConfigDrive { .. } => Err(Error::NotBuilt("config-drive")),
         Command::QemuArgs { .. } => Err(Error::NotBuilt("qemu-args")),
         Command::Supervise { command } => supervise(&config, command),
+        Command::Console => {
+            crate::qemu::attach::attach(&crate::qemu::attach::socket_path(&config.runtime_dir))
+                .map_err(crate::qemu::QemuError::from)?;
+            Ok(0)
+        }
     }
 }
 

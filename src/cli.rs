@@ -60,6 +60,9 @@ pub enum Command {
         #[arg(last = true, value_name = "QEMU_ARG")]
         qemu_extra: Vec<String>,
     },
+    /// Attach this terminal to the guest's serial console (e.g. `kubectl exec -it POD --
+    /// kvm-manager console`); Ctrl-] detaches and leaves the VM running.
+    Console,
     /// Supervise COMMAND with kvm-manager's PID-1 semantics (signals, reaping, exit codes).
     /// A test hook for the supervisor, not part of the contract.
     #[command(hide = true)]

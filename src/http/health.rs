@@ -5,8 +5,8 @@
 //! the moment shutdown starts.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -69,7 +69,12 @@ pub struct VmStatus {
 
 impl VmStatus {
     pub fn new(readiness: Readiness) -> Self {
-        Self { phase: AtomicU8::new(Phase::Starting as u8), lease: AtomicBool::new(false), readiness, qmp: Mutex::new(None) }
+        Self {
+            phase: AtomicU8::new(Phase::Starting as u8),
+            lease: AtomicBool::new(false),
+            readiness,
+            qmp: Mutex::new(None),
+        }
     }
 
     pub fn phase(&self) -> Phase {
@@ -82,7 +87,10 @@ impl VmStatus {
     }
 
     pub fn set_qmp(&self, qmp: Option<Qmp>) {
-        *self.qmp.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = qmp;
+        *self
+            .qmp
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = qmp;
     }
 
     /// Called by the DHCP server when the VM's MAC is ACKed its address.
@@ -91,7 +99,10 @@ impl VmStatus {
     }
 
     fn qmp(&self) -> Option<Qmp> {
-        self.qmp.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.qmp
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Liveness: qemu runs and answers `query-status`.
@@ -115,10 +126,17 @@ impl VmStatus {
             phase => return Err(format!("not ready: {}", phase.name())),
         }
         match self.readiness {
-            Readiness::Lease if self.lease.load(Ordering::SeqCst) => Ok("the guest holds its DHCP lease".to_owned()),
+            Readiness::Lease if self.lease.load(Ordering::SeqCst) => {
+                Ok("the guest holds its DHCP lease".to_owned())
+            }
             Readiness::Lease => Err("the guest has not taken its DHCP lease yet".to_owned()),
             Readiness::TcpPort(addr) => {
-                match tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await {
+                match tokio::time::timeout(
+                    Duration::from_secs(1),
+                    tokio::net::TcpStream::connect(addr),
+                )
+                .await
+                {
                     Ok(Ok(_)) => Ok(format!("the guest answers on {addr}")),
                     _ => Err(format!("the guest does not answer on {addr} yet")),
                 }

@@ -13,8 +13,8 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use super::AppState;
 use super::health::Phase;
+use super::AppState;
 
 /// Handle to the process-wide recorder (installed once).
 #[derive(Debug, Clone)]
@@ -34,11 +34,16 @@ impl Metrics {
                 None
             }
         });
-        Self { handle: handle.clone() }
+        Self {
+            handle: handle.clone(),
+        }
     }
 
     pub fn render(&self) -> String {
-        self.handle.as_ref().map(PrometheusHandle::render).unwrap_or_default()
+        self.handle
+            .as_ref()
+            .map(PrometheusHandle::render)
+            .unwrap_or_default()
     }
 }
 
@@ -47,10 +52,25 @@ pub fn phase_took(phase: &'static str, took: Duration) {
 }
 
 pub fn set_phase(phase: Phase) {
-    for p in [Phase::Starting, Phase::Running, Phase::ShuttingDown, Phase::Stopped] {
-        metrics::gauge!("kvm_manager_vm_phase", "phase" => p.name()).set(if p == phase { 1.0 } else { 0.0 });
+    for p in [
+        Phase::Starting,
+        Phase::Running,
+        Phase::ShuttingDown,
+        Phase::Stopped,
+    ] {
+        metrics::gauge!("kvm_manager_vm_phase", "phase" => p.name()).set(if p == phase {
+            1.0
+        } else {
+            0.0
+        });
     }
-    metrics::gauge!("kvm_manager_qemu_up").set(if matches!(phase, Phase::Running | Phase::ShuttingDown) { 1.0 } else { 0.0 });
+    metrics::gauge!("kvm_manager_qemu_up").set(
+        if matches!(phase, Phase::Running | Phase::ShuttingDown) {
+            1.0
+        } else {
+            0.0
+        },
+    );
 }
 
 pub fn guest_shutdown(how: &'static str) {
@@ -58,5 +78,8 @@ pub fn guest_shutdown(how: &'static str) {
 }
 
 pub(crate) async fn render(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
 }

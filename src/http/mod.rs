@@ -12,8 +12,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::routing::get;
+use axum::Router;
 
 pub use health::{Phase, Readiness, VmStatus};
 
@@ -58,16 +58,29 @@ pub fn router(config: &HttpConfig, status: Arc<VmStatus>, metrics: metrics::Metr
         .route("/metrics", get(metrics::render))
         .route("/", get(webconsole::page))
         .route("/websockify", get(webconsole::websocket))
-        .nest_service("/novnc", tower_http::services::ServeDir::new(&config.novnc_dir))
+        .nest_service(
+            "/novnc",
+            tower_http::services::ServeDir::new(&config.novnc_dir),
+        )
         .with_state(state)
 }
 
 /// Binds `0.0.0.0:port` (the pod IP, for the kubelet's probes) and serves in a task.
-pub async fn serve(config: &HttpConfig, status: Arc<VmStatus>, metrics: metrics::Metrics) -> Result<SocketAddr, HttpError> {
+pub async fn serve(
+    config: &HttpConfig,
+    status: Arc<VmStatus>,
+    metrics: metrics::Metrics,
+) -> Result<SocketAddr, HttpError> {
     let listener = tokio::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, config.port))
         .await
-        .map_err(|source| HttpError::Bind { port: config.port, source })?;
-    let addr = listener.local_addr().map_err(|source| HttpError::Bind { port: config.port, source })?;
+        .map_err(|source| HttpError::Bind {
+            port: config.port,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| HttpError::Bind {
+        port: config.port,
+        source,
+    })?;
     let app = router(config, status, metrics);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

@@ -4,8 +4,8 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
@@ -28,12 +28,17 @@ pub(crate) async fn websocket(State(state): State<AppState>, ws: WebSocketUpgrad
         return (StatusCode::NOT_FOUND, "VNC is disabled (NO_VNC is set)\n").into_response();
     };
     let Ok(permit) = state.ws_slots.clone().try_acquire_owned() else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "too many console viewers\n").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many console viewers\n",
+        )
+            .into_response();
     };
-    ws.protocols(["binary"]).on_upgrade(move |socket| async move {
-        bridge(socket, vnc).await;
-        drop(permit);
-    })
+    ws.protocols(["binary"])
+        .on_upgrade(move |socket| async move {
+            bridge(socket, vnc).await;
+            drop(permit);
+        })
 }
 
 async fn bridge(socket: WebSocket, vnc: SocketAddr) {
@@ -66,7 +71,11 @@ async fn bridge(socket: WebSocket, vnc: SocketAddr) {
             match vnc_read.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if ws_send.send(Message::Binary(buf[..n].to_vec().into())).await.is_err() {
+                    if ws_send
+                        .send(Message::Binary(buf[..n].to_vec().into()))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::broadcast;
 
 /// A line longer than this is emitted in pieces.
 const MAX_LINE: usize = 4096;
@@ -58,8 +59,14 @@ pub enum Stream {
     Qemu,
 }
 
-/// Relays `reader` line by line into the log and `ring` until EOF.
-pub async fn pump(mut reader: impl AsyncRead + Unpin, stream: Stream, ring: &Ring) {
+/// Relays `reader` line by line into the log and `ring` until EOF; raw chunks also go to
+/// `raw` (attached `kvm-manager console` sessions), when given.
+pub async fn pump(
+    mut reader: impl AsyncRead + Unpin,
+    stream: Stream,
+    ring: &Ring,
+    raw: Option<&broadcast::Sender<Vec<u8>>>,
+) {
     let mut pending: Vec<u8> = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -78,6 +85,10 @@ pub async fn pump(mut reader: impl AsyncRead + Unpin, stream: Stream, ring: &Rin
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if let Some(raw) = raw {
+            // No receivers is the normal case: nobody attached.
+            let _ = raw.send(chunk[..n].to_vec());
+        }
         for &byte in &chunk[..n] {
             if byte == b'\n' {
                 emit(&std::mem::take(&mut pending), stream, ring);
@@ -116,13 +127,13 @@ mod tests {
     async fn splits_lines_strips_control_bytes_and_keeps_the_tail() {
         let ring = Ring::new(2);
         let input: &[u8] = b"first\r\nsec\x1b[0mond\nthird\nno newline";
-        pump(input, Stream::Guest, &ring).await;
+        pump(input, Stream::Guest, &ring, None).await;
         assert_eq!(
             ring.snapshot(),
             vec!["third".to_owned(), "no newline".to_owned()]
         );
         let ring = Ring::new(10);
-        pump(&b"a\r\nb\x1b[0mc\n"[..], Stream::Guest, &ring).await;
+        pump(&b"a\r\nb\x1b[0mc\n"[..], Stream::Guest, &ring, None).await;
         assert_eq!(ring.snapshot(), vec!["a".to_owned(), "b[0mc".to_owned()]);
     }
 
@@ -130,7 +141,7 @@ mod tests {
     async fn overlong_lines_are_cut() {
         let ring = Ring::new(10);
         let input = vec![b'x'; MAX_LINE + 10];
-        pump(&input[..], Stream::Guest, &ring).await;
+        pump(&input[..], Stream::Guest, &ring, None).await;
         let lines = ring.snapshot();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0].len(), MAX_LINE);

@@ -2,6 +2,7 @@
 
 pub mod accel;
 pub mod args;
+pub mod attach;
 pub mod console;
 pub mod process;
 pub mod qmp;
@@ -39,6 +40,8 @@ pub enum QemuError {
     EarlyExit { status: ExitStatus, stderr: String },
     #[error("qemu is running but its QMP socket does not answer")]
     Qmp(#[source] qmp::QmpError),
+    #[error(transparent)]
+    Console(#[from] attach::AttachError),
     #[error("could not set the VNC password")]
     VncPassword(#[source] qmp::QmpError),
 }

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tokio::sync::oneshot;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::{sleep, timeout, Instant};
 
 use super::console::{self, Ring, Stream};
@@ -36,9 +37,11 @@ pub struct Qemu {
     pub qmp: Qmp,
     pub console: Arc<Ring>,
     pub stderr: Arc<Ring>,
+    /// The guest console's output as it arrives, for attached sessions.
+    pub console_raw: broadcast::Sender<Vec<u8>>,
+    /// Bytes typed into the guest console.
+    pub console_input: mpsc::Sender<Vec<u8>>,
     exit: oneshot::Receiver<ExitStatus>,
-    /// The guest console's input; kept open for the lifetime of qemu.
-    _stdin: Option<std::process::ChildStdin>,
 }
 
 /// How qemu ended.
@@ -97,21 +100,36 @@ pub async fn start(
 
     let console = Arc::new(Ring::new(1000));
     let stderr = Arc::new(Ring::new(50));
-    if let Some(out) = child
+    let (console_raw, _) = broadcast::channel(256);
+    let out = child
         .stdout
         .take()
-        .and_then(|s| tokio::process::ChildStdout::from_std(s).ok())
-    {
-        let ring = Arc::clone(&console);
-        tokio::spawn(async move { console::pump(out, Stream::Guest, &ring).await });
+        .and_then(|s| tokio::process::ChildStdout::from_std(s).ok());
+    if let Some(out) = out {
+        let (ring, raw) = (Arc::clone(&console), console_raw.clone());
+        tokio::spawn(async move { console::pump(out, Stream::Guest, &ring, Some(&raw)).await });
     }
-    if let Some(err) = child
+    let err = child
         .stderr
         .take()
-        .and_then(|s| tokio::process::ChildStderr::from_std(s).ok())
-    {
+        .and_then(|s| tokio::process::ChildStderr::from_std(s).ok());
+    if let Some(err) = err {
         let ring = Arc::clone(&stderr);
-        tokio::spawn(async move { console::pump(err, Stream::Qemu, &ring).await });
+        tokio::spawn(async move { console::pump(err, Stream::Qemu, &ring, None).await });
+    }
+    let (console_input, mut typed) = mpsc::channel::<Vec<u8>>(64);
+    let stdin = child
+        .stdin
+        .take()
+        .and_then(|s| tokio::process::ChildStdin::from_std(s).ok());
+    if let Some(mut stdin) = stdin {
+        tokio::spawn(async move {
+            while let Some(bytes) = typed.recv().await {
+                if stdin.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+        });
     }
 
     let qmp = match connect_qmp(qmp_socket, &mut exit).await {
@@ -143,8 +161,9 @@ pub async fn start(
         qmp,
         console,
         stderr,
+        console_raw,
+        console_input,
         exit,
-        _stdin: child.stdin.take(),
     })
 }
 

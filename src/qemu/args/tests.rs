@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use super::*;
-use crate::qemu::sizing::{self, Limits};
+use crate::qemu::sizing;
 
 fn golden(name: &str, argv: &[OsString]) {
     let text: String = argv
