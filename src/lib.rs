@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod logging;
+pub mod net;
 pub mod pid1;
 pub mod size;
 pub mod state;
