@@ -48,7 +48,14 @@ pub async fn converge_links(handle: &Handle, plan: &NetPlan) -> Result<(), NetEr
         None => {
             handle
                 .link()
-                .add(LinkBridge::new(&plan.bridge).build())
+                .add(
+                    // The MAC from the start, so the IPv6 link-local address derived at creation
+                    // is the same in every pod.
+                    LinkBridge::new(&plan.bridge)
+                        .address(plan.bridge_mac.as_bytes().to_vec())
+                        .mtu(plan.mtu)
+                        .build(),
+                )
                 .execute()
                 .await
                 .map_err(|source| netlink("create the bridge", source))?;

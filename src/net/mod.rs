@@ -3,7 +3,7 @@
 //!
 //! - [`discover()`]: uplink, pod IP/prefix, MTU, gateway (read-only netlink).
 //! - [`plan()`]: config + pod facts + VM MAC → [`NetPlan`] with the complete nft ruleset.
-//! - [`apply()`]: checks the capabilities first, then bridge and tap (netlink, /dev/net/tun),
+//! - [`apply()`]: checks capabilities, /dev/net/tun and `nft` first, then bridge and tap (netlink, /dev/net/tun),
 //!   sysctls, and finally our nftables table in one transaction.
 
 pub mod discover;
@@ -112,8 +112,9 @@ pub async fn apply(plan: &NetPlan, reaper: &Reaper) -> Result<(), NetError> {
     if !std::path::Path::new(tap::TUN_DEVICE).exists() {
         return Err(NetError::NoTunDevice);
     }
+    let nft = nat::find_nft()?;
     let handle = discover::connect()?;
     host::converge_links(&handle, plan).await?;
     host::set_sysctls(&plan.bridge)?;
-    nat::replace_table(&plan.ruleset, reaper).await
+    nat::replace_table(&nft, &plan.ruleset, reaper).await
 }

@@ -17,6 +17,7 @@
 
 use std::fmt::Write as _;
 use std::io::{ErrorKind, Read as _, Write as _};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::plan::NetPlan;
@@ -114,9 +115,18 @@ pub fn classify_failure(stderr: &str) -> NftFailure {
     }
 }
 
+/// The `nft` binary on PATH, found before anything is changed.
+pub fn find_nft() -> Result<PathBuf, NetError> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("nft"))
+        .find(|candidate| candidate.is_file())
+        .ok_or(NetError::NftMissing)
+}
+
 /// Runs `nft -f -` with `ruleset` on stdin: one atomic transaction.
-pub async fn replace_table(ruleset: &str, reaper: &Reaper) -> Result<(), NetError> {
-    let mut command = Command::new("nft");
+pub async fn replace_table(nft: &Path, ruleset: &str, reaper: &Reaper) -> Result<(), NetError> {
+    let mut command = Command::new(nft);
     command
         .args(["-f", "-"])
         .stdin(Stdio::piped())
