@@ -77,12 +77,8 @@ pub async fn converge_links(handle: &Handle, plan: &NetPlan) -> Result<(), NetEr
         .map_err(|source| netlink("configure the bridge", source))?;
     ensure_only_address(handle, bridge, plan.vm_gw).await?;
 
-    if ensure_kind(handle, &plan.tap, InfoKind::Tun)
-        .await?
-        .is_none()
-    {
-        tracing::debug!(tap = %plan.tap, "creating the tap");
-    }
+    // A tun-kind link is reattached as it is; anything else by that name is removed first.
+    ensure_kind(handle, &plan.tap, InfoKind::Tun).await?;
     tap::ensure_persistent(&plan.tap)?;
     let tap_index = index_of(handle, &plan.tap).await?;
     handle

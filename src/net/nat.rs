@@ -167,3 +167,28 @@ pub async fn replace_table(nft: &Path, ruleset: &str, reaper: &Reaper) -> Result
         NftFailure::Rejected => NetError::NftRejected { status, stderr },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nft_stderr_is_classified_for_the_operator() {
+        assert_eq!(
+            classify_failure("netlink: Error: cannot open socket: Operation not permitted"),
+            NftFailure::NotPermitted
+        );
+        assert_eq!(
+            classify_failure("Error: Could not process rule: Operation not supported"),
+            NftFailure::NoNfTables
+        );
+        assert_eq!(
+            classify_failure("mnl_socket_open: Protocol not supported"),
+            NftFailure::NoNfTables
+        );
+        assert_eq!(
+            classify_failure("/dev/stdin:3:1-5: Error: syntax error"),
+            NftFailure::Rejected
+        );
+    }
+}

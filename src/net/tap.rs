@@ -9,6 +9,7 @@
 use std::io;
 use std::path::Path;
 
+use nix::errno::Errno;
 use tun_rs::{DeviceBuilder, Layer};
 
 use super::NetError;
@@ -33,11 +34,9 @@ pub fn ensure_persistent(name: &str) -> Result<(), NetError> {
 }
 
 fn tap_error(name: &str, source: io::Error) -> NetError {
-    match source.raw_os_error() {
-        Some(libc_eperm) if libc_eperm == nix::errno::Errno::EPERM as i32 => {
-            NetError::MissingNetAdmin
-        }
-        Some(busy) if busy == nix::errno::Errno::EBUSY as i32 => NetError::TapBusy {
+    match source.raw_os_error().map(Errno::from_raw) {
+        Some(Errno::EPERM) => NetError::MissingNetAdmin,
+        Some(Errno::EBUSY) => NetError::TapBusy {
             name: name.to_owned(),
         },
         _ => NetError::Tap {
