@@ -9,6 +9,7 @@ use crate::cli::{Cli, Command};
 use crate::config::{self, Config, Hostname, Needs};
 use crate::error::{render_chain, Error};
 use crate::logging::{self, Sink};
+use crate::net;
 use crate::pid1::{self, Pid1, Pid1Error};
 
 /// Entry point of the binary.
@@ -65,7 +66,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
     match command {
         Command::Run { .. } => Err(Error::NotBuilt("image")),
         Command::Image => Err(Error::NotBuilt("image")),
-        Command::Network => Err(Error::NotBuilt("network")),
+        Command::Network => network(&config),
         Command::ConfigDrive { .. } => Err(Error::NotBuilt("config-drive")),
         Command::QemuArgs { .. } => Err(Error::NotBuilt("qemu-args")),
         Command::Supervise { command } => supervise(&config, command),
@@ -92,6 +93,26 @@ fn supervise(config: &Config, argv: Vec<std::ffi::OsString>) -> Result<u8, Error
         let status = pid1.supervise(spawned, config.vm.shutdown_timeout).await?;
         tracing::info!(%status, "main child ended");
         Ok(status.code())
+    })
+}
+
+/// `kvm-manager network`: reconcile bridge, tap and NAT, print the plan, stay until SIGTERM.
+fn network(config: &Config) -> Result<u8, Error> {
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        let pid1 = Pid1::start()?;
+        let vm_mac =
+            crate::state::load_or_create(&config.pet_dir, &config.hostname, config.net.vm_mac)?
+                .mac();
+        let pod = net::discover().await?;
+        let plan = net::plan(&config.net, &pod, vm_mac)?;
+        net::apply(&plan, pid1.reaper()).await?;
+        // The plan is this subcommand's product: stdout, not a log line.
+        let _ = writeln!(std::io::stdout().lock(), "{plan}");
+        tracing::info!(bridge = %plan.bridge, tap = %plan.tap, "network ready; waiting for SIGTERM");
+        let signal = pid1.shutdown_requested().await;
+        tracing::info!(%signal, "shutting down");
+        Ok(0)
     })
 }
 

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use crate::config::ConfigError;
 use crate::logging::LogError;
+use crate::net::NetError;
 use crate::pid1::Pid1Error;
 use crate::qemu::QemuError;
 use crate::state::StateError;
@@ -32,6 +33,8 @@ pub enum Error {
     Pid1(#[from] Pid1Error),
     #[error("qemu failed")]
     Qemu(#[from] QemuError),
+    #[error("could not set up the pod network for the VM")]
+    Net(#[from] NetError),
     #[error("could not load this VM's persisted state in PET_DIR")]
     State(#[from] StateError),
     #[error(
@@ -47,6 +50,7 @@ impl Error {
             Error::Config(_) => exit::CONFIG,
             Error::Log(_) => exit::CONFIG,
             Error::Pid1(e) => e.exit_code(),
+            Error::Net(_) => exit::NETWORK,
             Error::State(_) => exit::IMAGE,
             Error::Qemu(e) => e.exit_code(),
             Error::NotBuilt(_) => exit::NOT_BUILT,

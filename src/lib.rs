@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod logging;
+pub mod net;
 pub mod pid1;
 pub mod qemu;
 pub mod size;

@@ -1,0 +1,257 @@
+//! Carries out a [`NetPlan`] on the pod's network namespace with rtnetlink: the bridge (kind,
+//! MAC, MTU, `VM_GW/30`, up), the tap enslaved to it, and the sysctls forwarding needs.
+//!
+//! Every step converges: an existing bridge or tap is reused, a wrong one (other kind, MTU,
+//! MAC, address, controller) is corrected, nothing is added twice. This is what makes a
+//! container restart in a surviving pod netns a no-op.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+use futures_util::TryStreamExt as _;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::{Handle, LinkBridge, LinkUnspec};
+
+use super::plan::{NetPlan, VM_PREFIX};
+use super::{tap, NetError};
+
+const CAP_NET_ADMIN: u32 = 12;
+
+/// Fails early, before anything changes, when CAP_NET_ADMIN is missing.
+pub fn require_net_admin() -> Result<(), NetError> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").map_err(|source| NetError::Sysctl {
+            path: PathBuf::from("/proc/self/status"),
+            source,
+        })?;
+    match effective_caps(&status) {
+        Some(caps) if caps & (1 << CAP_NET_ADMIN) == 0 => Err(NetError::MissingNetAdmin),
+        _ => Ok(()),
+    }
+}
+
+/// The `CapEff:` mask of a `/proc/<pid>/status` text.
+pub fn effective_caps(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+}
+
+/// Bridge, addresses, tap, sysctls — in that order.
+pub async fn converge_links(handle: &Handle, plan: &NetPlan) -> Result<(), NetError> {
+    let bridge = ensure_kind(handle, &plan.bridge, InfoKind::Bridge).await?;
+    let bridge = match bridge {
+        Some(link) => link.header.index,
+        None => {
+            handle
+                .link()
+                .add(
+                    // The MAC from the start, so the IPv6 link-local address derived at creation
+                    // is the same in every pod.
+                    LinkBridge::new(&plan.bridge)
+                        .address(plan.bridge_mac.as_bytes().to_vec())
+                        .mtu(plan.mtu)
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(|source| netlink("create the bridge", source))?;
+            index_of(handle, &plan.bridge).await?
+        }
+    };
+    // An MTU set explicitly sticks: the bridge no longer follows its ports' minimum.
+    handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(bridge)
+                .mtu(plan.mtu)
+                .address(plan.bridge_mac.as_bytes().to_vec())
+                .up()
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(|source| netlink("configure the bridge", source))?;
+    ensure_only_address(handle, bridge, plan.vm_gw).await?;
+
+    // A tun-kind link is reattached as it is; anything else by that name is removed first.
+    ensure_kind(handle, &plan.tap, InfoKind::Tun).await?;
+    tap::ensure_persistent(&plan.tap)?;
+    let tap_index = index_of(handle, &plan.tap).await?;
+    handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(tap_index)
+                .mtu(plan.mtu)
+                .controller(bridge)
+                .up()
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(|source| netlink("enslave the tap to the bridge", source))?;
+    Ok(())
+}
+
+/// The link called `name` if it is of `kind`; one of another kind is deleted (returns None).
+async fn ensure_kind(
+    handle: &Handle,
+    name: &str,
+    kind: InfoKind,
+) -> Result<Option<LinkMessage>, NetError> {
+    let Some(link) = find(handle, name).await? else {
+        return Ok(None);
+    };
+    if kind_of(&link) == Some(&kind) {
+        return Ok(Some(link));
+    }
+    tracing::warn!(link = name, found = ?kind_of(&link), wanted = ?kind, "replacing a link of the wrong kind");
+    handle
+        .link()
+        .del(link.header.index)
+        .execute()
+        .await
+        .map_err(|source| netlink("delete a link of the wrong kind", source))?;
+    Ok(None)
+}
+
+fn kind_of(link: &LinkMessage) -> Option<&InfoKind> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+            LinkInfo::Kind(kind) => Some(kind),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+async fn find(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, NetError> {
+    let result: Result<Vec<LinkMessage>, _> = handle
+        .link()
+        .get()
+        .match_name(name.to_owned())
+        .execute()
+        .try_collect()
+        .await;
+    match result {
+        Ok(links) => Ok(links.into_iter().next()),
+        Err(rtnetlink::Error::NetlinkError(e))
+            if e.code.map(|c| c.get()) == Some(-(nix::errno::Errno::ENODEV as i32)) =>
+        {
+            Ok(None)
+        }
+        Err(source) => Err(netlink("look up a link", source)),
+    }
+}
+
+async fn index_of(handle: &Handle, name: &str) -> Result<u32, NetError> {
+    find(handle, name)
+        .await?
+        .map(|l| l.header.index)
+        .ok_or_else(|| NetError::LinkVanished {
+            name: name.to_owned(),
+        })
+}
+
+/// Leaves exactly `gw/30` as the link's IPv4 address.
+async fn ensure_only_address(handle: &Handle, index: u32, gw: Ipv4Addr) -> Result<(), NetError> {
+    let addresses: Vec<AddressMessage> = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|source| netlink("list the bridge's addresses", source))?;
+    let mut present = false;
+    for address in addresses
+        .into_iter()
+        .filter(|a| a.header.family == AddressFamily::Inet)
+    {
+        let local = address.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(ip) => Some(*ip),
+            _ => None,
+        });
+        if local == Some(IpAddr::V4(gw)) && address.header.prefix_len == VM_PREFIX {
+            present = true;
+            continue;
+        }
+        tracing::warn!(
+            ?local,
+            prefix = address.header.prefix_len,
+            "removing a stale bridge address"
+        );
+        handle
+            .address()
+            .del(address)
+            .execute()
+            .await
+            .map_err(|source| netlink("remove a stale bridge address", source))?;
+    }
+    if !present {
+        handle
+            .address()
+            .add(index, IpAddr::V4(gw), VM_PREFIX)
+            .execute()
+            .await
+            .map_err(|source| netlink("add VM_GW to the bridge", source))?;
+    }
+    Ok(())
+}
+
+/// `net.ipv4.ip_forward=1` (required) and `route_localnet=1` on the bridge (needed only for
+/// port-forwards to 127.0.0.1, so a read-only /proc/sys there is a warning).
+pub fn set_sysctls(bridge: &str) -> Result<(), NetError> {
+    let forward = PathBuf::from("/proc/sys/net/ipv4/ip_forward");
+    write_sysctl(&forward).map_err(|source| NetError::IpForward {
+        path: forward.clone(),
+        source,
+    })?;
+    let localnet = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet"));
+    let all = PathBuf::from("/proc/sys/net/ipv4/conf/all/route_localnet");
+    if let Err(e) = write_sysctl(&localnet) {
+        if !std::fs::read_to_string(&all).is_ok_and(|v| v.trim() == "1") {
+            tracing::warn!(
+                path = %localnet.display(),
+                error = %e,
+                "cannot enable route_localnet: port-forwards to 127.0.0.1 will not reach the VM \
+                 (set the pod sysctl net.ipv4.conf.all.route_localnet=1 to fix)"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Writes `1` unless it is already `1` (a read-only /proc/sys is fine then).
+fn write_sysctl(path: &PathBuf) -> std::io::Result<()> {
+    if std::fs::read_to_string(path)?.trim() == "1" {
+        return Ok(());
+    }
+    std::fs::write(path, b"1\n")
+}
+
+fn netlink(op: &'static str, source: rtnetlink::Error) -> NetError {
+    if let rtnetlink::Error::NetlinkError(e) = &source {
+        if e.code.map(|c| c.get()) == Some(-(nix::errno::Errno::EPERM as i32)) {
+            return NetError::MissingNetAdmin;
+        }
+    }
+    NetError::Netlink { op, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_effective_capability_mask() {
+        let status = "Name:\tx\nCapPrm:\t000001ffffffffff\nCapEff:\t000001ffffffefff\n";
+        let caps = effective_caps(status).expect("CapEff present");
+        assert_eq!(caps & (1 << CAP_NET_ADMIN), 0);
+        assert_ne!(caps & 1, 0);
+        assert_eq!(effective_caps("Name:\tx\n"), None);
+    }
+}

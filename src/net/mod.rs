@@ -1,0 +1,120 @@
+//! The pod side of the VM's network: discover the pod uplink, plan (pure) the bridge, tap and
+//! NAT, and apply the plan so that a re-run in the same pod netns changes nothing.
+//!
+//! - [`discover()`]: uplink, pod IP/prefix, MTU, gateway (read-only netlink).
+//! - [`plan()`]: config + pod facts + VM MAC → [`NetPlan`] with the complete nft ruleset.
+//! - [`apply()`]: checks capabilities, /dev/net/tun and `nft` first, then bridge and tap (netlink, /dev/net/tun),
+//!   sysctls, and finally our nftables table in one transaction.
+
+pub mod discover;
+pub mod host;
+pub mod nat;
+pub mod plan;
+pub mod tap;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+pub use discover::{discover, PodNet};
+pub use plan::{plan, ExcludedPort, NetPlan};
+
+use crate::pid1::{ExitStatus, Pid1Error, Reaper};
+
+const NET_ADMIN_FIX: &str = "add `securityContext: {capabilities: {add: [NET_ADMIN]}}` to the \
+     container (or run it privileged)";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("could not open a netlink socket")]
+    Connect(#[source] std::io::Error),
+    #[error("could not {op}")]
+    Netlink {
+        op: &'static str,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error(
+        "the pod has no IPv4 default route, so there is no uplink to put the VM behind. Fix: \
+         run the pod in a CNI network that gives it a default route"
+    )]
+    NoDefaultRoute,
+    #[error("the uplink {uplink} (the default route's interface) has no IPv4 address")]
+    UplinkHasNoAddress { uplink: String },
+    #[error(
+        "VM_IP's /30 {vm_net} overlaps the pod subnet {pod_net}. Fix: set VM_IP and VM_GW to a \
+         /30 the cluster does not use, e.g. VM_GW=192.168.254.1 VM_IP=192.168.254.2"
+    )]
+    Overlap { vm_net: String, pod_net: String },
+    #[error(
+        "VM_IP's /30 {vm_net} contains the pod's default gateway {gateway}. Fix: set VM_IP and \
+         VM_GW to a /30 the cluster does not use, e.g. VM_GW=192.168.254.1 VM_IP=192.168.254.2"
+    )]
+    GatewayInVmNet { vm_net: String, gateway: Ipv4Addr },
+    #[error(
+        "kvm-manager lacks CAP_NET_ADMIN, needed for the bridge, tap and NAT. Fix: {NET_ADMIN_FIX}"
+    )]
+    MissingNetAdmin,
+    #[error(
+        "/dev/net/tun does not exist in the container, so no tap can be made for qemu. Fix: \
+         expose it with a device plugin that offers /dev/net/tun, or run the container with \
+         `securityContext: {{privileged: true}}`"
+    )]
+    NoTunDevice,
+    #[error("could not create or open the persistent tap {name}")]
+    Tap {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the tap {name} is held open by another process (a qemu still running?); stop it first"
+    )]
+    TapBusy { name: String },
+    #[error("the link {name} disappeared while it was being configured")]
+    LinkVanished { name: String },
+    #[error(
+        "could not enable IP forwarding through {path}. Fix: allow the sysctl on the pod \
+         (`securityContext: {{sysctls: [{{name: net.ipv4.ip_forward, value: \"1\"}}]}}`, and \
+         --allowed-unsafe-sysctls=net.ipv4.ip_forward on the kubelet) or run privileged"
+    )]
+    IpForward {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not read {path}")]
+    Sysctl {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the `nft` binary was not found on PATH. Fix: install the nftables package in the image"
+    )]
+    NftMissing,
+    #[error(
+        "the kernel has no nf_tables (nft said: {stderr}). Fix: load the nf_tables and nft_nat \
+         modules on the node (modprobe nf_tables nft_nat)"
+    )]
+    NoNfTables { stderr: String },
+    #[error("nft rejected our ruleset ({status}): {stderr}")]
+    NftRejected { status: ExitStatus, stderr: String },
+    #[error("could not run nft")]
+    NftSpawn(#[source] Pid1Error),
+    #[error("could not talk to nft")]
+    NftPipe(#[source] std::io::Error),
+}
+
+/// Applies `plan`: every step converges, so running it again in the same netns is a no-op.
+/// `reaper` runs `nft` (PID 1's reaper owns every child's exit status).
+pub async fn apply(plan: &NetPlan, reaper: &Reaper) -> Result<(), NetError> {
+    host::require_net_admin()?;
+    if !std::path::Path::new(tap::TUN_DEVICE).exists() {
+        return Err(NetError::NoTunDevice);
+    }
+    let nft = nat::find_nft()?;
+    let handle = discover::connect()?;
+    host::converge_links(&handle, plan).await?;
+    host::set_sysctls(&plan.bridge)?;
+    nat::replace_table(&nft, &plan.ruleset, reaper).await
+}

@@ -1,0 +1,194 @@
+//! Our nftables table, `ip kvm_manager`: its text (pure) and its atomic replacement.
+//!
+//! The ruleset starts with `table …` + `delete table …` and then declares the table again, and
+//! `nft -f -` runs the whole file as one transaction: after a container restart (the pod netns
+//! survives it) the table is replaced, never appended to, and nobody else's tables are touched.
+//!
+//! What it does, chain by chain:
+//! - `prerouting`: every protocol addressed to the pod IP goes to the VM, except the TCP ports
+//!   the pod keeps (VNC, HTTP). Traffic that comes from the bridge is left alone, so the VM can
+//!   reach the pod's own services on the pod IP.
+//! - `output`: the same for traffic generated inside the pod, plus TCP to 127.0.0.1, which is
+//!   where `kubectl port-forward` connects. Our own sockets opt out with [`LOCAL_MARK`].
+//! - `postrouting`: locally generated traffic entering the bridge gets the bridge's address as
+//!   source (a 127.0.0.1 or pod-IP source would be a martian to the kernel on the way back);
+//!   the VM's traffic leaving the uplink gets the pod IP.
+//! - `forward`: TCP MSS clamped to the route MTU in both directions.
+
+use std::fmt::Write as _;
+use std::io::{ErrorKind, Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::plan::NetPlan;
+use super::NetError;
+use crate::pid1::{Pid1Error, Reaper};
+
+/// Our table: `table ip kvm_manager`.
+pub const TABLE: &str = "kvm_manager";
+
+/// Packets from sockets with this `SO_MARK` are never NAT'ed: kvm-manager's own traffic, e.g.
+/// the DNS forwarder's queries to a resolver on 127.0.0.1.
+pub const LOCAL_MARK: u32 = 0x4b4d;
+
+/// The complete `nft -f -` input for `plan`.
+pub fn ruleset(plan: &NetPlan) -> String {
+    let pod = plan.pod_ip;
+    let vm = plan.vm_ip;
+    let bridge = &plan.bridge;
+    let uplink = &plan.uplink;
+    let ports: Vec<String> = plan
+        .excluded_tcp_ports
+        .iter()
+        .map(|p| p.port.to_string())
+        .collect();
+    let excluded = match ports.len() {
+        0 => None,
+        1 => Some(ports.join("")),
+        _ => Some(format!("{{ {} }}", ports.join(", "))),
+    };
+    let mut out = String::new();
+    // Writing to a String cannot fail; the macro below keeps the text readable.
+    macro_rules! line {
+        ($($arg:tt)*) => { let _ = writeln!(out, $($arg)*); };
+    }
+    line!("# kvm-manager: the pod IP {pod} on {uplink} <-> the VM {vm} on {bridge}.");
+    line!("# Replaced as a whole in one transaction on every start.");
+    line!("table ip {TABLE}");
+    line!("delete table ip {TABLE}");
+    line!("table ip {TABLE} {{");
+    line!("\tchain prerouting {{");
+    line!("\t\ttype nat hook prerouting priority dstnat; policy accept;");
+    line!("\t\tiifname \"{bridge}\" return");
+    if let Some(ports) = &excluded {
+        line!("\t\tip daddr {pod} tcp dport {ports} return");
+    }
+    line!("\t\tip daddr {pod} dnat to {vm}");
+    line!("\t}}");
+    line!("\tchain output {{");
+    // nft 1.0.6 (Debian 12) accepts the name `dstnat` only on prerouting; -100 is its value.
+    line!("\t\ttype nat hook output priority -100; policy accept;");
+    line!("\t\tmeta mark {LOCAL_MARK:#x} return");
+    if let Some(ports) = &excluded {
+        line!("\t\tip daddr {{ {pod}, 127.0.0.1 }} tcp dport {ports} return");
+    }
+    line!("\t\tip daddr {pod} dnat to {vm}");
+    line!("\t\tip daddr 127.0.0.1 meta l4proto tcp dnat to {vm}");
+    line!("\t}}");
+    line!("\tchain postrouting {{");
+    line!("\t\ttype nat hook postrouting priority srcnat; policy accept;");
+    line!(
+        "\t\toifname \"{bridge}\" ip saddr {{ 127.0.0.0/8, {pod} }} snat to {}",
+        plan.vm_gw
+    );
+    line!(
+        "\t\toifname \"{uplink}\" ip saddr {} snat to {pod}",
+        plan.vm_net()
+    );
+    line!("\t}}");
+    line!("\tchain forward {{");
+    line!("\t\ttype filter hook forward priority mangle; policy accept;");
+    line!("\t\ttcp flags syn tcp option maxseg size set rt mtu");
+    line!("\t}}");
+    line!("}}");
+    out
+}
+
+/// Why `nft` failed, read from its stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NftFailure {
+    NotPermitted,
+    NoNfTables,
+    Rejected,
+}
+
+pub fn classify_failure(stderr: &str) -> NftFailure {
+    if stderr.contains("Operation not permitted") {
+        NftFailure::NotPermitted
+    } else if stderr.contains("Protocol not supported")
+        || stderr.contains("Operation not supported")
+        || stderr.contains("Address family not supported")
+    {
+        NftFailure::NoNfTables
+    } else {
+        NftFailure::Rejected
+    }
+}
+
+/// The `nft` binary on PATH, found before anything is changed.
+pub fn find_nft() -> Result<PathBuf, NetError> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("nft"))
+        .find(|candidate| candidate.is_file())
+        .ok_or(NetError::NftMissing)
+}
+
+/// Runs `nft -f -` with `ruleset` on stdin: one atomic transaction.
+pub async fn replace_table(nft: &Path, ruleset: &str, reaper: &Reaper) -> Result<(), NetError> {
+    let mut command = Command::new(nft);
+    command
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut spawned = reaper.spawn(&mut command).map_err(|e| match e {
+        Pid1Error::Spawn { source, .. } if source.kind() == ErrorKind::NotFound => {
+            NetError::NftMissing
+        }
+        other => NetError::NftSpawn(other),
+    })?;
+    let mut stdin = spawned
+        .child
+        .stdin
+        .take()
+        .ok_or(NetError::NftPipe(std::io::Error::other(
+            "stdin was not piped",
+        )))?;
+    // A small ruleset: nft reads it all before it writes anything, so this cannot deadlock.
+    let written = stdin.write_all(ruleset.as_bytes());
+    drop(stdin);
+    let mut stderr = String::new();
+    if let Some(mut pipe) = spawned.child.stderr.take() {
+        pipe.read_to_string(&mut stderr)
+            .map_err(NetError::NftPipe)?;
+    }
+    let status = spawned
+        .exit
+        .await
+        .map_err(|_| NetError::NftSpawn(Pid1Error::ReaperGone(spawned.pid.as_raw())))?;
+    if status.success() {
+        return written.map_err(NetError::NftPipe);
+    }
+    let stderr = stderr.trim().to_owned();
+    Err(match classify_failure(&stderr) {
+        NftFailure::NotPermitted => NetError::MissingNetAdmin,
+        NftFailure::NoNfTables => NetError::NoNfTables { stderr },
+        NftFailure::Rejected => NetError::NftRejected { status, stderr },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nft_stderr_is_classified_for_the_operator() {
+        assert_eq!(
+            classify_failure("netlink: Error: cannot open socket: Operation not permitted"),
+            NftFailure::NotPermitted
+        );
+        assert_eq!(
+            classify_failure("Error: Could not process rule: Operation not supported"),
+            NftFailure::NoNfTables
+        );
+        assert_eq!(
+            classify_failure("mnl_socket_open: Protocol not supported"),
+            NftFailure::NoNfTables
+        );
+        assert_eq!(
+            classify_failure("/dev/stdin:3:1-5: Error: syntax error"),
+            NftFailure::Rejected
+        );
+    }
+}

@@ -1,0 +1,224 @@
+//! Decides the whole pod-side network of the VM without touching the host: names, addresses,
+//! MTU, the gateway MAC, the ports kept for the pod itself, and the nftables ruleset.
+//!
+//! [`plan`] is pure, so every policy choice (what is DNAT'ed, what is excluded, what is
+//! rejected as overlapping) is unit-tested without root; [`super::apply`] only carries it out.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use macaddr::MacAddr6;
+
+use super::discover::PodNet;
+use super::nat;
+use super::NetError;
+use crate::config::{NetConfig, VNC_PORT};
+
+/// The bridge the tap (and anything else, e.g. a test's veth) is plugged into.
+pub const BRIDGE: &str = "kvmbr0";
+/// The persistent tap qemu opens by name.
+pub const TAP: &str = "kvmtap0";
+/// `VM_IP` and `VM_GW` share one /30 (checked by the config).
+pub const VM_PREFIX: u8 = 30;
+
+/// Everything [`super::apply`] does, decided up front.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetPlan {
+    /// The pod's default-route interface.
+    pub uplink: String,
+    pub bridge: String,
+    /// Locally administered and derived from `vm_mac`, so the guest's ARP entry for its
+    /// gateway survives restarts and does not change when ports join the bridge.
+    pub bridge_mac: MacAddr6,
+    pub tap: String,
+    /// Of the bridge and the tap: the pod's MTU, so the guest never sends what the overlay drops.
+    pub mtu: u32,
+    pub vm_ip: Ipv4Addr,
+    /// The bridge's address, the guest's router.
+    pub vm_gw: Ipv4Addr,
+    pub vm_mac: MacAddr6,
+    pub pod_ip: Ipv4Addr,
+    pub pod_prefix: u8,
+    /// TCP ports on the pod IP (and 127.0.0.1) that stay with the pod: VNC and HTTP.
+    pub excluded_tcp_ports: Vec<ExcludedPort>,
+    /// Whether qemu can use `vhost=on` (`/dev/vhost-net` opens read-write).
+    pub vhost_net: bool,
+    /// The complete `nft -f -` input: replaces our table in one transaction.
+    pub ruleset: String,
+}
+
+/// A TCP port that is not forwarded to the VM, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExcludedPort {
+    pub port: u16,
+    pub reason: &'static str,
+}
+
+/// An IPv4 network as address + prefix length, for overlap checks and messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Net {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Ipv4Net {
+    pub fn new(addr: Ipv4Addr, prefix: u8) -> Self {
+        Self { addr, prefix }
+    }
+
+    fn mask(self) -> u32 {
+        match self.prefix {
+            0 => 0,
+            p => u32::MAX << (32 - u32::from(p.min(32))),
+        }
+    }
+
+    /// The first address of the network.
+    pub fn network(self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) & self.mask())
+    }
+
+    pub fn contains(self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.network())
+    }
+
+    /// Two prefixes overlap exactly when one contains the other's first address.
+    pub fn overlaps(self, other: Ipv4Net) -> bool {
+        self.contains(other.network()) || other.contains(self.network())
+    }
+}
+
+impl fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network(), self.prefix)
+    }
+}
+
+impl NetPlan {
+    /// The VM's /30.
+    pub fn vm_net(&self) -> Ipv4Net {
+        Ipv4Net::new(self.vm_ip, VM_PREFIX)
+    }
+}
+
+/// Config + discovered pod facts + the VM's MAC → the plan; rejects address clashes.
+pub fn plan(net: &NetConfig, pod: &PodNet, vm_mac: MacAddr6) -> Result<NetPlan, NetError> {
+    let vm_net = Ipv4Net::new(net.vm_ip, VM_PREFIX);
+    let pod_net = Ipv4Net::new(pod.pod_ip, pod.pod_prefix);
+    if vm_net.overlaps(pod_net) {
+        return Err(NetError::Overlap {
+            vm_net: vm_net.to_string(),
+            pod_net: pod_net.to_string(),
+        });
+    }
+    if let Some(gateway) = pod.gateway.filter(|gw| vm_net.contains(*gw)) {
+        return Err(NetError::GatewayInVmNet {
+            vm_net: vm_net.to_string(),
+            gateway,
+        });
+    }
+    let mut excluded_tcp_ports = Vec::new();
+    if !net.no_vnc {
+        excluded_tcp_ports.push(ExcludedPort {
+            port: VNC_PORT,
+            reason: "VNC",
+        });
+    }
+    if let Some(port) = net.http_port {
+        excluded_tcp_ports.push(ExcludedPort {
+            port,
+            reason: "HTTP",
+        });
+    }
+    let mut plan = NetPlan {
+        uplink: pod.uplink.clone(),
+        bridge: BRIDGE.to_owned(),
+        bridge_mac: gateway_mac(vm_mac),
+        tap: TAP.to_owned(),
+        mtu: pod.mtu,
+        vm_ip: net.vm_ip,
+        vm_gw: net.vm_gw,
+        vm_mac,
+        pod_ip: pod.pod_ip,
+        pod_prefix: pod.pod_prefix,
+        excluded_tcp_ports,
+        vhost_net: pod.vhost_net,
+        ruleset: String::new(),
+    };
+    plan.ruleset = nat::ruleset(&plan);
+    Ok(plan)
+}
+
+/// Locally administered unicast, and never equal to `vm_mac` (the last octet differs).
+fn gateway_mac(vm_mac: MacAddr6) -> MacAddr6 {
+    let b = vm_mac.into_array();
+    MacAddr6::new((b[0] | 0x02) & !0x01, b[1], b[2], b[3], b[4], b[5] ^ 0x01)
+}
+
+fn lower_mac(mac: MacAddr6) -> String {
+    mac.to_string().to_ascii_lowercase()
+}
+
+/// What `kvm-manager network` prints: one line per decision, then the ruleset.
+impl fmt::Display for NetPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let exclusions = if self.excluded_tcp_ports.is_empty() {
+            "none".to_owned()
+        } else {
+            self.excluded_tcp_ports
+                .iter()
+                .map(|p| format!("tcp {} ({})", p.port, p.reason))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let vhost = if self.vhost_net {
+            "vhost-net available"
+        } else {
+            "no vhost-net"
+        };
+        writeln!(
+            f,
+            "uplink:     {} {}/{}",
+            self.uplink, self.pod_ip, self.pod_prefix
+        )?;
+        writeln!(
+            f,
+            "bridge:     {} {}/{} mac {} mtu {}",
+            self.bridge,
+            self.vm_gw,
+            VM_PREFIX,
+            lower_mac(self.bridge_mac),
+            self.mtu
+        )?;
+        writeln!(
+            f,
+            "tap:        {} (vnet_hdr, {vhost}) mtu {}",
+            self.tap, self.mtu
+        )?;
+        writeln!(
+            f,
+            "vm:         {} mac {}",
+            self.vm_ip,
+            lower_mac(self.vm_mac)
+        )?;
+        writeln!(
+            f,
+            "dnat:       every protocol to {} and tcp to 127.0.0.1 -> {}",
+            self.pod_ip, self.vm_ip
+        )?;
+        writeln!(f, "exclusions: {exclusions}")?;
+        writeln!(
+            f,
+            "snat:       {} via {} -> {}",
+            self.vm_net(),
+            self.uplink,
+            self.pod_ip
+        )?;
+        writeln!(f, "ruleset:")?;
+        f.write_str(&self.ruleset)
+    }
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

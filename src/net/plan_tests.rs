@@ -1,0 +1,238 @@
+//! The plan and its ruleset, decided without root. Golden rulesets live in `golden/`;
+//! `UPDATE_GOLDEN=1 cargo test --lib net::` rewrites them (review the diff).
+
+use std::net::Ipv4Addr;
+
+use super::*;
+use crate::config::DnsMode;
+
+fn net() -> NetConfig {
+    NetConfig {
+        vm_ip: Ipv4Addr::new(192, 168, 254, 2),
+        vm_gw: Ipv4Addr::new(192, 168, 254, 1),
+        vm_mac: None,
+        no_vnc: false,
+        no_dhcp: false,
+        dns_mode: DnsMode::Forward,
+        http_port: Some(8080),
+    }
+}
+
+fn pod() -> PodNet {
+    PodNet {
+        uplink: "eth0".into(),
+        uplink_index: 2,
+        pod_ip: Ipv4Addr::new(10, 244, 1, 5),
+        pod_prefix: 24,
+        mtu: 1450,
+        gateway: Some(Ipv4Addr::new(10, 244, 1, 1)),
+        vhost_net: true,
+    }
+}
+
+const MAC: MacAddr6 = MacAddr6::new(0x52, 0x54, 0x00, 0x12, 0x34, 0x56);
+
+fn planned(net: &NetConfig) -> NetPlan {
+    plan(net, &pod(), MAC).expect("a valid plan")
+}
+
+/// Compares `actual` with `golden/<name>.nft`, or rewrites the file under `UPDATE_GOLDEN`.
+fn golden(name: &str, actual: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src/net/golden")
+        .join(format!("{name}.nft"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).expect("write the golden file");
+    }
+    let expected = std::fs::read_to_string(&path).expect("read the golden file");
+    assert_eq!(actual, expected, "{} differs", path.display());
+}
+
+fn ports(plan: &NetPlan) -> Vec<u16> {
+    plan.excluded_tcp_ports.iter().map(|p| p.port).collect()
+}
+
+#[test]
+fn default_plan_names_addresses_and_mtu() {
+    let plan = planned(&net());
+    assert_eq!(plan.bridge, "kvmbr0");
+    assert_eq!(plan.tap, "kvmtap0");
+    assert_eq!(plan.uplink, "eth0");
+    assert_eq!(plan.mtu, 1450);
+    assert_eq!(plan.vm_ip, Ipv4Addr::new(192, 168, 254, 2));
+    assert_eq!(plan.vm_gw, Ipv4Addr::new(192, 168, 254, 1));
+    assert_eq!(plan.pod_ip, Ipv4Addr::new(10, 244, 1, 5));
+    assert_eq!(plan.vm_mac, MAC);
+    assert!(plan.vhost_net);
+    assert_eq!(plan.vm_net().to_string(), "192.168.254.0/30");
+    assert_eq!(ports(&plan), [5900, 8080]);
+}
+
+#[test]
+fn default_ruleset_matches_golden() {
+    golden("default", &planned(&net()).ruleset);
+}
+
+#[test]
+fn no_vnc_forwards_5900_to_the_vm() {
+    let plan = planned(&NetConfig {
+        no_vnc: true,
+        ..net()
+    });
+    assert_eq!(ports(&plan), [8080]);
+    golden("no_vnc", &plan.ruleset);
+}
+
+#[test]
+fn http_port_zero_excludes_only_vnc() {
+    let plan = planned(&NetConfig {
+        http_port: None,
+        ..net()
+    });
+    assert_eq!(ports(&plan), [5900]);
+    assert!(plan
+        .ruleset
+        .contains("ip daddr 10.244.1.5 tcp dport 5900 return\n"));
+    assert!(!plan.ruleset.contains("8080"));
+}
+
+#[test]
+fn nothing_excluded_forwards_every_port() {
+    let plan = planned(&NetConfig {
+        no_vnc: true,
+        http_port: None,
+        ..net()
+    });
+    assert!(ports(&plan).is_empty());
+    golden("all_ports", &plan.ruleset);
+}
+
+#[test]
+fn custom_addresses_and_port_flow_into_the_ruleset() {
+    let config = NetConfig {
+        vm_ip: Ipv4Addr::new(172, 31, 0, 6),
+        vm_gw: Ipv4Addr::new(172, 31, 0, 5),
+        http_port: Some(9000),
+        ..net()
+    };
+    let pod = PodNet {
+        uplink: "net1".into(),
+        pod_ip: Ipv4Addr::new(10, 1, 2, 3),
+        pod_prefix: 32,
+        gateway: Some(Ipv4Addr::new(169, 254, 1, 1)),
+        ..pod()
+    };
+    let plan = plan(&config, &pod, MAC).expect("a valid plan");
+    golden("custom", &plan.ruleset);
+}
+
+#[test]
+fn the_ruleset_replaces_only_our_table() {
+    let ruleset = planned(&net()).ruleset;
+    let statements: Vec<&str> = ruleset
+        .lines()
+        .filter(|l| l.starts_with("table") || l.starts_with("delete") || l.starts_with("flush"))
+        .collect();
+    assert_eq!(
+        statements,
+        [
+            "table ip kvm_manager",
+            "delete table ip kvm_manager",
+            "table ip kvm_manager {"
+        ]
+    );
+}
+
+#[test]
+fn dnat_is_for_every_protocol_not_only_tcp() {
+    let ruleset = planned(&net()).ruleset;
+    let dnat: Vec<&str> = ruleset
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.contains("dnat to") && l.contains("10.244.1.5"))
+        .collect();
+    assert_eq!(
+        dnat,
+        [
+            "ip daddr 10.244.1.5 dnat to 192.168.254.2",
+            "ip daddr 10.244.1.5 dnat to 192.168.254.2"
+        ]
+    );
+}
+
+#[test]
+fn overlapping_pod_subnet_is_rejected() {
+    let pod = PodNet {
+        pod_ip: Ipv4Addr::new(192, 168, 0, 10),
+        pod_prefix: 16,
+        ..pod()
+    };
+    let err = plan(&net(), &pod, MAC).expect_err("overlap");
+    assert!(matches!(err, NetError::Overlap { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains("192.168.254.0/30"), "{message}");
+    assert!(message.contains("192.168.0.0/16"), "{message}");
+}
+
+#[test]
+fn pod_ip_inside_the_vm_slash30_is_rejected_even_as_a_slash32() {
+    let pod = PodNet {
+        pod_ip: Ipv4Addr::new(192, 168, 254, 3),
+        pod_prefix: 32,
+        ..pod()
+    };
+    assert!(matches!(
+        plan(&net(), &pod, MAC),
+        Err(NetError::Overlap { .. })
+    ));
+}
+
+#[test]
+fn gateway_inside_the_vm_slash30_is_rejected() {
+    let pod = PodNet {
+        pod_ip: Ipv4Addr::new(10, 0, 0, 9),
+        pod_prefix: 32,
+        gateway: Some(Ipv4Addr::new(192, 168, 254, 1)),
+        ..pod()
+    };
+    assert!(matches!(
+        plan(&net(), &pod, MAC),
+        Err(NetError::GatewayInVmNet { .. })
+    ));
+}
+
+#[test]
+fn adjacent_subnets_do_not_overlap() {
+    let vm = Ipv4Net::new(Ipv4Addr::new(192, 168, 254, 2), 30);
+    assert!(!vm.overlaps(Ipv4Net::new(Ipv4Addr::new(192, 168, 254, 4), 30)));
+    assert!(!vm.overlaps(Ipv4Net::new(Ipv4Addr::new(192, 168, 253, 255), 32)));
+    assert!(vm.overlaps(Ipv4Net::new(Ipv4Addr::new(0, 0, 0, 0), 0)));
+    assert!(vm.overlaps(Ipv4Net::new(Ipv4Addr::new(192, 168, 254, 0), 24)));
+}
+
+#[test]
+fn gateway_mac_is_local_unicast_and_differs_from_the_vm() {
+    for mac in [MAC, MacAddr6::new(0x01, 0, 0, 0, 0, 0xff), MacAddr6::nil()] {
+        let gw = gateway_mac(mac);
+        let b = gw.into_array();
+        assert_eq!(b[0] & 0x01, 0, "unicast");
+        assert_eq!(b[0] & 0x02, 0x02, "locally administered");
+        assert_ne!(gw, mac);
+    }
+    assert_eq!(planned(&net()).bridge_mac, gateway_mac(MAC));
+}
+
+#[test]
+fn printed_plan_lists_bridge_tap_exclusions_and_ruleset() {
+    let text = planned(&net()).to_string();
+    for needle in [
+        "bridge:     kvmbr0 192.168.254.1/30",
+        "tap:        kvmtap0 (vnet_hdr, vhost-net available) mtu 1450",
+        "vm:         192.168.254.2 mac 52:54:00:12:34:56",
+        "exclusions: tcp 5900 (VNC), tcp 8080 (HTTP)",
+        "snat:       192.168.254.0/30 via eth0 -> 10.244.1.5",
+        "table ip kvm_manager {",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+}

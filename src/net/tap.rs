@@ -1,0 +1,47 @@
+//! The persistent tap qemu opens by name (`-netdev tap,ifname=…,script=no,downscript=no`).
+//!
+//! rtnetlink cannot create taps (the kernel refuses RTM_NEWLINK for them), so the tap is made
+//! through `/dev/net/tun` with `IFF_VNET_HDR` (what virtio-net and vhost-net expect), marked
+//! persistent, and the descriptor closed again: the device outlives us, has no owner or group
+//! (any process with CAP_NET_ADMIN may attach — qemu does), and a later start attaches to the
+//! same device instead of creating a second one.
+
+use std::io;
+use std::path::Path;
+
+use nix::errno::Errno;
+use tun_rs::{DeviceBuilder, Layer};
+
+use super::NetError;
+
+pub const TUN_DEVICE: &str = "/dev/net/tun";
+
+/// Creates the tap `name`, or attaches to it if it exists, and leaves it persistent.
+pub fn ensure_persistent(name: &str) -> Result<(), NetError> {
+    // tun-rs would mknod a missing node, which a container cannot do (or must not); say what
+    // the operator has to change instead.
+    if !Path::new(TUN_DEVICE).exists() {
+        return Err(NetError::NoTunDevice);
+    }
+    let device = DeviceBuilder::new()
+        .name(name)
+        .layer(Layer::L2)
+        .offload(true)
+        .build_sync()
+        .map_err(|source| tap_error(name, source))?;
+    device.persist().map_err(|source| tap_error(name, source))?;
+    Ok(())
+}
+
+fn tap_error(name: &str, source: io::Error) -> NetError {
+    match source.raw_os_error().map(Errno::from_raw) {
+        Some(Errno::EPERM) => NetError::MissingNetAdmin,
+        Some(Errno::EBUSY) => NetError::TapBusy {
+            name: name.to_owned(),
+        },
+        _ => NetError::Tap {
+            name: name.to_owned(),
+            source,
+        },
+    }
+}
