@@ -1,5 +1,7 @@
 //! The only place that sequences phases: parse, log, then run the chosen subcommand.
 
+mod launch;
+
 use std::io::Write as _;
 use std::process::{Command as ProcessCommand, ExitCode};
 
@@ -68,7 +70,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
         Command::Image => Err(Error::NotBuilt("image")),
         Command::Network => network(&config),
         Command::ConfigDrive { .. } => Err(Error::NotBuilt("config-drive")),
-        Command::QemuArgs { .. } => Err(Error::NotBuilt("qemu-args")),
+        Command::QemuArgs { .. } => qemu_args(&config),
         Command::Supervise { command } => supervise(&config, command),
         Command::Console => {
             crate::qemu::attach::attach(&crate::qemu::attach::socket_path(&config.runtime_dir))
@@ -112,6 +114,22 @@ fn network(config: &Config) -> Result<u8, Error> {
         tracing::info!(bridge = %plan.bridge, tap = %plan.tap, "network ready; waiting for SIGTERM");
         let signal = pid1.shutdown_requested().await;
         tracing::info!(%signal, "shutting down");
+        Ok(0)
+    })
+}
+
+/// `kvm-manager qemu-args`: the command line `run` would use, without changing anything.
+fn qemu_args(config: &Config) -> Result<u8, Error> {
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        let state = crate::state::peek(&config.pet_dir, &config.hostname, config.net.vm_mac)?;
+        let pod = net::discover().await?;
+        let plan = net::plan(&config.net, &pod, state.mac())?;
+        let launch = launch::decide(config, Some(&plan))?;
+        let mut out = std::io::stdout().lock();
+        for arg in crate::qemu::args::build(&launch) {
+            let _ = writeln!(out, "{}", arg.to_string_lossy());
+        }
         Ok(0)
     })
 }
