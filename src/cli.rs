@@ -211,6 +211,21 @@ pub struct Settings {
     )]
     pub runtime_dir: PathBuf,
 
+    /// With NO_DHCP, /readyz turns ready once the guest accepts TCP connections on this port
+    /// of VM_IP (with DHCP, readiness is the guest taking its lease).
+    #[arg(long, env = "READY_PORT", global = true, default_value = "22")]
+    pub ready_port: String,
+
+    /// Directory with the noVNC client (its `core/rfb.js`) served by the web console.
+    #[arg(
+        long,
+        env = "NOVNC_DIR",
+        global = true,
+        default_value = "/usr/share/kvm-manager/novnc",
+        value_name = "DIR"
+    )]
+    pub novnc_dir: PathBuf,
+
     /// `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", global = true, default_value = "text")]
     pub log_format: String,

@@ -186,6 +186,9 @@ pub struct NetConfig {
     pub dns_mode: DnsMode,
     /// `None` when `HTTP_PORT=0`.
     pub http_port: Option<u16>,
+    /// Guest TCP port that means "ready" with `NO_DHCP`.
+    pub ready_port: u16,
+    pub novnc_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -520,6 +523,17 @@ fn parse_net(settings: &Settings) -> Result<NetConfig, ConfigError> {
             "choose another port, or set NO_VNC",
         ));
     }
+    let ready_port = match settings.ready_port.trim().parse::<u16>() {
+        Ok(port @ 1..) => port,
+        _ => {
+            return Err(invalid(
+                "READY_PORT",
+                &settings.ready_port,
+                "not a port number",
+                "use the guest TCP port (1-65535) that answers once it has booted, e.g. 22",
+            ))
+        }
+    };
     Ok(NetConfig {
         vm_ip,
         vm_gw,
@@ -528,6 +542,8 @@ fn parse_net(settings: &Settings) -> Result<NetConfig, ConfigError> {
         no_dhcp: settings.no_dhcp,
         dns_mode,
         http_port: (port != 0).then_some(port),
+        ready_port,
+        novnc_dir: settings.novnc_dir.clone(),
     })
 }
 

@@ -80,6 +80,8 @@ fn every_bad_value_is_rejected_naming_its_variable() {
         (&["--http-port", "70000"], "HTTP_PORT"),
         (&["--http-port", "5900"], "HTTP_PORT"),
         (&["--vnc-password", "longer-than-8"], "VNC_PASSWORD"),
+        (&["--ready-port", "0"], "READY_PORT"),
+        (&["--ready-port", "ssh"], "READY_PORT"),
     ];
     for (args, var) in cases {
         let err = parse(args, Needs::Nothing).expect_err(&format!("{args:?} must be rejected"));
