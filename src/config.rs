@@ -70,6 +70,8 @@ pub struct Config {
     pub image: ImageConfig,
     pub pet_dir: PathBuf,
     pub runtime_dir: PathBuf,
+    /// The noVNC client served by the web console.
+    pub novnc_dir: PathBuf,
     pub net: NetConfig,
     pub vm: VmConfig,
     pub config_drive: ConfigDriveConfig,
@@ -188,7 +190,6 @@ pub struct NetConfig {
     pub http_port: Option<u16>,
     /// Guest TCP port that means "ready" with `NO_DHCP`.
     pub ready_port: u16,
-    pub novnc_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,6 +301,7 @@ impl Config {
             image,
             pet_dir: settings.pet_dir.clone(),
             runtime_dir: settings.runtime_dir.clone(),
+            novnc_dir: settings.novnc_dir.clone(),
             net,
             vm,
             config_drive,
@@ -543,7 +545,6 @@ fn parse_net(settings: &Settings) -> Result<NetConfig, ConfigError> {
         dns_mode,
         http_port: (port != 0).then_some(port),
         ready_port,
-        novnc_dir: settings.novnc_dir.clone(),
     })
 }
 

@@ -15,6 +15,7 @@ fn net() -> NetConfig {
         no_dhcp: false,
         dns_mode: DnsMode::Forward,
         http_port: Some(8080),
+        ready_port: 22,
     }
 }
 
