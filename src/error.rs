@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::config::ConfigError;
+use crate::configdrive::ConfigDriveError;
 use crate::logging::LogError;
 use crate::pid1::Pid1Error;
 use crate::state::StateError;
@@ -29,6 +30,8 @@ pub enum Error {
     Pid1(#[from] Pid1Error),
     #[error("could not load this VM's persisted state in PET_DIR")]
     State(#[from] StateError),
+    #[error("could not build the config drive")]
+    ConfigDrive(#[from] ConfigDriveError),
     #[error(
         "the {0} phase is not implemented in this build of kvm-manager yet; `kvm-manager \
          --help` lists what is"
@@ -43,6 +46,7 @@ impl Error {
             Error::Log(_) => exit::CONFIG,
             Error::Pid1(e) => e.exit_code(),
             Error::State(_) => exit::IMAGE,
+            Error::ConfigDrive(_) => exit::CONFIG_DRIVE,
             Error::NotBuilt(_) => exit::NOT_BUILT,
         }
     }

@@ -1,0 +1,319 @@
+//! The deciding half (layout, golden files) and the inputs, without root or external tools.
+//! Reading the ISO back with isoinfo/xorriso and cloud-init is in tests/integration.
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::config::DriveFormat;
+
+const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/configdrive/golden");
+
+fn host() -> Hostname {
+    Hostname::parse("vm-0").expect("valid hostname")
+}
+
+fn state() -> PetState {
+    PetState {
+        mac: "52:54:00:12:34:56".into(),
+        instance_id: "5f0c1b2e-8a47-4c1e-9d3a-0b6f2e7c9a10".into(),
+    }
+}
+
+fn drive(format: DriveFormat, dir: &Path) -> ConfigDriveConfig {
+    ConfigDriveConfig {
+        format,
+        userdata: dir.join("userdata"),
+        metadata: dir.join("metadata"),
+    }
+}
+
+fn golden_inputs() -> layout::Inputs {
+    let metadata = metadata::parse(
+        Path::new("meta-data"),
+        b"public-keys:\n  - ssh-ed25519 AAAAC3Nz test@example\nzone: lab\nhostname: custom-name\n",
+    )
+    .expect("metadata");
+    layout::Inputs {
+        user_data: Some(b"#cloud-config\npackages: [htop]\n".to_vec()),
+        metadata,
+    }
+}
+
+/// A readable listing of a layout: label, then each file's path, size and text.
+fn render(layout: &Layout) -> String {
+    let mut out = format!("label: {}\n", layout.label);
+    for file in &layout.files {
+        let text = String::from_utf8_lossy(&file.bytes);
+        out.push_str(&format!(
+            "\n== {} ({} bytes)\n{text}",
+            file.path,
+            file.bytes.len()
+        ));
+    }
+    out
+}
+
+/// Compares with `golden/<name>.txt`; `UPDATE_GOLDEN=1` rewrites it instead.
+fn assert_golden(name: &str, actual: &str) {
+    let path = Path::new(GOLDEN).join(format!("{name}.txt"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).expect("update golden file");
+    }
+    let expected = std::fs::read_to_string(&path).expect("golden file (UPDATE_GOLDEN=1 makes it)");
+    assert_eq!(actual, expected, "layout differs from {}", path.display());
+}
+
+#[test]
+fn config_2_layout_matches_golden() {
+    let layout = layout::plan(
+        layout::Format::ConfigDrive,
+        &golden_inputs(),
+        &host(),
+        &state(),
+    )
+    .expect("plan");
+    assert_golden("config-2", &render(&layout));
+}
+
+#[test]
+fn nocloud_layout_matches_golden() {
+    let layout =
+        layout::plan(layout::Format::NoCloud, &golden_inputs(), &host(), &state()).expect("plan");
+    assert_golden("nocloud", &render(&layout));
+}
+
+#[test]
+fn layouts_without_inputs_still_carry_instance_id_and_hostname() {
+    let empty = layout::Inputs::default();
+    let config_2 =
+        layout::plan(layout::Format::ConfigDrive, &empty, &host(), &state()).expect("plan");
+    let paths: Vec<&str> = config_2.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "openstack/2012-08-10/meta_data.json",
+            "openstack/2012-08-10/network_data.json",
+            "openstack/latest/meta_data.json",
+            "openstack/latest/network_data.json",
+        ]
+    );
+    let meta: serde_json::Value =
+        serde_json::from_slice(&config_2.files[0].bytes).expect("meta_data.json");
+    assert_eq!(meta["uuid"], state().instance_id);
+    assert_eq!(meta["hostname"], "vm-0");
+
+    let nocloud = layout::plan(layout::Format::NoCloud, &empty, &host(), &state()).expect("plan");
+    let user_data = nocloud
+        .files
+        .iter()
+        .find(|f| f.path == "user-data")
+        .expect("user-data");
+    assert!(
+        user_data.bytes.is_empty(),
+        "cloud-init requires the file, even empty"
+    );
+}
+
+#[test]
+fn user_data_is_copied_byte_for_byte() {
+    // gzip magic, a NUL, invalid UTF-8 and CRLF: nothing may be normalised.
+    let raw: Vec<u8> = b"\x1f\x8b\x08\x00\xff\xfe\r\n#!/bin/sh\r\n".to_vec();
+    let inputs = layout::Inputs {
+        user_data: Some(raw.clone()),
+        ..Default::default()
+    };
+    for format in [layout::Format::ConfigDrive, layout::Format::NoCloud] {
+        let layout = layout::plan(format, &inputs, &host(), &state()).expect("plan");
+        let copies: Vec<_> = layout
+            .files
+            .iter()
+            .filter(|f| f.path.ends_with("user_data") || f.path == "user-data")
+            .collect();
+        assert!(!copies.is_empty());
+        for copy in copies {
+            assert_eq!(&*copy.bytes, &raw[..], "{}", copy.path);
+        }
+    }
+}
+
+#[test]
+fn none_builds_no_drive_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = drive(DriveFormat::None, dir.path());
+    assert!(build(&config, &host(), &state()).expect("build").is_none());
+    let output = dir.path().join("drive.iso");
+    assert!(!write(&config, &host(), &state(), &output).expect("write"));
+    assert!(!output.exists());
+}
+
+#[test]
+fn two_builds_give_identical_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("userdata"), b"#cloud-config\n").expect("userdata");
+    std::fs::write(dir.path().join("metadata"), b"{\"zone\": \"a\"}").expect("metadata");
+    for format in [DriveFormat::ConfigDrive, DriveFormat::NoCloud] {
+        let config = drive(format, dir.path());
+        let first = build(&config, &host(), &state())
+            .expect("build")
+            .expect("a drive");
+        let second = build(&config, &host(), &state())
+            .expect("build")
+            .expect("a drive");
+        assert!(first == second, "{format:?} is not deterministic");
+        assert_eq!(
+            &first[0x8001..0x8006],
+            b"CD001",
+            "an ISO 9660 volume descriptor"
+        );
+    }
+}
+
+#[test]
+fn instance_id_survives_a_restart_with_the_same_pet_dir() {
+    let pet = tempfile::tempdir().expect("pet dir");
+    let inputs = tempfile::tempdir().expect("inputs");
+    let config = drive(DriveFormat::ConfigDrive, inputs.path());
+    let output = pet.path().join("config-drive.iso");
+
+    let first_state = crate::state::load_or_create(pet.path(), &host(), None).expect("state");
+    assert!(write(&config, &host(), &first_state, &output).expect("write"));
+    let first = std::fs::read(&output).expect("read");
+
+    // A container restart: a fresh process loads the state from the same PET_DIR.
+    let second_state = crate::state::load_or_create(pet.path(), &host(), None).expect("state");
+    assert!(write(&config, &host(), &second_state, &output).expect("write"));
+    assert_eq!(first_state.instance_id, second_state.instance_id);
+    assert!(
+        first == std::fs::read(&output).expect("read"),
+        "the drive changed"
+    );
+}
+
+/// A ConfigMap volume as the kubelet writes it: keys are symlinks through `..data` into a
+/// timestamped directory.
+fn config_map(dir: &Path, entries: &[(&str, &[u8])]) -> PathBuf {
+    let generation = "..2026_11_21_00_00_00.123456789";
+    std::fs::create_dir_all(dir.join(generation)).expect("generation dir");
+    for (key, bytes) in entries {
+        std::fs::write(dir.join(generation).join(key), bytes).expect("key file");
+        symlink(format!("..data/{key}"), dir.join(key)).expect("key symlink");
+    }
+    symlink(generation, dir.join("..data")).expect("..data symlink");
+    dir.to_owned()
+}
+
+#[test]
+fn config_map_directories_are_read_through_their_symlinks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let user = config_map(
+        &dir.path().join("userdata"),
+        &[("userdata", b"#!/bin/sh\necho hi\n")],
+    );
+    let meta = config_map(&dir.path().join("metadata"), &[("meta_data", b"zone: b\n")]);
+    let config = ConfigDriveConfig {
+        format: DriveFormat::NoCloud,
+        userdata: user,
+        metadata: meta,
+    };
+
+    let found = input::read("USERDATA", &config.userdata, input::USER_DATA_KEYS)
+        .expect("read")
+        .expect("present");
+    assert_eq!(found.bytes, b"#!/bin/sh\necho hi\n");
+    assert!(
+        found.path.ends_with("userdata/userdata"),
+        "{}",
+        found.path.display()
+    );
+    let found = input::read("METADATA", &config.metadata, input::METADATA_KEYS)
+        .expect("read")
+        .expect("present");
+    assert_eq!(found.bytes, b"zone: b\n");
+    assert!(build(&config, &host(), &state()).expect("build").is_some());
+}
+
+#[test]
+fn one_config_map_can_hold_both_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let both = config_map(
+        &dir.path().join("seed"),
+        &[
+            ("user-data", b"#cloud-config\n"),
+            ("meta-data", b"zone: c\n"),
+        ],
+    );
+    let user = input::read("USERDATA", &both, input::USER_DATA_KEYS).expect("read");
+    let meta = input::read("METADATA", &both, input::METADATA_KEYS).expect("read");
+    assert_eq!(user.expect("user-data").bytes, b"#cloud-config\n");
+    assert_eq!(meta.expect("meta-data").bytes, b"zone: c\n");
+}
+
+#[test]
+fn missing_inputs_and_directories_without_keys_are_absent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = input::read("USERDATA", &dir.path().join("nope"), input::USER_DATA_KEYS);
+    assert!(missing.expect("read").is_none());
+    let other_keys = config_map(&dir.path().join("cm"), &[("cloud.cfg", b"x")]);
+    let none = input::read("USERDATA", &other_keys, input::USER_DATA_KEYS).expect("read");
+    assert!(none.is_none());
+}
+
+#[test]
+fn two_spellings_of_one_key_are_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cm = config_map(
+        &dir.path().join("cm"),
+        &[("user-data", b"a"), ("userdata", b"b")],
+    );
+    let err = input::read("USERDATA", &cm, input::USER_DATA_KEYS).expect_err("ambiguous");
+    assert!(
+        matches!(err, ConfigDriveError::AmbiguousKeys { .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn unreadable_input_is_an_error_naming_the_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cm = config_map(&dir.path().join("cm"), &[("user-data", b"x")]);
+    // A key that resolves to a directory cannot be read as a file, even by root (who
+    // would read a mode-000 file).
+    let broken = cm.join("..data/user-data");
+    std::fs::remove_file(&broken).expect("rm");
+    std::fs::create_dir(&broken).expect("mkdir");
+    let err = input::read("USERDATA", &cm, input::USER_DATA_KEYS).expect_err("unreadable");
+    let message = err.to_string();
+    assert!(matches!(err, ConfigDriveError::ReadInput { .. }), "{err:?}");
+    assert!(
+        message.contains("USERDATA") && message.contains("cm/user-data"),
+        "{message}"
+    );
+}
+
+#[test]
+fn oversize_user_data_is_rejected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("userdata");
+    let file = std::fs::File::create(&path).expect("create");
+    file.set_len(MAX_INPUT_BYTES + 1).expect("sparse file");
+    let err = input::read("USERDATA", &path, input::USER_DATA_KEYS).expect_err("too large");
+    assert!(
+        matches!(err, ConfigDriveError::InputTooLarge { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("16777216"), "{err}");
+}
+
+#[test]
+fn bad_metadata_fails_the_build_with_its_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("metadata"), b"zone: a\n  bad: [\n").expect("metadata");
+    let err = build(&drive(DriveFormat::NoCloud, dir.path()), &host(), &state()).expect_err("bad");
+    let message = err.to_string();
+    assert!(message.contains("metadata:"), "{message}");
+    assert!(
+        matches!(err, ConfigDriveError::ParseMetadata { .. }),
+        "{err:?}"
+    );
+}
