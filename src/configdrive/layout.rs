@@ -12,9 +12,12 @@
 //! its per-instance modules after a container restart) and the pod hostname; the operator's
 //! top-level keys replace ours. The network config matches the VM's NIC by MAC and asks for
 //! DHCP, which our DHCP server answers. User-data is copied byte for byte.
+//!
+//! File bytes are [`Content`], hadris-fs's shared immutable buffer, so that a 16 MiB
+//! user-data is copied once into it and then shared by both OpenStack versions and the ISO
+//! writer instead of being copied again at each step.
 
-use std::sync::Arc;
-
+use hadris_fs::Content;
 use serde_json::{json, Value};
 
 use super::metadata::Metadata;
@@ -59,24 +62,32 @@ pub struct Inputs {
     pub metadata: Metadata,
 }
 
-/// One file of the drive; files with equal bytes share one `Arc`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One file of the drive; files with equal bytes share one buffer.
+#[derive(Debug, Clone)]
 pub struct DriveFile {
     /// Relative, `/`-separated.
     pub path: String,
-    pub bytes: Arc<[u8]>,
+    pub content: Content,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl DriveFile {
+    pub fn bytes(&self) -> &[u8] {
+        // Layout only ever makes in-memory content.
+        self.content.as_bytes().unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct Layout {
     pub label: &'static str,
     /// Sorted by path.
     pub files: Vec<DriveFile>,
 }
 
+/// Takes `inputs` by value so user-data moves into the layout without a copy of our own.
 pub fn plan(
     format: Format,
-    inputs: &Inputs,
+    inputs: Inputs,
     hostname: &Hostname,
     state: &PetState,
 ) -> Result<Layout, ConfigDriveError> {
@@ -92,7 +103,7 @@ pub fn plan(
 }
 
 fn config_drive(
-    inputs: &Inputs,
+    inputs: Inputs,
     hostname: &Hostname,
     state: &PetState,
 ) -> Result<Vec<DriveFile>, ConfigDriveError> {
@@ -118,7 +129,7 @@ fn config_drive(
             "services": [],
         }),
     )?;
-    let user_data: Option<Arc<[u8]>> = inputs.user_data.as_deref().map(Arc::from);
+    let user_data = inputs.user_data.map(Content::from);
 
     let mut files = Vec::new();
     for version in OPENSTACK_VERSIONS {
@@ -133,7 +144,7 @@ fn config_drive(
 }
 
 fn nocloud(
-    inputs: &Inputs,
+    inputs: Inputs,
     hostname: &Hostname,
     state: &PetState,
 ) -> Result<Vec<DriveFile>, ConfigDriveError> {
@@ -153,7 +164,7 @@ fn nocloud(
             },
         }),
     )?;
-    let user_data: Arc<[u8]> = Arc::from(inputs.user_data.as_deref().unwrap_or_default());
+    let user_data = Content::from(inputs.user_data.unwrap_or_default());
     Ok(vec![
         file("meta-data".into(), &meta_data),
         file("network-config".into(), &network_config),
@@ -161,10 +172,10 @@ fn nocloud(
     ])
 }
 
-fn file(path: String, bytes: &Arc<[u8]>) -> DriveFile {
+fn file(path: String, content: &Content) -> DriveFile {
     DriveFile {
         path,
-        bytes: Arc::clone(bytes),
+        content: content.clone(),
     }
 }
 
@@ -176,7 +187,7 @@ fn merged(mut ours: Metadata, theirs: &Metadata) -> Value {
     Value::Object(ours)
 }
 
-fn json_bytes(file: &'static str, value: &Value) -> Result<Arc<[u8]>, ConfigDriveError> {
+fn json_bytes(file: &'static str, value: &Value) -> Result<Content, ConfigDriveError> {
     let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| ConfigDriveError::Encode {
         file,
         source: Box::new(e),
@@ -185,10 +196,10 @@ fn json_bytes(file: &'static str, value: &Value) -> Result<Arc<[u8]>, ConfigDriv
     Ok(bytes.into())
 }
 
-fn yaml_bytes(file: &'static str, value: &Value) -> Result<Arc<[u8]>, ConfigDriveError> {
+fn yaml_bytes(file: &'static str, value: &Value) -> Result<Content, ConfigDriveError> {
     let text = serde_saphyr::to_string(value).map_err(|e| ConfigDriveError::Encode {
         file,
         source: Box::new(e),
     })?;
-    Ok(Arc::from(text.into_bytes()))
+    Ok(Content::from(text.into_bytes()))
 }

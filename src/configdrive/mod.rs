@@ -80,6 +80,33 @@ pub fn build(
     hostname: &Hostname,
     state: &PetState,
 ) -> Result<Option<Vec<u8>>, ConfigDriveError> {
+    plan(config, hostname, state)?
+        .map(|layout| iso::encode(&layout))
+        .transpose()
+}
+
+/// Builds the ISO and writes it to `output` atomically; returns whether a drive was written
+/// (`false` for `CONFIG_DRIVE=none`, which leaves `output` alone).
+pub fn write(
+    config: &ConfigDriveConfig,
+    hostname: &Hostname,
+    state: &PetState,
+    output: &Path,
+) -> Result<bool, ConfigDriveError> {
+    let Some(layout) = plan(config, hostname, state)? else {
+        return Ok(false);
+    };
+    iso::write(&layout, output)?;
+    tracing::info!(path = %output.display(), label = layout.label, "config drive written");
+    Ok(true)
+}
+
+/// Reads the inputs and decides the files; `None` for `CONFIG_DRIVE=none`.
+fn plan(
+    config: &ConfigDriveConfig,
+    hostname: &Hostname,
+    state: &PetState,
+) -> Result<Option<Layout>, ConfigDriveError> {
     let Some(format) = layout::Format::of(config.format) else {
         return Ok(None);
     };
@@ -92,27 +119,7 @@ pub fn build(
         user_data: user_data.map(|found| found.bytes),
         metadata,
     };
-    let layout = layout::plan(format, &inputs, hostname, state)?;
-    iso::encode(&layout).map(Some)
-}
-
-/// Builds the ISO and writes it to `output` atomically; returns whether a drive was written
-/// (`false` for `CONFIG_DRIVE=none`, which leaves `output` alone).
-pub fn write(
-    config: &ConfigDriveConfig,
-    hostname: &Hostname,
-    state: &PetState,
-    output: &Path,
-) -> Result<bool, ConfigDriveError> {
-    let Some(bytes) = build(config, hostname, state)? else {
-        return Ok(false);
-    };
-    crate::atomic_file::write(output, &bytes).map_err(|source| ConfigDriveError::Write {
-        path: output.to_owned(),
-        source,
-    })?;
-    tracing::info!(path = %output.display(), bytes = bytes.len(), format = ?config.format, "config drive written");
-    Ok(true)
+    layout::plan(format, inputs, hostname, state).map(Some)
 }
 
 #[cfg(test)]

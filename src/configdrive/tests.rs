@@ -44,11 +44,11 @@ fn golden_inputs() -> layout::Inputs {
 fn render(layout: &Layout) -> String {
     let mut out = format!("label: {}\n", layout.label);
     for file in &layout.files {
-        let text = String::from_utf8_lossy(&file.bytes);
+        let text = String::from_utf8_lossy(file.bytes());
         out.push_str(&format!(
             "\n== {} ({} bytes)\n{text}",
             file.path,
-            file.bytes.len()
+            file.bytes().len()
         ));
     }
     out
@@ -68,7 +68,7 @@ fn assert_golden(name: &str, actual: &str) {
 fn config_2_layout_matches_golden() {
     let layout = layout::plan(
         layout::Format::ConfigDrive,
-        &golden_inputs(),
+        golden_inputs(),
         &host(),
         &state(),
     )
@@ -79,15 +79,20 @@ fn config_2_layout_matches_golden() {
 #[test]
 fn nocloud_layout_matches_golden() {
     let layout =
-        layout::plan(layout::Format::NoCloud, &golden_inputs(), &host(), &state()).expect("plan");
+        layout::plan(layout::Format::NoCloud, golden_inputs(), &host(), &state()).expect("plan");
     assert_golden("nocloud", &render(&layout));
 }
 
 #[test]
 fn layouts_without_inputs_still_carry_instance_id_and_hostname() {
     let empty = layout::Inputs::default();
-    let config_2 =
-        layout::plan(layout::Format::ConfigDrive, &empty, &host(), &state()).expect("plan");
+    let config_2 = layout::plan(
+        layout::Format::ConfigDrive,
+        empty.clone(),
+        &host(),
+        &state(),
+    )
+    .expect("plan");
     let paths: Vec<&str> = config_2.files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(
         paths,
@@ -99,18 +104,18 @@ fn layouts_without_inputs_still_carry_instance_id_and_hostname() {
         ]
     );
     let meta: serde_json::Value =
-        serde_json::from_slice(&config_2.files[0].bytes).expect("meta_data.json");
+        serde_json::from_slice(config_2.files[0].bytes()).expect("meta_data.json");
     assert_eq!(meta["uuid"], state().instance_id);
     assert_eq!(meta["hostname"], "vm-0");
 
-    let nocloud = layout::plan(layout::Format::NoCloud, &empty, &host(), &state()).expect("plan");
+    let nocloud = layout::plan(layout::Format::NoCloud, empty, &host(), &state()).expect("plan");
     let user_data = nocloud
         .files
         .iter()
         .find(|f| f.path == "user-data")
         .expect("user-data");
     assert!(
-        user_data.bytes.is_empty(),
+        user_data.bytes().is_empty(),
         "cloud-init requires the file, even empty"
     );
 }
@@ -124,7 +129,7 @@ fn user_data_is_copied_byte_for_byte() {
         ..Default::default()
     };
     for format in [layout::Format::ConfigDrive, layout::Format::NoCloud] {
-        let layout = layout::plan(format, &inputs, &host(), &state()).expect("plan");
+        let layout = layout::plan(format, inputs.clone(), &host(), &state()).expect("plan");
         let copies: Vec<_> = layout
             .files
             .iter()
@@ -132,7 +137,7 @@ fn user_data_is_copied_byte_for_byte() {
             .collect();
         assert!(!copies.is_empty());
         for copy in copies {
-            assert_eq!(&*copy.bytes, &raw[..], "{}", copy.path);
+            assert_eq!(copy.bytes(), &raw[..], "{}", copy.path);
         }
     }
 }
@@ -167,6 +172,42 @@ fn two_builds_give_identical_bytes() {
             "an ISO 9660 volume descriptor"
         );
     }
+}
+
+#[test]
+fn the_written_file_holds_the_built_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("userdata"), vec![0xa5; 300_000]).expect("userdata");
+    for format in [DriveFormat::ConfigDrive, DriveFormat::NoCloud] {
+        let config = drive(format, dir.path());
+        let output = dir.path().join("drive.iso");
+        assert!(write(&config, &host(), &state(), &output).expect("write"));
+        let built = build(&config, &host(), &state())
+            .expect("build")
+            .expect("a drive");
+        assert!(std::fs::read(&output).expect("read") == built, "{format:?}");
+    }
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with('.'))
+        .collect();
+    assert!(names.is_empty(), "temporary files left: {names:?}");
+}
+
+#[test]
+fn a_missing_output_directory_is_a_write_error_naming_the_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = dir.path().join("no-such-dir/drive.iso");
+    let err = write(
+        &drive(DriveFormat::NoCloud, dir.path()),
+        &host(),
+        &state(),
+        &output,
+    )
+    .expect_err("no directory");
+    assert!(matches!(err, ConfigDriveError::Write { .. }), "{err:?}");
+    assert!(err.to_string().contains("no-such-dir/drive.iso"), "{err}");
 }
 
 #[test]
