@@ -133,3 +133,111 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, Limited> {
     }
     Ok(bytes)
 }
+
+#[cfg(test)]
+pub(super) mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    /// A ConfigMap volume as the kubelet writes it: keys are symlinks through `..data` into a
+    /// timestamped directory.
+    pub(in crate::configdrive) fn config_map(dir: &Path, entries: &[(&str, &[u8])]) -> PathBuf {
+        let generation = "..2026_11_21_00_00_00.123456789";
+        std::fs::create_dir_all(dir.join(generation)).expect("generation dir");
+        for (key, bytes) in entries {
+            std::fs::write(dir.join(generation).join(key), bytes).expect("key file");
+            symlink(format!("..data/{key}"), dir.join(key)).expect("key symlink");
+        }
+        symlink(generation, dir.join("..data")).expect("..data symlink");
+        dir.to_owned()
+    }
+
+    #[test]
+    fn a_config_map_update_is_read_through_the_new_data_symlink() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cm = config_map(&dir.path().join("cm"), &[("user-data", b"old")]);
+        // What the kubelet does on update: a new generation, `..data` swapped by rename, the
+        // old generation removed. The key symlink itself never changes.
+        let next = "..2026_11_21_00_05_00.987654321";
+        std::fs::create_dir(cm.join(next)).expect("new generation");
+        std::fs::write(cm.join(next).join("user-data"), b"new").expect("new key");
+        symlink(next, cm.join("..data_tmp")).expect("symlink");
+        std::fs::rename(cm.join("..data_tmp"), cm.join("..data")).expect("swap");
+        std::fs::remove_dir_all(cm.join("..2026_11_21_00_00_00.123456789")).expect("rm old");
+        let found = read("USERDATA", &cm, USER_DATA_KEYS).expect("read");
+        assert_eq!(found.expect("user-data").bytes, b"new");
+    }
+
+    #[test]
+    fn one_config_map_can_hold_both_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let both = config_map(
+            &dir.path().join("seed"),
+            &[
+                ("user-data", b"#cloud-config\n"),
+                ("meta-data", b"zone: c\n"),
+            ],
+        );
+        let user = read("USERDATA", &both, USER_DATA_KEYS).expect("read");
+        let meta = read("METADATA", &both, METADATA_KEYS).expect("read");
+        assert_eq!(user.expect("user-data").bytes, b"#cloud-config\n");
+        assert_eq!(meta.expect("meta-data").bytes, b"zone: c\n");
+    }
+
+    #[test]
+    fn missing_inputs_and_directories_without_keys_are_absent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = read("USERDATA", &dir.path().join("nope"), USER_DATA_KEYS);
+        assert!(missing.expect("read").is_none());
+        let other_keys = config_map(&dir.path().join("cm"), &[("cloud.cfg", b"x")]);
+        let none = read("USERDATA", &other_keys, USER_DATA_KEYS).expect("read");
+        assert!(none.is_none());
+    }
+
+    #[test]
+    fn two_spellings_of_one_key_are_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cm = config_map(
+            &dir.path().join("cm"),
+            &[("user-data", b"a"), ("userdata", b"b")],
+        );
+        let err = read("USERDATA", &cm, USER_DATA_KEYS).expect_err("ambiguous");
+        assert!(
+            matches!(err, ConfigDriveError::AmbiguousKeys { .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn unreadable_input_is_an_error_naming_the_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cm = config_map(&dir.path().join("cm"), &[("user-data", b"x")]);
+        // A key that resolves to a directory cannot be read as a file, even by root (who
+        // would read a mode-000 file).
+        let broken = cm.join("..data/user-data");
+        std::fs::remove_file(&broken).expect("rm");
+        std::fs::create_dir(&broken).expect("mkdir");
+        let err = read("USERDATA", &cm, USER_DATA_KEYS).expect_err("unreadable");
+        let message = err.to_string();
+        assert!(matches!(err, ConfigDriveError::ReadInput { .. }), "{err:?}");
+        assert!(
+            message.contains("USERDATA") && message.contains("cm/user-data"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn oversize_user_data_is_rejected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("userdata");
+        let file = std::fs::File::create(&path).expect("create");
+        file.set_len(MAX_INPUT_BYTES + 1).expect("sparse file");
+        let err = read("USERDATA", &path, USER_DATA_KEYS).expect_err("too large");
+        assert!(
+            matches!(err, ConfigDriveError::InputTooLarge { .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("16777216"), "{err}");
+    }
+}

@@ -1,9 +1,9 @@
 //! The deciding half (layout, golden files) and the inputs, without root or external tools.
 //! Reading the ISO back with isoinfo/xorriso and cloud-init is in tests/integration.
 
-use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use super::input::tests::config_map;
 use super::*;
 use crate::config::DriveFormat;
 
@@ -231,19 +231,6 @@ fn instance_id_survives_a_restart_with_the_same_pet_dir() {
     );
 }
 
-/// A ConfigMap volume as the kubelet writes it: keys are symlinks through `..data` into a
-/// timestamped directory.
-fn config_map(dir: &Path, entries: &[(&str, &[u8])]) -> PathBuf {
-    let generation = "..2026_11_21_00_00_00.123456789";
-    std::fs::create_dir_all(dir.join(generation)).expect("generation dir");
-    for (key, bytes) in entries {
-        std::fs::write(dir.join(generation).join(key), bytes).expect("key file");
-        symlink(format!("..data/{key}"), dir.join(key)).expect("key symlink");
-    }
-    symlink(generation, dir.join("..data")).expect("..data symlink");
-    dir.to_owned()
-}
-
 #[test]
 fn config_map_directories_are_read_through_their_symlinks() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -272,78 +259,6 @@ fn config_map_directories_are_read_through_their_symlinks() {
         .expect("present");
     assert_eq!(found.bytes, b"zone: b\n");
     assert!(build(&config, &host(), &state()).expect("build").is_some());
-}
-
-#[test]
-fn one_config_map_can_hold_both_keys() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let both = config_map(
-        &dir.path().join("seed"),
-        &[
-            ("user-data", b"#cloud-config\n"),
-            ("meta-data", b"zone: c\n"),
-        ],
-    );
-    let user = input::read("USERDATA", &both, input::USER_DATA_KEYS).expect("read");
-    let meta = input::read("METADATA", &both, input::METADATA_KEYS).expect("read");
-    assert_eq!(user.expect("user-data").bytes, b"#cloud-config\n");
-    assert_eq!(meta.expect("meta-data").bytes, b"zone: c\n");
-}
-
-#[test]
-fn missing_inputs_and_directories_without_keys_are_absent() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let missing = input::read("USERDATA", &dir.path().join("nope"), input::USER_DATA_KEYS);
-    assert!(missing.expect("read").is_none());
-    let other_keys = config_map(&dir.path().join("cm"), &[("cloud.cfg", b"x")]);
-    let none = input::read("USERDATA", &other_keys, input::USER_DATA_KEYS).expect("read");
-    assert!(none.is_none());
-}
-
-#[test]
-fn two_spellings_of_one_key_are_an_error() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cm = config_map(
-        &dir.path().join("cm"),
-        &[("user-data", b"a"), ("userdata", b"b")],
-    );
-    let err = input::read("USERDATA", &cm, input::USER_DATA_KEYS).expect_err("ambiguous");
-    assert!(
-        matches!(err, ConfigDriveError::AmbiguousKeys { .. }),
-        "{err:?}"
-    );
-}
-
-#[test]
-fn unreadable_input_is_an_error_naming_the_path() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cm = config_map(&dir.path().join("cm"), &[("user-data", b"x")]);
-    // A key that resolves to a directory cannot be read as a file, even by root (who
-    // would read a mode-000 file).
-    let broken = cm.join("..data/user-data");
-    std::fs::remove_file(&broken).expect("rm");
-    std::fs::create_dir(&broken).expect("mkdir");
-    let err = input::read("USERDATA", &cm, input::USER_DATA_KEYS).expect_err("unreadable");
-    let message = err.to_string();
-    assert!(matches!(err, ConfigDriveError::ReadInput { .. }), "{err:?}");
-    assert!(
-        message.contains("USERDATA") && message.contains("cm/user-data"),
-        "{message}"
-    );
-}
-
-#[test]
-fn oversize_user_data_is_rejected() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("userdata");
-    let file = std::fs::File::create(&path).expect("create");
-    file.set_len(MAX_INPUT_BYTES + 1).expect("sparse file");
-    let err = input::read("USERDATA", &path, input::USER_DATA_KEYS).expect_err("too large");
-    assert!(
-        matches!(err, ConfigDriveError::InputTooLarge { .. }),
-        "{err:?}"
-    );
-    assert!(err.to_string().contains("16777216"), "{err}");
 }
 
 #[test]
