@@ -69,7 +69,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
         Command::Run { .. } => Err(Error::NotBuilt("image")),
         Command::Image => Err(Error::NotBuilt("image")),
         Command::Network => network(&config),
-        Command::ConfigDrive { .. } => Err(Error::NotBuilt("config-drive")),
+        Command::ConfigDrive { output } => config_drive(&config, &output),
         Command::QemuArgs { .. } => qemu_args(&config),
         Command::Supervise { command } => supervise(&config, command),
         Command::Console => {
@@ -78,6 +78,19 @@ fn run(cli: Cli) -> Result<u8, Error> {
             Ok(0)
         }
     }
+}
+
+/// Builds the config drive at `output` and prints its path (nothing for `CONFIG_DRIVE=none`).
+fn config_drive(config: &Config, output: &std::path::Path) -> Result<u8, Error> {
+    let state = crate::state::load_or_create(&config.pet_dir, &config.hostname, config.net.vm_mac)?;
+    let written =
+        crate::configdrive::write(&config.config_drive, &config.hostname, &state, output)?;
+    if written {
+        let _ = writeln!(std::io::stdout().lock(), "{}", output.display());
+    } else {
+        tracing::info!("CONFIG_DRIVE=none: no config drive written");
+    }
+    Ok(0)
 }
 
 /// Runs an arbitrary command under our PID-1 supervision (the test hook for `pid1`).

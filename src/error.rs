@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::config::ConfigError;
+use crate::configdrive::ConfigDriveError;
 use crate::logging::LogError;
 use crate::net::NetError;
 use crate::pid1::Pid1Error;
@@ -37,6 +38,8 @@ pub enum Error {
     Net(#[from] NetError),
     #[error("could not load this VM's persisted state in PET_DIR")]
     State(#[from] StateError),
+    #[error("could not build the config drive")]
+    ConfigDrive(#[from] ConfigDriveError),
     #[error(
         "the {0} phase is not implemented in this build of kvm-manager yet; `kvm-manager \
          --help` lists what is"
@@ -53,6 +56,7 @@ impl Error {
             Error::Net(_) => exit::NETWORK,
             Error::State(_) => exit::IMAGE,
             Error::Qemu(e) => e.exit_code(),
+            Error::ConfigDrive(_) => exit::CONFIG_DRIVE,
             Error::NotBuilt(_) => exit::NOT_BUILT,
         }
     }

@@ -8,6 +8,7 @@ pub mod app;
 pub mod atomic_file;
 pub mod cli;
 pub mod config;
+pub mod configdrive;
 pub mod error;
 pub mod http;
 pub mod logging;

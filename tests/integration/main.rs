@@ -6,6 +6,7 @@
 // Skips are announced on stderr, loudly, by design.
 #![allow(clippy::print_stderr)]
 
+mod configdrive;
 mod network;
 mod pid1;
 mod support;

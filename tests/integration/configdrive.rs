@@ -1,0 +1,311 @@
+//! `kvm-manager config-drive` as its readers see it: isoinfo and xorriso (label, Rock Ridge,
+//! Joliet, file tree, exact bytes) and cloud-init's own datasources (instance id, hostname,
+//! user-data, network config).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::support::BIN;
+
+/// Where scripts/deps unpacks cloud-init's Python modules (not installed: it would run at boot).
+const CLOUD_INIT: &str = "/usr/local/lib/kvm-manager-test/cloud-init/usr/lib/python3/dist-packages";
+const DATASOURCE_PY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/integration/cloud_init_datasource.py"
+);
+
+/// True when `tool` exists; otherwise skips loudly, or fails under CI (which installs it).
+fn require(test: &str, tool: &str) -> bool {
+    if Path::new(tool).exists() || which(tool) {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test} needs {tool}; CI must run scripts/deps"
+    );
+    eprintln!("SKIPPED {test}: {tool} is missing; run scripts/deps");
+    false
+}
+
+fn which(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .expect("hostname")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A pod's volumes: user-data and meta-data inputs and a PET_DIR.
+struct Pod {
+    dir: tempfile::TempDir,
+}
+
+impl Pod {
+    fn new(user_data: &[u8], metadata: &[u8]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("userdata"), user_data).expect("userdata");
+        std::fs::write(dir.path().join("metadata"), metadata).expect("metadata");
+        std::fs::create_dir(dir.path().join("pet")).expect("pet dir");
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs `kvm-manager config-drive --output <name>` with `CONFIG_DRIVE=format`.
+    fn config_drive(&self, format: &str, name: &str) -> Output {
+        Command::new(BIN)
+            .args(["config-drive", "--output"])
+            .arg(self.path(name))
+            .env("CONFIG_DRIVE", format)
+            .env("USERDATA", self.path("userdata"))
+            .env("METADATA", self.path("metadata"))
+            .env("PET_DIR", self.path("pet"))
+            .env("LOG_LEVEL", "warn")
+            .env_remove("VM_MAC")
+            .output()
+            .expect("run kvm-manager")
+    }
+
+    /// Builds the drive and checks the exit code and the printed path.
+    fn build(&self, format: &str, name: &str) -> PathBuf {
+        let output = self.config_drive(format, name);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "config-drive failed: {stderr}");
+        let printed = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(printed.trim_end(), self.path(name).display().to_string());
+        self.path(name)
+    }
+
+    fn state(&self) -> Value {
+        let path = self.path(&format!("pet/{}.state.json", hostname()));
+        serde_json::from_slice(&std::fs::read(path).expect("state file")).expect("state json")
+    }
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn run(program: &str, args: &[&str]) -> Vec<u8> {
+    let output = Command::new(program).args(args).output().expect(program);
+    assert!(
+        output.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+fn isoinfo(iso: &Path, args: &[&str]) -> Vec<u8> {
+    let iso = iso.to_str().expect("utf-8 path");
+    let mut all = vec!["-i", iso];
+    all.extend_from_slice(args);
+    run("isoinfo", &all)
+}
+
+/// The paths of a tree as isoinfo lists it (`-R` Rock Ridge or `-J` Joliet).
+fn listing(iso: &Path, tree: &str) -> BTreeSet<String> {
+    String::from_utf8(isoinfo(iso, &[tree, "-f"]))
+        .expect("utf-8 listing")
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Not valid UTF-8, CRLF, NUL, gzip magic: user-data must survive as bytes.
+fn binary_user_data() -> Vec<u8> {
+    let mut bytes = b"\x1f\x8b\x08\x00\r\n\x00\xff".to_vec();
+    bytes.extend((0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+    bytes
+}
+
+fn read_back(format: &str, label: &str, files: &[String], user_data_files: &[String]) {
+    let user_data = binary_user_data();
+    let pod = Pod::new(&user_data, b"zone: lab\n");
+    let iso = pod.build(format, "drive.iso");
+
+    let info = String::from_utf8(isoinfo(&iso, &["-d"])).expect("isoinfo -d");
+    assert!(info.contains(&format!("Volume id: {label}\n")), "{info}");
+    assert!(
+        info.contains("Rock Ridge signatures"),
+        "no Rock Ridge: {info}"
+    );
+    assert!(info.contains("Joliet with UCS level"), "no Joliet: {info}");
+
+    let expected: BTreeSet<String> = files.iter().cloned().collect();
+    assert_eq!(listing(&iso, "-R"), expected, "Rock Ridge tree");
+    assert_eq!(listing(&iso, "-J"), expected, "Joliet tree");
+    for file in user_data_files {
+        for tree in ["-R", "-J"] {
+            let bytes = isoinfo(&iso, &[tree, "-x", file]);
+            assert!(
+                bytes == user_data,
+                "{file} via {tree} differs from the input"
+            );
+        }
+    }
+
+    // xorriso, a second reader, extracts the same tree with the same bytes.
+    let out = pod.path("extracted");
+    let iso_arg = iso.to_str().expect("utf-8");
+    let out_arg = out.to_str().expect("utf-8");
+    run(
+        "xorriso",
+        &[
+            "-osirrox", "on", "-indev", iso_arg, "-extract", "/", out_arg,
+        ],
+    );
+    for file in user_data_files {
+        let extracted = std::fs::read(out.join(file.trim_start_matches('/'))).expect("extracted");
+        assert!(
+            extracted == user_data,
+            "{file} via xorriso differs from the input"
+        );
+    }
+
+    // A restarted container (same PET_DIR) writes the very same bytes.
+    let first = std::fs::read(&iso).expect("read drive");
+    let again = pod.build(format, "drive.iso");
+    assert!(
+        first == std::fs::read(again).expect("read drive"),
+        "drive changed on restart"
+    );
+}
+
+#[test]
+fn config_2_drive_reads_back_with_label_extensions_tree_and_exact_user_data() {
+    if !require("config_2_drive_reads_back", "isoinfo") || !require("config_2", "xorriso") {
+        return;
+    }
+    let mut files = vec!["/openstack".to_owned()];
+    let mut user_data = Vec::new();
+    for version in ["2012-08-10", "latest"] {
+        for file in ["", "/meta_data.json", "/network_data.json", "/user_data"] {
+            files.push(format!("/openstack/{version}{file}"));
+        }
+        user_data.push(format!("/openstack/{version}/user_data"));
+    }
+    read_back("config-2", "config-2", &files, &user_data);
+}
+
+#[test]
+fn nocloud_drive_reads_back_with_label_extensions_tree_and_exact_user_data() {
+    if !require("nocloud_drive_reads_back", "isoinfo") || !require("nocloud", "xorriso") {
+        return;
+    }
+    read_back(
+        "nocloud",
+        "cidata",
+        &strings(&["/meta-data", "/network-config", "/user-data"]),
+        &strings(&["/user-data"]),
+    );
+}
+
+/// Extracts the drive into cloud-init's seed directory and runs its datasource on it.
+fn cloud_init_reads(format: &str, seed: &str) {
+    let test = "cloud_init_reads_our_drives";
+    if !require(test, "xorriso") || !require(test, "/usr/bin/python3") || !require(test, CLOUD_INIT)
+    {
+        return;
+    }
+    let user_data = b"#cloud-config\nruncmd:\n  - [sh, -c, 'echo hello > /run/hello']\n";
+    let pod = Pod::new(
+        user_data,
+        b"public-keys:\n  - ssh-ed25519 AAAAC3Nz test@example\n",
+    );
+    let iso = pod.build(format, "drive.iso");
+    let cloud = pod.path("cloud");
+    let seed_dir = cloud.join("seed").join(seed);
+    std::fs::create_dir_all(cloud.join("seed")).expect("seed dir");
+    let (iso_arg, seed_arg) = (
+        iso.to_str().expect("utf-8"),
+        seed_dir.to_str().expect("utf-8"),
+    );
+    run(
+        "xorriso",
+        &[
+            "-osirrox", "on", "-indev", iso_arg, "-extract", "/", seed_arg,
+        ],
+    );
+
+    let state = pod.state();
+    let mac = state["mac"].as_str().expect("mac");
+    let output = Command::new("/usr/bin/python3")
+        .arg(DATASOURCE_PY)
+        .args([format, cloud.to_str().expect("utf-8"), mac])
+        .env("PYTHONPATH", CLOUD_INIT)
+        .output()
+        .expect("python3");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "cloud-init could not read the {format} drive: {stderr}"
+    );
+    let seen: Value = serde_json::from_slice(&output.stdout).expect("datasource json");
+
+    assert_eq!(seen["instance_id"], state["instance_id"], "{seen}");
+    assert_eq!(seen["hostname"], hostname(), "{seen}");
+    let hex: String = user_data.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        seen["user_data_hex"], hex,
+        "user-data as cloud-init read it"
+    );
+    assert_eq!(
+        seen["metadata"]["public-keys"][0],
+        "ssh-ed25519 AAAAC3Nz test@example"
+    );
+    let network = seen["network_config"].to_string();
+    assert!(
+        network.contains(mac),
+        "network config does not name our MAC: {network}"
+    );
+    assert!(
+        network.contains("dhcp"),
+        "network config does not ask for DHCP: {network}"
+    );
+}
+
+#[test]
+fn cloud_init_reads_our_config_2_drive() {
+    cloud_init_reads("config-2", "config_drive");
+}
+
+#[test]
+fn cloud_init_reads_our_nocloud_drive() {
+    cloud_init_reads("nocloud", "nocloud");
+}
+
+#[test]
+fn bad_metadata_fails_with_the_config_drive_exit_code_and_its_position() {
+    let pod = Pod::new(b"", b"zone: a\nkeys: [a, b\nname: x\n");
+    let output = pod.config_drive("nocloud", "drive.iso");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(5), "{stderr}");
+    let at = format!("{}:", pod.path("metadata").display());
+    assert!(stderr.contains(&at), "no file:line:column in {stderr}");
+    assert!(!pod.path("drive.iso").exists(), "no drive on failure");
+}
+
+#[test]
+fn config_drive_none_writes_nothing_and_prints_nothing() {
+    let pod = Pod::new(b"", b"");
+    let output = pod.config_drive("none", "drive.iso");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.stdout.is_empty());
+    assert!(!pod.path("drive.iso").exists());
+}
