@@ -1,0 +1,325 @@
+"""Checks the kvm-manager chart with a real helm: lint every ci/ scenario strictly, render
+them, parse the manifests and assert what a cluster would run. Usage:
+
+    test_chart.py HELM CHART_DIR CLI_RS README
+
+Prints one line per test and a closing `chart: N passed, M failed`; exits 1 on any failure.
+"""
+
+import base64
+import re
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+import yaml
+
+HELM, CHART, CLI_RS, README = (Path(a) for a in sys.argv[1:5])
+CI = CHART / "ci"
+TESTS = []
+
+
+def test(fn):
+    TESTS.append(fn)
+    return fn
+
+
+def helm(*args, check=True):
+    done = subprocess.run(
+        [str(HELM), *args], capture_output=True, text=True, check=False
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{done.stderr}")
+    return done
+
+
+def render(values_file=None, *sets):
+    args = ["template", "vm", str(CHART)]
+    if values_file:
+        args += ["-f", str(CI / values_file)]
+    for s in sets:
+        args += ["--set-string" if s.startswith("string:") else "--set", s.removeprefix("string:")]
+    docs = [d for d in yaml.safe_load_all(helm(*args).stdout) if d]
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+def only(manifests, kind):
+    found = [d for (k, _), d in manifests.items() if k == kind]
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def container(manifests):
+    pod = only(manifests, "StatefulSet")["spec"]["template"]["spec"]
+    assert len(pod["containers"]) == 1, "one container: kvm-manager is PID 1 of the pod"
+    return pod["containers"][0]
+
+
+def env(manifests):
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(manifests)["env"]}
+
+
+def contract_variables():
+    """Every variable of the contract, as src/cli.rs declares them."""
+    names = re.findall(r'env\s*=\s*"([A-Z0-9_]+)"', CLI_RS.read_text())
+    assert len(names) >= 20, f"found only {names} in {CLI_RS}"
+    return set(names)
+
+
+@test
+def lint_is_strictly_clean_for_every_ci_scenario():
+    files = sorted(CI.glob("*-values.yaml"))
+    assert len(files) >= 5, files
+    for f in files:
+        done = helm("lint", "--strict", str(CHART), "-f", str(f), check=False)
+        assert done.returncode == 0, f"{f.name}:\n{done.stdout}{done.stderr}"
+
+
+@test
+def default_is_a_statefulset_with_pet_and_image_claims():
+    m = render("default-values.yaml")
+    sts = only(m, "StatefulSet")
+    assert sts["spec"]["serviceName"] == "vm-kvm-manager-headless"
+    claims = {c["metadata"]["name"]: c["spec"] for c in sts["spec"]["volumeClaimTemplates"]}
+    assert set(claims) == {"pet", "image"}, claims
+    assert claims["pet"]["resources"]["requests"]["storage"] == "20Gi"
+    mounts = {v["name"]: v["mountPath"] for v in container(m)["volumeMounts"]}
+    assert mounts == {"image": "/image", "pet": "/pet", "config": "/config"}, mounts
+    pod = sts["spec"]["template"]["spec"]
+    assert pod["enableServiceLinks"] is False
+    assert pod["automountServiceAccountToken"] is False
+    assert container(m)["image"] == "kvm-manager:0.1.0"
+    assert "args" not in container(m)
+
+
+@test
+def default_env_carries_the_contract_defaults():
+    e = env(render("default-values.yaml"))
+    assert e["IMG_SOURCE"].endswith("debian-12-genericcloud-amd64.qcow2")
+    assert e["IMAGE_DIR"] == "/image" and e["PET_DIR"] == "/pet"
+    assert e["USERDATA"] == "/config/userdata" and e["METADATA"] == "/config/metadata"
+    assert e["VM_IP"] == "192.168.254.2" and e["VM_GW"] == "192.168.254.1"
+    assert e["ACCEL"] == "auto" and e["DNS_MODE"] == "forward"
+    assert e["CONFIG_DRIVE"] == "config-2" and e["HTTP_PORT"] == "8080"
+    for unset in ("NO_VNC", "NO_DHCP", "VNC_PASSWORD", "VM_CPUS", "VM_MEMORY", "IMG_SHA256"):
+        assert unset not in e, f"{unset} must be left to kvm-manager's default"
+    assert all(isinstance(v, str) for v in e.values() if not isinstance(v, dict)), e
+
+
+@test
+def default_devices_come_from_device_plugins_with_two_capabilities():
+    c = container(render("default-values.yaml"))
+    limits = c["resources"]["limits"]
+    assert limits["devices.kubevirt.io/kvm"] == "1" and limits["devices.kubevirt.io/tun"] == "1"
+    assert limits["cpu"] == "1" and limits["memory"] == "1536Mi", "pod resources size the VM"
+    sc = c["securityContext"]
+    assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}
+
+
+@test
+def no_scenario_mounts_host_paths():
+    for f in sorted(CI.glob("*-values.yaml")):
+        for doc in render(f.name).values():
+            assert "hostPath" not in yaml.safe_dump(doc), f"{f.name}: {doc['kind']} uses hostPath"
+
+
+@test
+def privileged_switch_replaces_device_resources():
+    m = render("privileged-values.yaml")
+    c = container(m)
+    assert c["securityContext"] == {"privileged": True}
+    assert not any(k.startswith("devices.") for k in c["resources"]["limits"])
+    assert "securityContext" not in only(m, "StatefulSet")["spec"]["template"]["spec"]
+
+
+@test
+def grace_period_follows_shutdown_timeout():
+    for f, timeout in (("default-values.yaml", 25), ("every-variable-values.yaml", 115)):
+        m = render(f)
+        pod = only(m, "StatefulSet")["spec"]["template"]["spec"]
+        assert env(m)["SHUTDOWN_TIMEOUT"] == f"{timeout}s"
+        assert pod["terminationGracePeriodSeconds"] == timeout + 5
+
+
+@test
+def probes_are_off_by_default_and_on_http_port_when_enabled():
+    for f in CI.glob("*-values.yaml"):
+        if f.name != "every-variable-values.yaml":
+            c = container(render(f.name))
+            assert "readinessProbe" not in c and "livenessProbe" not in c, f.name
+    c = container(render("every-variable-values.yaml"))
+    assert {"name": "http", "containerPort": 9090, "protocol": "TCP"} in c["ports"]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+
+
+@test
+def probes_without_http_server_fail_with_the_fix():
+    done = helm("template", "vm", str(CHART), "-f", str(CI / "default-values.yaml"),
+                "--set", "probesEnabled=true", "--set", "httpPort=0", check=False)
+    assert done.returncode != 0
+    assert "probesEnabled needs kvm-manager's HTTP server" in done.stderr, done.stderr
+
+
+@test
+def default_services_are_headless_and_vnc():
+    m = render("default-values.yaml")
+    services = {name: d["spec"] for (kind, name), d in m.items() if kind == "Service"}
+    assert set(services) == {"vm-kvm-manager-headless", "vm-kvm-manager-vnc"}, services
+    headless = services["vm-kvm-manager-headless"]
+    assert headless["clusterIP"] == "None" and headless["publishNotReadyAddresses"] is True
+    assert services["vm-kvm-manager-vnc"]["ports"] == [
+        {"name": "vnc", "port": 5900, "targetPort": "vnc", "protocol": "TCP"}]
+    assert {"name": "vnc", "containerPort": 5900, "protocol": "TCP"} in container(m)["ports"]
+
+
+@test
+def no_vnc_sets_the_variable_and_drops_the_vnc_service():
+    m = render("no-vnc-values.yaml")
+    assert env(m)["NO_VNC"] == "true"
+    assert ("Service", "vm-kvm-manager-vnc") not in m
+    assert all(p["containerPort"] != 5900 for p in container(m)["ports"])
+    assert m[("Service", "vm-kvm-manager")]["spec"]["ports"][0]["port"] == 5900
+
+
+@test
+def extra_ports_make_a_service_for_the_vm():
+    svc = render("extra-ports-values.yaml")[("Service", "vm-kvm-manager")]["spec"]
+    assert svc["type"] == "LoadBalancer"
+    assert svc["ports"] == [
+        {"name": "ssh", "port": 22, "targetPort": 22, "protocol": "TCP"},
+        {"name": "http", "port": 80, "targetPort": 8000, "protocol": "TCP"},
+        {"name": "syslog", "port": 514, "targetPort": 514, "protocol": "UDP"},
+    ]
+    assert svc["selector"]["app.kubernetes.io/instance"] == "vm"
+
+
+@test
+def vm_service_without_ports_fails_with_the_fix():
+    done = helm("template", "vm", str(CHART), "-f", str(CI / "default-values.yaml"),
+                "--set", "vmService.enabled=true", check=False)
+    assert done.returncode != 0 and "at least one port in vmService.ports" in done.stderr
+
+
+@test
+def existing_claim_and_configmap_are_used_as_given():
+    m = render("existing-claim-values.yaml")
+    sts = only(m, "StatefulSet")
+    assert sts["spec"]["replicas"] == 3
+    assert [c["metadata"]["name"] for c in sts["spec"]["volumeClaimTemplates"]] == ["pet"]
+    volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["image"]["persistentVolumeClaim"] == {"claimName": "vm-images"}
+    assert volumes["config"]["configMap"]["name"] == "legacy-vm-config"
+    assert not any(kind == "ConfigMap" for kind, _ in m), "the chart must not own it"
+    annotations = sts["spec"]["template"]["metadata"].get("annotations") or {}
+    assert "checksum/config" not in annotations
+
+
+@test
+def every_contract_variable_is_settable_from_values():
+    seen = set()
+    for f in CI.glob("*-values.yaml"):
+        seen |= set(env(render(f.name)))
+    missing = contract_variables() - seen
+    assert not missing, f"no values reach {sorted(missing)}"
+
+
+@test
+def every_variable_scenario_passes_values_through():
+    m = render("every-variable-values.yaml")
+    e = env(m)
+    assert e["IMG_SHA256"].startswith("sha256:0123") and e["IMG_TARGET"] == "legacy-app.qcow2"
+    assert e["VM_MAC"] == "52:54:00:12:34:56" and e["VM_CPUS"] == "2"
+    assert e["VM_MEMORY"] == "3Gi" and e["VM_DISK_SIZE"] == "40Gi"
+    assert e["NO_DHCP"] == "true" and e["DNS_MODE"] == "passthrough"
+    assert e["QEMU"] == "/usr/libexec/qemu-kvm" and e["LOG_FORMAT"] == "json"
+    assert e["HTTP_PORT"] == "9090" and e["CONFIG_DRIVE"] == "nocloud"
+    assert e["VNC_PASSWORD"] == {"secretKeyRef": {"name": "vm-kvm-manager-vnc", "key": "vnc-password"}}
+    secret = m[("Secret", "vm-kvm-manager-vnc")]
+    assert base64.b64decode(secret["data"]["vnc-password"]) == b"s3cret"
+    assert container(m)["args"] == ["--", "-vga", "std"]
+    assert container(m)["resources"]["limits"]["cpu"] == "4"
+
+
+@test
+def configmap_carries_userdata_bytes_and_metadata():
+    m = render("every-variable-values.yaml")
+    data = m[("ConfigMap", "vm-kvm-manager")]["data"]
+    values = yaml.safe_load((CI / "every-variable-values.yaml").read_text())
+    assert data["userdata"] == values["userdata"], "user data must pass through byte-for-byte"
+    assert yaml.safe_load(data["metadata"]) == values["metadata"]
+
+
+@test
+def changing_userdata_rolls_the_pod():
+    def checksum(*sets):
+        sts = only(render("default-values.yaml", *sets), "StatefulSet")
+        return sts["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    assert checksum() == checksum(), "the checksum must be stable"
+    assert checksum("string:userdata=#cloud-config") != checksum()
+    assert checksum("metadata.instance-id=a") != checksum("metadata.instance-id=b")
+
+
+@test
+def missing_img_source_fails_with_a_helpful_message():
+    done = helm("template", "vm", str(CHART), check=False)
+    assert done.returncode != 0
+    assert "imgSource is required" in done.stderr and "IMG_SOURCE" in done.stderr, done.stderr
+    assert "--set imgSource=" in done.stderr, "the message should show how to set it"
+
+
+@test
+def schema_rejects_values_kvm_manager_would_reject():
+    for bad in ("dnsMode=bogus", "accel=hvf", "configDrive=iso", "string:vncPassword=123456789",
+                "vmIp=300.1.1.1", "string:imgSha256=abc"):
+        args = ["template", "vm", str(CHART), "-f", str(CI / "default-values.yaml")]
+        args += ["--set-string" if bad.startswith("string:") else "--set", bad.removeprefix("string:")]
+        done = helm(*args, check=False)
+        assert done.returncode != 0 and "schema" in done.stderr, f"{bad}: {done.stderr}"
+
+
+def leaf_keys(values, prefix=""):
+    for key, value in values.items():
+        if isinstance(value, dict) and value and key not in ("deviceResources", "resources"):
+            yield from leaf_keys(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key
+
+
+@test
+def every_value_is_commented_and_in_the_readme():
+    top = None
+    for i, line in enumerate(lines := (CHART / "values.yaml").read_text().splitlines()):
+        m = re.match(r"^( *)([A-Za-z][A-Za-z0-9]*):", line)
+        if not m:
+            continue
+        if not m.group(1):
+            top = m.group(2)
+        elif top in ("resources", "deviceResources"):
+            continue  # Kubernetes' own structure, explained by the comment above it
+        assert lines[i - 1].strip().startswith("#"), f"values.yaml:{i + 1} `{line.strip()}` has no comment"
+    readme = README.read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for key in leaf_keys(values):
+        assert f"`{key}`" in readme, f"{key} is missing from the README's parameter table"
+
+
+def main():
+    passed = failed = 0
+    for fn in TESTS:
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 - report every failure, keep going
+            failed += 1
+            print(f"FAIL {fn.__name__}\n{traceback.format_exc()}", flush=True)
+        else:
+            passed += 1
+            print(f"ok   {fn.__name__}", flush=True)
+    print(f"chart: {passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
