@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::config::ConfigError;
+use crate::image::ImageError;
 use crate::logging::LogError;
 use crate::pid1::Pid1Error;
 use crate::state::StateError;
@@ -27,6 +28,8 @@ pub enum Error {
     Log(#[from] LogError),
     #[error("supervisor failed")]
     Pid1(#[from] Pid1Error),
+    #[error("could not prepare the VM's disk")]
+    Image(#[from] ImageError),
     #[error("could not load this VM's persisted state in PET_DIR")]
     State(#[from] StateError),
     #[error(
@@ -42,6 +45,7 @@ impl Error {
             Error::Config(_) => exit::CONFIG,
             Error::Log(_) => exit::CONFIG,
             Error::Pid1(e) => e.exit_code(),
+            Error::Image(e) => e.exit_code(),
             Error::State(_) => exit::IMAGE,
             Error::NotBuilt(_) => exit::NOT_BUILT,
         }

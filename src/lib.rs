@@ -9,6 +9,7 @@ pub mod atomic_file;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod image;
 pub mod logging;
 pub mod pid1;
 pub mod size;
