@@ -75,6 +75,10 @@ fn image(config: &Config) -> Result<u8, Error> {
     let runtime = runtime()?;
     let (base, overlay) = runtime.block_on(async {
         let pid1 = Pid1::start()?;
+        std::fs::create_dir_all(&config.pet_dir).map_err(|source| ImageError::CreateDir {
+            dir: config.pet_dir.clone(),
+            source,
+        })?;
         crate::state::load_or_create(&config.pet_dir, &config.hostname, config.net.vm_mac)?;
         // Dropping the download on SIGTERM/SIGINT keeps its partial file for the next start.
         let base = tokio::select! {

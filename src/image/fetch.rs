@@ -77,7 +77,7 @@ pub fn content_range(value: &str) -> Option<(u64, Option<u64>)> {
     Some((start.trim().parse().ok()?, total.trim().parse().ok()))
 }
 
-pub fn client() -> Result<Client, ImageError> {
+fn client() -> Result<Client, ImageError> {
     // Only ring is compiled in; installing it twice (a second call) is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
     Client::builder()
@@ -105,14 +105,14 @@ fn fatal(error: ImageError) -> Failed {
 
 /// Downloads `url` into `temps`, resuming what is there, retrying what can be retried.
 pub async fn http(
-    client: &Client,
     url: &Url,
     temps: &Temps,
     hint: Option<Compression>,
 ) -> Result<Finished, ImageError> {
+    let client = client()?;
     let mut failures = 0;
     loop {
-        match attempt(client, url, temps, hint).await {
+        match attempt(&client, url, temps, hint).await {
             Ok(finished) => return Ok(finished),
             Err(failed) if failed.retry => {
                 failures = if failed.progressed { 1 } else { failures + 1 };

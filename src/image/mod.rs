@@ -34,7 +34,7 @@ pub enum ImageError {
          its URL"
     )]
     NoSource { target: PathBuf },
-    #[error("could not create IMAGE_DIR {dir}")]
+    #[error("could not create the directory {dir}")]
     CreateDir {
         dir: PathBuf,
         #[source]
@@ -241,16 +241,11 @@ pub async fn ensure_base(image: &ImageConfig) -> Result<PathBuf, ImageError> {
     }
     let temps = Temps::for_target(&target);
     let (source_name, hint) = describe(source);
-    let client = match source {
-        ImageSource::Url(_) => Some(fetch::client()?),
-        ImageSource::Path(_) => None,
-    };
     let mut clean_retry = image.sha256.is_some();
     let finished = loop {
-        let finished = match (source, &client) {
-            (ImageSource::Url(url), Some(client)) => fetch::http(client, url, &temps, hint).await?,
-            (ImageSource::Path(path), _) => fetch::local(path, &temps, hint).await?,
-            (ImageSource::Url(_), None) => unreachable!("a client is built for every URL"),
+        let finished = match source {
+            ImageSource::Url(url) => fetch::http(url, &temps, hint).await?,
+            ImageSource::Path(path) => fetch::local(path, &temps, hint).await?,
         };
         match &image.sha256 {
             None => {

@@ -152,23 +152,24 @@ impl Sink {
     }
 
     fn decide(&mut self) -> Result<(), ImageError> {
-        let State::Undecided(head) = std::mem::replace(&mut self.state, State::Plain) else {
-            return Ok(());
+        let head = match &mut self.state {
+            State::Undecided(head) => std::mem::take(head),
+            _ => return Ok(()),
         };
+        self.state = State::Plain;
         let compression = self.hint.unwrap_or_else(|| Compression::from_magic(&head));
-        if compression == Compression::None {
-            return Ok(());
-        }
-        tracing::info!(image = %self.label, %compression, "unpacking while downloading");
-        let out = File::create(&self.temps.unpacked)
-            .map_err(|source| self.temps.write_error(&self.temps.unpacked, source))?;
-        let out = Immediate(BufWriter::with_capacity(BUFFER, out));
-        let mut decoder: Pin<Box<dyn AsyncWrite + Send>> = match compression {
-            Compression::Xz => Box::pin(XzDecoder::new(out)),
-            Compression::Gzip => Box::pin(GzipDecoder::new(out)),
-            Compression::Zstd => Box::pin(ZstdDecoder::new(out)),
-            Compression::None => unreachable!("handled above"),
+        let open = || {
+            File::create(&self.temps.unpacked)
+                .map(|out| Immediate(BufWriter::with_capacity(BUFFER, out)))
+                .map_err(|source| self.temps.write_error(&self.temps.unpacked, source))
         };
+        let mut decoder: Pin<Box<dyn AsyncWrite + Send>> = match compression {
+            Compression::None => return Ok(()),
+            Compression::Xz => Box::pin(XzDecoder::new(open()?)),
+            Compression::Gzip => Box::pin(GzipDecoder::new(open()?)),
+            Compression::Zstd => Box::pin(ZstdDecoder::new(open()?)),
+        };
+        tracing::info!(image = %self.label, %compression, "unpacking while downloading");
         unpack(compression, decoder.as_mut(), &head, &self.temps)?;
         self.state = State::Unpacking(compression, decoder);
         Ok(())

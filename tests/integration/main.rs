@@ -6,5 +6,6 @@
 // Skips are announced on stderr, loudly, by design.
 #![allow(clippy::print_stderr)]
 
+mod image;
 mod pid1;
 mod support;
