@@ -160,8 +160,10 @@ pub fn ensure_overlay(
             (to, false)
         }
         Plan::Create { size } => {
+            let started = std::time::Instant::now();
             create(overlay, &base, base_format, size)?;
-            tracing::info!(overlay = %overlay.display(), base = %base.display(), size = %ByteSize(size), "created the pet overlay");
+            let micros = started.elapsed().as_micros();
+            tracing::info!(overlay = %overlay.display(), base = %base.display(), size = %ByteSize(size), micros, "created the pet overlay");
             (size, true)
         }
     };
