@@ -1,4 +1,6 @@
-//! Getting the bytes: HTTP(S) with resume and retries, or a local file.
+//! Getting the bytes over HTTP(S), with resume and retries.
+//!
+//! (A local source is copied by [`super::local`].)
 //!
 //! HTTP resume sends `Range: bytes=N-` with `If-Range` set to the validator (strong ETag, else
 //! Last-Modified) saved when the partial file was started, so a server whose file changed
@@ -7,11 +9,6 @@
 //! without one is started over. Network errors and 5xx are retried with exponential backoff
 //! (the count resets whenever an attempt made progress); a 4xx fails at once.
 
-use std::fs::File;
-use std::io::Read as _;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{self, HeaderMap};
@@ -313,60 +310,6 @@ fn save_validator(temps: &Temps, validator: &Validator) -> Result<(), ImageError
 pub fn discard(temps: &Temps) {
     for path in [&temps.part, &temps.meta, &temps.unpacked] {
         let _ = std::fs::remove_file(path);
-    }
-}
-
-/// Copies a local file (`file://` or a plain path) through the same sink: hash, unpack.
-pub async fn local(
-    path: &Path,
-    temps: &Temps,
-    hint: Option<Compression>,
-) -> Result<Finished, ImageError> {
-    let cancelled = Arc::new(AtomicBool::new(false));
-    let _cancel_on_drop = CancelOnDrop(Arc::clone(&cancelled));
-    let (path, temps) = (path.to_path_buf(), temps.clone());
-    tokio::task::spawn_blocking(move || {
-        let read_err = |source| ImageError::Read {
-            path: path.clone(),
-            source,
-        };
-        let mut file = File::open(&path).map_err(read_err)?;
-        let total = file.metadata().map_err(read_err)?.len();
-        space::check(&temps.dir, total)?;
-        let temps = Temps {
-            total: Some(total),
-            ..temps
-        };
-        let mut sink = Sink::open(
-            &temps,
-            hint,
-            false,
-            Some(total),
-            &path.display().to_string(),
-        )?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            if cancelled.load(Ordering::Relaxed) {
-                return Err(ImageError::Internal("copy cancelled".to_owned()));
-            }
-            let n = file.read(&mut buf).map_err(read_err)?;
-            if n == 0 {
-                break;
-            }
-            sink.feed(&buf[..n])?;
-        }
-        sink.finish()
-    })
-    .await
-    .map_err(|e| ImageError::Internal(e.to_string()))?
-}
-
-/// Stops a blocking copy when the future waiting on it is dropped (SIGTERM).
-struct CancelOnDrop(Arc<AtomicBool>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
     }
 }
 

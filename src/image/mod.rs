@@ -9,6 +9,7 @@
 //! [`ensure_overlay`]: see [`overlay`].
 
 pub mod fetch;
+pub mod local;
 pub mod lock;
 pub mod overlay;
 pub mod progress;
@@ -245,7 +246,7 @@ pub async fn ensure_base(image: &ImageConfig) -> Result<PathBuf, ImageError> {
     let finished = loop {
         let finished = match source {
             ImageSource::Url(url) => fetch::http(url, &temps, hint).await?,
-            ImageSource::Path(path) => fetch::local(path, &temps, hint).await?,
+            ImageSource::Path(path) => local::copy(path, &temps, hint).await?,
         };
         match &image.sha256 {
             None => {
