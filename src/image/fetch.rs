@@ -25,7 +25,7 @@ const MAX_FAILURES: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Chunks in flight between the network and the writing thread.
-const CHANNEL: usize = 64;
+const CHANNEL: usize = 8;
 
 /// What makes a partial download resumable: the URL and the server's validator for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

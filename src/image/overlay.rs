@@ -162,7 +162,7 @@ pub fn ensure_overlay(
         Plan::Create { size } => {
             let started = std::time::Instant::now();
             create(overlay, &base, base_format, size)?;
-            let micros = started.elapsed().as_micros();
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             tracing::info!(overlay = %overlay.display(), base = %base.display(), size = %ByteSize(size), micros, "created the pet overlay");
             (size, true)
         }

@@ -21,13 +21,21 @@ use super::progress::Progress;
 use super::source::Compression;
 use super::{ImageError, Temps};
 
-const BUFFER: usize = 1 << 20;
+const BUFFER: usize = 256 << 10;
+/// Every this many bytes, writeback of the partial file is started, so that the final fsync
+/// does not have to write a whole image at once (the kernel's own background writeback would
+/// only start at 10% of RAM).
+const WRITEBACK: u64 = 32 << 20;
 
 /// The bytes of one download so far.
 pub struct Sink {
     temps: Temps,
     part: BufWriter<File>,
     received: u64,
+    /// Chunks fed (for the debug log: tiny chunks mean a slow pipeline).
+    chunks: u64,
+    /// The partial file's offset up to which writeback was started.
+    written_back: u64,
     hasher: Sha256,
     hint: Option<Compression>,
     state: State,
@@ -92,6 +100,8 @@ impl Sink {
             temps: temps.clone(),
             part: BufWriter::with_capacity(BUFFER, file),
             received: 0,
+            chunks: 0,
+            written_back: 0,
             hasher: Sha256::new(),
             hint,
             state: State::Undecided(Vec::new()),
@@ -111,6 +121,7 @@ impl Sink {
                 sink.consume(&buf[..n])?;
             }
             sink.progress = Progress::new(sink.received, total, Instant::now());
+            sink.written_back = sink.received;
         }
         Ok(sink)
     }
@@ -121,14 +132,38 @@ impl Sink {
 
     /// Appends `chunk` to the partial file, hashes it and unpacks it.
     pub fn feed(&mut self, chunk: &[u8]) -> Result<(), ImageError> {
+        self.chunks += 1;
         self.part
             .write_all(chunk)
             .map_err(|source| self.temps.write_error(&self.temps.part, source))?;
         self.consume(chunk)?;
+        if self.received - self.written_back >= WRITEBACK {
+            self.start_writeback();
+        }
         if let Some(report) = self.progress.tick(self.received, Instant::now()) {
             tracing::info!(image = %self.label, "downloading: {report}");
         }
         Ok(())
+    }
+
+    /// Asks the kernel to start writing what we wrote so far (without waiting for it); its
+    /// pages also leave the page cache once written, keeping a big download from evicting
+    /// everything else. Best effort: failure only makes the final fsync longer.
+    fn start_writeback(&mut self) {
+        if self.part.flush().is_err() {
+            return;
+        }
+        let (from, to) = (self.written_back, self.received);
+        let (Ok(offset), Ok(len)) = (i64::try_from(from), i64::try_from(to - from)) else {
+            return;
+        };
+        let _ = nix::fcntl::posix_fadvise(
+            self.part.get_ref(),
+            offset,
+            len,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        );
+        self.written_back = to;
     }
 
     /// Hash and unpack (the bytes are already in the partial file).
@@ -208,7 +243,7 @@ impl Sink {
             }
         };
         let report = self.progress.report(self.received, Instant::now());
-        tracing::info!(image = %self.label, "downloaded {report}");
+        tracing::info!(image = %self.label, chunks = self.chunks, "downloaded {report}");
         Ok(Finished {
             sha256: hex(&self.hasher.finalize()),
             received: self.received,
