@@ -10,6 +10,7 @@ use clap::Parser as _;
 use crate::cli::{Cli, Command};
 use crate::config::{self, Config, Hostname, Needs};
 use crate::error::{render_chain, Error};
+use crate::image::{self, ImageError};
 use crate::logging::{self, Sink};
 use crate::net;
 use crate::pid1::{self, Pid1, Pid1Error};
@@ -67,7 +68,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
 
     match command {
         Command::Run { .. } => Err(Error::NotBuilt("image")),
-        Command::Image => Err(Error::NotBuilt("image")),
+        Command::Image => image(&config),
         Command::Network => network(&config),
         Command::ConfigDrive { output } => config_drive(&config, &output),
         Command::QemuArgs { .. } => qemu_args(&config),
@@ -90,6 +91,30 @@ fn config_drive(config: &Config, output: &std::path::Path) -> Result<u8, Error> 
     } else {
         tracing::info!("CONFIG_DRIVE=none: no config drive written");
     }
+    Ok(0)
+}
+
+/// `kvm-manager image`: the base image and the pet overlay; prints both paths.
+fn image(config: &Config) -> Result<u8, Error> {
+    let runtime = runtime()?;
+    let (base, overlay) = runtime.block_on(async {
+        let pid1 = Pid1::start()?;
+        std::fs::create_dir_all(&config.pet_dir).map_err(|source| ImageError::CreateDir {
+            dir: config.pet_dir.clone(),
+            source,
+        })?;
+        crate::state::load_or_create(&config.pet_dir, &config.hostname, config.net.vm_mac)?;
+        // Dropping the download on SIGTERM/SIGINT keeps its partial file for the next start.
+        let base = tokio::select! {
+            base = image::ensure_base(&config.image) => base?,
+            signal = pid1.shutdown_requested() => return Err(ImageError::Interrupted(signal).into()),
+        };
+        let overlay = image::ensure_overlay(&base, &config.overlay_path(), config.vm.disk_size)?;
+        Ok::<_, Error>((base, overlay))
+    })?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", base.display());
+    let _ = writeln!(out, "{}", overlay.path.display());
     Ok(0)
 }
 

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use crate::config::ConfigError;
 use crate::configdrive::ConfigDriveError;
+use crate::image::ImageError;
 use crate::logging::LogError;
 use crate::net::NetError;
 use crate::pid1::Pid1Error;
@@ -36,6 +37,8 @@ pub enum Error {
     Qemu(#[from] QemuError),
     #[error("could not set up the pod network for the VM")]
     Net(#[from] NetError),
+    #[error("could not prepare the VM's disk")]
+    Image(#[from] ImageError),
     #[error("could not load this VM's persisted state in PET_DIR")]
     State(#[from] StateError),
     #[error("could not build the config drive")]
@@ -54,6 +57,7 @@ impl Error {
             Error::Log(_) => exit::CONFIG,
             Error::Pid1(e) => e.exit_code(),
             Error::Net(_) => exit::NETWORK,
+            Error::Image(e) => e.exit_code(),
             Error::State(_) => exit::IMAGE,
             Error::Qemu(e) => e.exit_code(),
             Error::ConfigDrive(_) => exit::CONFIG_DRIVE,

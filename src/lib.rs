@@ -11,6 +11,7 @@ pub mod config;
 pub mod configdrive;
 pub mod error;
 pub mod http;
+pub mod image;
 pub mod logging;
 pub mod net;
 pub mod pid1;

@@ -7,6 +7,7 @@
 #![allow(clippy::print_stderr)]
 
 mod configdrive;
+mod image;
 mod network;
 mod pid1;
 mod support;

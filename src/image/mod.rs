@@ -1,0 +1,330 @@
+//! The disk: a base image in the shared `IMAGE_DIR` (fetched once, verified, never half-written)
+//! and this VM's pet overlay in `PET_DIR` (created once, never overwritten).
+//!
+//! [`ensure_base`]: an existing valid target is used without touching the network; otherwise
+//! one pod takes the cross-pod [`lock`], downloads to hidden temporary names beside the target
+//! ([`Temps`]), verifies the sha256 and the disk format ([`source`]), fsyncs and renames. A
+//! killed download leaves its partial file for the next attempt to resume.
+//!
+//! [`ensure_overlay`]: see [`overlay`].
+
+pub mod fetch;
+pub mod local;
+pub mod lock;
+pub mod overlay;
+pub mod progress;
+pub mod sink;
+pub mod source;
+pub mod space;
+
+use std::io::{self, Read as _};
+use std::path::{Path, PathBuf};
+
+use reqwest::StatusCode;
+
+use crate::config::{ImageConfig, ImageSource, ImageTarget};
+use crate::size::ByteSize;
+
+pub use overlay::{ensure_overlay, Overlay};
+use source::{Compression, DiskFormat};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(
+        "the base image {target} does not exist and IMG_SOURCE is not set; set IMG_SOURCE to \
+         its URL"
+    )]
+    NoSource { target: PathBuf },
+    #[error("could not create the directory {dir}")]
+    CreateDir {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("could not lock {path} (is IMAGE_DIR writable?)")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("could not set up the HTTP client")]
+    HttpClient(#[source] reqwest::Error),
+    #[error("downloading {url} failed (retried; the partial file is kept for the next start)")]
+    Network {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{url} answered {status} (retried; the partial file is kept for the next start)")]
+    ServerStatus { url: String, status: StatusCode },
+    #[error("{url} answered {status}; check IMG_SOURCE (and that the server allows this pod)")]
+    ClientStatus { url: String, status: StatusCode },
+    #[error("{url} answered a range request with the wrong range; starting over")]
+    BadRange { url: String },
+    #[error("{url} ended after {received} of {total} bytes")]
+    ShortBody {
+        url: String,
+        received: u64,
+        total: u64,
+    },
+    #[error("could not read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("could not write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "not enough space in IMAGE_DIR {dir}: {} needed, {} free; give the volume more space \
+         or remove unused images", show(*.needed), show(*.available)
+    )]
+    NoSpace {
+        dir: PathBuf,
+        needed: Option<u64>,
+        available: Option<u64>,
+    },
+    #[error("the {compression} stream is corrupt or cut short")]
+    Decompress {
+        compression: Compression,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "sha256 of {source_name} is {actual}, but IMG_SHA256 is {expected}; the download was \
+         removed. Check IMG_SHA256 against the publisher's checksum list"
+    )]
+    Checksum {
+        source_name: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{source_name} is not a disk image: received {what}")]
+    NotADisk { source_name: String, what: String },
+    #[error(
+        "{path} exists but is not a usable disk image: {what}. Remove it to download it again"
+    )]
+    ExistingInvalid { path: PathBuf, what: String },
+    #[error("could not rename {from} to {to}")]
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("could not create or update the pet overlay {path}")]
+    Overlay {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the pet overlay {overlay} is backed by {recorded} ({recorded_format}), but the base \
+         image is now {base} ({base_format}). Choose one: point IMG_SOURCE/IMG_TARGET back at \
+         the old base; or, if the new base has the same content (the image moved), run \
+         `qemu-img rebase -u -b {base} -F {base_format} {overlay}`; or move the overlay aside \
+         to start this VM from a fresh disk (its data stays in the moved file)"
+    )]
+    BackingMismatch {
+        overlay: PathBuf,
+        recorded: String,
+        recorded_format: String,
+        base: PathBuf,
+        base_format: &'static str,
+    },
+    #[error("interrupted by {0}; a partial download is kept and resumed on the next start")]
+    Interrupted(nix::sys::signal::Signal),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn show(bytes: Option<u64>) -> String {
+    bytes.map_or_else(
+        || "an unknown size".to_owned(),
+        |b| format!("{b} bytes ({:.1} GiB)", b as f64 / crate::size::GIB as f64),
+    )
+}
+
+impl ImageError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            // The shell convention for "killed by a signal".
+            ImageError::Interrupted(signal) => 128u8.wrapping_add(*signal as i32 as u8),
+            _ => crate::error::exit::IMAGE,
+        }
+    }
+}
+
+/// The hidden temporary files of one base image, beside it in `IMAGE_DIR`.
+#[derive(Debug, Clone)]
+pub struct Temps {
+    pub dir: PathBuf,
+    /// The bytes as downloaded (resumable).
+    pub part: PathBuf,
+    /// The resume validator of `part`.
+    pub meta: PathBuf,
+    /// `part` decompressed, when it is compressed.
+    pub unpacked: PathBuf,
+    /// Download size, when known (for the out-of-space message).
+    pub total: Option<u64>,
+}
+
+impl Temps {
+    pub fn for_target(target: &Path) -> Self {
+        let temp = |tag| crate::atomic_file::temp_path(target, tag);
+        Self {
+            dir: target.parent().map(Path::to_path_buf).unwrap_or_default(),
+            part: temp("part"),
+            meta: temp("part.meta"),
+            unpacked: temp("unpacked"),
+            total: None,
+        }
+    }
+
+    /// A write error, or the out-of-space error when that is what it was.
+    pub fn write_error(&self, path: &Path, source: io::Error) -> ImageError {
+        if source.kind() == io::ErrorKind::StorageFull {
+            ImageError::NoSpace {
+                dir: self.dir.clone(),
+                needed: self.total,
+                available: None,
+            }
+        } else {
+            ImageError::Write {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    }
+}
+
+/// Reads the first bytes and the length of `path` and decides what it is.
+pub fn inspect_file(path: &Path) -> Result<Result<DiskFormat, String>, ImageError> {
+    let read_err = |source| ImageError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(read_err)?;
+    let len = file.metadata().map_err(read_err)?.len();
+    let mut head = Vec::with_capacity(source::HEAD_LEN);
+    (&mut file)
+        .take(source::HEAD_LEN as u64)
+        .read_to_end(&mut head)
+        .map_err(read_err)?;
+    Ok(source::inspect(&head, len))
+}
+
+/// The base image, fetched if it is not there yet. Returns its path.
+pub async fn ensure_base(image: &ImageConfig) -> Result<PathBuf, ImageError> {
+    let target = match &image.target {
+        Some(ImageTarget::Existing(path)) => return existing(path).map(|_| path.clone()),
+        Some(ImageTarget::Name(name)) => image.dir.join(name),
+        None => return Err(ImageError::Internal("no IMG_TARGET".to_owned())),
+    };
+    if target.is_file() {
+        return existing(&target).map(|_| target);
+    }
+    let source = image.source.as_ref().ok_or_else(|| ImageError::NoSource {
+        target: target.clone(),
+    })?;
+    std::fs::create_dir_all(&image.dir).map_err(|source| ImageError::CreateDir {
+        dir: image.dir.clone(),
+        source,
+    })?;
+    let _lock = lock::acquire(&target).await?;
+    if target.is_file() {
+        // Another pod finished while we waited.
+        return existing(&target).map(|_| target);
+    }
+    let temps = Temps::for_target(&target);
+    let (source_name, hint) = describe(source);
+    let mut clean_retry = image.sha256.is_some();
+    let finished = loop {
+        let finished = match source {
+            ImageSource::Url(url) => fetch::http(url, &temps, hint).await?,
+            ImageSource::Path(path) => local::copy(path, &temps, hint).await?,
+        };
+        match &image.sha256 {
+            None => {
+                tracing::info!(image = %source_name, sha256 = %finished.sha256, "downloaded; set IMG_SHA256 to this digest to pin the image");
+                break finished;
+            }
+            Some(expected) if *expected == finished.sha256 => {
+                tracing::info!(image = %source_name, sha256 = %finished.sha256, "checksum verified");
+                break finished;
+            }
+            Some(expected) => {
+                fetch::discard(&temps);
+                let mismatch = ImageError::Checksum {
+                    source_name: source_name.clone(),
+                    expected: expected.clone(),
+                    actual: finished.sha256.clone(),
+                };
+                if !clean_retry {
+                    return Err(mismatch);
+                }
+                clean_retry = false;
+                tracing::warn!("{mismatch}; downloading once more from scratch");
+            }
+        }
+    };
+    match inspect_file(&finished.image)? {
+        Ok(format) => {
+            tracing::info!(image = %source_name, format = format.name(), virtual_size = %ByteSize(format.virtual_size()), "base image is a usable disk")
+        }
+        Err(what) => {
+            fetch::discard(&temps);
+            return Err(ImageError::NotADisk { source_name, what });
+        }
+    }
+    std::fs::rename(&finished.image, &target).map_err(|source| ImageError::Rename {
+        from: finished.image.clone(),
+        to: target.clone(),
+        source,
+    })?;
+    crate::atomic_file::sync_parent(&target).map_err(|source| ImageError::Write {
+        path: temps.dir.clone(),
+        source,
+    })?;
+    fetch::discard(&temps);
+    tracing::info!(path = %target.display(), "base image ready");
+    Ok(target)
+}
+
+/// A base image that is already there: usable as it is, or a clear refusal.
+fn existing(path: &Path) -> Result<DiskFormat, ImageError> {
+    match inspect_file(path)? {
+        Ok(format) => {
+            tracing::info!(path = %path.display(), format = format.name(), "using the existing base image");
+            Ok(format)
+        }
+        Err(what) => Err(ImageError::ExistingInvalid {
+            path: path.to_path_buf(),
+            what,
+        }),
+    }
+}
+
+/// A name for log lines and the compression hinted by the source's name.
+fn describe(source: &ImageSource) -> (String, Option<Compression>) {
+    match source {
+        ImageSource::Url(url) => {
+            let last = url
+                .path_segments()
+                .and_then(|mut s| s.next_back())
+                .unwrap_or("");
+            (url.to_string(), Compression::from_name(last))
+        }
+        ImageSource::Path(path) => {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default();
+            (path.display().to_string(), Compression::from_name(&name))
+        }
+    }
+}

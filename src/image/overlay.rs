@@ -1,0 +1,349 @@
+//! The pet overlay `PET_DIR/<hostname>.qcow2`: this VM's own disk, a qcow2 v3 whose backing
+//! file is the base image (absolute path, format recorded so qemu never probes it).
+//!
+//! It holds the only copy of the guest's writes, so it is created once — under a temporary
+//! name, then linked into place with `link(2)`, which never replaces an existing file — and
+//! afterwards only reused or grown. An overlay whose backing file is not the current base is
+//! refused: we do not guess which of the two the operator meant. Written in-process with
+//! imago; no `qemu-img` at run time.
+
+use std::path::{Path, PathBuf};
+
+use imago::file::File as ImagoFile;
+use imago::format::PreallocateMode;
+use imago::qcow2::Qcow2;
+use imago::{FormatAccess, FormatCreateBuilder as _, StorageOpenOptions};
+
+use super::source::DiskFormat;
+use super::{inspect_file, ImageError};
+use crate::size::ByteSize;
+
+/// The overlay as it is now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overlay {
+    pub path: PathBuf,
+    /// The size the guest sees, in bytes.
+    pub virtual_size: u64,
+    /// True when this call created it.
+    pub created: bool,
+}
+
+/// What an existing overlay records about its backing file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Existing {
+    pub backing_file: Option<String>,
+    pub backing_format: Option<String>,
+    pub virtual_size: u64,
+}
+
+/// What to do with the overlay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    Create { size: u64 },
+    Reuse { size: u64 },
+    Grow { from: u64, to: u64 },
+}
+
+/// Decides, without IO. `base` is absolute; relative backing names in `existing` are read
+/// relative to `overlay_dir`, as qemu reads them. Warnings are for the log.
+pub fn plan(
+    existing: Option<&Existing>,
+    overlay: &Path,
+    base: &Path,
+    base_format: DiskFormat,
+    disk_size: Option<ByteSize>,
+) -> Result<(Plan, Vec<String>), ImageError> {
+    let mut warnings = Vec::new();
+    let wanted = disk_size.map(|s| s.bytes().next_multiple_of(512));
+    let Some(existing) = existing else {
+        let base_size = base_format.virtual_size();
+        let size = match wanted {
+            Some(w) if w < base_size => {
+                warnings.push(format!(
+                    "VM_DISK_SIZE {} is smaller than the base image ({}); the disk keeps the \
+                     base's size",
+                    ByteSize(w),
+                    ByteSize(base_size)
+                ));
+                base_size
+            }
+            Some(w) => w,
+            None => base_size,
+        };
+        return Ok((Plan::Create { size }, warnings));
+    };
+    let recorded = existing.backing_file.as_deref().map(|b| {
+        let b = Path::new(b);
+        match overlay.parent() {
+            Some(dir) if b.is_relative() => dir.join(b),
+            _ => b.to_path_buf(),
+        }
+    });
+    let format_ok = existing
+        .backing_format
+        .as_deref()
+        .is_none_or(|f| f == base_format.name());
+    if recorded.as_deref() != Some(base) || !format_ok {
+        return Err(ImageError::BackingMismatch {
+            overlay: overlay.to_path_buf(),
+            recorded: existing
+                .backing_file
+                .clone()
+                .unwrap_or_else(|| "no backing file".into()),
+            recorded_format: existing
+                .backing_format
+                .clone()
+                .unwrap_or_else(|| "unrecorded".into()),
+            base: base.to_path_buf(),
+            base_format: base_format.name(),
+        });
+    }
+    let current = existing.virtual_size;
+    let plan = match wanted {
+        Some(w) if w > current => Plan::Grow {
+            from: current,
+            to: w,
+        },
+        Some(w) if w < current => {
+            warnings.push(format!(
+                "VM_DISK_SIZE {} is smaller than the disk ({}); disks never shrink, keeping {}",
+                ByteSize(w),
+                ByteSize(current),
+                ByteSize(current)
+            ));
+            Plan::Reuse { size: current }
+        }
+        _ => Plan::Reuse { size: current },
+    };
+    Ok((plan, warnings))
+}
+
+/// Creates the overlay of `base` at `overlay`, or reuses (and maybe grows) the one there.
+pub fn ensure_overlay(
+    base: &Path,
+    overlay: &Path,
+    disk_size: Option<ByteSize>,
+) -> Result<Overlay, ImageError> {
+    let base = std::path::absolute(base).map_err(|source| ImageError::Read {
+        path: base.to_path_buf(),
+        source,
+    })?;
+    let base_format = inspect_file(&base)?.map_err(|what| ImageError::ExistingInvalid {
+        path: base.clone(),
+        what,
+    })?;
+    let existing = if overlay.exists() {
+        Some(read(overlay)?)
+    } else {
+        None
+    };
+    let (plan, warnings) = plan(existing.as_ref(), overlay, &base, base_format, disk_size)?;
+    for warning in warnings {
+        tracing::warn!(overlay = %overlay.display(), "{warning}");
+    }
+    let overlay_err = |source| ImageError::Overlay {
+        path: overlay.to_path_buf(),
+        source,
+    };
+    let (virtual_size, created) = match plan {
+        Plan::Reuse { size } => {
+            tracing::info!(overlay = %overlay.display(), size = %ByteSize(size), "reusing the pet overlay");
+            (size, false)
+        }
+        Plan::Grow { from, to } => {
+            let image = open(overlay, true)?;
+            image
+                .resize_grow(to, PreallocateMode::None)
+                .and_then(|()| image.flush())
+                .map_err(overlay_err)?;
+            tracing::info!(overlay = %overlay.display(), from = %ByteSize(from), to = %ByteSize(to), "grew the pet overlay");
+            (to, false)
+        }
+        Plan::Create { size } => {
+            let started = std::time::Instant::now();
+            create(overlay, &base, base_format, size)?;
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            tracing::info!(overlay = %overlay.display(), base = %base.display(), size = %ByteSize(size), micros, "created the pet overlay");
+            (size, true)
+        }
+    };
+    Ok(Overlay {
+        path: overlay.to_path_buf(),
+        virtual_size,
+        created,
+    })
+}
+
+fn open(path: &Path, write: bool) -> Result<FormatAccess<ImagoFile>, ImageError> {
+    // Only this file: the backing image is not opened (nor needed) to read the header.
+    let image =
+        Qcow2::<ImagoFile>::open_path(path, write).map_err(|source| ImageError::Overlay {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(FormatAccess::new(image))
+}
+
+fn read(path: &Path) -> Result<Existing, ImageError> {
+    let image =
+        Qcow2::<ImagoFile>::open_path(path, false).map_err(|source| ImageError::Overlay {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(Existing {
+        backing_file: image.implicit_backing_file().cloned(),
+        backing_format: image.implicit_backing_format().cloned(),
+        virtual_size: FormatAccess::new(image).size(),
+    })
+}
+
+fn create(overlay: &Path, base: &Path, format: DiskFormat, size: u64) -> Result<(), ImageError> {
+    let temp = crate::atomic_file::temp_path(overlay, &format!("creating{}", std::process::id()));
+    let err = |source| ImageError::Overlay {
+        path: temp.clone(),
+        source,
+    };
+    let result = (|| {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&temp)
+            .map_err(err)?;
+        let storage =
+            ImagoFile::from_open_file(file, StorageOpenOptions::new().write(true).filename(&temp))
+                .map_err(err)?;
+        Qcow2::<ImagoFile>::create_builder(storage)
+            .backing(base.display().to_string(), format.name().to_owned())
+            .size(size)
+            .create()
+            .map_err(err)?;
+        std::fs::File::open(&temp)
+            .and_then(|f| f.sync_all())
+            .map_err(err)?;
+        // link(2) fails if the overlay appeared meanwhile: never replace a pet disk.
+        std::fs::hard_link(&temp, overlay).map_err(|source| ImageError::Overlay {
+            path: overlay.to_path_buf(),
+            source,
+        })?;
+        crate::atomic_file::sync_parent(overlay).map_err(err)
+    })();
+    let _ = std::fs::remove_file(&temp);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = crate::size::GIB;
+    const BASE: DiskFormat = DiskFormat::Qcow2 {
+        version: 3,
+        virtual_size: 2 * GIB,
+    };
+
+    fn existing(backing: &str, format: &str, size: u64) -> Existing {
+        Existing {
+            backing_file: Some(backing.into()),
+            backing_format: Some(format.into()),
+            virtual_size: size,
+        }
+    }
+
+    fn decide(
+        existing: Option<&Existing>,
+        disk: Option<u64>,
+    ) -> Result<(Plan, Vec<String>), ImageError> {
+        plan(
+            existing,
+            Path::new("/pet/vm-0.qcow2"),
+            Path::new("/image/base.qcow2"),
+            BASE,
+            disk.map(ByteSize),
+        )
+    }
+
+    #[test]
+    fn a_new_overlay_gets_the_larger_of_base_size_and_disk_size() {
+        assert_eq!(
+            decide(None, None).expect("plan").0,
+            Plan::Create { size: 2 * GIB }
+        );
+        assert_eq!(
+            decide(None, Some(10 * GIB)).expect("plan").0,
+            Plan::Create { size: 10 * GIB }
+        );
+        let (plan, warnings) = decide(None, Some(GIB)).expect("plan");
+        assert_eq!(plan, Plan::Create { size: 2 * GIB });
+        assert_eq!(warnings.len(), 1, "a smaller VM_DISK_SIZE is a warning");
+    }
+
+    #[test]
+    fn an_existing_overlay_only_ever_grows() {
+        let e = existing("/image/base.qcow2", "qcow2", 4 * GIB);
+        assert_eq!(
+            decide(Some(&e), None).expect("plan").0,
+            Plan::Reuse { size: 4 * GIB }
+        );
+        assert_eq!(
+            decide(Some(&e), Some(8 * GIB)).expect("plan").0,
+            Plan::Grow {
+                from: 4 * GIB,
+                to: 8 * GIB
+            }
+        );
+        let (plan, warnings) = decide(Some(&e), Some(3 * GIB)).expect("plan");
+        assert_eq!(plan, Plan::Reuse { size: 4 * GIB });
+        assert!(warnings[0].contains("never shrink"), "{warnings:?}");
+    }
+
+    #[test]
+    fn relative_backing_names_are_read_from_the_overlay_directory() {
+        let e = existing("../image/base.qcow2", "qcow2", 2 * GIB);
+        let result = plan(
+            Some(&e),
+            Path::new("/pet/vm-0.qcow2"),
+            Path::new("/pet/../image/base.qcow2"),
+            BASE,
+            None,
+        );
+        assert!(result.is_ok());
+    }
+
+    #[test]
+    fn a_different_backing_file_or_format_is_refused_with_the_choices() {
+        for e in [
+            existing("/image/other.qcow2", "qcow2", 2 * GIB),
+            existing("/image/base.qcow2", "raw", 2 * GIB),
+        ] {
+            let err = decide(Some(&e), None).expect_err("mismatch").to_string();
+            assert!(err.contains("/image/base.qcow2"), "{err}");
+            assert!(err.contains("qemu-img rebase"), "{err}");
+            assert!(err.contains("move"), "{err}");
+        }
+    }
+
+    #[test]
+    fn creates_a_qcow2_v3_overlay_and_reuses_it_untouched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = dir.path().join("base.raw");
+        std::fs::write(&base, vec![0u8; 1 << 20]).expect("base");
+        let overlay = dir.path().join("vm-0.qcow2");
+        let first = ensure_overlay(&base, &overlay, None).expect("create");
+        assert!(first.created);
+        assert_eq!(first.virtual_size, 1 << 20);
+        let bytes = std::fs::read(&overlay).expect("read");
+        assert_eq!(&bytes[..8], b"QFI\xfb\0\0\0\x03", "qcow2 v3");
+        let again = ensure_overlay(&base, &overlay, None).expect("reuse");
+        assert!(!again.created);
+        assert_eq!(
+            std::fs::read(&overlay).expect("read"),
+            bytes,
+            "byte-identical"
+        );
+        let grown = ensure_overlay(&base, &overlay, Some(ByteSize(4 << 20))).expect("grow");
+        assert_eq!(grown.virtual_size, 4 << 20);
+        assert_eq!(read(&overlay).expect("header").virtual_size, 4 << 20);
+    }
+}

@@ -1,0 +1,364 @@
+//! Where downloaded bytes go: the raw bytes are hashed and appended to the partial file (so a
+//! retry or a restarted pod can resume them), and compressed streams are unpacked on the fly
+//! into a second temporary file. Runs on a blocking thread; everything here is synchronous IO.
+//!
+//! A resumed download replays the partial file through the hash (and the decoder) first, so
+//! the digest always covers every byte of the image as downloaded.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use async_compression::tokio::write::{GzipDecoder, XzDecoder, ZstdDecoder};
+use futures_util::FutureExt as _;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncWrite, AsyncWriteExt as _};
+
+use super::progress::Progress;
+use super::source::Compression;
+use super::{ImageError, Temps};
+
+const BUFFER: usize = 256 << 10;
+/// Every this many bytes, writeback of the partial file is started, so that the final fsync
+/// does not have to write a whole image at once (the kernel's own background writeback would
+/// only start at 10% of RAM).
+const WRITEBACK: u64 = 32 << 20;
+
+/// The bytes of one download so far.
+pub struct Sink {
+    temps: Temps,
+    part: BufWriter<File>,
+    received: u64,
+    /// Chunks fed (for the debug log: tiny chunks mean a slow pipeline).
+    chunks: u64,
+    /// The partial file's offset up to which writeback was started.
+    written_back: u64,
+    hasher: Sha256,
+    hint: Option<Compression>,
+    state: State,
+    progress: Progress,
+    label: String,
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sink")
+            .field("part", &self.temps.part)
+            .field("received", &self.received)
+            .finish_non_exhaustive()
+    }
+}
+
+enum State {
+    /// Fewer than [`Compression::MAGIC_LEN`] bytes seen and no hint from the name.
+    Undecided(Vec<u8>),
+    Plain,
+    Unpacking(Compression, Pin<Box<dyn AsyncWrite + Send>>),
+}
+
+/// A complete download.
+#[derive(Debug)]
+pub struct Finished {
+    /// Lowercase hex sha256 of the bytes as downloaded.
+    pub sha256: String,
+    pub received: u64,
+    pub compression: Compression,
+    /// The disk image: the partial file itself, or the unpacked file.
+    pub image: PathBuf,
+}
+
+impl Sink {
+    /// Starts a new partial file, or (with `resume`) replays the existing one.
+    pub fn open(
+        temps: &Temps,
+        hint: Option<Compression>,
+        resume: bool,
+        total: Option<u64>,
+        label: &str,
+    ) -> Result<Self, ImageError> {
+        let write_err = |source| ImageError::Write {
+            path: temps.part.clone(),
+            source,
+        };
+        let mut options = OpenOptions::new();
+        options.create(true).read(true);
+        if resume {
+            options.append(true);
+        } else {
+            options.write(true).truncate(true);
+        }
+        let file = options.open(&temps.part).map_err(write_err)?;
+        let replay = if resume {
+            Some(file.try_clone().map_err(write_err)?)
+        } else {
+            None
+        };
+        let mut sink = Self {
+            temps: temps.clone(),
+            part: BufWriter::with_capacity(BUFFER, file),
+            received: 0,
+            chunks: 0,
+            written_back: 0,
+            hasher: Sha256::new(),
+            hint,
+            state: State::Undecided(Vec::new()),
+            progress: Progress::new(0, total, Instant::now()),
+            label: label.to_owned(),
+        };
+        if let Some(mut existing) = replay {
+            let mut buf = vec![0u8; BUFFER];
+            loop {
+                let n = existing.read(&mut buf).map_err(|source| ImageError::Read {
+                    path: temps.part.clone(),
+                    source,
+                })?;
+                if n == 0 {
+                    break;
+                }
+                sink.consume(&buf[..n])?;
+            }
+            sink.progress = Progress::new(sink.received, total, Instant::now());
+            sink.written_back = sink.received;
+        }
+        Ok(sink)
+    }
+
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Appends `chunk` to the partial file, hashes it and unpacks it.
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), ImageError> {
+        self.chunks += 1;
+        self.part
+            .write_all(chunk)
+            .map_err(|source| self.temps.write_error(&self.temps.part, source))?;
+        self.consume(chunk)?;
+        if self.received - self.written_back >= WRITEBACK {
+            self.start_writeback();
+        }
+        if let Some(report) = self.progress.tick(self.received, Instant::now()) {
+            tracing::info!(image = %self.label, "downloading: {report}");
+        }
+        Ok(())
+    }
+
+    /// Asks the kernel to start writing what we wrote so far (without waiting for it); its
+    /// pages also leave the page cache once written, keeping a big download from evicting
+    /// everything else. Best effort: failure only makes the final fsync longer.
+    fn start_writeback(&mut self) {
+        if self.part.flush().is_err() {
+            return;
+        }
+        let (from, to) = (self.written_back, self.received);
+        let (Ok(offset), Ok(len)) = (i64::try_from(from), i64::try_from(to - from)) else {
+            return;
+        };
+        let _ = nix::fcntl::posix_fadvise(
+            self.part.get_ref(),
+            offset,
+            len,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        );
+        self.written_back = to;
+    }
+
+    /// Hash and unpack (the bytes are already in the partial file).
+    fn consume(&mut self, chunk: &[u8]) -> Result<(), ImageError> {
+        self.hasher.update(chunk);
+        self.received += chunk.len() as u64;
+        match &mut self.state {
+            State::Plain => Ok(()),
+            State::Unpacking(compression, decoder) => {
+                unpack(*compression, decoder.as_mut(), chunk, &self.temps)
+            }
+            State::Undecided(head) => {
+                head.extend_from_slice(chunk);
+                if self.hint.is_some() || head.len() >= Compression::MAGIC_LEN {
+                    self.decide()
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    fn decide(&mut self) -> Result<(), ImageError> {
+        let head = match &mut self.state {
+            State::Undecided(head) => std::mem::take(head),
+            _ => return Ok(()),
+        };
+        self.state = State::Plain;
+        let compression = self.hint.unwrap_or_else(|| Compression::from_magic(&head));
+        let open = || {
+            File::create(&self.temps.unpacked)
+                .map(|out| Immediate(BufWriter::with_capacity(BUFFER, out)))
+                .map_err(|source| self.temps.write_error(&self.temps.unpacked, source))
+        };
+        let mut decoder: Pin<Box<dyn AsyncWrite + Send>> = match compression {
+            Compression::None => return Ok(()),
+            Compression::Xz => Box::pin(XzDecoder::new(open()?)),
+            Compression::Gzip => Box::pin(GzipDecoder::new(open()?)),
+            Compression::Zstd => Box::pin(ZstdDecoder::new(open()?)),
+        };
+        tracing::info!(image = %self.label, %compression, "unpacking while downloading");
+        unpack(compression, decoder.as_mut(), &head, &self.temps)?;
+        self.state = State::Unpacking(compression, decoder);
+        Ok(())
+    }
+
+    /// Writes what is buffered to the partial file (for a later resume).
+    pub fn keep_partial(mut self) -> Result<u64, ImageError> {
+        self.part
+            .flush()
+            .map_err(|source| self.temps.write_error(&self.temps.part, source))?;
+        Ok(self.received)
+    }
+
+    /// Ends the stream: checks the compressed stream is complete, fsyncs the result.
+    pub fn finish(mut self) -> Result<Finished, ImageError> {
+        let part_err = |temps: &Temps, source| temps.write_error(&temps.part, source);
+        self.part.flush().map_err(|e| part_err(&self.temps, e))?;
+        self.decide()?;
+        let compression = match std::mem::replace(&mut self.state, State::Plain) {
+            State::Unpacking(compression, mut decoder) => {
+                let done = decoder.shutdown().now_or_never().unwrap_or_else(|| {
+                    Err(io::Error::other("the decoder waited on a synchronous file"))
+                });
+                done.map_err(|source| decode_error(compression, source))?;
+                drop(decoder);
+                sync(&self.temps.unpacked)
+                    .map_err(|e| self.temps.write_error(&self.temps.unpacked, e))?;
+                compression
+            }
+            _ => {
+                self.part
+                    .get_ref()
+                    .sync_all()
+                    .map_err(|e| part_err(&self.temps, e))?;
+                Compression::None
+            }
+        };
+        let report = self.progress.report(self.received, Instant::now());
+        tracing::info!(image = %self.label, chunks = self.chunks, "downloaded {report}");
+        Ok(Finished {
+            sha256: hex(&self.hasher.finalize()),
+            received: self.received,
+            compression,
+            image: match compression {
+                Compression::None => self.temps.part.clone(),
+                _ => self.temps.unpacked.clone(),
+            },
+        })
+    }
+}
+
+fn unpack(
+    compression: Compression,
+    decoder: Pin<&mut (dyn AsyncWrite + Send)>,
+    chunk: &[u8],
+    temps: &Temps,
+) -> Result<(), ImageError> {
+    let mut decoder = decoder;
+    let written = decoder
+        .write_all(chunk)
+        .now_or_never()
+        .unwrap_or_else(|| Err(io::Error::other("the decoder waited on a synchronous file")));
+    written.map_err(|source| match source.kind() {
+        io::ErrorKind::StorageFull => temps.write_error(&temps.unpacked, source),
+        _ => decode_error(compression, source),
+    })
+}
+
+fn decode_error(compression: Compression, source: io::Error) -> ImageError {
+    ImageError::Decompress {
+        compression,
+        source,
+    }
+}
+
+fn sync(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A file as an `AsyncWrite` that never waits: the decoders are async-only, and we drive them
+/// on a blocking thread where a plain `write` is exactly right.
+struct Immediate(BufWriter<File>);
+
+impl AsyncWrite for Immediate {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(self.0.write(buf))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.0.flush())
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.0.flush())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_compression::tokio::write::XzEncoder;
+
+    fn xz(data: &[u8]) -> Vec<u8> {
+        let mut encoder = XzEncoder::new(Vec::new());
+        let done = async {
+            encoder.write_all(data).await?;
+            encoder.shutdown().await
+        };
+        done.now_or_never().expect("in memory").expect("encode");
+        encoder.into_inner()
+    }
+
+    fn temps(dir: &Path) -> Temps {
+        Temps::for_target(&dir.join("disk.raw"))
+    }
+
+    #[test]
+    fn a_resumed_compressed_download_replays_the_partial_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let temps = temps(dir.path());
+        let data: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let packed = xz(&data);
+        let (first, rest) = packed.split_at(packed.len() / 2);
+
+        let mut sink = Sink::open(&temps, None, false, None, "t").expect("open");
+        sink.feed(first).expect("feed");
+        assert_eq!(sink.keep_partial().expect("keep"), first.len() as u64);
+
+        let mut sink = Sink::open(&temps, None, true, None, "t").expect("resume");
+        assert_eq!(sink.received(), first.len() as u64);
+        sink.feed(rest).expect("feed");
+        let finished = sink.finish().expect("finish");
+        assert_eq!(finished.compression, Compression::Xz, "found by magic");
+        assert_eq!(finished.sha256, hex(&Sha256::digest(&packed)));
+        assert_eq!(std::fs::read(&finished.image).expect("unpacked"), data);
+    }
+
+    #[test]
+    fn a_compressed_stream_cut_short_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = vec![7u8; 100_000];
+        let packed = xz(&data);
+        let mut sink =
+            Sink::open(&temps(dir.path()), Some(Compression::Xz), false, None, "t").expect("open");
+        sink.feed(&packed[..packed.len() - 10]).expect("feed");
+        let err = sink.finish().expect_err("truncated");
+        assert!(matches!(err, ImageError::Decompress { .. }), "{err:?}");
+    }
+}

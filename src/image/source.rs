@@ -1,0 +1,293 @@
+//! What the bytes are: the compression of a download (by suffix or magic) and whether the
+//! result is a disk image qemu can boot (qcow2 v2/v3 or raw) — pure functions over a file's
+//! first bytes and its length, so that an HTML error page or a cut-off download is caught
+//! before it becomes a permanent base image.
+
+use std::fmt;
+
+/// How many leading bytes [`inspect`] wants to see (more is fine, fewer only for short files).
+pub const HEAD_LEN: usize = 512;
+
+/// Stream compression, undone while downloading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Xz,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    /// Bytes needed to recognise every magic number.
+    pub const MAGIC_LEN: usize = 6;
+
+    /// From the last path segment of the source (`.xz`, `.gz`, `.zst`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        if name.ends_with(".xz") {
+            Some(Self::Xz)
+        } else if name.ends_with(".gz") {
+            Some(Self::Gzip)
+        } else if name.ends_with(".zst") {
+            Some(Self::Zstd)
+        } else {
+            None
+        }
+    }
+
+    /// From the first bytes of the stream; `None` when no compression magic is there.
+    pub fn from_magic(head: &[u8]) -> Self {
+        if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+            Self::Xz
+        } else if head.starts_with(&[0x1f, 0x8b]) {
+            Self::Gzip
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Self::Zstd
+        } else {
+            Self::None
+        }
+    }
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::None => "uncompressed",
+            Self::Xz => "xz",
+            Self::Gzip => "gzip",
+            Self::Zstd => "zstd",
+        })
+    }
+}
+
+/// A disk image format qemu can use as a backing file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFormat {
+    Qcow2 { version: u32, virtual_size: u64 },
+    Raw { size: u64 },
+}
+
+impl DiskFormat {
+    /// The name qemu uses for it (`backing_fmt`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Qcow2 { .. } => "qcow2",
+            Self::Raw { .. } => "raw",
+        }
+    }
+
+    /// The size the guest sees.
+    pub fn virtual_size(&self) -> u64 {
+        match *self {
+            Self::Qcow2 { virtual_size, .. } => virtual_size,
+            Self::Raw { size } => size,
+        }
+    }
+}
+
+const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
+const SECTOR: u64 = 512;
+
+fn be32(head: &[u8], at: usize) -> u32 {
+    let mut bytes = [0u8; 4];
+    bytes.copy_from_slice(&head[at..at + 4]);
+    u32::from_be_bytes(bytes)
+}
+
+fn be64(head: &[u8], at: usize) -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&head[at..at + 8]);
+    u64::from_be_bytes(bytes)
+}
+
+/// Decides what a file is from its first bytes (up to [`HEAD_LEN`]) and its length. The error
+/// describes what was received, for an operator who will read it in `kubectl logs`.
+pub fn inspect(head: &[u8], len: u64) -> Result<DiskFormat, String> {
+    if len == 0 {
+        return Err("an empty file".to_owned());
+    }
+    if head.starts_with(&QCOW2_MAGIC) {
+        return inspect_qcow2(head, len);
+    }
+    if Compression::from_magic(head) != Compression::None {
+        return Err(format!(
+            "{} compressed data, not a disk image",
+            Compression::from_magic(head)
+        ));
+    }
+    if let Some(text) = describe_text(head) {
+        return Err(text);
+    }
+    if !len.is_multiple_of(SECTOR) {
+        return Err(format!(
+            "{len} bytes of data that is neither qcow2 nor a whole number of 512-byte sectors \
+             (a truncated raw image?)"
+        ));
+    }
+    Ok(DiskFormat::Raw { size: len })
+}
+
+fn inspect_qcow2(head: &[u8], len: u64) -> Result<DiskFormat, String> {
+    // Version 2 header: 72 bytes (QEMU docs/interop/qcow2.txt).
+    if head.len() < 72 || len < 72 {
+        return Err(format!(
+            "a truncated qcow2 image: {len} bytes, less than its header"
+        ));
+    }
+    let version = be32(head, 4);
+    if version != 2 && version != 3 {
+        return Err(format!(
+            "a qcow2 image of version {version}; only versions 2 and 3 are supported"
+        ));
+    }
+    let cluster_bits = be32(head, 20);
+    if !(9..=21).contains(&cluster_bits) {
+        return Err(format!(
+            "a corrupt qcow2 header (cluster_bits {cluster_bits})"
+        ));
+    }
+    let virtual_size = be64(head, 24);
+    let l1_size = u64::from(be32(head, 36));
+    let l1_offset = be64(head, 40);
+    let refcount_offset = be64(head, 48);
+    let refcount_clusters = u64::from(be32(head, 56));
+    let l1_end = l1_offset.saturating_add(l1_size.saturating_mul(8));
+    let refcount_end =
+        refcount_offset.saturating_add(refcount_clusters.saturating_mul(1 << cluster_bits));
+    let needed = l1_end.max(refcount_end);
+    if needed > len {
+        return Err(format!(
+            "a truncated qcow2 image: its tables end at byte {needed} but the file has only \
+             {len} bytes"
+        ));
+    }
+    Ok(DiskFormat::Qcow2 {
+        version,
+        virtual_size,
+    })
+}
+
+/// `Some(description)` when the head is printable text (an error page, a redirect notice…).
+fn describe_text(head: &[u8]) -> Option<String> {
+    let printable = |b: &u8| matches!(b, b'\t' | b'\n' | b'\r' | 0x20..=0x7e);
+    if head.is_empty() || !head.iter().all(printable) {
+        return None;
+    }
+    let text = String::from_utf8_lossy(head);
+    let lower = text.to_ascii_lowercase();
+    let first_line: String = text
+        .trim_start()
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(80)
+        .collect();
+    let kind = if lower.contains("<html") || lower.contains("<!doctype html") {
+        "an HTML page"
+    } else {
+        "text"
+    };
+    Some(format!(
+        "{kind}, not a disk image (it starts with {first_line:?}); is the URL right, or does \
+         the server need a login?"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qcow2_head(version: u32, l1_offset: u64, refcount_offset: u64) -> Vec<u8> {
+        let mut head = vec![0u8; 104];
+        head[..4].copy_from_slice(&QCOW2_MAGIC);
+        head[4..8].copy_from_slice(&version.to_be_bytes());
+        head[20..24].copy_from_slice(&16u32.to_be_bytes());
+        head[24..32].copy_from_slice(&(1u64 << 30).to_be_bytes());
+        head[36..40].copy_from_slice(&2u32.to_be_bytes());
+        head[40..48].copy_from_slice(&l1_offset.to_be_bytes());
+        head[48..56].copy_from_slice(&refcount_offset.to_be_bytes());
+        head[56..60].copy_from_slice(&1u32.to_be_bytes());
+        head
+    }
+
+    #[test]
+    fn recognises_qcow2_v2_and_v3_with_their_virtual_size() {
+        for version in [2, 3] {
+            let head = qcow2_head(version, 3 << 16, 1 << 16);
+            assert_eq!(
+                inspect(&head, 4 << 16),
+                Ok(DiskFormat::Qcow2 {
+                    version,
+                    virtual_size: 1 << 30
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_a_qcow2_whose_tables_lie_past_the_end() {
+        let head = qcow2_head(3, 3 << 16, 1 << 16);
+        let err = inspect(&head, 100_000).expect_err("truncated");
+        assert!(err.contains("truncated qcow2"), "{err}");
+    }
+
+    #[test]
+    fn rejects_unknown_qcow2_versions() {
+        let err = inspect(&qcow2_head(4, 0, 0), 1 << 20).expect_err("v4");
+        assert!(err.contains("version 4"), "{err}");
+    }
+
+    #[test]
+    fn rejects_an_html_page_quoting_its_start() {
+        let page = b"<!DOCTYPE html>\n<html><body>Not found</body></html>\n";
+        let err = inspect(page, page.len() as u64).expect_err("html");
+        assert!(err.starts_with("an HTML page"), "{err}");
+        assert!(err.contains("<!DOCTYPE html>"), "{err}");
+    }
+
+    #[test]
+    fn rejects_plain_text_and_empty_files() {
+        let err = inspect(b"Access denied\n", 14).expect_err("text");
+        assert!(err.starts_with("text"), "{err}");
+        assert_eq!(inspect(b"", 0), Err("an empty file".to_owned()));
+    }
+
+    #[test]
+    fn accepts_raw_disks_of_whole_sectors_only() {
+        let mut mbr = vec![0u8; 512];
+        mbr[510] = 0x55;
+        mbr[511] = 0xaa;
+        assert_eq!(
+            inspect(&mbr, 1 << 20),
+            Ok(DiskFormat::Raw { size: 1 << 20 })
+        );
+        let err = inspect(&mbr, (1 << 20) + 100).expect_err("partial sector");
+        assert!(err.contains("512-byte sectors"), "{err}");
+    }
+
+    #[test]
+    fn compressed_data_is_not_a_disk() {
+        let err = inspect(&[0x1f, 0x8b, 8, 0, 0, 0], 512).expect_err("gzip");
+        assert!(err.starts_with("gzip"), "{err}");
+    }
+
+    #[test]
+    fn compression_by_name_and_by_magic() {
+        assert_eq!(Compression::from_name("d.qcow2.xz"), Some(Compression::Xz));
+        assert_eq!(Compression::from_name("d.raw.gz"), Some(Compression::Gzip));
+        assert_eq!(
+            Compression::from_name("d.qcow2.zst"),
+            Some(Compression::Zstd)
+        );
+        assert_eq!(Compression::from_name("d.qcow2"), None);
+        assert_eq!(
+            Compression::from_magic(&[0xfd, b'7', b'z', b'X', b'Z', 0]),
+            Compression::Xz
+        );
+        assert_eq!(
+            Compression::from_magic(&[0x28, 0xb5, 0x2f, 0xfd]),
+            Compression::Zstd
+        );
+        assert_eq!(Compression::from_magic(b"QFI\xfb"), Compression::None);
+    }
+}
