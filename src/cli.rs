@@ -68,6 +68,22 @@ pub enum Command {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<OsString>,
     },
+    /// Serve DHCP and DNS on an existing bridge that carries VM_GW, until SIGTERM.
+    /// A test hook for the DHCP server and DNS forwarder, not part of the contract.
+    #[command(hide = true)]
+    Serve {
+        /// The bridge to serve on.
+        #[arg(long, value_name = "NAME")]
+        bridge: String,
+        /// The pod's resolver configuration.
+        #[arg(
+            long,
+            env = "RESOLV_CONF",
+            default_value = "/etc/resolv.conf",
+            value_name = "PATH"
+        )]
+        resolv_conf: PathBuf,
+    },
 }
 
 /// The contract: raw strings as given; parsed and validated by [`crate::config`].
@@ -199,7 +215,13 @@ pub struct Settings {
 
     /// Where kvm-manager keeps its sockets (qemu's QMP and serial console) and the config
     /// drive it builds at start; `kvm-manager console` finds the VM there.
-    #[arg(long, env = "RUNTIME_DIR", global = true, default_value = "/run/kvm-manager", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "RUNTIME_DIR",
+        global = true,
+        default_value = "/run/kvm-manager",
+        value_name = "DIR"
+    )]
     pub runtime_dir: PathBuf,
 
     /// `text` or `json`.

@@ -4,6 +4,8 @@
 use std::fmt::Write as _;
 
 use crate::config::ConfigError;
+use crate::dhcp::DhcpError;
+use crate::dns::DnsError;
 use crate::logging::LogError;
 use crate::pid1::Pid1Error;
 use crate::qemu::QemuError;
@@ -26,6 +28,10 @@ pub mod exit {
 pub enum Error {
     #[error("invalid configuration")]
     Config(#[from] ConfigError),
+    #[error("the DHCP server failed")]
+    Dhcp(#[from] DhcpError),
+    #[error("the DNS forwarder failed")]
+    Dns(#[from] DnsError),
     #[error("could not start logging")]
     Log(#[from] LogError),
     #[error("supervisor failed")]
@@ -46,6 +52,7 @@ impl Error {
         match self {
             Error::Config(_) => exit::CONFIG,
             Error::Log(_) => exit::CONFIG,
+            Error::Dhcp(_) | Error::Dns(_) => exit::NETWORK,
             Error::Pid1(e) => e.exit_code(),
             Error::State(_) => exit::IMAGE,
             Error::Qemu(e) => e.exit_code(),

@@ -8,6 +8,8 @@ pub mod app;
 pub mod atomic_file;
 pub mod cli;
 pub mod config;
+pub mod dhcp;
+pub mod dns;
 pub mod error;
 pub mod logging;
 pub mod pid1;

@@ -26,13 +26,27 @@ pub struct Fallback(pub io::Error);
 
 /// Decides the accelerator. `auto` falls back to TCG (with the reason) when `device` does
 /// not open read-write.
-pub fn resolve(requested: config::Accel, device: &Path) -> Result<(Accel, Option<Fallback>), KvmUnavailable> {
-    let open = || OpenOptions::new().read(true).write(true).open(device).map(drop);
+pub fn resolve(
+    requested: config::Accel,
+    device: &Path,
+) -> Result<(Accel, Option<Fallback>), KvmUnavailable> {
+    let open = || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(device)
+            .map(drop)
+    };
     match requested {
         config::Accel::Tcg => Ok((Accel::Tcg, None)),
-        config::Accel::Kvm => open()
-            .map(|()| (Accel::Kvm, None))
-            .map_err(|source| KvmUnavailable { device: device.to_owned(), source }),
+        config::Accel::Kvm => {
+            open()
+                .map(|()| (Accel::Kvm, None))
+                .map_err(|source| KvmUnavailable {
+                    device: device.to_owned(),
+                    source,
+                })
+        }
         config::Accel::Auto => match open() {
             Ok(()) => Ok((Accel::Kvm, None)),
             Err(e) => Ok((Accel::Tcg, Some(Fallback(e)))),
@@ -52,12 +66,18 @@ mod tests {
         assert!(fallback.is_some());
         let err = resolve(config::Accel::Kvm, missing).expect_err("kvm requires the device");
         assert!(err.to_string().contains("devices.kubevirt.io/kvm"), "{err}");
-        assert_eq!(resolve(config::Accel::Tcg, missing).expect("tcg").0, Accel::Tcg);
+        assert_eq!(
+            resolve(config::Accel::Tcg, missing).expect("tcg").0,
+            Accel::Tcg
+        );
     }
 
     #[test]
     fn auto_uses_kvm_when_the_device_opens() {
         let file = tempfile::NamedTempFile::new().expect("temp file");
-        assert_eq!(resolve(config::Accel::Auto, file.path()).expect("opens").0, Accel::Kvm);
+        assert_eq!(
+            resolve(config::Accel::Auto, file.path()).expect("opens").0,
+            Accel::Kvm
+        );
     }
 }

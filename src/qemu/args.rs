@@ -67,7 +67,10 @@ pub fn build(launch: &Launch) -> Vec<OsString> {
     let mut args: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| args.extend(items.iter().map(|s| (*s).to_owned()));
 
-    push(&["-name", &format!("guest={},debug-threads=on", escape(&launch.name))]);
+    push(&[
+        "-name",
+        &format!("guest={},debug-threads=on", escape(&launch.name)),
+    ]);
     push(&["-nodefaults", "-no-user-config"]);
     let (accel, cpu) = match launch.accel {
         Accel::Kvm => ("kvm", "host"),
@@ -79,18 +82,39 @@ pub fn build(launch: &Launch) -> Vec<OsString> {
     push(&["-m", &format!("{}M", launch.sizing.memory_mib)]);
     push(&["-rtc", "base=utc"]);
 
-    push(&["-drive", &format!("file={},if=none,id=disk0,format=qcow2,discard=unmap", path_value(&launch.disk))]);
+    push(&[
+        "-drive",
+        &format!(
+            "file={},if=none,id=disk0,format=qcow2,discard=unmap",
+            path_value(&launch.disk)
+        ),
+    ]);
     push(&["-device", "virtio-blk-pci,drive=disk0,bootindex=1"]);
     if let Some(iso) = &launch.config_drive {
-        push(&["-drive", &format!("file={},if=none,id=cd0,media=cdrom,readonly=on,format=raw", path_value(iso))]);
+        push(&[
+            "-drive",
+            &format!(
+                "file={},if=none,id=cd0,media=cdrom,readonly=on,format=raw",
+                path_value(iso)
+            ),
+        ]);
         push(&["-device", "ide-cd,drive=cd0,bus=ide.1,unit=0"]);
     }
 
     if let Some(nic) = &launch.nic {
         let vhost = if nic.vhost { "on" } else { "off" };
-        push(&["-netdev", &format!("tap,id=net0,ifname={},script=no,downscript=no,vhost={vhost}", escape(&nic.tap))]);
+        push(&[
+            "-netdev",
+            &format!(
+                "tap,id=net0,ifname={},script=no,downscript=no,vhost={vhost}",
+                escape(&nic.tap)
+            ),
+        ]);
         let mac = nic.mac.to_string().to_ascii_lowercase();
-        push(&["-device", &format!("virtio-net-pci,netdev=net0,mac={mac},host_mtu={}", nic.mtu)]);
+        push(&[
+            "-device",
+            &format!("virtio-net-pci,netdev=net0,mac={mac},host_mtu={}", nic.mtu),
+        ]);
     }
 
     match launch.vnc {
@@ -105,7 +129,10 @@ pub fn build(launch: &Launch) -> Vec<OsString> {
 
     push(&["-chardev", "stdio,id=console0,signal=off"]);
     push(&["-serial", "chardev:console0"]);
-    push(&["-qmp", &format!("unix:{},server=on,wait=off", path_value(&launch.qmp_socket))]);
+    push(&[
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", path_value(&launch.qmp_socket)),
+    ]);
     push(&["-msg", "timestamp=off"]);
 
     let mut argv = vec![launch.qemu.clone().into_os_string()];

@@ -22,11 +22,17 @@ pub struct Ring {
 
 impl Ring {
     pub fn new(capacity: usize) -> Self {
-        Self { lines: Mutex::new(VecDeque::with_capacity(capacity)), capacity }
+        Self {
+            lines: Mutex::new(VecDeque::with_capacity(capacity)),
+            capacity,
+        }
     }
 
     pub fn push(&self, line: String) {
-        let mut lines = self.lines.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut lines = self
+            .lines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if lines.len() == self.capacity {
             lines.pop_front();
         }
@@ -34,7 +40,12 @@ impl Ring {
     }
 
     pub fn snapshot(&self) -> Vec<String> {
-        self.lines.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().cloned().collect()
+        self.lines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
     }
 }
 
@@ -85,7 +96,11 @@ pub async fn pump(mut reader: impl AsyncRead + Unpin, stream: Stream, ring: &Rin
 
 fn emit(bytes: &[u8], stream: Stream, ring: &Ring) {
     let text = String::from_utf8_lossy(bytes);
-    let line: String = text.trim_end_matches('\r').chars().filter(|c| *c == '\t' || !c.is_control()).collect();
+    let line: String = text
+        .trim_end_matches('\r')
+        .chars()
+        .filter(|c| *c == '\t' || !c.is_control())
+        .collect();
     match stream {
         Stream::Guest => tracing::info!(target: "guest", "{line}"),
         Stream::Qemu => tracing::warn!(target: "qemu", "{line}"),
@@ -102,7 +117,10 @@ mod tests {
         let ring = Ring::new(2);
         let input: &[u8] = b"first\r\nsec\x1b[0mond\nthird\nno newline";
         pump(input, Stream::Guest, &ring).await;
-        assert_eq!(ring.snapshot(), vec!["third".to_owned(), "no newline".to_owned()]);
+        assert_eq!(
+            ring.snapshot(),
+            vec!["third".to_owned(), "no newline".to_owned()]
+        );
         let ring = Ring::new(10);
         pump(&b"a\r\nb\x1b[0mc\n"[..], Stream::Guest, &ring).await;
         assert_eq!(ring.snapshot(), vec!["a".to_owned(), "b[0mc".to_owned()]);

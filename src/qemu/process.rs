@@ -12,14 +12,14 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::sync::oneshot;
-use tokio::time::{Instant, sleep, timeout};
+use tokio::time::{sleep, timeout, Instant};
 
-use super::QemuError;
 use super::console::{self, Ring, Stream};
 use super::qmp::Qmp;
+use super::QemuError;
 use crate::pid1::{ExitStatus, Pid1, Pid1Error};
 
 /// How often the power button is pressed again while the guest has not powered off.
@@ -52,23 +52,43 @@ pub struct Outcome {
 }
 
 /// Spawns qemu with `argv` (program first) and connects to its QMP socket.
-pub async fn start(pid1: &Pid1, argv: &[OsString], qmp_socket: &Path, vnc_password: Option<&str>) -> Result<Qemu, QemuError> {
+pub async fn start(
+    pid1: &Pid1,
+    argv: &[OsString],
+    qmp_socket: &Path,
+    vnc_password: Option<&str>,
+) -> Result<Qemu, QemuError> {
     let Some((program, args)) = argv.split_first() else {
-        return Err(QemuError::NotFound { qemu: "".into(), path: String::new() });
+        return Err(QemuError::NotFound {
+            qemu: "".into(),
+            path: String::new(),
+        });
     };
     if let Some(dir) = qmp_socket.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| QemuError::RuntimeDir { path: dir.to_owned(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| QemuError::RuntimeDir {
+            path: dir.to_owned(),
+            source,
+        })?;
     }
     let _ = std::fs::remove_file(qmp_socket);
 
     let mut command = Command::new(program);
-    command.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let spawned = pid1.reaper().spawn(&mut command).map_err(|e| match e {
-        Pid1Error::Spawn { source, .. } if source.kind() == ErrorKind::NotFound => QemuError::NotFound {
+        Pid1Error::Spawn { source, .. } if source.kind() == ErrorKind::NotFound => {
+            QemuError::NotFound {
+                qemu: program.into(),
+                path: std::env::var("PATH").unwrap_or_default(),
+            }
+        }
+        other => QemuError::Spawn {
             qemu: program.into(),
-            path: std::env::var("PATH").unwrap_or_default(),
+            source: other,
         },
-        other => QemuError::Spawn { qemu: program.into(), source: other },
     })?;
     let mut child = spawned.child;
     let pid = spawned.pid;
@@ -77,11 +97,19 @@ pub async fn start(pid1: &Pid1, argv: &[OsString], qmp_socket: &Path, vnc_passwo
 
     let console = Arc::new(Ring::new(1000));
     let stderr = Arc::new(Ring::new(50));
-    if let Some(out) = child.stdout.take().and_then(|s| tokio::process::ChildStdout::from_std(s).ok()) {
+    if let Some(out) = child
+        .stdout
+        .take()
+        .and_then(|s| tokio::process::ChildStdout::from_std(s).ok())
+    {
         let ring = Arc::clone(&console);
         tokio::spawn(async move { console::pump(out, Stream::Guest, &ring).await });
     }
-    if let Some(err) = child.stderr.take().and_then(|s| tokio::process::ChildStderr::from_std(s).ok()) {
+    if let Some(err) = child
+        .stderr
+        .take()
+        .and_then(|s| tokio::process::ChildStderr::from_std(s).ok())
+    {
         let ring = Arc::clone(&stderr);
         tokio::spawn(async move { console::pump(err, Stream::Qemu, &ring).await });
     }
@@ -91,7 +119,10 @@ pub async fn start(pid1: &Pid1, argv: &[OsString], qmp_socket: &Path, vnc_passwo
         Err(Connect::Exited(status)) => {
             // Let the stderr relay catch qemu's last words.
             sleep(Duration::from_millis(200)).await;
-            return Err(QemuError::EarlyExit { status, stderr: stderr.snapshot().join("\n") });
+            return Err(QemuError::EarlyExit {
+                status,
+                stderr: stderr.snapshot().join("\n"),
+            });
         }
         Err(Connect::Failed(e)) => {
             let _ = kill(pid, Signal::SIGKILL);
@@ -107,7 +138,14 @@ pub async fn start(pid1: &Pid1, argv: &[OsString], qmp_socket: &Path, vnc_passwo
             return Err(QemuError::VncPassword(e));
         }
     }
-    Ok(Qemu { pid, qmp, console, stderr, exit, _stdin: child.stdin.take() })
+    Ok(Qemu {
+        pid,
+        qmp,
+        console,
+        stderr,
+        exit,
+        _stdin: child.stdin.take(),
+    })
 }
 
 enum Connect {
@@ -115,7 +153,10 @@ enum Connect {
     Failed(super::qmp::QmpError),
 }
 
-async fn connect_qmp(path: &Path, exit: &mut oneshot::Receiver<ExitStatus>) -> Result<Qmp, Connect> {
+async fn connect_qmp(
+    path: &Path,
+    exit: &mut oneshot::Receiver<ExitStatus>,
+) -> Result<Qmp, Connect> {
     let deadline = Instant::now() + QMP_WAIT;
     loop {
         tokio::select! {
@@ -144,10 +185,17 @@ impl Qemu {
         let status = status.unwrap_or(ExitStatus::Exited(-1));
         // Let the relays flush the last lines.
         sleep(Duration::from_millis(100)).await;
-        Outcome { status, forced, stderr: self.stderr.snapshot() }
+        Outcome {
+            status,
+            forced,
+            stderr: self.stderr.snapshot(),
+        }
     }
 
-    async fn graceful(&mut self, shutdown_timeout: Duration) -> (Result<ExitStatus, oneshot::error::RecvError>, bool) {
+    async fn graceful(
+        &mut self,
+        shutdown_timeout: Duration,
+    ) -> (Result<ExitStatus, oneshot::error::RecvError>, bool) {
         let deadline = Instant::now() + shutdown_timeout;
         loop {
             if let Err(e) = self.qmp.system_powerdown().await {

@@ -43,11 +43,19 @@ pub enum SizingError {
 }
 
 /// Decides the VM size: explicit settings win, then limits, then the defaults.
-pub fn decide(cpus: Option<u32>, memory: Option<ByteSize>, limits: Limits) -> Result<Sizing, SizingError> {
+pub fn decide(
+    cpus: Option<u32>,
+    memory: Option<ByteSize>,
+    limits: Limits,
+) -> Result<Sizing, SizingError> {
     let cpus = cpus.unwrap_or_else(|| {
         limits
             .cpu_millis
-            .map(|m| u32::try_from(m.div_ceil(1000)).unwrap_or(u32::MAX).clamp(1, 1024))
+            .map(|m| {
+                u32::try_from(m.div_ceil(1000))
+                    .unwrap_or(u32::MAX)
+                    .clamp(1, 1024)
+            })
             .unwrap_or(1)
     });
     let memory = match (memory, limits.memory) {
@@ -65,7 +73,10 @@ pub fn decide(cpus: Option<u32>, memory: Option<ByteSize>, limits: Limits) -> Re
         }
         (None, None) => DEFAULT_MEMORY,
     };
-    Ok(Sizing { cpus, memory_mib: memory / MIB })
+    Ok(Sizing {
+        cpus,
+        memory_mib: memory / MIB,
+    })
 }
 
 /// Reads the limits below `root` (normally `/sys/fs/cgroup`) for the process whose
@@ -76,10 +87,15 @@ pub fn read_limits(root: &Path, self_cgroup: &str) -> Limits {
         self_cgroup.lines().find_map(|line| {
             let mut parts = line.splitn(3, ':');
             let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-            controllers.split(',').any(|c| c == controller).then_some(path)
+            controllers
+                .split(',')
+                .any(|c| c == controller)
+                .then_some(path)
         })
     };
-    if root.join("cgroup.controllers").exists() || v2_path.is_some_and(|p| root.join(rel(p)).join("cgroup.controllers").exists()) {
+    if root.join("cgroup.controllers").exists()
+        || v2_path.is_some_and(|p| root.join(rel(p)).join("cgroup.controllers").exists())
+    {
         let dirs = candidates(root, v2_path);
         return Limits {
             cpu_millis: first(&dirs, "cpu.max", parse_v2_cpu),
@@ -118,7 +134,9 @@ fn candidates(mount: &Path, own: Option<&str>) -> Vec<PathBuf> {
 }
 
 fn first(dirs: &[PathBuf], file: &str, parse: fn(&str) -> Option<u64>) -> Option<u64> {
-    dirs.iter().find_map(|dir| std::fs::read_to_string(dir.join(file)).ok()).and_then(|text| parse(&text))
+    dirs.iter()
+        .find_map(|dir| std::fs::read_to_string(dir.join(file)).ok())
+        .and_then(|text| parse(&text))
 }
 
 fn parse_v2_cpu(text: &str) -> Option<u64> {

@@ -7,13 +7,19 @@ use super::*;
 use crate::qemu::sizing::{self, Limits};
 
 fn golden(name: &str, argv: &[OsString]) {
-    let text: String = argv.iter().map(|a| format!("{}\n", a.to_string_lossy())).collect();
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/qemu-args").join(format!("{name}.txt"));
+    let text: String = argv
+        .iter()
+        .map(|a| format!("{}\n", a.to_string_lossy()))
+        .collect();
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/qemu-args")
+        .join(format!("{name}.txt"));
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
         std::fs::write(&path, &text).expect("write golden");
     }
-    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 creates it)", path.display()));
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 creates it)", path.display()));
     assert_eq!(text, want, "argv differs from {}", path.display());
 }
 
@@ -22,10 +28,18 @@ fn base() -> Launch {
         qemu: "qemu-system-x86_64".into(),
         name: "vm-0".into(),
         accel: Accel::Kvm,
-        sizing: Sizing { cpus: 2, memory_mib: 2048 },
+        sizing: Sizing {
+            cpus: 2,
+            memory_mib: 2048,
+        },
         disk: "/pet/vm-0.qcow2".into(),
         config_drive: Some("/run/kvm-manager/config-drive.iso".into()),
-        nic: Some(Nic { tap: "kvm-tap0".into(), mac: MacAddr6::new(0x52, 0x54, 0, 0x12, 0x34, 0x56), mtu: 1450, vhost: true }),
+        nic: Some(Nic {
+            tap: "kvm-tap0".into(),
+            mac: MacAddr6::new(0x52, 0x54, 0, 0x12, 0x34, 0x56),
+            mtu: 1450,
+            vhost: true,
+        }),
         vnc: Some(Vnc { password: false }),
         qmp_socket: "/run/kvm-manager/qmp.sock".into(),
         extra: Vec::new(),
@@ -33,8 +47,11 @@ fn base() -> Launch {
 }
 
 fn fixture_sizing(dir: &str, self_cgroup: &str) -> Sizing {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(dir);
-    sizing::decide(None, None, sizing::read_limits(&root, self_cgroup)).expect("fixture limits are large enough")
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(dir);
+    sizing::decide(None, None, sizing::read_limits(&root, self_cgroup))
+        .expect("fixture limits are large enough")
 }
 
 #[test]
@@ -72,24 +89,47 @@ fn vnc_password_is_required_but_never_on_the_command_line() {
 fn cgroup_v2_limits_size_the_vm() {
     let mut launch = base();
     launch.sizing = fixture_sizing("cgroup-v2", "0::/\n");
-    assert_eq!(launch.sizing, Sizing { cpus: 3, memory_mib: 3584 });
+    assert_eq!(
+        launch.sizing,
+        Sizing {
+            cpus: 3,
+            memory_mib: 3584
+        }
+    );
     golden("cgroup-v2", &build(&launch));
 }
 
 #[test]
 fn cgroup_v1_limits_size_the_vm() {
     let mut launch = base();
-    launch.sizing = fixture_sizing("cgroup-v1", "5:memory:/kubepods/x\n4:cpu,cpuacct:/kubepods/x\n");
-    assert_eq!(launch.sizing, Sizing { cpus: 1, memory_mib: 1344 });
+    launch.sizing = fixture_sizing(
+        "cgroup-v1",
+        "5:memory:/kubepods/x\n4:cpu,cpuacct:/kubepods/x\n",
+    );
+    assert_eq!(
+        launch.sizing,
+        Sizing {
+            cpus: 1,
+            memory_mib: 1344
+        }
+    );
     golden("cgroup-v1", &build(&launch));
 }
 
 #[test]
 fn extra_args_come_last_unchanged() {
     let mut launch = base();
-    launch.extra = vec!["-vga".into(), "none,odd".into(), "-device".into(), "virtio-rng-pci".into()];
+    launch.extra = vec![
+        "-vga".into(),
+        "none,odd".into(),
+        "-device".into(),
+        "virtio-rng-pci".into(),
+    ];
     let argv = build(&launch);
-    assert_eq!(argv[argv.len() - 4..], ["-vga", "none,odd", "-device", "virtio-rng-pci"].map(OsString::from));
+    assert_eq!(
+        argv[argv.len() - 4..],
+        ["-vga", "none,odd", "-device", "virtio-rng-pci"].map(OsString::from)
+    );
     golden("extra-args", &argv);
 }
 
@@ -101,9 +141,20 @@ fn commas_in_paths_and_names_are_doubled() {
     launch.config_drive = Some("/run/x,y/cd.iso".into());
     launch.qmp_socket = "/run/q,m/qmp.sock".into();
     let argv = build(&launch);
-    let joined: Vec<String> = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
-    assert!(joined.contains(&"file=/pet/a,,b.qcow2,if=none,id=disk0,format=qcow2,discard=unmap".to_owned()), "{joined:?}");
-    assert!(joined.contains(&"guest=odd,,name,debug-threads=on".to_owned()), "{joined:?}");
+    let joined: Vec<String> = argv
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        joined.contains(
+            &"file=/pet/a,,b.qcow2,if=none,id=disk0,format=qcow2,discard=unmap".to_owned()
+        ),
+        "{joined:?}"
+    );
+    assert!(
+        joined.contains(&"guest=odd,,name,debug-threads=on".to_owned()),
+        "{joined:?}"
+    );
     golden("commas", &argv);
 }
 
@@ -113,5 +164,7 @@ fn without_config_drive_or_nic_there_is_no_cdrom_or_netdev() {
     launch.config_drive = None;
     launch.nic = None;
     let argv = build(&launch);
-    assert!(!argv.iter().any(|a| a == "-netdev" || a.to_string_lossy().starts_with("ide-cd")));
+    assert!(!argv
+        .iter()
+        .any(|a| a == "-netdev" || a.to_string_lossy().starts_with("ide-cd")));
 }
