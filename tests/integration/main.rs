@@ -6,5 +6,9 @@
 // Skips are announced on stderr, loudly, by design.
 #![allow(clippy::print_stderr)]
 
+mod dhcp;
+mod dns;
 mod pid1;
+mod pod;
 mod support;
+mod vmnet;
