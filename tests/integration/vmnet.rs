@@ -24,7 +24,11 @@ pub struct VmNet {
 }
 
 pub fn run(args: &[&str]) {
-    let status = Command::new(args[0]).args(&args[1..]).stdout(Stdio::null()).status().expect("run a setup command");
+    let status = Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .status()
+        .expect("run a setup command");
     assert!(status.success(), "{args:?} failed");
 }
 
@@ -41,13 +45,32 @@ impl VmNet {
             std::fs::write(pod.path("resolv.conf"), text).expect("write resolv.conf");
         }
         let ns = pod.pod_ns.clone();
-        run(&["ip", "-n", &ns, "link", "add", BRIDGE, "mtu", MTU, "type", "bridge"]);
-        run(&["ip", "-n", &ns, "addr", "add", &format!("{VM_GW}/30"), "dev", BRIDGE]);
+        run(&[
+            "ip", "-n", &ns, "link", "add", BRIDGE, "mtu", MTU, "type", "bridge",
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{VM_GW}/30"),
+            "dev",
+            BRIDGE,
+        ]);
         run(&["ip", "-n", &ns, "link", "set", BRIDGE, "up"]);
-        let mut net = Self { server: Running::spawn(&mut Command::new("true")), pod, vms: Vec::new() };
+        let mut net = Self {
+            server: Running::spawn(&mut Command::new("true")),
+            pod,
+            vms: Vec::new(),
+        };
         net.add_vm("vm", VM_MAC);
-        net.server = net.pod.kvm_manager(&["serve", "--bridge", BRIDGE], &[("VM_MAC", VM_MAC), ("LOG_LEVEL", "debug")]);
-        net.server.wait_for_line("serving DHCP and DNS", Duration::from_secs(20));
+        net.server = net.pod.kvm_manager(
+            &["serve", "--bridge", BRIDGE],
+            &[("VM_MAC", VM_MAC), ("LOG_LEVEL", "debug")],
+        );
+        net.server
+            .wait_for_line("serving DHCP and DNS", Duration::from_secs(20));
         net
     }
 
@@ -55,13 +78,23 @@ impl VmNet {
     /// `mac` and is plugged into the bridge.
     pub fn add_vm(&mut self, suffix: &str, mac: &str) -> String {
         let vm_ns = format!("{}-{suffix}", self.pod.tag);
-        let _ = Command::new("ip").args(["netns", "del", &vm_ns]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &vm_ns])
+            .stderr(Stdio::null())
+            .status();
         run(&["ip", "netns", "add", &vm_ns]);
         let port = format!("{}{}", &suffix[..1], self.vms.len());
         let pod_ns = self.pod.pod_ns.clone();
-        run(&["ip", "-n", &pod_ns, "link", "add", &port, "mtu", MTU, "type", "veth", "peer", "name", "eth0", "netns", &vm_ns]);
-        run(&["ip", "-n", &pod_ns, "link", "set", &port, "master", BRIDGE, "up"]);
-        run(&["ip", "-n", &vm_ns, "link", "set", "eth0", "address", mac, "mtu", "1500", "up"]);
+        run(&[
+            "ip", "-n", &pod_ns, "link", "add", &port, "mtu", MTU, "type", "veth", "peer", "name",
+            "eth0", "netns", &vm_ns,
+        ]);
+        run(&[
+            "ip", "-n", &pod_ns, "link", "set", &port, "master", BRIDGE, "up",
+        ]);
+        run(&[
+            "ip", "-n", &vm_ns, "link", "set", "eth0", "address", mac, "mtu", "1500", "up",
+        ]);
         run(&["ip", "-n", &vm_ns, "link", "set", "lo", "up"]);
         self.vms.push(vm_ns.clone());
         vm_ns
@@ -81,7 +114,18 @@ for d in /run/dhcpcd /var/lib/dhcpcd; do [ -d "$d" ] && mount -t tmpfs none "$d"
 hostname localhost
 "#;
         Command::new("ip")
-            .args(["netns", "exec", vm_ns, "unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c"])
+            .args([
+                "netns",
+                "exec",
+                vm_ns,
+                "unshare",
+                "--mount",
+                "--uts",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+            ])
             .arg(format!("{prelude}{script}"))
             .env("RESOLV", resolv)
             .envs(env.iter().copied())
@@ -92,7 +136,11 @@ hostname localhost
 
     /// `ip ARGS` in `vm_ns`, stdout as a string.
     pub fn ip(&self, vm_ns: &str, args: &[&str]) -> String {
-        let out = Command::new("ip").args(["-n", vm_ns]).args(args).output().expect("ip");
+        let out = Command::new("ip")
+            .args(["-n", vm_ns])
+            .args(args)
+            .output()
+            .expect("ip");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
