@@ -4,6 +4,7 @@
 //! [`resolv_conf`] reads the pod's resolver settings, [`query`] decides per query (pure),
 //! [`upstream`] relays, [`forwarder`] listens.
 
+pub mod exchange;
 pub mod forwarder;
 pub mod query;
 pub mod resolv_conf;
@@ -93,7 +94,7 @@ pub async fn serve(cfg: &ServeConfig) -> Result<DnsServer, DnsError> {
     };
     let udp = forwarder::bind_udp(&cfg.bridge, cfg.vm_gw).map_err(bind_error("udp"))?;
     let tcp = forwarder::bind_tcp(&cfg.bridge, cfg.vm_gw).map_err(bind_error("tcp"))?;
-    let upstreams = upstream::Upstreams::new(
+    let (upstreams, mut tasks) = upstream::Upstreams::open(
         &cfg.resolv.nameservers,
         cfg.resolv.timeout,
         cfg.vm_gw.into(),
@@ -112,9 +113,7 @@ pub async fn serve(cfg: &ServeConfig) -> Result<DnsServer, DnsError> {
         malformed: std::sync::Mutex::new(DropLog::new("DNS")),
     });
     tracing::info!(listen = %cfg.vm_gw, upstreams = ?cfg.resolv.nameservers, "serving DNS");
-    let tasks = vec![
-        tokio::spawn(forwarder::serve_udp(udp, Arc::clone(&shared))).abort_handle(),
-        tokio::spawn(forwarder::serve_tcp(tcp, shared)).abort_handle(),
-    ];
+    tasks.push(tokio::spawn(forwarder::serve_udp(udp, Arc::clone(&shared))).abort_handle());
+    tasks.push(tokio::spawn(forwarder::serve_tcp(tcp, shared)).abort_handle());
     Ok(DnsServer { stats, tasks })
 }

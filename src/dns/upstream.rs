@@ -1,14 +1,16 @@
 //! Relaying one query to the pod's nameservers: in order, each with its own timeout, over UDP
 //! first and again over TCP when the answer comes back truncated. `None` when all failed.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hickory_proto::op::{Message, ResponseCode};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::TcpStream;
+use tokio::task::AbortHandle;
 use tokio::time::{timeout_at, Instant};
 
+use super::exchange::Exchange;
 use super::query;
 
 /// The most we ever wait for one upstream, whatever resolv.conf says: the VM's resolver has
@@ -16,11 +18,10 @@ use super::query;
 const MAX_PER_TRY: Duration = Duration::from_secs(2);
 /// The most one query may take in all before we answer SERVFAIL.
 pub const TOTAL: Duration = Duration::from_secs(4);
-const MAX_MESSAGE: usize = 65535;
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Upstreams {
-    servers: Vec<SocketAddr>,
+    servers: Vec<(SocketAddr, Exchange)>,
     per_try: Duration,
 }
 
@@ -33,16 +34,32 @@ pub enum Transport {
 
 impl Upstreams {
     /// `exclude`: our own address, so a resolv.conf naming VM_GW cannot make us loop.
-    pub fn new(nameservers: &[IpAddr], per_try: Duration, exclude: IpAddr) -> Self {
-        let servers = nameservers
-            .iter()
-            .filter(|ip| **ip != exclude)
-            .map(|ip| SocketAddr::new(*ip, 53))
-            .collect();
-        Self {
+    /// Opens the UDP sockets to each upstream; returns the tasks that receive on them. An
+    /// upstream whose sockets cannot be opened is left out with a warning.
+    pub fn open(
+        nameservers: &[IpAddr],
+        per_try: Duration,
+        exclude: IpAddr,
+    ) -> (Self, Vec<AbortHandle>) {
+        let mut servers = Vec::new();
+        let mut tasks = Vec::new();
+        for ip in nameservers.iter().filter(|ip| **ip != exclude) {
+            let server = SocketAddr::new(*ip, 53);
+            match Exchange::open(server) {
+                Ok((exchange, receivers)) => {
+                    servers.push((server, exchange));
+                    tasks.extend(receivers);
+                }
+                Err(e) => {
+                    tracing::warn!(%server, error = %e, "cannot reach this nameserver of the pod; leaving it out")
+                }
+            }
+        }
+        let upstreams = Self {
             servers,
             per_try: per_try.min(MAX_PER_TRY),
-        }
+        };
+        (upstreams, tasks)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -58,9 +75,9 @@ impl Upstreams {
     ) -> Option<Vec<u8>> {
         let deadline = Instant::now() + TOTAL;
         let mut fallback = None;
-        for server in &self.servers {
+        for (server, exchange) in &self.servers {
             let try_deadline = deadline.min(Instant::now() + self.per_try);
-            let answer = match udp(*server, raw, query, try_deadline).await {
+            let answer = match udp(exchange, raw, query, try_deadline).await {
                 Ok((bytes, message)) if message.metadata.truncation => {
                     // TC: the full answer over TCP, if it fits what the VM can take.
                     let tcp_deadline = deadline.min(Instant::now() + self.per_try);
@@ -97,30 +114,15 @@ fn fits(answer: &[u8], transport: Transport) -> bool {
 }
 
 async fn udp(
-    server: SocketAddr,
+    exchange: &Exchange,
     raw: &[u8],
     query: &Message,
     deadline: Instant,
 ) -> std::io::Result<(Vec<u8>, Message)> {
-    let local: IpAddr = match server {
-        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
-        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
-    };
-    // A fresh socket per query: a random source port, and only `server` can answer on it.
-    let socket = UdpSocket::bind((local, 0)).await?;
-    socket.connect(server).await?;
-    socket.send(raw).await?;
-    let mut buf = vec![0u8; MAX_MESSAGE];
-    loop {
-        let len = timeout_at(deadline, socket.recv(&mut buf))
-            .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-        // Anything that does not answer this question is ignored (spoofing, late answers).
-        if let Some(message) = query::answers(query, &buf[..len]) {
-            buf.truncate(len);
-            return Ok((buf, message));
-        }
-    }
+    let bytes = exchange.ask(raw, deadline).await?;
+    // An answer to another question under the right id (spoofing) counts as a failure.
+    let message = query::answers(query, &bytes).ok_or(std::io::ErrorKind::InvalidData)?;
+    Ok((bytes, message))
 }
 
 async fn tcp(
