@@ -46,7 +46,10 @@ fn run(cli: Cli) -> Result<u8, Error> {
     });
     let log = config::parse_log(&cli.settings)?;
     let sink = match command {
-        Command::Run { .. } | Command::Network | Command::Supervise { .. } => Sink::Stdout,
+        Command::Run { .. }
+        | Command::Network
+        | Command::Supervise { .. }
+        | Command::Serve { .. } => Sink::Stdout,
         Command::Image
         | Command::ConfigDrive { .. }
         | Command::QemuArgs { .. }
@@ -78,6 +81,10 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 .map_err(crate::qemu::QemuError::from)?;
             Ok(0)
         }
+        Command::Serve {
+            bridge,
+            resolv_conf,
+        } => serve(&config, bridge, &resolv_conf),
     }
 }
 
@@ -168,6 +175,37 @@ fn qemu_args(config: &Config) -> Result<u8, Error> {
         for arg in crate::qemu::args::build(&launch) {
             let _ = writeln!(out, "{}", arg.to_string_lossy());
         }
+        Ok(0)
+    })
+}
+
+/// Serves DHCP and DNS on an existing bridge until SIGTERM (the test hook for `dhcp`/`dns`).
+fn serve(config: &Config, bridge: String, resolv_conf: &std::path::Path) -> Result<u8, Error> {
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        let pid1 = Pid1::start()?;
+        let cfg = crate::dhcp::ServeConfig {
+            mtu: crate::dhcp::device_mtu(&bridge)?,
+            bridge,
+            vm_ip: config.net.vm_ip,
+            vm_gw: config.net.vm_gw,
+            vm_mac: crate::state::load_or_create(
+                &config.pet_dir,
+                &config.hostname,
+                config.net.vm_mac,
+            )?
+            .mac(),
+            hostname: config.hostname.clone(),
+            dns_mode: config.net.dns_mode,
+            resolv: crate::dns::ResolvConf::load(resolv_conf)
+                .map_err(crate::dns::DnsError::from)?,
+            no_dhcp: config.net.no_dhcp,
+        };
+        let _dhcp = crate::dhcp::serve(&cfg).await?;
+        let _dns = crate::dns::serve(&cfg).await?;
+        tracing::info!(bridge = %cfg.bridge, "serving DHCP and DNS until SIGTERM");
+        let signal = pid1.shutdown_requested().await;
+        tracing::info!(%signal, "stopping");
         Ok(0)
     })
 }

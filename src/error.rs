@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 
 use crate::config::ConfigError;
 use crate::configdrive::ConfigDriveError;
+use crate::dhcp::DhcpError;
+use crate::dns::DnsError;
 use crate::image::ImageError;
 use crate::logging::LogError;
 use crate::net::NetError;
@@ -29,6 +31,10 @@ pub mod exit {
 pub enum Error {
     #[error("invalid configuration")]
     Config(#[from] ConfigError),
+    #[error("the DHCP server failed")]
+    Dhcp(#[from] DhcpError),
+    #[error("the DNS forwarder failed")]
+    Dns(#[from] DnsError),
     #[error("could not start logging")]
     Log(#[from] LogError),
     #[error("supervisor failed")]
@@ -55,6 +61,7 @@ impl Error {
         match self {
             Error::Config(_) => exit::CONFIG,
             Error::Log(_) => exit::CONFIG,
+            Error::Dhcp(_) | Error::Dns(_) => exit::NETWORK,
             Error::Pid1(e) => e.exit_code(),
             Error::Net(_) => exit::NETWORK,
             Error::Image(e) => e.exit_code(),

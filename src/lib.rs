@@ -9,6 +9,8 @@ pub mod atomic_file;
 pub mod cli;
 pub mod config;
 pub mod configdrive;
+pub mod dhcp;
+pub mod dns;
 pub mod error;
 pub mod http;
 pub mod image;

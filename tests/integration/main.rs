@@ -7,7 +7,13 @@
 #![allow(clippy::print_stderr)]
 
 mod configdrive;
+mod dhcp;
+mod dns;
 mod image;
 mod network;
 mod pid1;
+// The shared pod harness; each area uses only some of its helpers.
+#[allow(dead_code)]
+mod pod;
 mod support;
+mod vmnet;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::support::{BIN, Running};
+use crate::support::{Running, BIN};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -27,7 +27,11 @@ pub struct Pod {
 }
 
 fn run(args: &[&str]) {
-    let status = Command::new(args[0]).args(&args[1..]).stdout(Stdio::null()).status().expect("run a setup command");
+    let status = Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .status()
+        .expect("run a setup command");
     assert!(status.success(), "{args:?} failed");
 }
 
@@ -41,18 +45,44 @@ impl Pod {
         let subnet = format!("10.{}.{}", 200 + (n / 250) % 50, n % 250);
         let (node_ip, pod_ip) = (format!("{subnet}.1"), format!("{subnet}.2"));
         for ns in [&node_ns, &pod_ns] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
             run(&["ip", "netns", "add", ns]);
         }
         let veth_node = format!("{tag}n");
-        run(&["ip", "-n", &node_ns, "link", "add", &veth_node, "mtu", "1450", "type", "veth", "peer", "name", "eth0", "netns", &pod_ns, "mtu", "1450"]);
-        run(&["ip", "-n", &node_ns, "addr", "add", &format!("{node_ip}/24"), "dev", &veth_node]);
+        run(&[
+            "ip", "-n", &node_ns, "link", "add", &veth_node, "mtu", "1450", "type", "veth", "peer",
+            "name", "eth0", "netns", &pod_ns, "mtu", "1450",
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &node_ns,
+            "addr",
+            "add",
+            &format!("{node_ip}/24"),
+            "dev",
+            &veth_node,
+        ]);
         run(&["ip", "-n", &node_ns, "link", "set", &veth_node, "up"]);
         run(&["ip", "-n", &node_ns, "link", "set", "lo", "up"]);
-        run(&["ip", "-n", &pod_ns, "addr", "add", &format!("{pod_ip}/24"), "dev", "eth0"]);
+        run(&[
+            "ip",
+            "-n",
+            &pod_ns,
+            "addr",
+            "add",
+            &format!("{pod_ip}/24"),
+            "dev",
+            "eth0",
+        ]);
         run(&["ip", "-n", &pod_ns, "link", "set", "eth0", "up"]);
         run(&["ip", "-n", &pod_ns, "link", "set", "lo", "up"]);
-        run(&["ip", "-n", &pod_ns, "route", "add", "default", "via", &node_ip]);
+        run(&[
+            "ip", "-n", &pod_ns, "route", "add", "default", "via", &node_ip,
+        ]);
 
         let dir = tempfile::tempdir().expect("pod tempdir");
         for sub in ["image", "pet", "userdata", "metadata", "run"] {
@@ -65,7 +95,15 @@ impl Pod {
             ),
         )
         .expect("write resolv.conf");
-        Self { tag, node_ns, pod_ns, node_ip, pod_ip, hostname: hostname.to_owned(), dir }
+        Self {
+            tag,
+            node_ns,
+            pod_ns,
+            node_ip,
+            pod_ip,
+            hostname: hostname.to_owned(),
+            dir,
+        }
     }
 
     pub fn path(&self, sub: &str) -> PathBuf {
@@ -92,7 +130,18 @@ mount --bind "$POD_RESOLV" /etc/resolv.conf
 exec "$@""#;
         let mut command = Command::new("ip");
         command
-            .args(["netns", "exec", &self.pod_ns, "unshare", "--pid", "--fork", "--mount-proc", "--mount", "--uts", "--kill-child"])
+            .args([
+                "netns",
+                "exec",
+                &self.pod_ns,
+                "unshare",
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "--mount",
+                "--uts",
+                "--kill-child",
+            ])
             .args(["sh", "-c", script, "pod-init", BIN])
             .args(args)
             .env("POD_HOSTNAME", &self.hostname)
@@ -119,8 +168,14 @@ exec "$@""#;
 
     /// Pids of every process inside the pod's network namespace.
     pub fn pids(&self) -> Vec<String> {
-        let out = Command::new("ip").args(["netns", "pids", &self.pod_ns]).output().expect("ip netns pids");
-        String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect()
+        let out = Command::new("ip")
+            .args(["netns", "pids", &self.pod_ns])
+            .output()
+            .expect("ip netns pids");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
     }
 }
 

@@ -1,0 +1,182 @@
+//! UDP port 67 on the bridge only, and carrying each decision out.
+//!
+//! The socket is bound to 0.0.0.0:67 (clients without an address broadcast from 0.0.0.0, so
+//! binding VM_GW would miss them) and SO_BINDTODEVICE'd to the bridge, so nothing arriving on
+//! the pod's uplink is ever answered: we must not hand leases to the cluster network.
+
+use std::collections::HashSet;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+
+use super::codec;
+use super::policy::{self, Decision, Destination, Event};
+use super::{DhcpStats, DropLog, Lease};
+
+pub const SERVER_PORT: u16 = 67;
+pub const CLIENT_PORT: u16 = 68;
+/// Larger than any Ethernet frame: a bigger datagram is truncated and then rejected.
+const RECV_BUFFER: usize = 4096;
+/// Bound on the set of foreign MACs remembered for "logged once".
+const MAX_FOREIGN_MACS: usize = 256;
+
+pub fn bind(bridge: &str) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.bind_device(Some(bridge.as_bytes()))?;
+    socket.set_reuse_address(true)?;
+    socket.set_broadcast(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, SERVER_PORT)).into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+#[derive(Debug)]
+pub struct Server {
+    socket: UdpSocket,
+    bridge: String,
+    lease: Lease,
+    stats: Arc<DhcpStats>,
+    leased: watch::Sender<bool>,
+    malformed: DropLog,
+    foreign: HashSet<macaddr::MacAddr6>,
+}
+
+impl Server {
+    pub fn new(
+        socket: UdpSocket,
+        bridge: String,
+        lease: Lease,
+        stats: Arc<DhcpStats>,
+        leased: watch::Sender<bool>,
+    ) -> Self {
+        Self {
+            socket,
+            bridge,
+            lease,
+            stats,
+            leased,
+            malformed: DropLog::new("DHCP"),
+            foreign: HashSet::new(),
+        }
+    }
+
+    /// Serves forever; every error is per packet and logged (PID 1 must not die of a packet).
+    pub async fn run(mut self) {
+        let mut buf = vec![0u8; RECV_BUFFER];
+        loop {
+            let (len, peer) = match self.socket.recv_from(&mut buf).await {
+                Ok(received) => received,
+                Err(e) => {
+                    tracing::warn!(error = %e, "receiving a DHCP packet failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            self.stats.received.fetch_add(1, Ordering::Relaxed);
+            let request = match codec::decode(&buf[..len]) {
+                Ok(request) => request,
+                Err(e) => {
+                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    self.malformed.dropped(peer, &e);
+                    continue;
+                }
+            };
+            let budget = codec::reply_budget(&request, self.lease.mtu);
+            match policy::decide(&self.lease, &request) {
+                Decision::Silent(event) => self.note(&event),
+                Decision::Reply { message, to, event } => {
+                    match codec::encode(*message, budget) {
+                        Ok((bytes, trimmed)) => {
+                            if !trimmed.is_empty() {
+                                tracing::warn!(?trimmed, budget, "the reply did not fit what the client accepts; options left out");
+                            }
+                            if let Err(e) = self.send(&bytes, to).await {
+                                tracing::warn!(error = %e, ?to, "sending the DHCP reply failed");
+                                continue;
+                            }
+                            self.note(&event);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %crate::error::render_chain(&e), "could not encode a DHCP reply");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(&self, bytes: &[u8], to: Destination) -> io::Result<usize> {
+        let target = match to {
+            Destination::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT),
+            Destination::Relay(ip) => SocketAddrV4::new(ip, SERVER_PORT),
+            Destination::Unicast { ip, mac: None } => SocketAddrV4::new(ip, CLIENT_PORT),
+            Destination::Unicast { ip, mac: Some(mac) } => {
+                // The client cannot answer ARP for an address it does not have yet: write the
+                // neighbour entry ourselves (as dnsmasq does), or fall back to broadcast
+                // (RFC 2131 §4.1 allows it).
+                match crate::sys::set_arp_entry(&self.socket, &self.bridge, ip, mac.into_array()) {
+                    Ok(()) => SocketAddrV4::new(ip, CLIENT_PORT),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "could not write the neighbour entry; broadcasting");
+                        SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
+                    }
+                }
+            }
+        };
+        self.socket.send_to(bytes, target).await
+    }
+
+    fn note(&mut self, event: &Event) {
+        let stats = &self.stats;
+        match event {
+            Event::Offered => {
+                stats.offers.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(vm_ip = %self.lease.vm_ip, "DHCP offer sent");
+            }
+            Event::Acked => {
+                stats.acks.fetch_add(1, Ordering::Relaxed);
+                if !*self.leased.borrow() {
+                    tracing::info!(vm_ip = %self.lease.vm_ip, "the VM took its DHCP lease");
+                } else {
+                    tracing::debug!("DHCP lease renewed");
+                }
+                self.leased.send_replace(true);
+            }
+            Event::Informed => {
+                stats.acks.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("answered a DHCP INFORM");
+            }
+            Event::Naked { requested } => {
+                stats.naks.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%requested, vm_ip = %self.lease.vm_ip, "DHCP NAK: the VM asked for another address");
+            }
+            Event::Released => {
+                tracing::info!("the VM released its DHCP lease");
+                self.leased.send_replace(false);
+            }
+            Event::Declined => {
+                tracing::warn!(vm_ip = %self.lease.vm_ip, "the VM declined its address (another host on the bridge uses it?)");
+                self.leased.send_replace(false);
+            }
+            Event::ForeignMac(mac) => {
+                stats.ignored.fetch_add(1, Ordering::Relaxed);
+                if self.foreign.len() < MAX_FOREIGN_MACS && self.foreign.insert(*mac) {
+                    tracing::warn!(%mac, vm_mac = %self.lease.vm_mac, "ignoring DHCP from a MAC that is not the VM's (logged once per MAC)");
+                }
+            }
+            Event::OtherServer(server) => {
+                stats.ignored.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%server, "the VM chose another DHCP server on the bridge");
+            }
+            Event::Ignored(reason) => {
+                stats.ignored.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(reason, "ignored a DHCP packet");
+            }
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! The DNS forwarder for the VM on `VM_GW:53` (UDP and TCP): relays to every nameserver of the
+//! pod's resolv.conf and answers the VM's own hostname locally.
+//!
+//! [`resolv_conf`] reads the pod's resolver settings, [`query`] decides per query (pure),
+//! [`upstream`] relays, [`forwarder`] listens.
+
+pub mod exchange;
+pub mod forwarder;
+pub mod query;
+pub mod resolv_conf;
+pub mod upstream;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use tokio::task::AbortHandle;
+
+use crate::config::DnsMode;
+use crate::dhcp::{DropLog, ServeConfig};
+
+pub use resolv_conf::{ResolvConf, ResolvConfError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    #[error(
+        "could not listen on {ip}:53 ({transport}) on bridge {bridge} (does the bridge carry \
+         VM_GW?)"
+    )]
+    Bind {
+        ip: std::net::Ipv4Addr,
+        bridge: String,
+        transport: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not read the pod's resolver configuration")]
+    ResolvConf(#[from] ResolvConfError),
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct DnsStats {
+    pub queries: AtomicU64,
+    pub local: AtomicU64,
+    pub forwarded: AtomicU64,
+    pub servfail: AtomicU64,
+    pub malformed: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+/// A running forwarder; dropping it stops it.
+#[derive(Debug)]
+pub struct DnsServer {
+    stats: Arc<DnsStats>,
+    tasks: Vec<AbortHandle>,
+}
+
+impl DnsServer {
+    pub fn stats(&self) -> &DnsStats {
+        &self.stats
+    }
+
+    /// False in `passthrough` mode, where the VM talks to the pod's nameservers directly.
+    pub fn enabled(&self) -> bool {
+        !self.tasks.is_empty()
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        self.tasks.iter().for_each(AbortHandle::abort);
+    }
+}
+
+/// Binds `VM_GW:53` (UDP and TCP) on the bridge and serves in tasks of the current runtime.
+/// In `passthrough` mode nothing is bound.
+pub async fn serve(cfg: &ServeConfig) -> Result<DnsServer, DnsError> {
+    let stats = Arc::new(DnsStats::default());
+    if cfg.dns_mode == DnsMode::Passthrough {
+        tracing::info!("DNS_MODE=passthrough; the VM uses the pod's nameservers directly");
+        return Ok(DnsServer {
+            stats,
+            tasks: Vec::new(),
+        });
+    }
+    let bind_error = |transport| {
+        let (ip, bridge) = (cfg.vm_gw, cfg.bridge.clone());
+        move |source| DnsError::Bind {
+            ip,
+            bridge,
+            transport,
+            source,
+        }
+    };
+    let udp = forwarder::bind_udp(&cfg.bridge, cfg.vm_gw).map_err(bind_error("udp"))?;
+    let tcp = forwarder::bind_tcp(&cfg.bridge, cfg.vm_gw).map_err(bind_error("tcp"))?;
+    let (upstreams, mut tasks) = upstream::Upstreams::open(
+        &cfg.resolv.nameservers,
+        cfg.resolv.timeout,
+        cfg.vm_gw.into(),
+    );
+    if upstreams.is_empty() {
+        tracing::warn!("the pod's resolv.conf names no usable nameserver; the VM gets SERVFAIL for every name but its own");
+    }
+    let shared = Arc::new(forwarder::Shared {
+        local: query::LocalNames::new(
+            cfg.hostname.as_str(),
+            cfg.resolv.search.first().map(String::as_str),
+            cfg.vm_ip,
+        ),
+        upstreams,
+        stats: Arc::clone(&stats),
+        malformed: std::sync::Mutex::new(DropLog::new("DNS")),
+    });
+    tracing::info!(listen = %cfg.vm_gw, upstreams = ?cfg.resolv.nameservers, "serving DNS");
+    tasks.push(tokio::spawn(forwarder::serve_udp(udp, Arc::clone(&shared))).abort_handle());
+    tasks.push(tokio::spawn(forwarder::serve_tcp(tcp, shared)).abort_handle());
+    Ok(DnsServer { stats, tasks })
+}

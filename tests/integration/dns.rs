@@ -1,0 +1,245 @@
+//! `dig` in the VM namespace against the forwarder on VM_GW:53, with dnsmasq in the node
+//! namespace standing in for cluster DNS.
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::support::{require_root, Running};
+use crate::vmnet::{describe, run, VmNet, HOSTNAME, VM_GW, VM_IP};
+
+const NAME: &str = "www.kvmtest.example";
+const ANSWER: &str = "10.77.0.5";
+
+/// dnsmasq on the node address: `--address` entries, a TXT record too big for 512 bytes, and
+/// a small EDNS limit so that UDP answers to it come back truncated.
+fn cluster_dns(net: &VmNet) -> Running {
+    let big: Vec<String> = (0..12)
+        .map(|i| format!("--txt-record=big.kvmtest.example,{i:02}{}", "t".repeat(60)))
+        .collect();
+    let mut command = net.pod.node("dnsmasq");
+    command
+        .args([
+            "-k",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--port",
+            "53",
+            "--bind-interfaces",
+        ])
+        .arg(format!("--listen-address={}", net.pod.node_ip))
+        .arg(format!("--address=/kvmtest.example/{ANSWER}"))
+        .arg("--edns-packet-max=512")
+        .arg("--log-facility=-")
+        .args(&big);
+    let mut dnsmasq = Running::spawn(&mut command);
+    dnsmasq.wait_for_line("started", Duration::from_secs(10));
+    dnsmasq
+}
+
+fn vm_with_address(net: &VmNet) {
+    run(&[
+        "ip",
+        "-n",
+        net.vm_ns(),
+        "addr",
+        "add",
+        &format!("{VM_IP}/30"),
+        "dev",
+        "eth0",
+    ]);
+}
+
+fn dig(net: &VmNet, args: &[&str]) -> Output {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            net.vm_ns(),
+            "dig",
+            &format!("@{VM_GW}"),
+            "+time=6",
+            "+tries=1",
+        ])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run dig")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn resolves_cluster_names_over_udp_and_tcp_and_serves_servfail_when_upstream_is_down() {
+    if !require_root(
+        "resolves_cluster_names_over_udp_and_tcp_and_serves_servfail_when_upstream_is_down",
+    ) {
+        return;
+    }
+    let net = VmNet::start();
+    vm_with_address(&net);
+    let mut dnsmasq = cluster_dns(&net);
+    for transport in ["+notcp", "+tcp"] {
+        let out = dig(&net, &[transport, "+short", NAME]);
+        assert_eq!(
+            stdout(&out).trim(),
+            ANSWER,
+            "{transport}: {}",
+            describe(&out)
+        );
+    }
+    // The upstream truncates at 512 bytes; the forwarder retries over TCP and the whole answer
+    // fits the 4096 bytes dig accepts, so it arrives over UDP without TC (+ignore: no retry).
+    let out = dig(
+        &net,
+        &[
+            "+notcp",
+            "+ignore",
+            "+bufsize=4096",
+            "TXT",
+            "big.kvmtest.example",
+        ],
+    );
+    let text = stdout(&out);
+    let flags = text
+        .lines()
+        .find(|l| l.starts_with(";; flags:"))
+        .unwrap_or_default();
+    assert!(!flags.contains(" tc"), "still truncated: {text}");
+    assert!(
+        flags.contains("ANSWER: 12,"),
+        "not the whole answer: {text}"
+    );
+    let _ = dnsmasq.child.kill();
+    let _ = dnsmasq.wait(Duration::from_secs(5));
+    let out = dig(&net, &[NAME]);
+    assert!(
+        stdout(&out).contains("status: SERVFAIL"),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn fails_over_to_the_next_nameserver() {
+    if !require_root("fails_over_to_the_next_nameserver") {
+        return;
+    }
+    // First a node address where nothing listens (port unreachable), then the live one.
+    let dead = std::cell::RefCell::new(String::new());
+    let net = VmNet::start_with(|pod| {
+        let prefix = pod.node_ip.rsplit_once('.').expect("dotted quad").0;
+        *dead.borrow_mut() = format!("{prefix}.9");
+        Some(format!(
+            "search default.svc.cluster.local\nnameserver {prefix}.9\nnameserver {}\n",
+            pod.node_ip
+        ))
+    });
+    let dead = dead.into_inner();
+    run(&[
+        "ip",
+        "-n",
+        &net.pod.node_ns,
+        "addr",
+        "add",
+        &format!("{dead}/32"),
+        "dev",
+        &format!("{}n", net.pod.tag),
+    ]);
+    vm_with_address(&net);
+    let _dnsmasq = cluster_dns(&net);
+    let out = dig(&net, &["+short", NAME]);
+    assert_eq!(stdout(&out).trim(), ANSWER, "{}", describe(&out));
+}
+
+#[test]
+fn answers_the_vms_own_hostname_locally() {
+    if !require_root("answers_the_vms_own_hostname_locally") {
+        return;
+    }
+    let net = VmNet::start();
+    vm_with_address(&net);
+    for name in [
+        HOSTNAME.to_owned(),
+        format!("{HOSTNAME}.default.svc.cluster.local"),
+    ] {
+        let out = dig(&net, &["+short", &name]);
+        assert_eq!(stdout(&out).trim(), VM_IP, "{name}: {}", describe(&out));
+    }
+}
+
+#[test]
+fn listens_on_vm_gw_only() {
+    if !require_root("listens_on_vm_gw_only") {
+        return;
+    }
+    let net = VmNet::start();
+    let out = net.pod.exec("ss").args(["-Hlnut"]).output().expect("ss");
+    let sockets = String::from_utf8_lossy(&out.stdout);
+    let port53: Vec<&str> = sockets.lines().filter(|l| l.contains(":53 ")).collect();
+    assert_eq!(port53.len(), 2, "{sockets}");
+    for line in port53 {
+        assert!(
+            line.contains(&format!("{VM_GW}%kmbr0:53")) || line.contains(&format!("{VM_GW}:53")),
+            "{line}"
+        );
+    }
+    assert!(
+        !sockets.contains("0.0.0.0:53 ") && !sockets.contains(&format!("{}:53 ", net.pod.pod_ip)),
+        "{sockets}"
+    );
+}
+
+#[test]
+fn answers_servfail_in_time_when_the_upstream_is_silent() {
+    if !require_root("answers_servfail_in_time_when_the_upstream_is_silent") {
+        return;
+    }
+    // The nameserver is a node address whose packets the node drops: no answer, no ICMP.
+    let silent = std::cell::RefCell::new(String::new());
+    let net = VmNet::start_with(|pod| {
+        let prefix = pod.node_ip.rsplit_once('.').expect("dotted quad").0;
+        *silent.borrow_mut() = format!("{prefix}.8");
+        Some(format!("nameserver {prefix}.8\n"))
+    });
+    let silent = silent.into_inner();
+    run(&[
+        "ip",
+        "-n",
+        &net.pod.node_ns,
+        "addr",
+        "add",
+        &format!("{silent}/32"),
+        "dev",
+        &format!("{}n", net.pod.tag),
+    ]);
+    let rules = format!(
+        "table inet kmdhcp {{ chain input {{ type filter hook input priority 0; ip daddr {silent} drop; }}; }}\n"
+    );
+    let status = net
+        .pod
+        .node("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .expect("piped stdin")
+                .write_all(rules.as_bytes())?;
+            child.wait()
+        });
+    assert!(status.expect("run nft").success(), "nft failed");
+    vm_with_address(&net);
+    // dig waits 6 s; the forwarder gives up well before and says so.
+    let out = dig(&net, &[NAME]);
+    assert!(
+        stdout(&out).contains("status: SERVFAIL"),
+        "{}",
+        describe(&out)
+    );
+}
