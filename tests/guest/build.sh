@@ -88,31 +88,31 @@ wanted=(
 )
 mods=$work/pkgs/lib/modules/$kver
 depmod -b "$work/pkgs" "$kver"
-declare -A path_of=() deps_of=() loaded=()
-while IFS=: read -r mod deps; do
-    name=$(basename "$mod" .ko)
-    name=${name//-/_}
-    path_of[$name]=$mod
-    deps_of[$mod]=$deps
-done <"$mods/modules.dep"
-order=()
-visit() {
-    local mod=$1 dep
-    [[ -n ${loaded[$mod]:-} ]] && return 0
-    loaded[$mod]=1
-    for dep in ${deps_of[$mod]}; do visit "$dep"; done
-    order+=("$mod")
-}
-for name in "${wanted[@]}"; do
-    if [[ -n ${path_of[$name]:-} ]]; then
-        visit "${path_of[$name]}"
-    elif grep -q "/${name}.ko\$" "$mods/modules.builtin"; then
-        log "$name is built in"
-    else
-        log "module $name not found in $kver"
-        exit 1
-    fi
-done
+# modules.dep lists each module's full dependency closure; order it depth first, deps first.
+builtin_names=$(sed 's|.*/||; s|\.ko$||; s|-|_|g' "$mods/modules.builtin")
+ordered=$(awk -v wanted="${wanted[*]}" -v builtin="$builtin_names" '
+    function visit(mod,   n, i, d) {
+        if (mod in seen) return
+        seen[mod] = 1
+        n = split(deps[mod], d, " ")
+        for (i = 1; i <= n; i++) visit(d[i])
+        print mod
+    }
+    {
+        mod = $1; sub(/:$/, "", mod)
+        name = mod; sub(/.*\//, "", name); sub(/\.ko$/, "", name); gsub(/-/, "_", name)
+        path[name] = mod
+        $1 = ""; deps[mod] = $0
+    }
+    END {
+        nb = split(builtin, b, "\n"); for (i = 1; i <= nb; i++) isbuiltin[b[i]] = 1
+        nw = split(wanted, w, " ")
+        for (i = 1; i <= nw; i++) {
+            if (w[i] in path) visit(path[w[i]])
+            else if (!(w[i] in isbuiltin)) { print "missing " w[i] > "/dev/stderr"; exit 1 }
+        }
+    }' "$mods/modules.dep") || { log "a module the guest needs is missing from $kver"; exit 1; }
+mapfile -t order <<<"$ordered"
 for mod in "${order[@]}"; do
     mkdir -p "$rd/lib/modules/$kver/$(dirname "$mod")"
     cp "$mods/$mod" "$rd/lib/modules/$kver/$mod"
