@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Builds the tiny test guest: a Debian kernel and a busybox initramfs on a syslinux-booted
+# vfat "superfloppy", converted to a ~12 MiB qcow2. Its /init (tests/guest/init) reports what
+# it sees on the serial console as `KVMTEST ...` lines.
+#
+# Prints the image path on stdout (logs go to stderr), so callers do `img=$(build.sh)`.
+# Cached: the image is rebuilt only when this script, init or udhcpc.script changed (their
+# hash is kept in "$image.inputs"); downloaded packages are kept in "$(dirname image)/debs".
+# Concurrent callers serialize on a lock file and then share the result.
+#
+# Env: KVMTEST_GUEST_IMAGE   output path (default <repo>/.cache/guest/guest.qcow2)
+#      KVMTEST_GUEST_KERNEL  kernel package (default: what linux-image-amd64 depends on)
+# Needs (scripts/deps): apt-get, dpkg, kmod (depmod), cpio, dosfstools, mtools, syslinux,
+# qemu-utils (qemu-img).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+image=${KVMTEST_GUEST_IMAGE:-$repo/.cache/guest/guest.qcow2}
+cache=$(dirname "$image")
+debs=$cache/debs
+mkdir -p "$cache" "$debs"
+
+log() { echo "guest/build.sh: $*" >&2; }
+
+inputs=$(cat "$here/build.sh" "$here/init" "$here/udhcpc.script" | sha256sum | cut -d' ' -f1)
+
+exec 9>"$cache/.lock"
+flock 9
+if [[ -f $image && $(cat "$image.inputs" 2>/dev/null) == "$inputs" ]]; then
+    echo "$image"
+    exit 0
+fi
+log "building $image"
+
+for tool in depmod cpio mkfs.vfat mcopy syslinux qemu-img; do
+    command -v "$tool" >/dev/null || { log "missing $tool: run scripts/deps"; exit 1; }
+done
+
+work=$(mktemp -d "$cache/build.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+# --- packages -------------------------------------------------------------------------------
+# toybox (with the glibc it links against) is only here for `netcat -u`: busybox-static's nc
+# has no UDP mode, and the guest must answer UDP echo.
+kernel_pkg=${KVMTEST_GUEST_KERNEL:-$(apt-cache depends linux-image-amd64 2>/dev/null |
+    awk '/Depends: linux-image-[0-9]/ { print $2; exit }')}
+[[ -n $kernel_pkg ]] || { log "cannot resolve linux-image-amd64: run apt-get update"; exit 1; }
+pkgs=("$kernel_pkg" busybox-static toybox libc6 libcrypt1)
+for pkg in "${pkgs[@]}"; do
+    if ! compgen -G "$debs/${pkg}_*.deb" >/dev/null; then
+        log "downloading $pkg"
+        # apt's sandbox user may not be able to write to the cache; it falls back to root.
+        (cd "$debs" && apt-get download -q "$pkg" 2>&1 | grep -v 'unsandboxed' >&2) || true
+        compgen -G "$debs/${pkg}_*.deb" >/dev/null || { log "apt-get download $pkg failed"; exit 1; }
+    fi
+    deb=$(printf '%s\n' "$debs/${pkg}"_*.deb | sort -V | tail -n1)
+    dpkg-deb -x "$deb" "$work/pkgs"
+done
+kver=$(basename "$(ls -d "$work"/pkgs/lib/modules/*/ | head -n1)")
+log "kernel $kver"
+
+# --- initramfs ------------------------------------------------------------------------------
+rd=$work/initrd
+mkdir -p "$rd"/{bin,dev,proc,sys,run,tmp,mnt,etc,lib64,lib/x86_64-linux-gnu,lib/modules/"$kver"}
+cp "$work/pkgs/bin/busybox" "$rd/bin/busybox"
+for applet in $("$rd/bin/busybox" --list); do
+    [[ $applet == busybox ]] || ln -s busybox "$rd/bin/$applet"
+done
+cp "$work/pkgs/bin/toybox" "$rd/bin/toybox"
+gnu=$work/pkgs/lib/x86_64-linux-gnu
+cp -L "$gnu/ld-linux-x86-64.so.2" "$rd/lib64/"
+for lib in libc.so.6 libm.so.6 libcrypt.so.1; do
+    cp -L "$gnu/$lib" "$rd/lib/x86_64-linux-gnu/"
+done
+install -m 0755 "$here/init" "$rd/init"
+install -m 0755 "$here/udhcpc.script" "$rd/etc/udhcpc.script"
+
+# Modules the guest needs, loaded by init in dependency order (deps first) from a list we
+# compute here with depmod, so the guest needs no modprobe logic.
+wanted=(
+    virtio_pci virtio_net virtio_blk virtio_scsi # virtio NIC, boot disk, optional SCSI cdrom
+    ata_piix ahci sr_mod sd_mod                  # IDE (pc) / SATA (q35) cdrom or disk
+    isofs                                        # config drive
+    vfat nls_cp437 nls_ascii                     # boot disk (FAT defaults: cp437, ascii)
+    button evdev                                 # ACPI power button as an input device
+    qemu_fw_cfg                                  # -fw_cfg opt/kvmtest options
+)
+mods=$work/pkgs/lib/modules/$kver
+depmod -b "$work/pkgs" "$kver"
+# modules.dep lists each module's full dependency closure; order it depth first, deps first.
+builtin_names=$(sed 's|.*/||; s|\.ko$||; s|-|_|g' "$mods/modules.builtin")
+ordered=$(awk -v wanted="${wanted[*]}" -v builtin="$builtin_names" '
+    function visit(mod,   n, i, d) {
+        if (mod in seen) return
+        seen[mod] = 1
+        n = split(deps[mod], d, " ")
+        for (i = 1; i <= n; i++) visit(d[i])
+        print mod
+    }
+    {
+        mod = $1; sub(/:$/, "", mod)
+        name = mod; sub(/.*\//, "", name); sub(/\.ko$/, "", name); gsub(/-/, "_", name)
+        path[name] = mod
+        $1 = ""; deps[mod] = $0
+    }
+    END {
+        nb = split(builtin, b, "\n"); for (i = 1; i <= nb; i++) isbuiltin[b[i]] = 1
+        nw = split(wanted, w, " ")
+        for (i = 1; i <= nw; i++) {
+            if (w[i] in path) visit(path[w[i]])
+            else if (!(w[i] in isbuiltin)) { print "missing " w[i] > "/dev/stderr"; exit 1 }
+        }
+    }' "$mods/modules.dep") || { log "a module the guest needs is missing from $kver"; exit 1; }
+mapfile -t order <<<"$ordered"
+for mod in "${order[@]}"; do
+    mkdir -p "$rd/lib/modules/$kver/$(dirname "$mod")"
+    cp "$mods/$mod" "$rd/lib/modules/$kver/$mod"
+    echo "/lib/modules/$kver/$mod" >>"$rd/etc/modules.load"
+done
+log "modules: $(printf '%s ' "${order[@]##*/}")"
+
+(cd "$rd" && find . -print0 | sort -z | cpio --null -o -H newc --quiet -R 0:0) | gzip -9 >"$work/initrd.gz"
+
+# --- boot disk ------------------------------------------------------------------------------
+# A whole-disk vfat (no partition table): SeaBIOS boots syslinux from its boot sector, and the
+# guest mounts /dev/vda read-write to keep its boot counter.
+cat >"$work/syslinux.cfg" <<'EOF'
+DEFAULT kvmtest
+PROMPT 0
+TIMEOUT 0
+LABEL kvmtest
+  KERNEL vmlinuz
+  INITRD initrd.gz
+  APPEND console=ttyS0,115200 quiet panic=-1
+EOF
+raw=$work/disk.img
+truncate -s 64M "$raw"
+mkfs.vfat -n KVMTEST "$raw" >/dev/null
+mcopy -i "$raw" "$work/pkgs/boot/vmlinuz-$kver" ::vmlinuz
+mcopy -i "$raw" "$work/initrd.gz" ::initrd.gz
+mcopy -i "$raw" "$work/syslinux.cfg" ::syslinux.cfg
+syslinux --install "$raw"
+qemu-img convert -q -f raw -O qcow2 "$raw" "$work/guest.qcow2"
+
+mv -f "$work/guest.qcow2" "$image"
+echo "$inputs" >"$image.inputs"
+log "done: $(du -h "$image" | cut -f1) ($(du -h "$work/initrd.gz" | cut -f1) initrd)"
+echo "$image"
