@@ -15,10 +15,14 @@ fn lease() -> Lease {
         hostname: Some("vm-0".into()),
         dns: vec![Ipv4Addr::new(192, 168, 254, 1)],
         domain: Some("svc.cluster.local".into()),
-        search: ["ns.svc.cluster.local.", "svc.cluster.local.", "cluster.local."]
-            .iter()
-            .filter_map(|n| n.parse().ok())
-            .collect(),
+        search: [
+            "ns.svc.cluster.local.",
+            "svc.cluster.local.",
+            "cluster.local.",
+        ]
+        .iter()
+        .filter_map(|n| n.parse().ok())
+        .collect(),
     }
 }
 

@@ -6,7 +6,11 @@ use std::net::Ipv4Addr;
 use kvm_manager::dns::query::{self, LocalNames, Plan};
 
 fn one(data: &[u8]) {
-    let local = LocalNames::new("vm-0", Some("svc.cluster.local"), Ipv4Addr::new(192, 168, 254, 2));
+    let local = LocalNames::new(
+        "vm-0",
+        Some("svc.cluster.local"),
+        Ipv4Addr::new(192, 168, 254, 2),
+    );
     if let Ok(Plan::Forward { query, .. }) = query::plan(data, &local) {
         let _ = query::servfail(&query);
         let _ = query::answers(&query, data);

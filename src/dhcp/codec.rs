@@ -20,6 +20,8 @@ pub enum CodecError {
     Short(usize),
     #[error("no DHCP magic cookie")]
     Magic,
+    #[error("hardware address length {0} is over 16")]
+    HardwareLength(u8),
     #[error("option {code} has a bad length ({len})")]
     OptionLength { code: u8, len: usize },
     #[error("options run past the end of the packet")]
@@ -38,6 +40,10 @@ pub fn decode(bytes: &[u8]) -> Result<Message, CodecError> {
     }
     if bytes[236..240] != [99, 130, 83, 99] {
         return Err(CodecError::Magic);
+    }
+    // dhcproto slices chaddr by hlen without a bound check (found by fuzz/dhcp_packet).
+    if bytes[2] > 16 {
+        return Err(CodecError::HardwareLength(bytes[2]));
     }
     check_option_framing(&bytes[FIXED_HEADER..])?;
     // dhcproto asserts (in debug builds) on a few option lengths that check_option_framing

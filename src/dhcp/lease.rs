@@ -120,8 +120,47 @@ fn search_name(domain: &str) -> Option<Name> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::config::Hostname;
+    use crate::dns::ResolvConf;
+
+    fn config(mode: DnsMode, resolv: &str, hostname: &str) -> ServeConfig {
+        ServeConfig {
+            bridge: "br0".into(),
+            vm_ip: Ipv4Addr::new(192, 168, 254, 2),
+            vm_gw: Ipv4Addr::new(192, 168, 254, 1),
+            vm_mac: MacAddr6::new(0x52, 0x54, 0, 1, 2, 3),
+            mtu: 9000,
+            hostname: Hostname::parse(hostname).unwrap(),
+            dns_mode: mode,
+            resolv: ResolvConf::parse(resolv),
+            no_dhcp: false,
+        }
+    }
+
+    #[test]
+    fn forward_mode_hands_out_the_gateway_and_passthrough_the_pod_nameservers() {
+        let resolv =
+            "search a.example bad_label.example b.example\nnameserver 10.96.0.10\nnameserver ::1\n";
+        let (lease, warnings) = Lease::from_config(&config(DnsMode::Forward, resolv, "vm-0"));
+        assert_eq!(lease.dns, [Ipv4Addr::new(192, 168, 254, 1)]);
+        assert_eq!(lease.domain.as_deref(), Some("a.example"));
+        assert_eq!(lease.search.len(), 2);
+        assert_eq!(lease.mtu, 9000);
+        assert_eq!(lease.broadcast(), Ipv4Addr::new(192, 168, 254, 3));
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        let (lease, _) = Lease::from_config(&config(DnsMode::Passthrough, resolv, "vm-0"));
+        assert_eq!(lease.dns, [Ipv4Addr::new(10, 96, 0, 10)]);
+    }
+
+    #[test]
+    fn a_hostname_that_is_not_a_dns_name_is_not_handed_out() {
+        let (lease, warnings) = Lease::from_config(&config(DnsMode::Forward, "", "vm_0"));
+        assert_eq!(lease.hostname, None);
+        assert_eq!(warnings.len(), 1);
+    }
 
     #[test]
     fn accepts_ldh_names_and_rejects_the_rest() {

@@ -263,3 +263,31 @@ fn a_client_with_another_mac_gets_no_lease() {
     net.server
         .wait_for_line("52:54:00:00:00:99", Duration::from_secs(5));
 }
+
+#[test]
+fn udhcpc_asking_for_broadcast_replies_gets_the_lease() {
+    if !require_root("udhcpc_asking_for_broadcast_replies_gets_the_lease") {
+        return;
+    }
+    let net = VmNet::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(&resolv, "").expect("resolv.conf");
+    // -B sets the BROADCAST flag: RFC 2131 §4.1 sends the OFFER and ACK to 255.255.255.255.
+    let out = net.in_vm(
+        net.vm_ns(),
+        &resolv,
+        "exec busybox udhcpc -B -n -q -f -i eth0 -t 3 -T 1 -s /bin/true",
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "no lease with broadcast replies:\n{}",
+        describe(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("lease of {VM_IP} obtained")),
+        "{}",
+        describe(&out)
+    );
+}

@@ -332,10 +332,26 @@ fn the_search_list_is_truncated_to_fit_the_client_maximum() {
     }
 }
 
+#[test]
+fn a_hardware_address_length_over_16_is_rejected_by_the_codec() {
+    let mut bytes = Vec::new();
+    dhcproto::Encodable::encode(
+        &request(MessageType::Discover, MAC),
+        &mut dhcproto::Encoder::new(&mut bytes),
+    )
+    .unwrap();
+    bytes[2] = 200;
+    assert!(matches!(
+        codec::decode(&bytes),
+        Err(codec::CodecError::HardwareLength(200))
+    ));
+}
+
 proptest! {
     #[test]
     fn arbitrary_bytes_never_panic_the_codec_or_policy(bytes in proptest::collection::vec(any::<u8>(), 0..1500)) {
         if let Ok(request) = codec::decode(&bytes) {
+            let _ = request.chaddr();
             let budget = codec::reply_budget(&request, 1450);
             if let Decision::Reply { message, .. } = decide(&lease(), &request) {
                 let (reply, _) = codec::encode(*message, budget).unwrap();
