@@ -1,6 +1,7 @@
 //! The only place that sequences phases: parse, log, then run the chosen subcommand.
 
 mod launch;
+mod run;
 
 use std::io::Write as _;
 use std::process::{Command as ProcessCommand, ExitCode};
@@ -70,7 +71,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
     }
 
     match command {
-        Command::Run { .. } => Err(Error::NotBuilt("image")),
+        Command::Run { .. } => runtime()?.block_on(run::run(&config)),
         Command::Image => image(&config),
         Command::Network => network(&config),
         Command::ConfigDrive { output } => config_drive(&config, &output),

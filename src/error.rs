@@ -7,6 +7,7 @@ use crate::config::ConfigError;
 use crate::configdrive::ConfigDriveError;
 use crate::dhcp::DhcpError;
 use crate::dns::DnsError;
+use crate::http::HttpError;
 use crate::image::ImageError;
 use crate::logging::LogError;
 use crate::net::NetError;
@@ -39,6 +40,8 @@ pub enum Error {
     Log(#[from] LogError),
     #[error("supervisor failed")]
     Pid1(#[from] Pid1Error),
+    #[error("could not start the HTTP server")]
+    Http(#[from] HttpError),
     #[error("qemu failed")]
     Qemu(#[from] QemuError),
     #[error("could not set up the pod network for the VM")]
@@ -67,6 +70,7 @@ impl Error {
             Error::Image(e) => e.exit_code(),
             Error::State(_) => exit::IMAGE,
             Error::Qemu(e) => e.exit_code(),
+            Error::Http(_) => exit::NETWORK,
             Error::ConfigDrive(_) => exit::CONFIG_DRIVE,
             Error::NotBuilt(_) => exit::NOT_BUILT,
         }

@@ -119,6 +119,16 @@ impl DhcpServer {
         &self.stats
     }
 
+    /// The counters, shared (for the metrics task).
+    pub fn stats_handle(&self) -> Arc<DhcpStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Follows whether the VM holds its lease.
+    pub fn lease_watch(&self) -> watch::Receiver<bool> {
+        self.leased.clone()
+    }
+
     /// False when `NO_DHCP` is set.
     pub fn enabled(&self) -> bool {
         self.task.is_some()

@@ -60,6 +60,11 @@ impl DnsServer {
         &self.stats
     }
 
+    /// The counters, shared (for the metrics task).
+    pub fn stats_handle(&self) -> Arc<DnsStats> {
+        Arc::clone(&self.stats)
+    }
+
     /// False in `passthrough` mode, where the VM talks to the pod's nameservers directly.
     pub fn enabled(&self) -> bool {
         !self.tasks.is_empty()

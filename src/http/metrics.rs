@@ -1,9 +1,9 @@
 //! Prometheus metrics: one recorder for the process, rendered as text on `/metrics`.
 //!
 //! Names (all prefixed `kvm_manager_`): `phase_seconds{phase}` (how long each start phase
-//! took), `image_download_bytes_total`, `dhcp_leases_total`, `dhcp_renewals_total`,
-//! `dns_queries_total{upstream}`, `dns_failures_total{upstream}`, `qemu_up`, `vm_phase{phase}`,
-//! `guest_shutdowns_total{how}`, `starts_total`.
+//! took), `dhcp_packets_total{kind}`, `dhcp_replies_total{kind}` (ack counts leases and
+//! renewals), `dns_queries_total{kind}`, `dns_failures_total{kind}`, `qemu_up`,
+//! `vm_phase{phase}`, `guest_shutdowns_total{how}`, `starts_total`.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -75,6 +75,34 @@ pub fn set_phase(phase: Phase) {
 
 pub fn guest_shutdown(how: &'static str) {
     metrics::counter!("kvm_manager_guest_shutdowns_total", "how" => how).increment(1);
+}
+
+/// Copies the DHCP server's and the DNS forwarder's counters into the registry.
+pub fn dhcp_and_dns(dhcp: &crate::dhcp::DhcpStats, dns: &crate::dns::DnsStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let set = |name: &'static str, kind: &'static str, value: &std::sync::atomic::AtomicU64| {
+        metrics::counter!(name, "kind" => kind).absolute(value.load(Relaxed));
+    };
+    set("kvm_manager_dhcp_packets_total", "received", &dhcp.received);
+    set(
+        "kvm_manager_dhcp_packets_total",
+        "malformed",
+        &dhcp.malformed,
+    );
+    set("kvm_manager_dhcp_packets_total", "ignored", &dhcp.ignored);
+    set("kvm_manager_dhcp_replies_total", "offer", &dhcp.offers);
+    set("kvm_manager_dhcp_replies_total", "ack", &dhcp.acks);
+    set("kvm_manager_dhcp_replies_total", "nak", &dhcp.naks);
+    set("kvm_manager_dns_queries_total", "all", &dns.queries);
+    set("kvm_manager_dns_queries_total", "local", &dns.local);
+    set("kvm_manager_dns_queries_total", "forwarded", &dns.forwarded);
+    set("kvm_manager_dns_failures_total", "servfail", &dns.servfail);
+    set(
+        "kvm_manager_dns_failures_total",
+        "malformed",
+        &dns.malformed,
+    );
+    set("kvm_manager_dns_failures_total", "dropped", &dns.dropped);
 }
 
 pub(crate) async fn render(State(state): State<AppState>) -> impl IntoResponse {

@@ -8,17 +8,18 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::pod::Pod;
-use crate::support::{Running, require_root};
+use crate::support::{require_root, Running};
 
 /// TCG boots the guest in seconds, but CI machines are slow and run tests in parallel.
 const BOOT: Duration = Duration::from_secs(240);
 const T: Duration = Duration::from_secs(60);
 const DNS_ANSWER: &str = "10.123.45.67";
-const USERDATA: &str = "#cloud-config\n# kvmtest.dns=kvmtest.example\nruncmd: [echo hello]\n";
+const USERDATA: &str =
+    "#cloud-config\n# kvmtest.dns=kvmtest.example,vm-e2e\nruncmd: [echo hello]\n";
 
 /// The guest image, built once per test run (cached across runs by the script).
 fn guest_image() -> PathBuf {
@@ -26,7 +27,10 @@ fn guest_image() -> PathBuf {
     IMAGE
         .get_or_init(|| {
             let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/guest/build.sh");
-            let out = Command::new(&script).stderr(Stdio::inherit()).output().expect("run tests/guest/build.sh");
+            let out = Command::new(&script)
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("run tests/guest/build.sh");
             assert!(out.status.success(), "tests/guest/build.sh failed");
             PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
         })
@@ -45,10 +49,21 @@ impl Cluster {
         let pod = Pod::new(prefix, hostname);
         let image = guest_image();
         let dir = image.parent().expect("image has a directory").to_owned();
-        let name = image.file_name().expect("image has a name").to_string_lossy().into_owned();
+        let name = image
+            .file_name()
+            .expect("image has a name")
+            .to_string_lossy()
+            .into_owned();
         let http = pod
             .node("python3")
-            .args(["-m", "http.server", "8000", "--bind", &pod.node_ip, "--directory"])
+            .args([
+                "-m",
+                "http.server",
+                "8000",
+                "--bind",
+                &pod.node_ip,
+                "--directory",
+            ])
             .arg(&dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -56,7 +71,13 @@ impl Cluster {
             .expect("start the image server");
         let dns = pod
             .node("dnsmasq")
-            .args(["--keep-in-foreground", "--no-resolv", "--no-hosts", "--bind-interfaces", "--port=53"])
+            .args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--port=53",
+            ])
             .arg(format!("--listen-address={}", pod.node_ip))
             .arg(format!("--address=/kvmtest.example/{DNS_ANSWER}"))
             .arg("--pid-file=")
@@ -65,16 +86,31 @@ impl Cluster {
             .spawn()
             .expect("start dnsmasq as cluster DNS");
         std::fs::write(pod.path("userdata").join("user-data"), USERDATA).expect("write user-data");
-        std::fs::write(pod.path("metadata").join("meta-data"), "role: e2e\n").expect("write meta-data");
+        std::fs::write(pod.path("metadata").join("meta-data"), "role: e2e\n")
+            .expect("write meta-data");
         let image_url = format!("http://{}:8000/{name}", pod.node_ip);
-        let cluster = Self { pod, servers: vec![http, dns], image_url };
+        let cluster = Self {
+            pod,
+            servers: vec![http, dns],
+            image_url,
+        };
         cluster.wait_for_http();
         cluster
     }
 
     fn wait_for_http(&self) {
         for _ in 0..100 {
-            let ok = self.pod.node("python3").args(["-c", &format!("import socket; socket.create_connection(('{}', 8000), 1)", self.pod.node_ip)]).status();
+            let ok = self
+                .pod
+                .node("python3")
+                .args([
+                    "-c",
+                    &format!(
+                        "import socket; socket.create_connection(('{}', 8000), 1)",
+                        self.pod.node_ip
+                    ),
+                ])
+                .status();
             if ok.map(|s| s.success()).unwrap_or(false) {
                 return;
             }
@@ -84,7 +120,12 @@ impl Cluster {
     }
 
     fn start(&self, extra: &[(&str, &str)]) -> Running {
-        let mut env = vec![("IMG_SOURCE", self.image_url.as_str()), ("ACCEL", "tcg"), ("VM_MEMORY", "256"), ("SHUTDOWN_TIMEOUT", "30s")];
+        let mut env = vec![
+            ("IMG_SOURCE", self.image_url.as_str()),
+            ("ACCEL", "tcg"),
+            ("VM_MEMORY", "256"),
+            ("SHUTDOWN_TIMEOUT", "30s"),
+        ];
         env.extend_from_slice(extra);
         self.pod.kvm_manager(&["run"], &env)
     }
@@ -101,7 +142,9 @@ impl Drop for Cluster {
 
 /// `key=value` from a `KVMTEST <what> …` line.
 fn field<'a>(line: &'a str, key: &str) -> &'a str {
-    line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{key}="))).unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
 }
 
 /// The host pid of the pod's PID 1 (the child of `unshare`, itself under `ip netns exec`).
@@ -111,7 +154,8 @@ fn pid1(running: &Running) -> Pid {
     for _ in 0..2 {
         let deadline = Instant::now() + T;
         loop {
-            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default();
             if let Some(child) = children.split_whitespace().next() {
                 pid = child.parse().expect("numeric pid");
                 break;
@@ -123,7 +167,11 @@ fn pid1(running: &Running) -> Pid {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        if std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim() == "kvm-manager" {
+        if std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap_or_default()
+            .trim()
+            == "kvm-manager"
+        {
             break;
         }
     }
@@ -135,7 +183,11 @@ fn tcp_exchange(pod: &Pod, port: u16, send: &str) -> String {
         "import socket; s = socket.create_connection(('{}', {port}), 5); s.settimeout(5); s.sendall(b'''{send}'''); s.shutdown(socket.SHUT_WR);\nout = b''\nwhile True:\n    d = s.recv(4096)\n    if not d: break\n    out += d\n    if len(out) > 12 and b'GET' not in b'''{send}''': break\nprint(out.decode(errors='replace'))",
         pod.pod_ip
     );
-    let out = pod.node("python3").args(["-c", &script]).output().expect("python3 client");
+    let out = pod
+        .node("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 client");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -144,19 +196,36 @@ fn udp_echo(pod: &Pod, port: u16, payload: &str) -> String {
         "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)\nfor _ in range(5):\n    s.sendto(b'{payload}', ('{}', {port}))\n    try:\n        print(s.recvfrom(2048)[0].decode()); break\n    except socket.timeout: pass",
         pod.pod_ip
     );
-    let out = pod.node("python3").args(["-c", &script]).output().expect("python3 client");
+    let out = pod
+        .node("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 client");
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 fn http_get(pod: &Pod, port: u16, path: &str) -> (u16, String) {
-    let reply = tcp_exchange(pod, port, &format!("GET {path} HTTP/1.0\\r\\nHost: pod\\r\\n\\r\\n"));
-    let code = reply.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, reply)
+    let url = format!("http://{}:{port}{path}", pod.pod_ip);
+    let out = pod
+        .node("curl")
+        .args(["-s", "-m", "10", "-w", "\n%{http_code}", &url])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 
 fn nft_rules(pod: &Pod) -> usize {
-    let out = pod.exec("nft").args(["-a", "list", "table", "ip", "kvm_manager"]).output().expect("nft list");
-    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("# handle") && !l.contains("chain") && !l.contains("table")).count()
+    let out = pod
+        .exec("nft")
+        .args(["-a", "list", "table", "ip", "kvm_manager"])
+        .output()
+        .expect("nft list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("# handle") && !l.contains("chain") && !l.contains("table"))
+        .count()
 }
 
 #[test]
@@ -175,17 +244,28 @@ fn a_real_guest_boots_sees_its_lease_drive_and_dns_serves_the_pod_ip_and_powers_
     assert_eq!(field(&lease, "dns"), "192.168.254.1", "{lease}");
     assert_eq!(field(&lease, "mtu"), "1450", "{lease}");
     assert_eq!(field(&lease, "hostname"), "vm-e2e", "{lease}");
-    assert!(field(&lease, "search").contains("default.svc.cluster.local"), "{lease}");
+    assert!(
+        field(&lease, "search").contains("default.svc.cluster.local"),
+        "{lease}"
+    );
 
     let drive = vm.wait_for_line("KVMTEST configdrive", T);
     assert_eq!(field(&drive, "label"), "config-2", "{drive}");
     let files = field(&drive, "files");
-    for want in ["openstack/latest/meta_data.json", "openstack/latest/user_data", "openstack/latest/network_data.json"] {
+    for want in [
+        "openstack/latest/meta_data.json",
+        "openstack/latest/user_data",
+        "openstack/latest/network_data.json",
+    ] {
         assert!(files.contains(want), "{want} missing from {drive}");
     }
     let user_data = vm.wait_for_line("KVMTEST file path=openstack/latest/user_data", T);
     let want = sha256_hex(USERDATA.as_bytes());
-    assert_eq!(field(&user_data, "sha256"), want, "user-data must arrive byte for byte");
+    assert_eq!(
+        field(&user_data, "sha256"),
+        want,
+        "user-data must arrive byte for byte"
+    );
 
     let dns = vm.wait_for_line("KVMTEST dns name=kvmtest.example", T);
     assert_eq!(field(&dns, "answer"), DNS_ANSWER, "{dns}");
@@ -198,7 +278,10 @@ fn a_real_guest_boots_sees_its_lease_drive_and_dns_serves_the_pod_ip_and_powers_
     assert!(page.contains("kvmtest hostname=vm-e2e"), "{page}");
     assert_eq!(udp_echo(pod, 7, "ping-e2e"), "ping-e2e");
     let banner = tcp_exchange(pod, 5900, "");
-    assert!(banner.starts_with("RFB 003."), "qemu's VNC banner expected, got {banner:?}");
+    assert!(
+        banner.starts_with("RFB 003."),
+        "qemu's VNC banner expected, got {banner:?}"
+    );
 
     // Our own HTTP server: health and readiness reflect the running guest.
     let (code, body) = http_get(pod, 8080, "/healthz");
@@ -211,8 +294,17 @@ fn a_real_guest_boots_sees_its_lease_drive_and_dns_serves_the_pod_ip_and_powers_
     kill(pid1(&vm), Signal::SIGTERM).expect("SIGTERM to PID 1");
     vm.wait_for_line("KVMTEST powerdown", T);
     let status = vm.wait(T);
-    assert_eq!(status.code(), Some(0), "graceful shutdown must exit 0:\n{}", vm.output());
-    assert!(pod.pids().is_empty(), "processes left in the pod: {:?}", pod.pids());
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "graceful shutdown must exit 0:\n{}",
+        vm.output()
+    );
+    assert!(
+        pod.pids().is_empty(),
+        "processes left in the pod: {:?}",
+        pod.pids()
+    );
 }
 
 #[test]
@@ -224,7 +316,9 @@ fn a_container_restart_keeps_the_disk_mac_and_lease_and_duplicates_no_rule() {
     let pod = &cluster.pod;
     let mut first = cluster.start(&[]);
     first.wait_for_line("KVMTEST READY", BOOT);
-    let boot1: u32 = field(&first.wait_for_line("KVMTEST boot", T), "count").parse().expect("count");
+    let boot1: u32 = field(&first.wait_for_line("KVMTEST boot", T), "count")
+        .parse()
+        .expect("count");
     let lease1 = first.wait_for_line("KVMTEST lease", T);
     let rules1 = nft_rules(pod);
     assert!(rules1 > 0);
@@ -240,11 +334,23 @@ fn a_container_restart_keeps_the_disk_mac_and_lease_and_duplicates_no_rule() {
 
     let mut second = cluster.start(&[]);
     second.wait_for_line("KVMTEST READY", BOOT);
-    let boot2: u32 = field(&second.wait_for_line("KVMTEST boot", T), "count").parse().expect("count");
-    assert_eq!(boot2, boot1 + 1, "the pet overlay must keep the guest's data");
+    let boot2: u32 = field(&second.wait_for_line("KVMTEST boot", T), "count")
+        .parse()
+        .expect("count");
+    assert_eq!(
+        boot2,
+        boot1 + 1,
+        "the pet overlay must keep the guest's data:\n{}\n--- second start ---\n{}",
+        first.output(),
+        second.output()
+    );
     let lease2 = second.wait_for_line("KVMTEST lease", T);
     assert_eq!(field(&lease2, "ip"), field(&lease1, "ip"));
-    assert_eq!(field(&lease2, "mac"), field(&lease1, "mac"), "same MAC across restarts");
+    assert_eq!(
+        field(&lease2, "mac"),
+        field(&lease1, "mac"),
+        "same MAC across restarts"
+    );
     assert_eq!(nft_rules(pod), rules1, "no duplicated nft rule");
     kill(pid1(&second), Signal::SIGTERM).expect("SIGTERM");
     assert_eq!(second.wait(T).code(), Some(0), "{}", second.output());
@@ -260,7 +366,10 @@ fn no_vnc_hands_port_5900_to_the_guest() {
     let mut vm = cluster.start(&[("NO_VNC", "1")]);
     vm.wait_for_line("KVMTEST READY", BOOT);
     let banner = tcp_exchange(&cluster.pod, 5900, "");
-    assert!(banner.contains("kvmtest hostname=vm-novnc"), "the guest's listener expected, got {banner:?}");
+    assert!(
+        banner.contains("kvmtest hostname=vm-novnc"),
+        "the guest's listener expected, got {banner:?}"
+    );
     kill(pid1(&vm), Signal::SIGTERM).expect("SIGTERM");
     assert_eq!(vm.wait(T).code(), Some(0), "{}", vm.output());
 }
@@ -271,13 +380,27 @@ fn a_guest_that_ignores_acpi_is_quit_after_the_timeout() {
         return;
     }
     let cluster = Cluster::new("kma", "vm-stubborn");
-    std::fs::write(cluster.pod.path("userdata").join("user-data"), "# kvmtest.ignore_acpi=1\n").expect("user-data");
+    std::fs::write(
+        cluster.pod.path("userdata").join("user-data"),
+        "# kvmtest.ignore_acpi=1\n",
+    )
+    .expect("user-data");
     let mut vm = cluster.start(&[("SHUTDOWN_TIMEOUT", "6s")]);
     vm.wait_for_line("KVMTEST READY", BOOT);
     kill(pid1(&vm), Signal::SIGTERM).expect("SIGTERM");
     vm.wait_for_line("KVMTEST powerdown ignored", T);
-    assert_eq!(vm.wait(T).code(), Some(7), "documented exit code for a forced quit:\n{}", vm.output());
-    assert!(vm.output().contains("did not power off within SHUTDOWN_TIMEOUT"), "{}", vm.output());
+    assert_eq!(
+        vm.wait(T).code(),
+        Some(7),
+        "documented exit code for a forced quit:\n{}",
+        vm.output()
+    );
+    assert!(
+        vm.output()
+            .contains("did not power off within SHUTDOWN_TIMEOUT"),
+        "{}",
+        vm.output()
+    );
 }
 
 #[test]
@@ -295,12 +418,17 @@ fn killing_qemu_ends_kvm_manager_promptly_with_an_error() {
     kill(host, Signal::SIGKILL).expect("SIGKILL qemu");
     let status = vm.wait(T);
     assert_eq!(status.code(), Some(137), "{}", vm.output());
-    assert!(cluster.pod.pids().is_empty(), "left: {:?}", cluster.pod.pids());
+    assert!(
+        cluster.pod.pids().is_empty(),
+        "left: {:?}",
+        cluster.pod.pids()
+    );
 }
 
 /// The host pid of the process that is `ns_pid` inside the PID namespace of `pid1`.
 fn find_host_pid(pid1: Pid, ns_pid: i32) -> Pid {
-    let children = std::fs::read_to_string(format!("/proc/{pid1}/task/{pid1}/children")).unwrap_or_default();
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid1}/task/{pid1}/children")).unwrap_or_default();
     for child in children.split_whitespace() {
         let status = std::fs::read_to_string(format!("/proc/{child}/status")).unwrap_or_default();
         if let Some(line) = status.lines().find(|l| l.starts_with("NSpid:")) {
@@ -314,5 +442,8 @@ fn find_host_pid(pid1: Pid, ns_pid: i32) -> Pid {
 
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -9,6 +9,7 @@
 mod configdrive;
 mod dhcp;
 mod dns;
+mod e2e;
 mod image;
 mod network;
 mod pid1;

@@ -1,0 +1,203 @@
+//! `kvm-manager run`: every phase in order, then qemu under supervision until it exits.
+//!
+//! Order: HTTP first (probes answer 503 while we prepare), state, base image and overlay,
+//! config drive, network, DHCP and DNS, then qemu. A SIGTERM before qemu starts stops the
+//! preparation (a partial download stays for resume) and exits 128+N; once qemu runs, it
+//! starts the graceful shutdown ladder. DHCP and DNS serve until qemu is gone.
+
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, VNC_PORT};
+use crate::error::{exit, Error};
+use crate::http::{self, Phase, Readiness, VmStatus};
+use crate::pid1::Pid1;
+use crate::qemu::{self, attach, QemuError};
+use crate::{configdrive, dhcp, dns, image, net, state};
+
+use super::launch;
+
+/// The pod's resolver configuration (the kubelet writes it).
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+pub async fn run(config: &Config) -> Result<u8, Error> {
+    let pid1 = Pid1::start()?;
+    let metrics = http::metrics::Metrics::install();
+    metrics::counter!("kvm_manager_starts_total").increment(1);
+    let readiness = if config.net.no_dhcp {
+        Readiness::TcpPort(SocketAddr::from((config.net.vm_ip, config.net.ready_port)))
+    } else {
+        Readiness::Lease
+    };
+    let status = Arc::new(VmStatus::new(readiness));
+    status.set_phase(Phase::Starting);
+    if let Some(port) = config.net.http_port {
+        let http_config = http::HttpConfig {
+            port,
+            novnc_dir: config.novnc_dir.clone(),
+            vnc: (!config.net.no_vnc).then(|| SocketAddr::from((Ipv4Addr::LOCALHOST, VNC_PORT))),
+        };
+        http::serve(&http_config, Arc::clone(&status), metrics).await?;
+    }
+
+    // Dropping `prepare` on SIGTERM cancels a download; its partial file stays for resume.
+    let (launch, services) = tokio::select! {
+        prepared = prepare(config, &pid1) => prepared?,
+        signal = pid1.shutdown_requested() => {
+            tracing::info!(%signal, "stopping before the VM started");
+            return Ok(128u8.wrapping_add(signal as i32 as u8));
+        }
+    };
+    services.report(&status);
+
+    let argv = qemu::args::build(&launch);
+    tracing::info!(argv = ?argv, "starting qemu");
+    let password = config
+        .vm
+        .vnc_password
+        .as_ref()
+        .filter(|_| !config.net.no_vnc)
+        .map(|s| s.0.as_str());
+    let vm = timed(
+        "qemu-start",
+        qemu::process::start(&pid1, &argv, &launch.qmp_socket, password),
+    )
+    .await?;
+    status.set_qmp(Some(vm.qmp.clone()));
+    status.set_phase(Phase::Running);
+    let console_socket = attach::socket_path(&config.runtime_dir);
+    if let Err(e) = attach::serve(
+        &console_socket,
+        Arc::clone(&vm.console),
+        vm.console_raw.clone(),
+        vm.console_input.clone(),
+    ) {
+        tracing::warn!(error = %crate::error::render_chain(&e), "`kvm-manager console` is unavailable");
+    }
+    let stopping = async {
+        pid1.shutdown_requested().await;
+        status.set_phase(Phase::ShuttingDown);
+        std::future::pending::<()>().await;
+    };
+    let outcome = tokio::select! {
+        outcome = vm.supervise(&pid1, config.vm.shutdown_timeout) => outcome,
+        () = stopping => unreachable!("pending() never completes"),
+    };
+    status.set_phase(Phase::Stopped);
+    status.set_qmp(None);
+    drop(services);
+    Ok(exit_code(&outcome))
+}
+
+/// Exit 0 when the guest powered off; 7 when it had to be stopped; qemu's code otherwise.
+fn exit_code(outcome: &qemu::process::Outcome) -> u8 {
+    if outcome.forced {
+        http::metrics::guest_shutdown("forced");
+        tracing::error!(status = %outcome.status, "the guest did not power off in time; qemu was stopped");
+        return exit::SHUTDOWN_FORCED;
+    }
+    if outcome.status.success() {
+        http::metrics::guest_shutdown("powered-off");
+        tracing::info!("the guest powered off");
+        return 0;
+    }
+    http::metrics::guest_shutdown("qemu-failed");
+    tracing::error!(status = %outcome.status, stderr = %outcome.stderr.join("\n"), "qemu ended with an error");
+    outcome.status.code()
+}
+
+/// Runs one phase, logging and recording how long it took.
+async fn timed<T>(phase: &'static str, work: impl Future<Output = T>) -> T {
+    let started = Instant::now();
+    let result = work.await;
+    let took = started.elapsed();
+    http::metrics::phase_took(phase, took);
+    tracing::info!(
+        phase,
+        took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+        "phase done"
+    );
+    result
+}
+
+/// Disk, config drive, network and services: everything before qemu.
+async fn prepare(config: &Config, pid1: &Pid1) -> Result<(qemu::args::Launch, Services), Error> {
+    for dir in [&config.pet_dir, &config.runtime_dir] {
+        std::fs::create_dir_all(dir).map_err(|source| QemuError::RuntimeDir {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    let state = state::load_or_create(&config.pet_dir, &config.hostname, config.net.vm_mac)?;
+    let base = timed("image", image::ensure_base(&config.image)).await?;
+    let overlay = timed("overlay", async {
+        image::ensure_overlay(&base, &config.overlay_path(), config.vm.disk_size)
+    })
+    .await?;
+    tracing::info!(base = %base.display(), overlay = %overlay.path.display(), virtual_size = overlay.virtual_size, created = overlay.created, "disk ready");
+    if let Some(iso) = launch::config_drive_path(config) {
+        timed("config-drive", async {
+            configdrive::write(&config.config_drive, &config.hostname, &state, &iso)
+        })
+        .await?;
+    }
+    let plan = timed("network", async {
+        let pod = net::discover().await?;
+        let plan = net::plan(&config.net, &pod, state.mac())?;
+        net::apply(&plan, pid1.reaper()).await?;
+        Ok::<_, Error>(plan)
+    })
+    .await?;
+    tracing::info!(bridge = %plan.bridge, tap = %plan.tap, pod_ip = %plan.pod_ip, vm_ip = %plan.vm_ip, mtu = plan.mtu, "network ready");
+    let services = timed("services", Services::start(config, &plan)).await?;
+    let launch = launch::decide(config, Some(&plan))?;
+    Ok((launch, services))
+}
+
+/// DHCP and DNS for the VM; dropping this stops them.
+struct Services {
+    dhcp: dhcp::DhcpServer,
+    dns: dns::DnsServer,
+}
+
+impl Services {
+    async fn start(config: &Config, plan: &net::NetPlan) -> Result<Self, Error> {
+        let resolv = dns::ResolvConf::load(Path::new(RESOLV_CONF)).map_err(dns::DnsError::from)?;
+        tracing::info!(nameservers = ?resolv.nameservers, search = ?resolv.search, "pod resolver");
+        let cfg = dhcp::ServeConfig {
+            bridge: plan.bridge.clone(),
+            vm_ip: plan.vm_ip,
+            vm_gw: plan.vm_gw,
+            vm_mac: plan.vm_mac,
+            mtu: plan.mtu,
+            hostname: config.hostname.clone(),
+            dns_mode: config.net.dns_mode,
+            resolv,
+            no_dhcp: config.net.no_dhcp,
+        };
+        let dhcp = dhcp::serve(&cfg).await?;
+        let dns = dns::serve(&cfg).await?;
+        Ok(Self { dhcp, dns })
+    }
+
+    /// Feeds readiness and the metrics from the servers' counters until the runtime ends.
+    fn report(&self, status: &Arc<VmStatus>) {
+        let status = Arc::clone(status);
+        let dhcp = self.dhcp.stats_handle();
+        let dns = self.dns.stats_handle();
+        let mut leased = self.dhcp.lease_watch();
+        tokio::spawn(async move {
+            loop {
+                status.set_lease(*leased.borrow_and_update());
+                http::metrics::dhcp_and_dns(&dhcp, &dns);
+                tokio::select! {
+                    changed = leased.changed() => if changed.is_err() { std::future::pending::<()>().await },
+                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+        });
+    }
+}
