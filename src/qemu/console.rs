@@ -112,6 +112,9 @@ fn emit(bytes: &[u8], stream: Stream, ring: &Ring) {
         .chars()
         .filter(|c| *c == '\t' || !c.is_control())
         .collect();
+    if line.trim().is_empty() {
+        return;
+    }
     match stream {
         Stream::Guest => tracing::info!(target: "guest", "{line}"),
         Stream::Qemu => tracing::warn!(target: "qemu", "{line}"),

@@ -60,8 +60,9 @@ def env(manifests):
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(manifests)["env"]}
 
 
-# Paths inside the container image, fixed by the Containerfile: not for chart users to set.
-IMAGE_INTERNAL = {"RUNTIME_DIR", "NOVNC_DIR"}
+# Not for chart users: paths inside the container image, fixed by the Containerfile, and
+# RESOLV_CONF, which only the hidden `serve` test hook reads (run uses the kubelet's file).
+IMAGE_INTERNAL = {"RUNTIME_DIR", "NOVNC_DIR", "RESOLV_CONF"}
 
 
 def contract_variables():
