@@ -131,9 +131,10 @@ fn supervise(config: &Config, argv: Vec<std::ffi::OsString>) -> Result<u8, Error
     let runtime = runtime()?;
     runtime.block_on(async {
         let pid1 = Pid1::start()?;
-        let (program, args) = argv
-            .split_first()
-            .ok_or(Error::NotBuilt("supervise without a command"))?;
+        let (program, args) = argv.split_first().ok_or(config::ConfigError::Missing {
+            var: "COMMAND",
+            fix: "give the program to supervise after `--`".to_owned(),
+        })?;
         let mut command = ProcessCommand::new(program);
         command.args(args);
         let spawned = pid1.reaper().spawn(&mut command)?;

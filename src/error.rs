@@ -25,7 +25,6 @@ pub mod exit {
     pub const QEMU_START: u8 = 6;
     /// The guest ignored the ACPI power button for SHUTDOWN_TIMEOUT; qemu was made to quit.
     pub const SHUTDOWN_FORCED: u8 = 7;
-    pub const NOT_BUILT: u8 = 69;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,11 +51,6 @@ pub enum Error {
     State(#[from] StateError),
     #[error("could not build the config drive")]
     ConfigDrive(#[from] ConfigDriveError),
-    #[error(
-        "the {0} phase is not implemented in this build of kvm-manager yet; `kvm-manager \
-         --help` lists what is"
-    )]
-    NotBuilt(&'static str),
 }
 
 impl Error {
@@ -72,7 +66,6 @@ impl Error {
             Error::Qemu(e) => e.exit_code(),
             Error::Http(_) => exit::NETWORK,
             Error::ConfigDrive(_) => exit::CONFIG_DRIVE,
-            Error::NotBuilt(_) => exit::NOT_BUILT,
         }
     }
 }
