@@ -70,6 +70,31 @@ fn format_mac(mac: MacAddr6) -> String {
     mac.to_string().to_ascii_lowercase()
 }
 
+/// The stored state, if the file exists; a file that does not parse, or holds an invalid MAC
+/// or an empty instance id, is an error naming it.
+fn read_stored(path: &Path) -> Result<Option<PetState>, StateError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(StateError::Read {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    let parse_error = |source| StateError::Parse {
+        path: path.to_owned(),
+        source,
+    };
+    let state: PetState = serde_json::from_slice(&bytes).map_err(parse_error)?;
+    if state.mac.parse::<MacAddr6>().is_err() || state.instance_id.is_empty() {
+        let invalid = io::Error::other("invalid mac or instance_id");
+        return Err(parse_error(serde_json::Error::io(invalid)));
+    }
+    Ok(Some(state))
+}
+
 /// The state as `run` would see it, without writing anything: the stored state, else what
 /// would be created (with a placeholder instance id). For `qemu-args`.
 pub fn peek(
@@ -77,19 +102,8 @@ pub fn peek(
     hostname: &Hostname,
     configured: Option<MacAddr6>,
 ) -> Result<PetState, StateError> {
-    let path = path(pet_dir, hostname);
-    let stored = match std::fs::read(&path) {
-        Ok(bytes) => Some(
-            serde_json::from_slice::<PetState>(&bytes).map_err(|source| StateError::Parse {
-                path: path.clone(),
-                source,
-            })?,
-        ),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(source) => return Err(StateError::Read { path, source }),
-    };
     let mac = configured.map(format_mac);
-    Ok(match stored {
+    Ok(match read_stored(&path(pet_dir, hostname))? {
         Some(state) => PetState {
             mac: mac.unwrap_or(state.mac),
             ..state
@@ -108,22 +122,7 @@ pub fn load_or_create(
     configured: Option<MacAddr6>,
 ) -> Result<PetState, StateError> {
     let path = path(pet_dir, hostname);
-    let stored = match std::fs::read(&path) {
-        Ok(bytes) => {
-            let state: PetState =
-                serde_json::from_slice(&bytes).map_err(|source| StateError::Parse {
-                    path: path.clone(),
-                    source,
-                })?;
-            if state.mac.parse::<MacAddr6>().is_err() || state.instance_id.is_empty() {
-                let source = serde_json::Error::io(io::Error::other("invalid mac or instance_id"));
-                return Err(StateError::Parse { path, source });
-            }
-            Some(state)
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(source) => return Err(StateError::Read { path, source }),
-    };
+    let stored = read_stored(&path)?;
     let wanted_mac = configured.map(format_mac);
     let state = match stored {
         Some(state) if wanted_mac.as_ref().is_none_or(|m| *m == state.mac) => return Ok(state),
