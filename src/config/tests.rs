@@ -4,6 +4,7 @@ use clap::Parser;
 
 use super::*;
 use crate::cli::Cli;
+use crate::size::MIB;
 
 fn settings(args: &[&str]) -> Settings {
     let mut argv = vec!["kvm-manager"];
@@ -94,7 +95,7 @@ fn every_bad_value_is_rejected_naming_its_variable() {
             message.contains("Fix:"),
             "{args:?}: message must say how to fix it: {message}"
         );
-        let flag = flag_of(var);
+        let flag = super::flag_of(var);
         assert!(
             message.contains(&flag),
             "{args:?}: message must name {flag}: {message}"

@@ -1,0 +1,142 @@
+//! The VM's addresses and ports: `VM_IP`, `VM_GW`, `VM_MAC`, `NO_VNC`, `NO_DHCP`, `DNS_MODE`,
+//! `HTTP_PORT`, `READY_PORT`.
+
+use std::net::Ipv4Addr;
+
+use macaddr::MacAddr6;
+
+use super::{choice, invalid, non_empty, ConfigError, DnsMode, NetConfig, VNC_PORT};
+use crate::cli::Settings;
+
+pub(super) fn parse_net(settings: &Settings) -> Result<NetConfig, ConfigError> {
+    let vm_ip = parse_ipv4("VM_IP", &settings.vm_ip)?;
+    let vm_gw = parse_ipv4("VM_GW", &settings.vm_gw)?;
+    check_slash30(vm_ip, vm_gw)?;
+    let vm_mac = non_empty(&settings.vm_mac).map(parse_mac).transpose()?;
+    let dns_mode = choice(
+        "DNS_MODE",
+        &settings.dns_mode,
+        &[
+            ("forward", DnsMode::Forward),
+            ("passthrough", DnsMode::Passthrough),
+        ],
+    )?;
+    let port: u16 = settings.http_port.trim().parse().map_err(|_| {
+        invalid(
+            "HTTP_PORT",
+            &settings.http_port,
+            "not a port number",
+            "use 1-65535, or 0 to disable",
+        )
+    })?;
+    if port == VNC_PORT && !settings.no_vnc {
+        return Err(invalid(
+            "HTTP_PORT",
+            &settings.http_port,
+            "qemu's VNC server uses port 5900",
+            "choose another port, or set NO_VNC",
+        ));
+    }
+    let ready_port = match settings.ready_port.trim().parse::<u16>() {
+        Ok(port @ 1..) => port,
+        _ => {
+            return Err(invalid(
+                "READY_PORT",
+                &settings.ready_port,
+                "not a port number",
+                "use the guest TCP port (1-65535) that answers once it has booted, e.g. 22",
+            ))
+        }
+    };
+    Ok(NetConfig {
+        vm_ip,
+        vm_gw,
+        vm_mac,
+        no_vnc: settings.no_vnc,
+        no_dhcp: settings.no_dhcp,
+        dns_mode,
+        http_port: (port != 0).then_some(port),
+        ready_port,
+    })
+}
+
+fn parse_ipv4(var: &'static str, raw: &str) -> Result<Ipv4Addr, ConfigError> {
+    raw.trim().parse().map_err(|_| {
+        invalid(
+            var,
+            raw,
+            "not an IPv4 address",
+            "write it as four decimal octets, e.g. 192.168.254.2",
+        )
+    })
+}
+
+const SLASH30_FIX: &str = "VM_IP and VM_GW must be the two host addresses of one /30 \
+     (…1 and …2 of a block starting at a multiple of 4), e.g. VM_GW=192.168.254.1 VM_IP=192.168.254.2";
+
+/// Both addresses must be the two host addresses (offsets 1 and 2) of one /30.
+pub fn check_slash30(vm_ip: Ipv4Addr, vm_gw: Ipv4Addr) -> Result<(), ConfigError> {
+    for (var, addr) in [("VM_IP", vm_ip), ("VM_GW", vm_gw)] {
+        let text = addr.to_string();
+        if addr.is_unspecified() || addr.is_loopback() || addr.is_multicast() || addr.is_broadcast()
+        {
+            return Err(invalid(
+                var,
+                &text,
+                "not a unicast address a NIC can have",
+                SLASH30_FIX,
+            ));
+        }
+        match u32::from(addr) & 3 {
+            0 => {
+                return Err(invalid(
+                    var,
+                    &text,
+                    "the network address of its /30",
+                    SLASH30_FIX,
+                ))
+            }
+            3 => {
+                return Err(invalid(
+                    var,
+                    &text,
+                    "the broadcast address of its /30",
+                    SLASH30_FIX,
+                ))
+            }
+            _ => {}
+        }
+    }
+    if vm_ip == vm_gw {
+        return Err(invalid(
+            "VM_IP",
+            &vm_ip.to_string(),
+            "equal to VM_GW",
+            SLASH30_FIX,
+        ));
+    }
+    if u32::from(vm_ip) & !3 != u32::from(vm_gw) & !3 {
+        return Err(invalid(
+            "VM_IP",
+            &vm_ip.to_string(),
+            format!("not in the /30 of VM_GW={vm_gw}"),
+            SLASH30_FIX,
+        ));
+    }
+    Ok(())
+}
+
+fn parse_mac(raw: &str) -> Result<MacAddr6, ConfigError> {
+    const FIX: &str = "use six hex bytes like 52:54:00:12:34:56 (unicast: even first byte), or \
+                       unset it to derive a stable one from the hostname";
+    let mac: MacAddr6 = raw
+        .parse()
+        .map_err(|_| invalid("VM_MAC", raw, "not a MAC address", FIX))?;
+    if mac.is_nil() {
+        return Err(invalid("VM_MAC", raw, "the all-zero address", FIX));
+    }
+    if mac.as_bytes()[0] & 1 == 1 {
+        return Err(invalid("VM_MAC", raw, "a multicast address", FIX));
+    }
+    Ok(mac)
+}
