@@ -245,6 +245,15 @@ fn probes_metrics_console_and_web_console_follow_the_vm_from_booting_to_stopped(
     assert_eq!(report["status"], "connected", "{report}");
     assert!(report["canvas"]["colors"].as_u64() > Some(1), "{report}");
 
+    // noVNC is served from NOVNC_DIR, and nothing outside it.
+    let (code, body) = http_get(pod, 8080, "/novnc/core/rfb.js");
+    assert!(
+        code == 200 && body.contains("export default class RFB"),
+        "{code}"
+    );
+    let (code, _) = http_get(pod, 8080, "/novnc/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/hostname");
+    assert!(code == 400 || code == 404, "path traversal answered {code}");
+
     // `kvm-manager console`: the replay, typed input echoed by the guest's tty, then a live
     // line (SIGTERM presses the power button, which this guest reports and ignores); Ctrl-]
     // detaches and the VM keeps running.
