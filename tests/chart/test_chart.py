@@ -60,16 +60,17 @@ def env(manifests):
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(manifests)["env"]}
 
 
-# Not for chart users: paths inside the container image, fixed by the Containerfile, and
-# RESOLV_CONF, which only the hidden `serve` test hook reads (run uses the kubelet's file).
-IMAGE_INTERNAL = {"RUNTIME_DIR", "NOVNC_DIR", "RESOLV_CONF"}
+# Paths inside the container image, fixed by the Containerfile: not for chart users to set.
+IMAGE_INTERNAL = {"RUNTIME_DIR", "NOVNC_DIR"}
+# Variables of hidden test-hook subcommands (`serve`), not of the contract.
+TEST_HOOKS = {"RESOLV_CONF"}
 
 
 def contract_variables():
     """Every variable of the contract, as src/cli.rs declares them."""
     names = re.findall(r'env\s*=\s*"([A-Z0-9_]+)"', CLI_RS.read_text())
     assert len(names) >= 20, f"found only {names} in {CLI_RS}"
-    return set(names) - IMAGE_INTERNAL
+    return set(names) - IMAGE_INTERNAL - TEST_HOOKS
 
 
 @test
@@ -149,21 +150,30 @@ def grace_period_follows_shutdown_timeout():
 
 
 @test
-def probes_are_off_by_default_and_on_http_port_when_enabled():
+def probes_are_on_by_default_with_a_startup_probe_for_the_first_download():
     for f in CI.glob("*-values.yaml"):
-        if f.name != "every-variable-values.yaml":
-            c = container(render(f.name))
-            assert "readinessProbe" not in c and "livenessProbe" not in c, f.name
+        c = container(render(f.name))
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}, f.name
+        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}, f.name
+        assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}, f.name
+    c = container(render("default-values.yaml"))
+    startup = c["startupProbe"]
+    # Liveness must not kill a pod still downloading its base image: an hour by default.
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 3600, startup
+    live = c["livenessProbe"]
+    assert live["periodSeconds"] * live["failureThreshold"] >= 30, live
     c = container(render("every-variable-values.yaml"))
     assert {"name": "http", "containerPort": 9090, "protocol": "TCP"} in c["ports"]
-    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    startup = c["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 7200, startup
+    c = container(render("default-values.yaml", "probesEnabled=false"))
+    assert not {"readinessProbe", "livenessProbe", "startupProbe"} & set(c), c
 
 
 @test
 def probes_without_http_server_fail_with_the_fix():
     done = helm("template", "vm", str(CHART), "-f", str(CI / "default-values.yaml"),
-                "--set", "probesEnabled=true", "--set", "httpPort=0", check=False)
+                "--set", "httpPort=0", check=False)
     assert done.returncode != 0
     assert "probesEnabled needs kvm-manager's HTTP server" in done.stderr, done.stderr
 

@@ -1,182 +1,16 @@
 //! End to end: `kvm-manager run` as PID 1 of a simulated pod boots the tiny real guest under
 //! TCG. The guest reports what it saw (`KVMTEST …` lines on its serial console, which reach
 //! our stdout); the node namespace plays the cluster: it serves the base image over HTTP and
-//! answers DNS like cluster DNS.
+//! answers DNS like cluster DNS (tests/integration/vm.rs).
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::pod::Pod;
-use crate::support::{require_root, Running};
-
-/// TCG boots the guest in seconds, but CI machines are slow and run tests in parallel.
-const BOOT: Duration = Duration::from_secs(240);
-const T: Duration = Duration::from_secs(60);
-const DNS_ANSWER: &str = "10.123.45.67";
-const USERDATA: &str =
-    "#cloud-config\n# kvmtest.dns=kvmtest.example,vm-e2e\nruncmd: [echo hello]\n";
-
-/// The guest image, built once per test run (cached across runs by the script).
-fn guest_image() -> PathBuf {
-    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE
-        .get_or_init(|| {
-            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/guest/build.sh");
-            let out = Command::new(&script)
-                .stderr(Stdio::inherit())
-                .output()
-                .expect("run tests/guest/build.sh");
-            assert!(out.status.success(), "tests/guest/build.sh failed");
-            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-        })
-        .clone()
-}
-
-/// A pod whose node serves the guest image over HTTP and answers DNS.
-struct Cluster {
-    pod: Pod,
-    servers: Vec<std::process::Child>,
-    image_url: String,
-}
-
-impl Cluster {
-    fn new(prefix: &str, hostname: &str) -> Self {
-        let pod = Pod::new(prefix, hostname);
-        let image = guest_image();
-        let dir = image.parent().expect("image has a directory").to_owned();
-        let name = image
-            .file_name()
-            .expect("image has a name")
-            .to_string_lossy()
-            .into_owned();
-        let http = pod
-            .node("python3")
-            .args([
-                "-m",
-                "http.server",
-                "8000",
-                "--bind",
-                &pod.node_ip,
-                "--directory",
-            ])
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the image server");
-        let dns = pod
-            .node("dnsmasq")
-            .args([
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                "--port=53",
-            ])
-            .arg(format!("--listen-address={}", pod.node_ip))
-            .arg(format!("--address=/kvmtest.example/{DNS_ANSWER}"))
-            .arg("--pid-file=")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start dnsmasq as cluster DNS");
-        std::fs::write(pod.path("userdata").join("user-data"), USERDATA).expect("write user-data");
-        std::fs::write(pod.path("metadata").join("meta-data"), "role: e2e\n")
-            .expect("write meta-data");
-        let image_url = format!("http://{}:8000/{name}", pod.node_ip);
-        let cluster = Self {
-            pod,
-            servers: vec![http, dns],
-            image_url,
-        };
-        cluster.wait_for_http();
-        cluster
-    }
-
-    fn wait_for_http(&self) {
-        for _ in 0..100 {
-            let ok = self
-                .pod
-                .node("python3")
-                .args([
-                    "-c",
-                    &format!(
-                        "import socket; socket.create_connection(('{}', 8000), 1)",
-                        self.pod.node_ip
-                    ),
-                ])
-                .status();
-            if ok.map(|s| s.success()).unwrap_or(false) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("the image server did not come up");
-    }
-
-    fn start(&self, extra: &[(&str, &str)]) -> Running {
-        let mut env = vec![
-            ("IMG_SOURCE", self.image_url.as_str()),
-            ("ACCEL", "tcg"),
-            ("VM_MEMORY", "256"),
-            ("SHUTDOWN_TIMEOUT", "30s"),
-        ];
-        env.extend_from_slice(extra);
-        self.pod.kvm_manager(&["run"], &env)
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for server in &mut self.servers {
-            let _ = server.kill();
-            let _ = server.wait();
-        }
-    }
-}
-
-/// `key=value` from a `KVMTEST <what> …` line.
-fn field<'a>(line: &'a str, key: &str) -> &'a str {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{key}=")))
-        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
-}
-
-/// The host pid of the pod's PID 1 (the child of `unshare`, itself under `ip netns exec`).
-fn pid1(running: &Running) -> Pid {
-    let mut pid = running.child.id();
-    // ip netns exec → unshare → kvm-manager: follow single children down to the PID 1.
-    for _ in 0..2 {
-        let deadline = Instant::now() + T;
-        loop {
-            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-                .unwrap_or_default();
-            if let Some(child) = children.split_whitespace().next() {
-                pid = child.parse().expect("numeric pid");
-                break;
-            }
-            // `ip netns exec` may exec unshare in place instead of forking it.
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            if comm.trim() == "unshare" && Instant::now() > deadline {
-                panic!("unshare has no child");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .unwrap_or_default()
-            .trim()
-            == "kvm-manager"
-        {
-            break;
-        }
-    }
-    Pid::from_raw(i32::try_from(pid).expect("pid fits"))
-}
+use crate::support::require_root;
+use crate::vm::{field, http_get, pid1, Cluster, BOOT, DNS_ANSWER, T, USERDATA};
 
 fn tcp_exchange(pod: &Pod, port: u16, send: &str) -> String {
     let script = format!(
@@ -202,18 +36,6 @@ fn udp_echo(pod: &Pod, port: u16, payload: &str) -> String {
         .output()
         .expect("python3 client");
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn http_get(pod: &Pod, port: u16, path: &str) -> (u16, String) {
-    let url = format!("http://{}:{port}{path}", pod.pod_ip);
-    let out = pod
-        .node("curl")
-        .args(["-s", "-m", "10", "-w", "\n%{http_code}", &url])
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 
 fn nft_rules(pod: &Pod) -> usize {

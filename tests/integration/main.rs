@@ -10,6 +10,7 @@ mod configdrive;
 mod dhcp;
 mod dns;
 mod e2e;
+mod http;
 mod image;
 mod network;
 mod pid1;
@@ -17,4 +18,5 @@ mod pid1;
 #[allow(dead_code)]
 mod pod;
 mod support;
+mod vm;
 mod vmnet;
