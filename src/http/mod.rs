@@ -1,8 +1,9 @@
 //! kvm-manager's own HTTP server on `HTTP_PORT`: `/healthz`, `/readyz`, `/metrics` and a web
 //! console (noVNC over a WebSocket that we bridge to qemu's VNC).
 //!
-//! It runs as a task beside the VM and never blocks PID 1's main work: connections are
-//! bounded, handlers have timeouts, and a failure to bind is reported, not fatal to the VM.
+//! It runs as a task beside the VM and never blocks PID 1's main work: requests in flight are
+//! bounded ([`MAX_REQUESTS`]), each has a timeout, web-console viewers are bounded
+//! ([`webconsole::MAX_VIEWERS`]), and handlers never panic on input.
 
 pub mod health;
 pub mod metrics;
@@ -16,6 +17,11 @@ use axum::routing::get;
 use axum::Router;
 
 pub use health::{Phase, Readiness, VmStatus};
+
+/// Requests handled at once; more wait their turn.
+const MAX_REQUESTS: usize = 32;
+/// Longest a request may take (a `/healthz` asks QMP with its own 2 s limit).
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -63,6 +69,12 @@ pub fn router(config: &HttpConfig, status: Arc<VmStatus>, metrics: metrics::Metr
             tower_http::services::ServeDir::new(&config.novnc_dir),
         )
         .with_state(state)
+        // A slow or stuck client cannot hold a handler (a WebSocket is past this once upgraded).
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(MAX_REQUESTS))
 }
 
 /// Binds `0.0.0.0:port` (the pod IP, for the kubelet's probes) and serves in a task.
