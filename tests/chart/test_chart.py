@@ -140,6 +140,34 @@ def privileged_switch_replaces_device_resources():
     assert "securityContext" not in only(m, "StatefulSet")["spec"]["template"]["spec"]
 
 
+def pod_sysctls(manifests):
+    pod = only(manifests, "StatefulSet")["spec"]["template"]["spec"]
+    return {s["name"]: s["value"] for s in pod["securityContext"]["sysctls"]}
+
+
+@test
+def default_pod_sets_only_the_safe_low_port_sysctl():
+    # ip_forward is inherited from the node (scripts/podman-e2e checks it): no unsafe sysctl,
+    # which a default kubelet would refuse.
+    assert pod_sysctls(render("default-values.yaml")) == {
+        "net.ipv4.ip_unprivileged_port_start": "0"
+    }
+
+
+@test
+def extra_sysctls_follow_the_chart_one_even_when_privileged():
+    assert pod_sysctls(render("every-variable-values.yaml")) == {
+        "net.ipv4.ip_unprivileged_port_start": "0",
+        "net.ipv4.conf.all.route_localnet": "1",
+    }
+    m = render(
+        "privileged-values.yaml",
+        "sysctls[0].name=net.ipv4.ip_forward",
+        "string:sysctls[0].value=1",
+    )
+    assert pod_sysctls(m) == {"net.ipv4.ip_forward": "1"}
+
+
 @test
 def grace_period_follows_shutdown_timeout():
     for f, timeout in (("default-values.yaml", 25), ("every-variable-values.yaml", 115)):
