@@ -14,8 +14,6 @@ mod http;
 mod image;
 mod network;
 mod pid1;
-// The shared pod harness; each area uses only some of its helpers.
-#[allow(dead_code)]
 mod pod;
 mod support;
 mod vm;

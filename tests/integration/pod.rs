@@ -179,13 +179,6 @@ exec "$@""#;
     }
 }
 
-/// Copies `src` into the pod's image volume under `name`.
-pub fn stage_image(pod: &Pod, src: &Path, name: &str) -> PathBuf {
-    let target = pod.path("image").join(name);
-    std::fs::copy(src, &target).expect("copy guest image");
-    target
-}
-
 impl Drop for Pod {
     fn drop(&mut self) {
         for ns in [&self.pod_ns, &self.node_ns] {
