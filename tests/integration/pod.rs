@@ -7,7 +7,7 @@
 //! variables (`IMAGE_DIR`, `PET_DIR`, `USERDATA`, `METADATA`, `RUNTIME_DIR`), so nothing is
 //! created outside it. Only private addresses, only on interfaces inside our namespaces.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
