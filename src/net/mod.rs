@@ -116,5 +116,14 @@ pub async fn apply(plan: &NetPlan, reaper: &Reaper) -> Result<(), NetError> {
     let handle = discover::connect()?;
     host::converge_links(&handle, plan).await?;
     host::set_sysctls(&plan.bridge)?;
-    nat::replace_table(&nft, &plan.ruleset, reaper).await
+    // Flushing our table's rules is several times faster than deleting the table (a table
+    // deletion waits for an RCU grace period) and converges the same way while our chains keep
+    // their hooks; when they do not (a ruleset from another version), delete and recreate.
+    match nat::replace_table(&nft, &nat::flushing(&plan.ruleset), reaper).await {
+        Err(NetError::NftRejected { stderr, .. }) => {
+            tracing::debug!(%stderr, "flushing our nft table was refused; replacing it whole");
+            nat::replace_table(&nft, &plan.ruleset, reaper).await
+        }
+        other => other,
+    }
 }

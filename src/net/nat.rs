@@ -124,6 +124,16 @@ pub fn find_nft() -> Result<PathBuf, NetError> {
         .ok_or(NetError::NftMissing)
 }
 
+/// `ruleset` with its `delete table` turned into `flush table`: the same rules end up in the
+/// table, but existing chains are kept (so their hook and priority must not have changed).
+pub fn flushing(ruleset: &str) -> String {
+    ruleset.replacen(
+        &format!("delete table ip {TABLE}"),
+        &format!("flush table ip {TABLE}"),
+        1,
+    )
+}
+
 /// Runs `nft -f -` with `ruleset` on stdin: one atomic transaction.
 pub async fn replace_table(nft: &Path, ruleset: &str, reaper: &Reaper) -> Result<(), NetError> {
     let mut command = Command::new(nft);
@@ -171,6 +181,15 @@ pub async fn replace_table(nft: &Path, ruleset: &str, reaper: &Reaper) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_flushing_variant_only_swaps_the_delete() {
+        let full = "table ip kvm_manager\ndelete table ip kvm_manager\ntable ip kvm_manager {\n}\n";
+        assert_eq!(
+            flushing(full),
+            "table ip kvm_manager\nflush table ip kvm_manager\ntable ip kvm_manager {\n}\n"
+        );
+    }
 
     #[test]
     fn nft_stderr_is_classified_for_the_operator() {
