@@ -43,6 +43,11 @@ trap 'rm -rf "$work"' EXIT
 # --- packages -------------------------------------------------------------------------------
 # toybox (with the glibc it links against) is only here for `netcat -u`: busybox-static's nc
 # has no UDP mode, and the guest must answer UDP echo.
+# A machine whose package lists were never fetched (a fresh container) knows no packages yet.
+if ! apt-cache show linux-image-amd64 >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]]; then
+    log "apt has no package lists yet: apt-get update"
+    apt-get update -qq >&2
+fi
 kernel_pkg=${KVMTEST_GUEST_KERNEL:-$(apt-cache depends linux-image-amd64 2>/dev/null |
     awk '/Depends: linux-image-[0-9]/ { print $2; exit }')}
 [[ -n $kernel_pkg ]] || { log "cannot resolve linux-image-amd64: run apt-get update"; exit 1; }
