@@ -90,13 +90,24 @@ impl Upstreams {
                 }
                 other => other,
             };
+            let upstream = server.to_string();
+            metrics::counter!("kvm_manager_dns_upstream_queries_total", "upstream" => upstream.clone())
+                .increment(1);
             match answer {
                 Ok((bytes, message)) => match message.metadata.response_code {
                     // Another server may know better; keep this answer in case none does.
-                    ResponseCode::ServFail | ResponseCode::Refused => fallback = Some(bytes),
+                    ResponseCode::ServFail | ResponseCode::Refused => {
+                        metrics::counter!("kvm_manager_dns_upstream_failures_total", "upstream" => upstream)
+                            .increment(1);
+                        fallback = Some(bytes);
+                    }
                     _ => return Some(bytes),
                 },
-                Err(e) => tracing::debug!(%server, error = %e, "upstream failed; trying the next"),
+                Err(e) => {
+                    metrics::counter!("kvm_manager_dns_upstream_failures_total", "upstream" => upstream)
+                        .increment(1);
+                    tracing::debug!(%server, error = %e, "upstream failed; trying the next");
+                }
             }
             if Instant::now() >= deadline {
                 break;

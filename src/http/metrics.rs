@@ -2,7 +2,9 @@
 //!
 //! Names (all prefixed `kvm_manager_`): `phase_seconds{phase}` (how long each start phase
 //! took), `dhcp_packets_total{kind}`, `dhcp_replies_total{kind}` (ack counts leases and
-//! renewals), `dns_queries_total{kind}`, `dns_failures_total{kind}`, `qemu_up`,
+//! renewals), `dns_queries_total{kind}`, `dns_failures_total{kind}`,
+//! `dns_upstream_queries_total{upstream}`, `dns_upstream_failures_total{upstream}`,
+//! `image_download_bytes_total`, `image_state{state}`, `qemu_up`,
 //! `vm_phase{phase}`, `guest_shutdowns_total{how}`, `starts_total`.
 
 use std::sync::OnceLock;

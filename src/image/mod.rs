@@ -218,8 +218,26 @@ pub fn inspect_file(path: &Path) -> Result<Result<DiskFormat, String>, ImageErro
     Ok(source::inspect(&head, len))
 }
 
-/// The base image, fetched if it is not there yet. Returns its path.
+/// The base image, fetched if it is not there yet. Returns its path. The gauge
+/// `kvm_manager_image_state{state}` says which of `waiting` (for another pod's download),
+/// `downloading`, `ready` or `failed` it is in.
 pub async fn ensure_base(image: &ImageConfig) -> Result<PathBuf, ImageError> {
+    let result = fetch_base(image).await;
+    image_state(if result.is_ok() { "ready" } else { "failed" });
+    result
+}
+
+fn image_state(state: &'static str) {
+    for s in ["waiting", "downloading", "ready", "failed"] {
+        metrics::gauge!("kvm_manager_image_state", "state" => s).set(if s == state {
+            1.0
+        } else {
+            0.0
+        });
+    }
+}
+
+async fn fetch_base(image: &ImageConfig) -> Result<PathBuf, ImageError> {
     let target = match &image.target {
         Some(ImageTarget::Existing(path)) => return existing(path).map(|_| path.clone()),
         Some(ImageTarget::Name(name)) => image.dir.join(name),
@@ -235,11 +253,13 @@ pub async fn ensure_base(image: &ImageConfig) -> Result<PathBuf, ImageError> {
         dir: image.dir.clone(),
         source,
     })?;
+    image_state("waiting");
     let _lock = lock::acquire(&target).await?;
     if target.is_file() {
         // Another pod finished while we waited.
         return existing(&target).map(|_| target);
     }
+    image_state("downloading");
     let temps = Temps::for_target(&target);
     let (source_name, hint) = describe(source);
     let mut clean_retry = image.sha256.is_some();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::pod::Pod;
 use crate::support::{require_root, BIN};
-use crate::vm::{http_get, pid1, Cluster, BOOT, T};
+use crate::vm::{guest_image, http_get, pid1, Cluster, BOOT, T};
 
 const HERE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/integration");
 
@@ -192,6 +192,11 @@ fn probes_metrics_console_and_web_console_follow_the_vm_from_booting_to_stopped(
     assert!(phase_is(&m, "starting"), "{m:?}");
     assert_eq!(value(&m, "kvm_manager_qemu_up", &[]), Some(0.0), "{m:?}");
     assert_eq!(
+        value(&m, "kvm_manager_image_state", &[("state", "downloading")]),
+        Some(1.0),
+        "{m:?}"
+    );
+    assert_eq!(
         value(&m, "kvm_manager_starts_total", &[]),
         Some(1.0),
         "{m:?}"
@@ -219,6 +224,26 @@ fn probes_metrics_console_and_web_console_follow_the_vm_from_booting_to_stopped(
         |m| value(m, "kvm_manager_dhcp_replies_total", &[("kind", "ack")]) >= Some(1.0),
     );
     assert!(value(&m, "kvm_manager_dhcp_replies_total", &[("kind", "offer")]) >= Some(1.0));
+    assert_eq!(
+        value(&m, "kvm_manager_image_state", &[("state", "ready")]),
+        Some(1.0),
+        "{m:?}"
+    );
+    let image_bytes = std::fs::metadata(guest_image()).expect("guest image").len() as f64;
+    assert_eq!(
+        value(&m, "kvm_manager_image_download_bytes_total", &[]),
+        Some(image_bytes),
+        "every byte of the image is counted once: {m:?}"
+    );
+    let upstream = format!("{}:53", pod.node_ip);
+    assert!(
+        value(
+            &m,
+            "kvm_manager_dns_upstream_queries_total",
+            &[("upstream", &upstream)]
+        ) >= Some(1.0),
+        "the guest's lookups were relayed to the pod's nameserver: {m:?}"
+    );
     for phase in [
         "image",
         "overlay",
