@@ -1,9 +1,10 @@
 //! `kvm-manager run`: every phase in order, then qemu under supervision until it exits.
 //!
 //! Order: HTTP first (probes answer 503 while we prepare), state, base image and overlay,
-//! config drive, network, DHCP and DNS, then qemu. A SIGTERM before qemu starts stops the
-//! preparation (a partial download stays for resume) and exits 128+N; once qemu runs, it
-//! starts the graceful shutdown ladder. DHCP and DNS serve until qemu is gone.
+//! config drive, network links, DHCP and DNS, then qemu and, at the same time, the NAT. A
+//! SIGTERM before qemu starts stops the preparation (a partial download stays for resume) and
+//! exits 128+N; once qemu runs, it starts the graceful shutdown ladder. DHCP and DNS serve
+//! until qemu is gone.
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -44,8 +45,8 @@ pub async fn run(config: &Config) -> Result<u8, Error> {
     }
 
     // Dropping `prepare` on SIGTERM cancels a download; its partial file stays for resume.
-    let (launch, services) = tokio::select! {
-        prepared = prepare(config, &pid1) => prepared?,
+    let (launch, services, network) = tokio::select! {
+        prepared = prepare(config) => prepared?,
         signal = pid1.shutdown_requested() => {
             tracing::info!(%signal, "stopping before the VM started");
             return Ok(128u8.wrapping_add(signal as i32 as u8));
@@ -61,11 +62,23 @@ pub async fn run(config: &Config) -> Result<u8, Error> {
         .as_ref()
         .filter(|_| !config.net.no_vnc)
         .map(|s| s.0.as_str());
-    let vm = timed(
-        "qemu-start",
-        qemu::process::start(&pid1, &argv, &launch.qmp_socket, password),
-    )
-    .await?;
+    // qemu starts while the NAT is applied: the guest sends its first packet seconds later, and
+    // its tap and bridge (all qemu needs) are ready. A NAT failure stops qemu again.
+    let (vm, nat) = tokio::join!(
+        timed(
+            "qemu-start",
+            qemu::process::start(&pid1, &argv, &launch.qmp_socket, password),
+        ),
+        timed(
+            "nat",
+            net::apply_nat(&network.plan, &network.nft, pid1.reaper()),
+        ),
+    );
+    let vm = vm?;
+    if let Err(e) = nat {
+        vm.kill().await;
+        return Err(e.into());
+    }
     status.set_qmp(Some(vm.qmp.clone()));
     status.set_phase(Phase::Running);
     let console_socket = attach::socket_path(&config.runtime_dir);
@@ -124,7 +137,13 @@ async fn timed<T>(phase: &'static str, work: impl Future<Output = T>) -> T {
 }
 
 /// Disk, config drive, network and services: everything before qemu.
-async fn prepare(config: &Config, pid1: &Pid1) -> Result<(qemu::args::Launch, Services), Error> {
+/// The network once its links are up; the NAT is applied beside qemu's start.
+struct Network {
+    plan: net::NetPlan,
+    nft: std::path::PathBuf,
+}
+
+async fn prepare(config: &Config) -> Result<(qemu::args::Launch, Services, Network), Error> {
     for dir in [&config.pet_dir, &config.runtime_dir] {
         std::fs::create_dir_all(dir).map_err(|source| QemuError::RuntimeDir {
             path: dir.clone(),
@@ -144,17 +163,17 @@ async fn prepare(config: &Config, pid1: &Pid1) -> Result<(qemu::args::Launch, Se
         })
         .await?;
     }
-    let plan = timed("network", async {
+    let (plan, nft) = timed("network", async {
         let pod = net::discover().await?;
         let plan = net::plan(&config.net, &pod, state.mac())?;
-        net::apply(&plan, pid1.reaper()).await?;
-        Ok::<_, Error>(plan)
+        let nft = net::apply_links(&plan).await?;
+        Ok::<_, Error>((plan, nft))
     })
     .await?;
-    tracing::info!(bridge = %plan.bridge, tap = %plan.tap, pod_ip = %plan.pod_ip, vm_ip = %plan.vm_ip, mtu = plan.mtu, "network ready");
+    tracing::info!(bridge = %plan.bridge, tap = %plan.tap, pod_ip = %plan.pod_ip, vm_ip = %plan.vm_ip, mtu = plan.mtu, "network links ready");
     let services = timed("services", Services::start(config, &plan)).await?;
     let launch = launch::decide(config, Some(&plan))?;
-    Ok((launch, services))
+    Ok((launch, services, Network { plan, nft }))
 }
 
 /// DHCP and DNS for the VM; dropping this stops them.

@@ -108,6 +108,13 @@ pub enum NetError {
 /// Applies `plan`: every step converges, so running it again in the same netns is a no-op.
 /// `reaper` runs `nft` (PID 1's reaper owns every child's exit status).
 pub async fn apply(plan: &NetPlan, reaper: &Reaper) -> Result<(), NetError> {
+    let nft = apply_links(plan).await?;
+    apply_nat(plan, &nft, reaper).await
+}
+
+/// The links half of [`apply`]: checks what the NAT will need (so that nothing is changed when
+/// it cannot work), then bridge, address, tap, MTU and sysctls. Returns the `nft` to use.
+pub async fn apply_links(plan: &NetPlan) -> Result<std::path::PathBuf, NetError> {
     host::require_net_admin()?;
     if !std::path::Path::new(tap::TUN_DEVICE).exists() {
         return Err(NetError::NoTunDevice);
@@ -116,13 +123,23 @@ pub async fn apply(plan: &NetPlan, reaper: &Reaper) -> Result<(), NetError> {
     let handle = discover::connect()?;
     host::converge_links(&handle, plan).await?;
     host::set_sysctls(&plan.bridge)?;
+    Ok(nft)
+}
+
+/// The NAT half of [`apply`]: our nft table, in one transaction. `run` starts qemu while this
+/// runs: the guest sends its first packet seconds after qemu starts.
+pub async fn apply_nat(
+    plan: &NetPlan,
+    nft: &std::path::Path,
+    reaper: &Reaper,
+) -> Result<(), NetError> {
     // Flushing our table's rules is several times faster than deleting the table (a table
     // deletion waits for an RCU grace period) and converges the same way while our chains keep
     // their hooks; when they do not (a ruleset from another version), delete and recreate.
-    match nat::replace_table(&nft, &nat::flushing(&plan.ruleset), reaper).await {
+    match nat::replace_table(nft, &nat::flushing(&plan.ruleset), reaper).await {
         Err(NetError::NftRejected { stderr, .. }) => {
             tracing::debug!(%stderr, "flushing our nft table was refused; replacing it whole");
-            nat::replace_table(&nft, &plan.ruleset, reaper).await
+            nat::replace_table(nft, &plan.ruleset, reaper).await
         }
         other => other,
     }

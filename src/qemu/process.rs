@@ -192,6 +192,12 @@ async fn connect_qmp(
 }
 
 impl Qemu {
+    /// Stops qemu at once, for a start that failed after it (the guest has not booted yet).
+    pub async fn kill(mut self) {
+        let _ = kill(self.pid, Signal::SIGKILL);
+        let _ = (&mut self.exit).await;
+    }
+
     /// Waits until qemu exits; on SIGTERM/SIGINT shuts the guest down gracefully.
     pub async fn supervise(mut self, pid1: &Pid1, shutdown_timeout: Duration) -> Outcome {
         let (status, forced) = tokio::select! {

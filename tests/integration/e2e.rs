@@ -269,3 +269,46 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+#[test]
+fn a_nat_that_fails_beside_qemu_start_stops_qemu_and_exits_with_the_network_code() {
+    if !require_root("a_nat_that_fails_beside_qemu_start_…") {
+        return;
+    }
+    // qemu starts while the NAT is applied; an `nft` that refuses the ruleset must not leave a
+    // VM running without its NAT.
+    let cluster = Cluster::new("kmn", "vm-nonat");
+    let fake = cluster.pod.path("fake-bin");
+    std::fs::create_dir_all(&fake).expect("mkdir");
+    let nft = fake.join("nft");
+    std::fs::write(
+        &nft,
+        "#!/bin/sh\necho 'Error: syntax error, unexpected junk' >&2\nexit 1\n",
+    )
+    .expect("write fake nft");
+    std::fs::set_permissions(&nft, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let path = format!(
+        "{}:{}",
+        fake.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut vm = cluster.start(&[("PATH", path.as_str())]);
+    let status = vm.wait(T);
+    assert_eq!(status.code(), Some(4), "{}", vm.output());
+    assert!(
+        vm.output().contains("qemu started"),
+        "qemu must have been started: {}",
+        vm.output()
+    );
+    assert!(
+        vm.output().contains("syntax error"),
+        "nft's message must be shown: {}",
+        vm.output()
+    );
+    assert!(
+        cluster.pod.pids().is_empty(),
+        "left: {:?}",
+        cluster.pod.pids()
+    );
+}
