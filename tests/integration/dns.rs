@@ -4,8 +4,9 @@
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use crate::pod::run;
 use crate::support::{require_root, Running};
-use crate::vmnet::{describe, run, VmNet, HOSTNAME, VM_GW, VM_IP};
+use crate::vmnet::{describe, VmNet, HOSTNAME, VM_GW, VM_IP};
 
 const NAME: &str = "www.kvmtest.example";
 const ANSWER: &str = "10.77.0.5";

@@ -26,7 +26,8 @@ pub struct Pod {
     pub dir: tempfile::TempDir,
 }
 
-fn run(args: &[&str]) {
+/// Runs a setup command (`ip …`), failing the test if it fails.
+pub fn run(args: &[&str]) {
     let status = Command::new(args[0])
         .args(&args[1..])
         .stdout(Stdio::null())

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::pod::Pod;
+use crate::pod::{run, Pod};
 use crate::support::Running;
 
 pub const VM_IP: &str = "192.168.254.2";
@@ -21,15 +21,6 @@ pub struct VmNet {
     pub pod: Pod,
     pub server: Running,
     vms: Vec<String>,
-}
-
-pub fn run(args: &[&str]) {
-    let status = Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .status()
-        .expect("run a setup command");
-    assert!(status.success(), "{args:?} failed");
 }
 
 impl VmNet {
