@@ -53,19 +53,26 @@ pub fn phase_took(phase: &'static str, took: Duration) {
     metrics::gauge!("kvm_manager_phase_seconds", "phase" => phase).set(took.as_secs_f64());
 }
 
+/// Sets the gauge `name{label=…}` to 1 for `current` and to 0 for every other of `states`.
+pub fn one_hot(name: &'static str, label: &'static str, states: &[&'static str], current: &str) {
+    for &state in states {
+        metrics::gauge!(name, label => state).set(if state == current { 1.0 } else { 0.0 });
+    }
+}
+
 pub fn set_phase(phase: Phase) {
-    for p in [
+    let phases = [
         Phase::Starting,
         Phase::Running,
         Phase::ShuttingDown,
         Phase::Stopped,
-    ] {
-        metrics::gauge!("kvm_manager_vm_phase", "phase" => p.name()).set(if p == phase {
-            1.0
-        } else {
-            0.0
-        });
-    }
+    ];
+    one_hot(
+        "kvm_manager_vm_phase",
+        "phase",
+        &phases.map(Phase::name),
+        phase.name(),
+    );
     metrics::gauge!("kvm_manager_qemu_up").set(
         if matches!(phase, Phase::Running | Phase::ShuttingDown) {
             1.0

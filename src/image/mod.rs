@@ -228,13 +228,8 @@ pub async fn ensure_base(image: &ImageConfig) -> Result<PathBuf, ImageError> {
 }
 
 fn image_state(state: &'static str) {
-    for s in ["waiting", "downloading", "ready", "failed"] {
-        metrics::gauge!("kvm_manager_image_state", "state" => s).set(if s == state {
-            1.0
-        } else {
-            0.0
-        });
-    }
+    let states = ["waiting", "downloading", "ready", "failed"];
+    crate::http::metrics::one_hot("kvm_manager_image_state", "state", &states, state);
 }
 
 async fn fetch_base(image: &ImageConfig) -> Result<PathBuf, ImageError> {

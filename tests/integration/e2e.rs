@@ -232,8 +232,7 @@ fn killing_qemu_ends_kvm_manager_promptly_with_an_error() {
     }
     let cluster = Cluster::new("kmk", "vm-killed");
     let mut vm = cluster.start(&[]);
-    vm.wait_for_line("qemu started", BOOT);
-    let line = vm.wait_for_line("qemu started", T);
+    let line = vm.wait_for_line("qemu started", BOOT);
     let qemu: i32 = field(&line, "pid").parse().expect("pid");
     // That pid is in the pod's PID namespace; find the host pid through /proc.
     let host = find_host_pid(pid1(&vm), qemu);
