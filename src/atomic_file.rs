@@ -1,5 +1,6 @@
 //! Files that are either absent or complete: written to a temporary name in the same
-//! directory, fsynced, renamed over the target, and the directory fsynced.
+//! directory, fsynced, renamed over the target, and the directory fsynced (or, for files
+//! rebuilt on every start, the same without the fsyncs).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -14,8 +15,18 @@ pub fn temp_path(path: &Path, tag: &str) -> PathBuf {
     path.with_file_name(format!(".{name}.{tag}"))
 }
 
-/// Writes `bytes` to `path` atomically.
+/// Writes `bytes` to `path` atomically and durably.
 pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace(path, bytes, true)
+}
+
+/// Writes `bytes` to `path` atomically (readers see the old or the new file, never a part)
+/// but not durably: for files rebuilt on every start, where a crash costs nothing.
+pub fn write_unsynced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace(path, bytes, false)
+}
+
+fn replace(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     let temp = temp_path(path, &format!("tmp{}", std::process::id()));
     let result = (|| {
         let mut file = OpenOptions::new()
@@ -24,10 +35,15 @@ pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
             .truncate(true)
             .open(&temp)?;
         file.write_all(bytes)?;
-        file.sync_all()?;
+        if durable {
+            file.sync_all()?;
+        }
         drop(file);
         fs::rename(&temp, path)?;
-        sync_parent(path)
+        if durable {
+            sync_parent(path)?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&temp);

@@ -121,11 +121,49 @@ pub fn load_or_create(
     hostname: &Hostname,
     configured: Option<MacAddr6>,
 ) -> Result<PetState, StateError> {
+    let loaded = load(pet_dir, hostname, configured)?;
+    loaded.persist()?;
+    Ok(loaded.state)
+}
+
+/// The state this start uses, and whether it still has to be written to `PET_DIR`.
+#[derive(Debug)]
+pub struct Loaded {
+    pub state: PetState,
+    unsaved: Option<(PathBuf, Vec<u8>)>,
+}
+
+impl Loaded {
+    /// Writes the state durably if it is new or changed; nothing otherwise. `run` does this on
+    /// a worker thread while it builds the rest, and before qemu starts.
+    pub fn persist(&self) -> Result<(), StateError> {
+        let Some((path, bytes)) = &self.unsaved else {
+            return Ok(());
+        };
+        crate::atomic_file::write(path, bytes).map_err(|source| StateError::Write {
+            path: path.clone(),
+            source,
+        })
+    }
+}
+
+/// Reads the state and decides it, without writing: a first start gets a new instance id, a
+/// `VM_MAC` different from the stored MAC replaces it.
+pub fn load(
+    pet_dir: &Path,
+    hostname: &Hostname,
+    configured: Option<MacAddr6>,
+) -> Result<Loaded, StateError> {
     let path = path(pet_dir, hostname);
     let stored = read_stored(&path)?;
     let wanted_mac = configured.map(format_mac);
     let state = match stored {
-        Some(state) if wanted_mac.as_ref().is_none_or(|m| *m == state.mac) => return Ok(state),
+        Some(state) if wanted_mac.as_ref().is_none_or(|m| *m == state.mac) => {
+            return Ok(Loaded {
+                state,
+                unsaved: None,
+            })
+        }
         Some(state) => {
             let mac = wanted_mac.unwrap_or_else(|| state.mac.clone());
             tracing::warn!(old = %state.mac, new = %mac, "VM_MAC differs from the stored MAC; the guest will see a new NIC");
@@ -140,9 +178,10 @@ pub fn load_or_create(
         path: path.clone(),
         source,
     })?;
-    crate::atomic_file::write(&path, &bytes)
-        .map_err(|source| StateError::Write { path, source })?;
-    Ok(state)
+    Ok(Loaded {
+        state,
+        unsaved: Some((path, bytes)),
+    })
 }
 
 #[cfg(test)]
@@ -195,6 +234,24 @@ mod tests {
         let loaded = load_or_create(dir.path(), &host("vm-0"), None).expect("create");
         assert_eq!(peeked.mac, loaded.mac);
         assert_eq!(peek(dir.path(), &host("vm-0"), None).expect("peek"), loaded);
+    }
+
+    #[test]
+    fn load_writes_only_when_persisted_and_only_what_is_new() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let empty = |dir: &Path| std::fs::read_dir(dir).expect("ls").next().is_none();
+        let first = load(dir.path(), &host("vm-0"), None).expect("load");
+        assert!(empty(dir.path()), "load wrote a file");
+        first.persist().expect("persist");
+        let again = load(dir.path(), &host("vm-0"), None).expect("reload");
+        assert_eq!(again.state, first.state);
+        assert!(
+            again.unsaved.is_none(),
+            "an unchanged state is not rewritten"
+        );
+        let mac: MacAddr6 = "52:54:00:aa:bb:cc".parse().expect("mac");
+        let changed = load(dir.path(), &host("vm-0"), Some(mac)).expect("override");
+        assert!(changed.unsaved.is_some(), "a new VM_MAC is written");
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! `kvm-manager run`: every phase in order, then qemu under supervision until it exits.
 //!
-//! Order: HTTP first (probes answer 503 while we prepare), state, base image and overlay,
-//! config drive, network links, DHCP and DNS, then qemu and, at the same time, the NAT. A
-//! SIGTERM before qemu starts stops the preparation (a partial download stays for resume) and
-//! exits 128+N; once qemu runs, it starts the graceful shutdown ladder. DHCP and DNS serve
-//! until qemu is gone.
+//! Order: HTTP first (probes answer 503 while we prepare), state, base image, then at once the
+//! pet disk (state file, overlay), the config drive and the network links with DHCP and DNS,
+//! then qemu and, at the same time, the NAT. A SIGTERM before qemu starts stops the
+//! preparation (a partial download stays for resume) and exits 128+N; once qemu runs, it
+//! starts the graceful shutdown ladder. DHCP and DNS serve until qemu is gone.
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -126,23 +126,47 @@ fn exit_code(outcome: &qemu::process::Outcome) -> u8 {
 async fn timed<T>(phase: &'static str, work: impl Future<Output = T>) -> T {
     let started = Instant::now();
     let result = work.await;
-    let took = started.elapsed();
+    phase_done(phase, started.elapsed());
+    result
+}
+
+/// [`timed`] for blocking work.
+fn timed_blocking<T>(phase: &'static str, work: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let result = work();
+    phase_done(phase, started.elapsed());
+    result
+}
+
+fn phase_done(phase: &'static str, took: Duration) {
     http::metrics::phase_took(phase, took);
     tracing::info!(
         phase,
         took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
         "phase done"
     );
-    result
 }
 
-/// Disk, config drive, network and services: everything before qemu.
+/// Runs blocking file work on one of tokio's blocking threads, so that it overlaps the
+/// network setup; a panic there is a panic here.
+async fn on_worker<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
 /// The network once its links are up; the NAT is applied beside qemu's start.
 struct Network {
     plan: net::NetPlan,
     nft: std::path::PathBuf,
 }
 
+/// Everything before qemu: the state, the base image, then three things at once, because
+/// each mostly waits on the kernel: the pet disk (state file and overlay, both fsynced) on
+/// one worker thread, the config drive on another, the network links and the DHCP and DNS
+/// services here. All three finish (or fail) before this returns: nothing is left running
+/// behind an error, and the state and the overlay are durable before qemu starts.
 async fn prepare(config: &Config) -> Result<(qemu::args::Launch, Services, Network), Error> {
     for dir in [&config.pet_dir, &config.runtime_dir] {
         std::fs::create_dir_all(dir).map_err(|source| QemuError::RuntimeDir {
@@ -150,28 +174,52 @@ async fn prepare(config: &Config) -> Result<(qemu::args::Launch, Services, Netwo
             source,
         })?;
     }
-    let state = state::load_or_create(&config.pet_dir, &config.hostname, config.net.vm_mac)?;
+    let loaded = state::load(&config.pet_dir, &config.hostname, config.net.vm_mac)?;
+    let state = loaded.state.clone();
     let base = timed("image", image::ensure_base(&config.image)).await?;
-    let overlay = timed("overlay", async {
-        image::ensure_overlay(&base, &config.overlay_path(), config.vm.disk_size)
-    })
-    .await?;
-    tracing::info!(base = %base.display(), overlay = %overlay.path.display(), virtual_size = overlay.virtual_size, created = overlay.created, "disk ready");
-    if let Some(iso) = launch::config_drive_path(config) {
-        timed("config-drive", async {
-            configdrive::write(&config.config_drive, &config.hostname, &state, &iso)
+
+    let overlay_path = config.overlay_path();
+    let disk_size = config.vm.disk_size;
+    let disk = on_worker(move || {
+        loaded.persist()?;
+        let overlay = timed_blocking("overlay", || {
+            image::ensure_overlay(&base, &overlay_path, disk_size)
+        })?;
+        tracing::info!(base = %base.display(), overlay = %overlay.path.display(), virtual_size = overlay.virtual_size, created = overlay.created, "disk ready");
+        Ok::<_, Error>(())
+    });
+    let drive = {
+        let iso = launch::config_drive_path(config);
+        let (drive, hostname, state) = (
+            config.config_drive.clone(),
+            config.hostname.clone(),
+            state.clone(),
+        );
+        on_worker(move || {
+            if let Some(iso) = iso {
+                timed_blocking("config-drive", || {
+                    configdrive::write(&drive, &hostname, &state, &iso)
+                })?;
+            }
+            Ok::<_, Error>(())
+        })
+    };
+    let network = async {
+        let (plan, nft) = timed("network", async {
+            let pod = net::discover().await?;
+            let plan = net::plan(&config.net, &pod, state.mac())?;
+            let nft = net::apply_links(&plan).await?;
+            Ok::<_, Error>((plan, nft))
         })
         .await?;
-    }
-    let (plan, nft) = timed("network", async {
-        let pod = net::discover().await?;
-        let plan = net::plan(&config.net, &pod, state.mac())?;
-        let nft = net::apply_links(&plan).await?;
-        Ok::<_, Error>((plan, nft))
-    })
-    .await?;
-    tracing::info!(bridge = %plan.bridge, tap = %plan.tap, pod_ip = %plan.pod_ip, vm_ip = %plan.vm_ip, mtu = plan.mtu, "network links ready");
-    let services = timed("services", Services::start(config, &plan)).await?;
+        tracing::info!(bridge = %plan.bridge, tap = %plan.tap, pod_ip = %plan.pod_ip, vm_ip = %plan.vm_ip, mtu = plan.mtu, "network links ready");
+        let services = timed("services", Services::start(config, &plan)).await?;
+        Ok::<_, Error>((plan, nft, services))
+    };
+    let (disk, drive, network) = tokio::join!(disk, drive, network);
+    disk?;
+    drive?;
+    let (plan, nft, services) = network?;
     let launch = launch::decide(config, Some(&plan))?;
     Ok((launch, services, Network { plan, nft }))
 }

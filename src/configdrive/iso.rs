@@ -9,13 +9,10 @@
 //! user-data is stored once.
 
 use std::collections::HashMap;
-use std::fs::{self, OpenOptions};
-use std::io;
 use std::path::Path;
 
 use hadris_fs::{Node, Tree};
 use hadris_iso::{IsoId, IsoLevel, IsoOptions};
-use hadris_storage::host::FileDevice;
 
 use super::layout::Layout;
 use super::ConfigDriveError;
@@ -36,37 +33,16 @@ pub fn encode(layout: &Layout) -> Result<Vec<u8>, ConfigDriveError> {
     Ok(out)
 }
 
-/// Writes the ISO to `path` atomically (a hidden temporary sibling, fsynced, renamed, the
-/// directory fsynced, as [`crate::atomic_file`] does), streaming it into the file instead of
-/// holding a second copy of a large user-data in memory.
+/// Writes the ISO to `path` atomically (a hidden temporary sibling renamed over it) but
+/// without fsync: the drive is rebuilt from the ConfigMaps on every start, so durability would
+/// only cost time (and the drive is in memory anyway: it is at most a few MiB, ConfigMaps and
+/// Secrets are limited to 1 MiB).
 pub fn write(layout: &Layout, path: &Path) -> Result<(), ConfigDriveError> {
-    let tree = tree(layout)?;
-    let options = options(layout);
-    // Every layout error surfaces here, so that errors while writing are I/O errors.
-    hadris_iso::plan(&tree, &options).map_err(ConfigDriveError::BuildIso)?;
-    let write_error = |source| ConfigDriveError::Write {
+    let bytes = encode(layout)?;
+    atomic_file::write_unsynced(path, &bytes).map_err(|source| ConfigDriveError::Write {
         path: path.to_owned(),
         source,
-    };
-    let temp = atomic_file::temp_path(path, &format!("tmp{}", std::process::id()));
-    let result = (|| {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temp)?;
-        let mut device = FileDevice::new(file)?;
-        // Flushing the device fsyncs the file.
-        hadris_iso::sync::write(&mut device, &tree, &options).map_err(io::Error::other)?;
-        drop(device);
-        fs::rename(&temp, path)?;
-        atomic_file::sync_parent(path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result.map_err(write_error)
+    })
 }
 
 fn options(layout: &Layout) -> IsoOptions {
