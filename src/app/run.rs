@@ -26,8 +26,7 @@ const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 pub async fn run(config: &Config) -> Result<u8, Error> {
     let pid1 = Pid1::start()?;
-    let metrics = http::metrics::Metrics::install();
-    metrics::counter!("kvm_manager_starts_total").increment(1);
+    http::metrics::start();
     let readiness = if config.net.no_dhcp {
         Readiness::TcpPort(SocketAddr::from((config.net.vm_ip, config.net.ready_port)))
     } else {
@@ -41,7 +40,7 @@ pub async fn run(config: &Config) -> Result<u8, Error> {
             novnc_dir: config.novnc_dir.clone(),
             vnc: (!config.net.no_vnc).then(|| SocketAddr::from((Ipv4Addr::LOCALHOST, VNC_PORT))),
         };
-        http::serve(&http_config, Arc::clone(&status), metrics).await?;
+        http::serve(&http_config, Arc::clone(&status)).await?;
     }
 
     // Dropping `prepare` on SIGTERM cancels a download; its partial file stays for resume.
@@ -250,19 +249,16 @@ impl Services {
         Ok(Self { dhcp, dns })
     }
 
-    /// Feeds readiness and the metrics from the servers' counters until the runtime ends.
+    /// Exports the servers' counters and feeds readiness from the lease until the runtime ends.
     fn report(&self, status: &Arc<VmStatus>) {
+        http::metrics::watch_services(self.dhcp.stats_handle(), self.dns.stats_handle());
         let status = Arc::clone(status);
-        let dhcp = self.dhcp.stats_handle();
-        let dns = self.dns.stats_handle();
         let mut leased = self.dhcp.lease_watch();
         tokio::spawn(async move {
             loop {
                 status.set_lease(*leased.borrow_and_update());
-                http::metrics::dhcp_and_dns(&dhcp, &dns);
-                tokio::select! {
-                    changed = leased.changed() => if changed.is_err() { std::future::pending::<()>().await },
-                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                if leased.changed().await.is_err() {
+                    return;
                 }
             }
         });

@@ -91,21 +91,18 @@ impl Upstreams {
                 other => other,
             };
             let upstream = server.to_string();
-            metrics::counter!("kvm_manager_dns_upstream_queries_total", "upstream" => upstream.clone())
-                .increment(1);
+            crate::http::metrics::dns_upstream_query(&upstream);
             match answer {
                 Ok((bytes, message)) => match message.metadata.response_code {
                     // Another server may know better; keep this answer in case none does.
                     ResponseCode::ServFail | ResponseCode::Refused => {
-                        metrics::counter!("kvm_manager_dns_upstream_failures_total", "upstream" => upstream)
-                            .increment(1);
+                        crate::http::metrics::dns_upstream_failure(&upstream);
                         fallback = Some(bytes);
                     }
                     _ => return Some(bytes),
                 },
                 Err(e) => {
-                    metrics::counter!("kvm_manager_dns_upstream_failures_total", "upstream" => upstream)
-                        .increment(1);
+                    crate::http::metrics::dns_upstream_failure(&upstream);
                     tracing::debug!(%server, error = %e, "upstream failed; trying the next");
                 }
             }

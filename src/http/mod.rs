@@ -46,22 +46,20 @@ pub struct HttpConfig {
 #[derive(Debug, Clone)]
 pub(crate) struct AppState {
     status: Arc<VmStatus>,
-    metrics: metrics::Metrics,
     vnc: Option<SocketAddr>,
     ws_slots: Arc<tokio::sync::Semaphore>,
 }
 
-pub fn router(config: &HttpConfig, status: Arc<VmStatus>, metrics: metrics::Metrics) -> Router {
+pub fn router(config: &HttpConfig, status: Arc<VmStatus>) -> Router {
     let state = AppState {
         status,
-        metrics,
         vnc: config.vnc,
         ws_slots: Arc::new(tokio::sync::Semaphore::new(webconsole::MAX_VIEWERS)),
     };
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(metrics::render))
+        .route("/metrics", get(metrics::serve))
         .route("/", get(webconsole::page))
         .route("/websockify", get(webconsole::websocket))
         .nest_service(
@@ -78,11 +76,7 @@ pub fn router(config: &HttpConfig, status: Arc<VmStatus>, metrics: metrics::Metr
 }
 
 /// Binds `0.0.0.0:port` (the pod IP, for the kubelet's probes) and serves in a task.
-pub async fn serve(
-    config: &HttpConfig,
-    status: Arc<VmStatus>,
-    metrics: metrics::Metrics,
-) -> Result<SocketAddr, HttpError> {
+pub async fn serve(config: &HttpConfig, status: Arc<VmStatus>) -> Result<SocketAddr, HttpError> {
     let listener = tokio::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, config.port))
         .await
         .map_err(|source| HttpError::Bind {
@@ -93,7 +87,7 @@ pub async fn serve(
         port: config.port,
         source,
     })?;
-    let app = router(config, status, metrics);
+    let app = router(config, status);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "the HTTP server stopped");

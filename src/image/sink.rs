@@ -133,7 +133,7 @@ impl Sink {
     /// Appends `chunk` to the partial file, hashes it and unpacks it.
     pub fn feed(&mut self, chunk: &[u8]) -> Result<(), ImageError> {
         self.chunks += 1;
-        metrics::counter!("kvm_manager_image_download_bytes_total").increment(chunk.len() as u64);
+        crate::http::metrics::image_downloaded(chunk.len() as u64);
         self.part
             .write_all(chunk)
             .map_err(|source| self.temps.write_error(&self.temps.part, source))?;
