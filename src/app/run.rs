@@ -1,8 +1,8 @@
 //! `kvm-manager run`: every phase in order, then qemu under supervision until it exits.
 //!
 //! Order: HTTP first (probes answer 503 while we prepare), state, base image, then at once the
-//! pet disk (state file, overlay), the config drive and the network links with DHCP and DNS,
-//! then qemu and, at the same time, the NAT. A SIGTERM before qemu starts stops the
+//! pet disk (state file, overlay), the config drive and the network links, then qemu and, at
+//! the same time, the NAT and DHCP and DNS. A SIGTERM before qemu starts stops the
 //! preparation (a partial download stays for resume) and exits 128+N; once qemu runs, it
 //! starts the graceful shutdown ladder. DHCP and DNS serve until qemu is gone.
 
@@ -44,26 +44,25 @@ pub async fn run(config: &Config) -> Result<u8, Error> {
     }
 
     // Dropping `prepare` on SIGTERM cancels a download; its partial file stays for resume.
-    let (launch, services, network) = tokio::select! {
+    let (launch, network) = tokio::select! {
         prepared = prepare(config) => prepared?,
         signal = pid1.shutdown_requested() => {
             tracing::info!(%signal, "stopping before the VM started");
             return Ok(128u8.wrapping_add(signal as i32 as u8));
         }
     };
-    services.report(&status);
 
     let argv = qemu::args::build(&launch);
-    tracing::info!(argv = ?argv, "starting qemu");
     let password = config
         .vm
         .vnc_password
         .as_ref()
         .filter(|_| !config.net.no_vnc)
         .map(|s| s.0.as_str());
-    // qemu starts while the NAT is applied: the guest sends its first packet seconds later, and
-    // its tap and bridge (all qemu needs) are ready. A NAT failure stops qemu again.
-    let (vm, nat) = tokio::join!(
+    // qemu starts while the NAT is applied and DHCP and DNS start: its disk, config drive, tap
+    // and bridge (all qemu needs) are ready, and the guest sends its first packet seconds
+    // later. A failure of either stops qemu again.
+    let (vm, nat, services) = tokio::join!(
         timed(
             "qemu-start",
             qemu::process::start(&pid1, &argv, &launch.qmp_socket, password),
@@ -72,12 +71,17 @@ pub async fn run(config: &Config) -> Result<u8, Error> {
             "nat",
             net::apply_nat(&network.plan, &network.nft, pid1.reaper()),
         ),
+        timed("services", Services::start(config, &network.plan)),
     );
     let vm = vm?;
-    if let Err(e) = nat {
-        vm.kill().await;
-        return Err(e.into());
-    }
+    let services = match nat.map_err(Error::from).and(services) {
+        Ok(services) => services,
+        Err(e) => {
+            vm.kill().await;
+            return Err(e);
+        }
+    };
+    services.report(&status);
     status.set_qmp(Some(vm.qmp.clone()));
     status.set_phase(Phase::Running);
     let console_socket = attach::socket_path(&config.runtime_dir);
@@ -161,12 +165,12 @@ struct Network {
     nft: std::path::PathBuf,
 }
 
-/// Everything before qemu: the state, the base image, then three things at once, because
-/// each mostly waits on the kernel: the pet disk (state file and overlay, both fsynced) on
-/// one worker thread, the config drive on another, the network links and the DHCP and DNS
-/// services here. All three finish (or fail) before this returns: nothing is left running
-/// behind an error, and the state and the overlay are durable before qemu starts.
-async fn prepare(config: &Config) -> Result<(qemu::args::Launch, Services, Network), Error> {
+/// Everything qemu needs: the state, the base image, then three things at once, because each
+/// mostly waits on the kernel: the pet disk (state file and overlay, both fsynced) on one
+/// worker thread, the config drive on another, the bridge and the tap here. All three finish
+/// (or fail) before this returns: nothing is left running behind an error, and the state and
+/// the overlay are durable before qemu starts.
+async fn prepare(config: &Config) -> Result<(qemu::args::Launch, Network), Error> {
     for dir in [&config.pet_dir, &config.runtime_dir] {
         std::fs::create_dir_all(dir).map_err(|source| QemuError::RuntimeDir {
             path: dir.clone(),
@@ -212,15 +216,14 @@ async fn prepare(config: &Config) -> Result<(qemu::args::Launch, Services, Netwo
         })
         .await?;
         tracing::info!(bridge = %plan.bridge, tap = %plan.tap, pod_ip = %plan.pod_ip, vm_ip = %plan.vm_ip, mtu = plan.mtu, "network links ready");
-        let services = timed("services", Services::start(config, &plan)).await?;
-        Ok::<_, Error>((plan, nft, services))
+        Ok::<_, Error>((plan, nft))
     };
     let (disk, drive, network) = tokio::join!(disk, drive, network);
     disk?;
     drive?;
-    let (plan, nft, services) = network?;
+    let (plan, nft) = network?;
     let launch = launch::decide(config, Some(&plan))?;
-    Ok((launch, services, Network { plan, nft }))
+    Ok((launch, Network { plan, nft }))
 }
 
 /// DHCP and DNS for the VM; dropping this stops them.

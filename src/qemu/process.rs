@@ -96,7 +96,8 @@ pub async fn start(
     let mut child = spawned.child;
     let pid = spawned.pid;
     let mut exit = spawned.exit;
-    tracing::info!(pid = pid.as_raw(), "qemu started");
+    // Logged once qemu runs: formatting the command line would delay its start.
+    tracing::info!(pid = pid.as_raw(), argv = ?argv, "qemu started");
 
     let console = Arc::new(Ring::new(1000));
     let stderr = Arc::new(Ring::new(50));

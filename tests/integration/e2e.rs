@@ -311,3 +311,56 @@ fn a_nat_that_fails_beside_qemu_start_stops_qemu_and_exits_with_the_network_code
         cluster.pod.pids()
     );
 }
+
+#[test]
+fn dhcp_or_dns_that_cannot_start_beside_qemu_stops_qemu_and_exits_with_the_network_code() {
+    if !require_root("dhcp_or_dns_that_cannot_start_beside_qemu_…") {
+        return;
+    }
+    // DHCP and DNS start while qemu starts; a forwarder that cannot bind (another process in
+    // the pod holds UDP port 53 on every address) must not leave a VM running without it.
+    let cluster = Cluster::new("kms", "vm-nodns");
+    let mut squatter = cluster
+        .pod
+        .exec("python3")
+        .args([
+            "-c",
+            "import socket, sys, time\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             s.bind(('0.0.0.0', 53))\n\
+             print('bound', flush=True)\n\
+             time.sleep(600)\n",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the port-53 squatter");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(squatter.stdout.take().expect("piped stdout")),
+        &mut line,
+    )
+    .expect("read the squatter's line");
+    assert_eq!(line.trim(), "bound");
+    let mut vm = cluster.start(&[]);
+    let status = vm.wait(T);
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+    assert_eq!(status.code(), Some(4), "{}", vm.output());
+    assert!(
+        vm.output().contains("qemu started"),
+        "qemu must have been started: {}",
+        vm.output()
+    );
+    assert!(
+        vm.output()
+            .contains("could not listen on 192.168.254.1:53 (udp)")
+            && vm.output().contains("Address already in use"),
+        "the bind error must be shown: {}",
+        vm.output()
+    );
+    assert!(
+        cluster.pod.pids().is_empty(),
+        "left: {:?}",
+        cluster.pod.pids()
+    );
+}
