@@ -79,6 +79,16 @@ mod tests {
     }
 
     #[test]
+    fn unsynced_writes_replace_the_target_the_same_way() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config-drive.iso");
+        write_unsynced(&path, b"one").expect("first write");
+        write_unsynced(&path, b"two").expect("second write");
+        assert_eq!(fs::read(&path).expect("read"), b"two");
+        assert_eq!(fs::read_dir(dir.path()).expect("ls").count(), 1);
+    }
+
+    #[test]
     fn temp_names_are_hidden_siblings() {
         assert_eq!(
             temp_path(Path::new("/pet/vm-0.qcow2"), "part"),

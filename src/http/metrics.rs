@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
-use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use prometheus_client::collector::Collector;
@@ -262,7 +261,7 @@ impl Collector for ServiceCounters {
     }
 }
 
-pub(crate) async fn serve(State(_): State<super::AppState>) -> impl IntoResponse {
+pub(crate) async fn serve() -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
