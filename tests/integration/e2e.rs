@@ -294,17 +294,25 @@ fn a_nat_that_fails_beside_qemu_start_stops_qemu_and_exits_with_the_network_code
     );
     let mut vm = cluster.start(&[("PATH", path.as_str())]);
     let status = vm.wait(T);
-    assert_eq!(status.code(), Some(4), "{}", vm.output());
+    failed_beside_qemu(&cluster, status, &vm.output(), &["syntax error"]);
+}
+
+/// A start that failed in what runs beside qemu's start: exit 4 after qemu started, the
+/// error's `messages` in the log, nothing left running in the pod.
+fn failed_beside_qemu(
+    cluster: &Cluster,
+    status: std::process::ExitStatus,
+    output: &str,
+    messages: &[&str],
+) {
+    assert_eq!(status.code(), Some(4), "{output}");
     assert!(
-        vm.output().contains("qemu started"),
-        "qemu must have been started: {}",
-        vm.output()
+        output.contains("qemu started"),
+        "qemu must have been started: {output}"
     );
-    assert!(
-        vm.output().contains("syntax error"),
-        "nft's message must be shown: {}",
-        vm.output()
-    );
+    for message in messages {
+        assert!(output.contains(message), "no {message:?} in: {output}");
+    }
     assert!(
         cluster.pod.pids().is_empty(),
         "left: {:?}",
@@ -325,7 +333,7 @@ fn dhcp_or_dns_that_cannot_start_beside_qemu_stops_qemu_and_exits_with_the_netwo
         .exec("python3")
         .args([
             "-c",
-            "import socket, sys, time\n\
+            "import socket, time\n\
              s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
              s.bind(('0.0.0.0', 53))\n\
              print('bound', flush=True)\n\
@@ -345,22 +353,13 @@ fn dhcp_or_dns_that_cannot_start_beside_qemu_stops_qemu_and_exits_with_the_netwo
     let status = vm.wait(T);
     let _ = squatter.kill();
     let _ = squatter.wait();
-    assert_eq!(status.code(), Some(4), "{}", vm.output());
-    assert!(
-        vm.output().contains("qemu started"),
-        "qemu must have been started: {}",
-        vm.output()
-    );
-    assert!(
-        vm.output()
-            .contains("could not listen on 192.168.254.1:53 (udp)")
-            && vm.output().contains("Address already in use"),
-        "the bind error must be shown: {}",
-        vm.output()
-    );
-    assert!(
-        cluster.pod.pids().is_empty(),
-        "left: {:?}",
-        cluster.pod.pids()
+    failed_beside_qemu(
+        &cluster,
+        status,
+        &vm.output(),
+        &[
+            "could not listen on 192.168.254.1:53 (udp)",
+            "Address already in use",
+        ],
     );
 }
