@@ -178,7 +178,7 @@ async fn prepare(config: &Config) -> Result<(qemu::args::Launch, Network), Error
         })?;
     }
     let loaded = state::load(&config.pet_dir, &config.hostname, config.net.vm_mac)?;
-    let state = loaded.state.clone();
+    let (mac, state) = (loaded.state.mac(), loaded.state.clone());
     let base = timed("image", image::ensure_base(&config.image)).await?;
 
     let overlay_path = config.overlay_path();
@@ -193,11 +193,7 @@ async fn prepare(config: &Config) -> Result<(qemu::args::Launch, Network), Error
     });
     let drive = {
         let iso = launch::config_drive_path(config);
-        let (drive, hostname, state) = (
-            config.config_drive.clone(),
-            config.hostname.clone(),
-            state.clone(),
-        );
+        let (drive, hostname) = (config.config_drive.clone(), config.hostname.clone());
         on_worker(move || {
             if let Some(iso) = iso {
                 timed_blocking("config-drive", || {
@@ -210,7 +206,7 @@ async fn prepare(config: &Config) -> Result<(qemu::args::Launch, Network), Error
     let network = async {
         let (plan, nft) = timed("network", async {
             let pod = net::discover().await?;
-            let plan = net::plan(&config.net, &pod, state.mac())?;
+            let plan = net::plan(&config.net, &pod, mac)?;
             let nft = net::apply_links(&plan).await?;
             Ok::<_, Error>((plan, nft))
         })
