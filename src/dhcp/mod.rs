@@ -12,7 +12,7 @@ pub mod policy;
 pub mod socket;
 
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use macaddr::MacAddr6;
@@ -87,12 +87,6 @@ pub struct DhcpStats {
     pub ignored: AtomicU64,
 }
 
-impl DhcpStats {
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
-}
-
 /// A running DHCP server; dropping it stops the server.
 #[derive(Debug)]
 pub struct DhcpServer {
@@ -115,11 +109,7 @@ impl DhcpServer {
         }
     }
 
-    pub fn stats(&self) -> &DhcpStats {
-        &self.stats
-    }
-
-    /// The counters, shared (for the metrics task).
+    /// The counters, shared: `/metrics` reads them at each scrape.
     pub fn stats_handle(&self) -> Arc<DhcpStats> {
         Arc::clone(&self.stats)
     }

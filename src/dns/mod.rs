@@ -56,11 +56,7 @@ pub struct DnsServer {
 }
 
 impl DnsServer {
-    pub fn stats(&self) -> &DnsStats {
-        &self.stats
-    }
-
-    /// The counters, shared (for the metrics task).
+    /// The counters, shared: `/metrics` reads them at each scrape.
     pub fn stats_handle(&self) -> Arc<DnsStats> {
         Arc::clone(&self.stats)
     }
