@@ -4,7 +4,7 @@ mod launch;
 mod run;
 
 use std::io::Write as _;
-use std::process::{Command as ProcessCommand, ExitCode};
+use std::process::ExitCode;
 
 use clap::Parser as _;
 
@@ -14,6 +14,7 @@ use crate::error::{render_chain, Error};
 use crate::image::{self, ImageError};
 use crate::logging::{self, Sink};
 use crate::net;
+use crate::pid1::reaper::Stdio;
 use crate::pid1::{self, Pid1, Pid1Error};
 
 /// Entry point of the binary.
@@ -135,9 +136,7 @@ fn supervise(config: &Config, argv: Vec<std::ffi::OsString>) -> Result<u8, Error
             var: "COMMAND",
             fix: "give the program to supervise after `--`".to_owned(),
         })?;
-        let mut command = ProcessCommand::new(program);
-        command.args(args);
-        let spawned = pid1.reaper().spawn(&mut command)?;
+        let spawned = pid1.reaper().spawn(program, args, [Stdio::Inherit; 3])?;
         tracing::info!(pid = spawned.pid.as_raw(), program = ?program, "started");
         let status = pid1.supervise(spawned, config.vm.shutdown_timeout).await?;
         tracing::info!(%status, "main child ended");

@@ -16,12 +16,14 @@
 //! - `forward`: TCP MSS clamped to the route MTU in both directions.
 
 use std::fmt::Write as _;
-use std::io::{ErrorKind, Read as _, Write as _};
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::plan::NetPlan;
 use super::NetError;
+use crate::pid1::reaper::Stdio;
 use crate::pid1::{Pid1Error, Reaper};
 
 /// Our table: `table ip kvm_manager`.
@@ -136,31 +138,27 @@ pub fn flushing(ruleset: &str) -> String {
 
 /// Runs `nft -f -` with `ruleset` on stdin: one atomic transaction.
 pub async fn replace_table(nft: &Path, ruleset: &str, reaper: &Reaper) -> Result<(), NetError> {
-    let mut command = Command::new(nft);
-    command
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut spawned = reaper.spawn(&mut command).map_err(|e| match e {
-        Pid1Error::Spawn { source, .. } if source.kind() == ErrorKind::NotFound => {
-            NetError::NftMissing
-        }
-        other => NetError::NftSpawn(other),
-    })?;
-    let mut stdin = spawned
-        .child
-        .stdin
-        .take()
-        .ok_or(NetError::NftPipe(std::io::Error::other(
-            "stdin was not piped",
-        )))?;
+    let mut spawned = reaper
+        .spawn(
+            nft.as_os_str(),
+            &["-f", "-"],
+            [Stdio::Piped, Stdio::Null, Stdio::Piped],
+        )
+        .map_err(|e| match e {
+            Pid1Error::Spawn { source, .. } if source.kind() == ErrorKind::NotFound => {
+                NetError::NftMissing
+            }
+            other => NetError::NftSpawn(other),
+        })?;
     // A small ruleset: nft reads it all before it writes anything, so this cannot deadlock.
-    let written = stdin.write_all(ruleset.as_bytes());
-    drop(stdin);
+    let written = match spawned.stdin.take() {
+        Some(mut stdin) => stdin.write_all(ruleset.as_bytes()).await,
+        None => Err(std::io::Error::other("stdin was not piped")),
+    };
     let mut stderr = String::new();
-    if let Some(mut pipe) = spawned.child.stderr.take() {
+    if let Some(mut pipe) = spawned.stderr.take() {
         pipe.read_to_string(&mut stderr)
+            .await
             .map_err(NetError::NftPipe)?;
     }
     let status = spawned

@@ -8,7 +8,6 @@
 use std::ffi::OsString;
 use std::io::ErrorKind;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +20,7 @@ use tokio::time::{sleep, timeout, Instant};
 use super::console::{self, Ring, Stream};
 use super::qmp::Qmp;
 use super::QemuError;
+use crate::pid1::reaper::Stdio;
 use crate::pid1::{ExitStatus, Pid1, Pid1Error};
 
 /// How often the power button is pressed again while the guest has not powered off.
@@ -75,25 +75,21 @@ pub async fn start(
     }
     let _ = std::fs::remove_file(qmp_socket);
 
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let spawned = pid1.reaper().spawn(&mut command).map_err(|e| match e {
-        Pid1Error::Spawn { source, .. } if source.kind() == ErrorKind::NotFound => {
-            QemuError::NotFound {
-                qemu: program.into(),
-                path: std::env::var("PATH").unwrap_or_default(),
+    let spawned = pid1
+        .reaper()
+        .spawn(program, args, [Stdio::Piped; 3])
+        .map_err(|e| match e {
+            Pid1Error::Spawn { source, .. } if source.kind() == ErrorKind::NotFound => {
+                QemuError::NotFound {
+                    qemu: program.into(),
+                    path: std::env::var("PATH").unwrap_or_default(),
+                }
             }
-        }
-        other => QemuError::Spawn {
-            qemu: program.into(),
-            source: other,
-        },
-    })?;
-    let mut child = spawned.child;
+            other => QemuError::Spawn {
+                qemu: program.into(),
+                source: other,
+            },
+        })?;
     let pid = spawned.pid;
     let mut exit = spawned.exit;
     // Logged once qemu runs: formatting the command line would delay its start.
@@ -102,28 +98,16 @@ pub async fn start(
     let console = Arc::new(Ring::new(1000));
     let stderr = Arc::new(Ring::new(50));
     let (console_raw, _) = broadcast::channel(256);
-    let out = child
-        .stdout
-        .take()
-        .and_then(|s| tokio::process::ChildStdout::from_std(s).ok());
-    if let Some(out) = out {
+    if let Some(out) = spawned.stdout {
         let (ring, raw) = (Arc::clone(&console), console_raw.clone());
         tokio::spawn(async move { console::pump(out, Stream::Guest, &ring, Some(&raw)).await });
     }
-    let err = child
-        .stderr
-        .take()
-        .and_then(|s| tokio::process::ChildStderr::from_std(s).ok());
-    if let Some(err) = err {
+    if let Some(err) = spawned.stderr {
         let ring = Arc::clone(&stderr);
         tokio::spawn(async move { console::pump(err, Stream::Qemu, &ring, None).await });
     }
     let (console_input, mut typed) = mpsc::channel::<Vec<u8>>(64);
-    let stdin = child
-        .stdin
-        .take()
-        .and_then(|s| tokio::process::ChildStdin::from_std(s).ok());
-    if let Some(mut stdin) = stdin {
+    if let Some(mut stdin) = spawned.stdin {
         tokio::spawn(async move {
             while let Some(bytes) = typed.recv().await {
                 if stdin.write_all(&bytes).await.is_err() {

@@ -95,6 +95,35 @@ fn missing_program_is_named_in_the_error() {
 }
 
 #[test]
+fn the_child_starts_with_nothing_blocked_and_sigpipe_at_its_default() {
+    // We block the signals our signalfd consumes and std ignores SIGPIPE; both survive
+    // execve unless the spawn resets them.
+    // grep directly, not through sh: dash clears its signal mask when it starts.
+    let mut command = Command::new(BIN);
+    command.args([
+        "supervise",
+        "--",
+        "grep",
+        "-E",
+        "^Sig(Blk|Ign):",
+        "/proc/self/status",
+    ]);
+    let mut running = Running::spawn(&mut command);
+    assert_eq!(running.wait(T).code(), Some(0), "{}", running.output());
+    let output = running.output();
+    let mask = |name: &str| {
+        let line = output
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} line in: {output}"));
+        u64::from_str_radix(line.trim(), 16).expect("a hex signal mask")
+    };
+    assert_eq!(mask("SigBlk:"), 0, "{output}");
+    let sigpipe = 1u64 << (Signal::SIGPIPE as i32 - 1);
+    assert_eq!(mask("SigIgn:") & sigpipe, 0, "SIGPIPE is ignored: {output}");
+}
+
+#[test]
 fn orphans_are_reaped_by_the_subreaper_when_not_pid1() {
     // The orphan exits while the script still runs; then the script checks it is not a zombie.
     let script = r#"
