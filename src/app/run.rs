@@ -1,8 +1,8 @@
 //! `kvm-manager run`: every phase in order, then qemu under supervision until it exits.
 //!
-//! Order: HTTP first (probes answer 503 while we prepare), state, base image, then at once the
-//! pet disk (state file, overlay), the config drive and the network links, then qemu and, at
-//! the same time, the NAT and DHCP and DNS. A SIGTERM before qemu starts stops the
+//! Order: HTTP first (probes answer 503 while we prepare), the state, then at once the state
+//! file, the base image and the pet overlay, the config drive and the network links, then qemu
+//! and, at the same time, the NAT and DHCP and DNS. A SIGTERM before qemu starts stops the
 //! preparation (a partial download stays for resume) and exits 128+N; once qemu runs, it
 //! starts the graceful shutdown ladder. DHCP and DNS serve until qemu is gone.
 
@@ -165,11 +165,12 @@ struct Network {
     nft: std::path::PathBuf,
 }
 
-/// Everything qemu needs: the state, the base image, then three things at once, because each
-/// mostly waits on the kernel: the pet disk (state file and overlay, both fsynced) on one
-/// worker thread, the config drive on another, the bridge and the tap here. All three finish
-/// (or fail) before this returns: nothing is left running behind an error, and the state and
-/// the overlay are durable before qemu starts.
+/// Everything qemu needs. After the state is decided (in memory), four things at once, because
+/// each mostly waits on the kernel or the network: the state file (fsynced, on a worker
+/// thread); the base image, then the pet overlay (fsynced, on another, so the two syncs
+/// overlap); the config drive (on a third); the bridge and the tap (here). The first failure
+/// ends the preparation at once, so a broken network does not wait for a download; work
+/// already on a worker thread finishes before the process exits (the runtime waits for it).
 async fn prepare(config: &Config) -> Result<(qemu::args::Launch, Network), Error> {
     for dir in [&config.pet_dir, &config.runtime_dir] {
         std::fs::create_dir_all(dir).map_err(|source| QemuError::RuntimeDir {
@@ -179,18 +180,21 @@ async fn prepare(config: &Config) -> Result<(qemu::args::Launch, Network), Error
     }
     let loaded = state::load(&config.pet_dir, &config.hostname, config.net.vm_mac)?;
     let (mac, state) = (loaded.state.mac(), loaded.state.clone());
-    let base = timed("image", image::ensure_base(&config.image)).await?;
 
-    let overlay_path = config.overlay_path();
-    let disk_size = config.vm.disk_size;
-    let disk = on_worker(move || {
-        loaded.persist()?;
-        let overlay = timed_blocking("overlay", || {
-            image::ensure_overlay(&base, &overlay_path, disk_size)
-        })?;
-        tracing::info!(base = %base.display(), overlay = %overlay.path.display(), virtual_size = overlay.virtual_size, created = overlay.created, "disk ready");
-        Ok::<_, Error>(())
-    });
+    let state_saved = on_worker(move || loaded.persist().map_err(Error::from));
+    let disk = async {
+        let base = timed("image", image::ensure_base(&config.image)).await?;
+        let overlay_path = config.overlay_path();
+        let disk_size = config.vm.disk_size;
+        on_worker(move || {
+            let overlay = timed_blocking("overlay", || {
+                image::ensure_overlay(&base, &overlay_path, disk_size)
+            })?;
+            tracing::info!(base = %base.display(), overlay = %overlay.path.display(), virtual_size = overlay.virtual_size, created = overlay.created, "disk ready");
+            Ok::<_, Error>(())
+        })
+        .await
+    };
     let drive = {
         let iso = launch::config_drive_path(config);
         let (drive, hostname) = (config.config_drive.clone(), config.hostname.clone());
@@ -214,10 +218,7 @@ async fn prepare(config: &Config) -> Result<(qemu::args::Launch, Network), Error
         tracing::info!(bridge = %plan.bridge, tap = %plan.tap, pod_ip = %plan.pod_ip, vm_ip = %plan.vm_ip, mtu = plan.mtu, "network links ready");
         Ok::<_, Error>((plan, nft))
     };
-    let (disk, drive, network) = tokio::join!(disk, drive, network);
-    disk?;
-    drive?;
-    let (plan, nft) = network?;
+    let ((), (), (), (plan, nft)) = tokio::try_join!(state_saved, disk, drive, network)?;
     let launch = launch::decide(config, Some(&plan))?;
     Ok((launch, Network { plan, nft }))
 }

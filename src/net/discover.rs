@@ -57,17 +57,34 @@ pub async fn discover() -> Result<PodNet, NetError> {
             source,
         })?;
     let route = default_route(&routes).ok_or(NetError::NoDefaultRoute)?;
-    let links: Vec<_> = handle
-        .link()
-        .get()
-        .match_index(route.oif)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|source| NetError::Netlink {
-            op: "read the uplink",
-            source,
-        })?;
+    // The uplink and its addresses: two requests in flight at once.
+    let links = async {
+        handle
+            .link()
+            .get()
+            .match_index(route.oif)
+            .execute()
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|source| NetError::Netlink {
+                op: "read the uplink",
+                source,
+            })
+    };
+    let addresses = async {
+        handle
+            .address()
+            .get()
+            .set_link_index_filter(route.oif)
+            .execute()
+            .try_collect::<Vec<AddressMessage>>()
+            .await
+            .map_err(|source| NetError::Netlink {
+                op: "list the uplink's addresses",
+                source,
+            })
+    };
+    let (links, addresses) = tokio::try_join!(links, addresses)?;
     let attrs = links
         .first()
         .map(|l| l.attributes.as_slice())
@@ -86,17 +103,6 @@ pub async fn discover() -> Result<PodNet, NetError> {
             _ => None,
         })
         .unwrap_or(1500);
-    let addresses: Vec<AddressMessage> = handle
-        .address()
-        .get()
-        .set_link_index_filter(route.oif)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|source| NetError::Netlink {
-            op: "list the uplink's addresses",
-            source,
-        })?;
     let (pod_ip, pod_prefix) =
         primary_address(&addresses).ok_or_else(|| NetError::UplinkHasNoAddress {
             uplink: uplink.clone(),

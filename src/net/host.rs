@@ -43,6 +43,7 @@ pub fn effective_caps(status: &str) -> Option<u64> {
 /// Bridge, addresses, tap, sysctls — in that order.
 pub async fn converge_links(handle: &Handle, plan: &NetPlan) -> Result<(), NetError> {
     let bridge = ensure_kind(handle, &plan.bridge, InfoKind::Bridge).await?;
+    let created = bridge.is_none();
     let bridge = match bridge {
         Some(link) => link.header.index,
         None => {
@@ -75,11 +76,19 @@ pub async fn converge_links(handle: &Handle, plan: &NetPlan) -> Result<(), NetEr
         .execute()
         .await
         .map_err(|source| netlink("configure the bridge", source))?;
-    ensure_only_address(handle, bridge, plan.vm_gw).await?;
+    if created {
+        // A bridge made just now has no IPv4 address: nothing stale to look for.
+        add_address(handle, bridge, plan.vm_gw).await?;
+    } else {
+        ensure_only_address(handle, bridge, plan.vm_gw).await?;
+    }
 
     // A tun-kind link is reattached as it is; anything else by that name is removed first.
     ensure_kind(handle, &plan.tap, InfoKind::Tun).await?;
     tap::ensure_persistent(&plan.tap)?;
+    // Looked up through netlink once the tap's descriptor is closed, not through the
+    // descriptor: enslaving the tap right after the close (its carrier just went off) left
+    // the bridge port in another state on a first start than on a restart (the restart test).
     let tap_index = index_of(handle, &plan.tap).await?;
     handle
         .link()
@@ -192,14 +201,18 @@ async fn ensure_only_address(handle: &Handle, index: u32, gw: Ipv4Addr) -> Resul
             .map_err(|source| netlink("remove a stale bridge address", source))?;
     }
     if !present {
-        handle
-            .address()
-            .add(index, IpAddr::V4(gw), VM_PREFIX)
-            .execute()
-            .await
-            .map_err(|source| netlink("add VM_GW to the bridge", source))?;
+        add_address(handle, index, gw).await?;
     }
     Ok(())
+}
+
+async fn add_address(handle: &Handle, index: u32, gw: Ipv4Addr) -> Result<(), NetError> {
+    handle
+        .address()
+        .add(index, IpAddr::V4(gw), VM_PREFIX)
+        .execute()
+        .await
+        .map_err(|source| netlink("add VM_GW to the bridge", source))
 }
 
 /// `net.ipv4.ip_forward=1` (required) and `route_localnet=1` on the bridge (needed only for
