@@ -2,7 +2,7 @@
 # integration tests (tests/integration/vmnet.rs), named kmbench-*, removed on exit.
 # Only private addresses, only on interfaces inside these namespaces.
 
-BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release/kvm-manager}
+BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/x86_64-unknown-linux-gnu/release/kvm-manager}
 NODE=kmbench-node POD=kmbench-pod VM=kmbench-vm
 NODE_IP=10.233.0.1 POD_IP=10.233.0.2
 VM_IP=192.168.254.2 VM_GW=192.168.254.1 VM_MAC=52:54:00:be:4c:01

@@ -255,6 +255,20 @@ fn an_overlay_on_another_base_is_refused_with_the_choices() {
 }
 
 #[test]
+fn a_host_name_in_img_source_is_resolved_by_the_static_binary() {
+    // The binary is linked statically (.cargo/config.toml): host names must still resolve,
+    // through glibc's built-in "files" source here.
+    let body = disk(DISK, 7);
+    let server = Server::start();
+    server.route("/named.raw", Route::File(file(body.clone())));
+    let pod = Pod::new();
+    let url = server.url("/named.raw").replace("127.0.0.1", "localhost");
+    assert!(url.starts_with("http://localhost:"), "{url}");
+    let (base, _) = pod.run(&url, &[("IMG_SHA256", &sha256(&body))]).paths();
+    assert_eq!(sha256(&std::fs::read(base).expect("base")), sha256(&body));
+}
+
+#[test]
 fn a_cut_connection_is_resumed_with_a_validated_range_request() {
     let body = disk(DISK, 4);
     let server = Server::start();
