@@ -56,16 +56,6 @@ fn pid1_of(running: &Running) -> Pid {
     panic!("unshare never forked kvm-manager");
 }
 
-/// The scripts' idle loop: `wait` on a background sleep, which a trapped signal interrupts at
-/// once. A foreground `sleep` loop lost a forwarded SIGHUP once under CI load (kvm-manager
-/// logged the forwarding; the trap never ran). dash starts foreground commands with vfork,
-/// and a trapped signal landing in that window seems to be dropped by dash's handler.
-macro_rules! idle {
-    () => {
-        "while :; do sleep 1 & wait $!; done"
-    };
-}
-
 /// Prints the parent pid of the script and the number of zombies in its PID namespace.
 const REPORT: &str = r#"
 set -- $(cat /proc/$$/stat); echo "ppid=$4"
@@ -180,7 +170,7 @@ fn as_pid1_sigterm_reaches_the_child_and_its_code_becomes_ours() {
     if !require_root("as_pid1_sigterm_reaches_the_child_and_its_code_becomes_ours") {
         return;
     }
-    let script = concat!("trap 'echo got-term; exit 42' TERM; echo ready; ", idle!());
+    let script = "trap 'echo got-term; exit 42' TERM; echo ready; while :; do sleep 0.05; done";
     let mut running = supervise_as_pid1(script, &[]);
     running.wait_for_line("ready", T);
     kill(pid1_of(&running), Signal::SIGTERM).expect("signal PID 1");
@@ -194,11 +184,9 @@ fn as_pid1_job_control_signals_are_forwarded() {
     if !require_root("as_pid1_job_control_signals_are_forwarded") {
         return;
     }
-    let script = concat!(
+    let script =
         "trap 'echo got-HUP' HUP; trap 'echo got-USR1' USR1; trap 'echo got-WINCH' WINCH; \
-                  trap 'echo got-USR2; exit 0' USR2; echo ready; ",
-        idle!()
-    );
+                  trap 'echo got-USR2; exit 0' USR2; echo ready; while :; do sleep 0.05; done";
     let mut running = supervise_as_pid1(script, &[]);
     running.wait_for_line("ready", T);
     let pid1 = pid1_of(&running);
@@ -219,7 +207,7 @@ fn as_pid1_a_child_ignoring_sigterm_is_killed_after_the_grace_period() {
     if !require_root("as_pid1_a_child_ignoring_sigterm_is_killed_after_the_grace_period") {
         return;
     }
-    let script = concat!("trap '' TERM; echo ready; ", idle!());
+    let script = "trap '' TERM; echo ready; while :; do sleep 0.05; done";
     let mut running = supervise_as_pid1(script, &[("SHUTDOWN_TIMEOUT", "1s")]);
     running.wait_for_line("ready", T);
     kill(pid1_of(&running), Signal::SIGTERM).expect("signal PID 1");
