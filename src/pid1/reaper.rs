@@ -7,8 +7,10 @@
 //! Children start through `posix_spawnp(3)`, which glibc runs as a vfork-style clone: the
 //! parent's memory is not copied (a `fork` of this process costs 0.6-0.8 ms, and makes every
 //! page it writes afterwards fault once more). The attributes give the child an empty signal
-//! mask (ours blocks what the signalfd consumes, and a mask survives `execve`) and SIGPIPE's
-//! default action (std ignores it in this process; an ignored signal survives `execve` too).
+//! mask (ours blocks what the signalfd consumes, and a mask survives `execve`) and the default
+//! action for SIGPIPE and for every signal we consume or forward: an ignored signal survives
+//! `execve` too, std ignores SIGPIPE in this process, and whoever started us may have ignored
+//! others (`nohup` ignores SIGHUP, which a shell then cannot even trap).
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
@@ -186,7 +188,7 @@ fn spawn(
     }
     let mut attr = PosixSpawnAttr::init()?;
     attr.set_sigmask(&SigSet::empty())?;
-    let mut defaults = SigSet::empty();
+    let mut defaults = super::signals::handled_set();
     defaults.add(Signal::SIGPIPE);
     attr.set_sigdefault(&defaults)?;
     attr.set_flags(

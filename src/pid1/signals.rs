@@ -35,7 +35,8 @@ pub fn action(signal: Signal) -> Option<Action> {
     HANDLED.iter().find(|(s, _)| *s == signal).map(|(_, a)| *a)
 }
 
-fn handled_set() -> SigSet {
+/// [`HANDLED`] as a set.
+pub fn handled_set() -> SigSet {
     let mut set = SigSet::empty();
     for (signal, _) in HANDLED {
         set.add(signal);

@@ -95,18 +95,16 @@ fn missing_program_is_named_in_the_error() {
 }
 
 #[test]
-fn the_child_starts_with_nothing_blocked_and_sigpipe_at_its_default() {
-    // We block the signals our signalfd consumes and std ignores SIGPIPE; both survive
-    // execve unless the spawn resets them.
-    // grep directly, not through sh: dash clears its signal mask when it starts.
-    let mut command = Command::new(BIN);
+fn the_child_starts_with_nothing_blocked_and_default_actions() {
+    // We block the signals our signalfd consumes and std ignores SIGPIPE; here our own parent
+    // also ignores SIGHUP (as `nohup` does). Masks and ignored signals survive execve unless
+    // the spawn resets them. grep reports its own status (not through sh: dash clears its
+    // signal mask when it starts).
+    let mut command = Command::new("sh");
     command.args([
-        "supervise",
-        "--",
-        "grep",
-        "-E",
-        "^Sig(Blk|Ign):",
-        "/proc/self/status",
+        "-c",
+        "trap '' HUP; exec \"$0\" supervise -- grep -E '^Sig(Blk|Ign):' /proc/self/status",
+        BIN,
     ]);
     let mut running = Running::spawn(&mut command);
     assert_eq!(running.wait(T).code(), Some(0), "{}", running.output());
@@ -119,8 +117,10 @@ fn the_child_starts_with_nothing_blocked_and_sigpipe_at_its_default() {
         u64::from_str_radix(line.trim(), 16).expect("a hex signal mask")
     };
     assert_eq!(mask("SigBlk:"), 0, "{output}");
-    let sigpipe = 1u64 << (Signal::SIGPIPE as i32 - 1);
-    assert_eq!(mask("SigIgn:") & sigpipe, 0, "SIGPIPE is ignored: {output}");
+    for signal in [Signal::SIGPIPE, Signal::SIGHUP] {
+        let bit = 1u64 << (signal as i32 - 1);
+        assert_eq!(mask("SigIgn:") & bit, 0, "{signal} is ignored: {output}");
+    }
 }
 
 #[test]
