@@ -65,27 +65,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn replaces_the_target_and_leaves_no_temporary_file() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("state.json");
-        write(&path, b"one").expect("first write");
-        write(&path, b"two").expect("second write");
-        assert_eq!(fs::read(&path).expect("read"), b"two");
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .expect("ls")
-            .map(|e| e.expect("entry").file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
-    }
-
-    #[test]
-    fn unsynced_writes_replace_the_target_the_same_way() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("config-drive.iso");
-        write_unsynced(&path, b"one").expect("first write");
-        write_unsynced(&path, b"two").expect("second write");
-        assert_eq!(fs::read(&path).expect("read"), b"two");
-        assert_eq!(fs::read_dir(dir.path()).expect("ls").count(), 1);
+    fn both_writers_replace_the_target_and_leave_no_temporary_file() {
+        for write in [write, write_unsynced] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("state.json");
+            write(&path, b"one").expect("first write");
+            write(&path, b"two").expect("second write");
+            assert_eq!(fs::read(&path).expect("read"), b"two");
+            let names: Vec<_> = fs::read_dir(dir.path())
+                .expect("ls")
+                .map(|e| e.expect("entry").file_name())
+                .collect();
+            assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+        }
     }
 
     #[test]
