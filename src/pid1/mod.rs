@@ -10,8 +10,8 @@
 //! 3. [`reaper::Reaper`] is the only caller of `waitpid(-1)`: it reaps everything, orphans
 //!    re-parented to us included, and hands each exit status to whoever spawned that pid.
 //!    Children are spawned through it so a fast exit cannot be reaped before it is watched.
-//! 4. Every child starts with an empty signal mask and SIGPIPE's default action
-//!    ([`reaper::Reaper::spawn`]).
+//! 4. Every child starts with an empty signal mask and the default action for SIGPIPE and
+//!    for every signal we consume or forward ([`reaper::Reaper::spawn`]).
 //! 5. When we are not PID 1, we become a child subreaper so orphans still come to us.
 //! 6. After startup nothing recoverable makes PID 1 exit: a failed read of the signalfd is
 //!    logged and retried, not returned.
