@@ -151,12 +151,12 @@ pub async fn replace_table(nft: &Path, ruleset: &str, reaper: &Reaper) -> Result
             other => NetError::NftSpawn(other),
         })?;
     // A small ruleset: nft reads it all before it writes anything, so this cannot deadlock.
-    let written = match spawned.stdin.take() {
+    let written = match spawned.pipes.stdin.take() {
         Some(mut stdin) => stdin.write_all(ruleset.as_bytes()).await,
         None => Err(std::io::Error::other("stdin was not piped")),
     };
     let mut stderr = String::new();
-    if let Some(mut pipe) = spawned.stderr.take() {
+    if let Some(mut pipe) = spawned.pipes.stderr.take() {
         pipe.read_to_string(&mut stderr)
             .await
             .map_err(NetError::NftPipe)?;

@@ -38,8 +38,16 @@ pub enum Stdio {
     Inherit,
     /// `/dev/null`.
     Null,
-    /// A pipe whose other end [`Spawned`] holds.
+    /// A pipe whose other end [`Spawned::pipes`] holds.
     Piped,
+}
+
+/// Our ends of a child's streams spawned as [`Stdio::Piped`].
+#[derive(Debug, Default)]
+pub struct Pipes {
+    pub stdin: Option<pipe::Sender>,
+    pub stdout: Option<pipe::Receiver>,
+    pub stderr: Option<pipe::Receiver>,
 }
 
 /// A child started through the reaper.
@@ -48,10 +56,7 @@ pub struct Spawned {
     pub pid: Pid,
     /// Resolves once when the reaper collects the child.
     pub exit: oneshot::Receiver<ExitStatus>,
-    /// Our ends of the streams spawned as [`Stdio::Piped`].
-    pub stdin: Option<pipe::Sender>,
-    pub stdout: Option<pipe::Receiver>,
-    pub stderr: Option<pipe::Receiver>,
+    pub pipes: Pipes,
 }
 
 #[derive(Debug, Default)]
@@ -81,13 +86,7 @@ impl Reaper {
         let (pid, pipes) = spawn(program, args, stdio).map_err(failed)?;
         let (tx, exit) = oneshot::channel();
         watched.insert(pid, tx);
-        Ok(Spawned {
-            pid,
-            exit,
-            stdin: pipes.stdin,
-            stdout: pipes.stdout,
-            stderr: pipes.stderr,
-        })
+        Ok(Spawned { pid, exit, pipes })
     }
 
     /// Collects every child that has exited; returns how many there were.
@@ -118,14 +117,6 @@ impl Reaper {
             }
         }
     }
-}
-
-/// Our ends of a child's pipes.
-#[derive(Default)]
-struct Pipes {
-    stdin: Option<pipe::Sender>,
-    stdout: Option<pipe::Receiver>,
-    stderr: Option<pipe::Receiver>,
 }
 
 /// `posix_spawnp` with `stdio` wired; returns the pid and our ends of the pipes, registered

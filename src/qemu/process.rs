@@ -98,16 +98,16 @@ pub async fn start(
     let console = Arc::new(Ring::new(1000));
     let stderr = Arc::new(Ring::new(50));
     let (console_raw, _) = broadcast::channel(256);
-    if let Some(out) = spawned.stdout {
+    if let Some(out) = spawned.pipes.stdout {
         let (ring, raw) = (Arc::clone(&console), console_raw.clone());
         tokio::spawn(async move { console::pump(out, Stream::Guest, &ring, Some(&raw)).await });
     }
-    if let Some(err) = spawned.stderr {
+    if let Some(err) = spawned.pipes.stderr {
         let ring = Arc::clone(&stderr);
         tokio::spawn(async move { console::pump(err, Stream::Qemu, &ring, None).await });
     }
     let (console_input, mut typed) = mpsc::channel::<Vec<u8>>(64);
-    if let Some(mut stdin) = spawned.stdin {
+    if let Some(mut stdin) = spawned.pipes.stdin {
         tokio::spawn(async move {
             while let Some(bytes) = typed.recv().await {
                 if stdin.write_all(&bytes).await.is_err() {
