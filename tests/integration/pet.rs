@@ -3,7 +3,7 @@
 //! keeps writing; racing first starts agree on one instance id; a killed overlay creation's
 //! temporary file is removed at the next start.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use nix::sys::signal::{kill, Signal};
@@ -37,6 +37,17 @@ fn instance_id(pet: &Path, hostname: &str) -> String {
         .as_str()
         .expect("an instance_id")
         .to_owned()
+}
+
+/// What the process's descriptors point at.
+fn open_files(pid: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.filter_map(Result::ok)
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
@@ -114,6 +125,16 @@ fn a_second_run_and_an_exec_image_beside_a_running_vm_exit_8_and_the_guest_keeps
     );
     let (code, body) = http_get(pod, 8080, "/healthz");
     assert_eq!(code, 200, "{body}");
+
+    // PID 1 holds the lock; no child (qemu) inherited it, so none can outlive kvm-manager
+    // holding the pet.
+    let lock = pet.join("vm-pet.lock");
+    let holders: Vec<String> = pod
+        .pids()
+        .into_iter()
+        .filter(|pid| open_files(pid).contains(&lock))
+        .collect();
+    assert_eq!(holders, [pid1(&vm).to_string()], "holders of {lock:?}");
 
     kill(pid1(&vm), Signal::SIGTERM).expect("SIGTERM to PID 1");
     assert_eq!(vm.wait(T).code(), Some(0), "{}", vm.output());
@@ -214,16 +235,7 @@ fn a_killed_overlay_creation_and_state_write_leave_nothing_after_the_next_start(
     for name in &planted {
         std::fs::write(pet.join(name), b"half written").expect("plant");
     }
-    let output = Command::new("timeout")
-        .arg("120")
-        .arg(BIN)
-        .arg("image")
-        .env("IMG_SOURCE", guest_image())
-        .env("IMAGE_DIR", &image_dir)
-        .env("PET_DIR", &pet)
-        .env("LOG_LEVEL", "info")
-        .output()
-        .expect("run kvm-manager image");
+    let output = image_in(&image_dir, &pet, &[]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert_eq!(
@@ -240,16 +252,78 @@ fn a_killed_overlay_creation_and_state_write_leave_nothing_after_the_next_start(
         "{stderr}"
     );
     // The lock file is released with the process: the next start takes it again.
-    let again = Command::new(BIN)
-        .arg("image")
-        .env("IMG_SOURCE", guest_image())
-        .env("IMAGE_DIR", &image_dir)
-        .env("PET_DIR", &pet)
-        .output()
-        .expect("run kvm-manager image again");
+    let again = image_in(&image_dir, &pet, &[]);
     assert!(
         again.status.success(),
         "{}",
         String::from_utf8_lossy(&again.stderr)
     );
+}
+
+/// `kvm-manager image` in `pet` (the machine's hostname), with `extra` settings.
+fn image_in(image_dir: &Path, pet: &Path, extra: &[(&str, &str)]) -> std::process::Output {
+    Command::new("timeout")
+        .arg("120")
+        .arg(BIN)
+        .arg("image")
+        .env("IMG_SOURCE", guest_image())
+        .env("IMAGE_DIR", image_dir)
+        .env("PET_DIR", pet)
+        .envs(extra.iter().copied())
+        .output()
+        .expect("run kvm-manager image")
+}
+
+#[test]
+fn an_overlay_that_a_qemu_has_open_is_never_grown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (image_dir, pet) = (dir.path().join("image"), dir.path().join("pet"));
+    let first = image_in(&image_dir, &pet, &[]);
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{stderr}");
+    let overlay = PathBuf::from(
+        String::from_utf8_lossy(&first.stdout)
+            .lines()
+            .nth(1)
+            .expect("the overlay path"),
+    );
+    let size = qcow2_size(&overlay);
+
+    // Another qemu, not ours (no kvm-manager lock), with the overlay open read-write: it holds
+    // qemu's OFD image locks until it ends.
+    let mut qemu = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "sleep 60000"])
+        .arg(&overlay)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("qemu-io (qemu-utils)");
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&overlay).expect("stat"));
+    let deadline = std::time::Instant::now() + T;
+    while !std::fs::read_to_string("/proc/locks")
+        .expect("/proc/locks")
+        .lines()
+        .any(|l| l.contains("OFDLCK") && l.contains(&format!(":{ino} ")))
+    {
+        assert!(std::time::Instant::now() < deadline, "qemu-io took no lock");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    let refused = image_in(&image_dir, &pet, &[("VM_DISK_SIZE", "1G")]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    assert_eq!(refused.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("is in use") && stderr.contains("qemu's image locking"),
+        "{stderr}"
+    );
+    assert_eq!(qcow2_size(&overlay), size, "grown under a running qemu");
+
+    let grown = image_in(&image_dir, &pet, &[("VM_DISK_SIZE", "1G")]);
+    assert!(
+        grown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&grown.stderr)
+    );
+    assert_eq!(qcow2_size(&overlay), 1 << 30);
 }
