@@ -137,7 +137,10 @@ mod tests {
         want.sort();
         assert_eq!(removed, want);
         assert!(path.exists(), "the file itself stays");
-        assert!(dir.path().join(".vm-1.state.json.tmp1").exists(), "another file's stays");
+        assert!(
+            dir.path().join(".vm-1.state.json.tmp1").exists(),
+            "another file's stays"
+        );
     }
 
     #[test]

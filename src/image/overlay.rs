@@ -252,7 +252,10 @@ fn lock_holder(probe: &libc::flock) -> Option<String> {
         "read"
     };
     Some(if probe.l_pid > 0 {
-        format!("process {} holds a {kind} lock at byte {}", probe.l_pid, probe.l_start)
+        format!(
+            "process {} holds a {kind} lock at byte {}",
+            probe.l_pid, probe.l_start
+        )
     } else {
         format!(
             "an open file (qemu's image locking) holds a {kind} lock at byte {}",

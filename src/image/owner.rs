@@ -78,11 +78,7 @@ fn record(hostname: &str, pid: u32, started: SystemTime, command: &str) -> Strin
 /// Takes the pet for `command` (the subcommand, recorded for whoever is refused), creating
 /// `PET_DIR` if needed, then removes the temporary files a killed writer left. Never waits: a
 /// second owner is an error naming the first.
-pub fn acquire(
-    pet_dir: &Path,
-    hostname: &Hostname,
-    command: &str,
-) -> Result<PetLock, OwnerError> {
+pub fn acquire(pet_dir: &Path, hostname: &Hostname, command: &str) -> Result<PetLock, OwnerError> {
     let path = path(pet_dir, hostname);
     let lock_err = |source: io::Error| OwnerError::Lock {
         path: path.clone(),
@@ -158,7 +154,11 @@ mod tests {
         let again = acquire(dir.path(), &host(), "image").expect("released on drop");
         let recorded = std::fs::read_to_string(path(dir.path(), &host())).expect("read");
         assert!(recorded.contains("command=image"), "{recorded}");
-        assert_eq!(recorded.lines().count(), 1, "the record is replaced: {recorded}");
+        assert_eq!(
+            recorded.lines().count(),
+            1,
+            "the record is replaced: {recorded}"
+        );
         drop(again);
     }
 
@@ -205,6 +205,9 @@ mod tests {
         let temp = dir.path().join(".vm-0.qcow2.creatingLive01");
         std::fs::write(&temp, b"x").expect("plant");
         acquire(dir.path(), &host(), "image").expect_err("second owner");
-        assert!(temp.exists(), "a refused owner must not touch the holder's files");
+        assert!(
+            temp.exists(),
+            "a refused owner must not touch the holder's files"
+        );
     }
 }

@@ -89,7 +89,12 @@ fn a_second_run_and_an_exec_image_beside_a_running_vm_exit_8_and_the_guest_keeps
     let mut image = Running::spawn(&mut exec);
     let code = image.wait(T).code();
     assert_eq!(code, Some(OWNED), "{}", image.output());
-    for holder in ["owns this pet", "vm-pet.lock", "hostname=vm-pet", "command=run"] {
+    for holder in [
+        "owns this pet",
+        "vm-pet.lock",
+        "hostname=vm-pet",
+        "command=run",
+    ] {
         assert!(
             image.output().contains(holder),
             "{holder:?} not in:\n{}",
@@ -113,7 +118,11 @@ fn a_second_run_and_an_exec_image_beside_a_running_vm_exit_8_and_the_guest_keeps
         state,
         "the state file changed"
     );
-    assert_eq!(names_in(&pet), files, "files appeared or vanished in PET_DIR");
+    assert_eq!(
+        names_in(&pet),
+        files,
+        "files appeared or vanished in PET_DIR"
+    );
 
     let done = vm.wait_for_line("KVMTEST write done", BOOT);
     assert_eq!(field(&done, "verified"), "1", "{done}");
