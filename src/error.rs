@@ -50,7 +50,7 @@ pub enum Error {
     Net(#[from] NetError),
     #[error("could not prepare the VM's disk")]
     Image(#[from] ImageError),
-    #[error("this VM's pet in PET_DIR is not ours to change")]
+    #[error("could not take ownership of this VM's pet in PET_DIR")]
     Owner(#[from] OwnerError),
     #[error("could not load this VM's persisted state in PET_DIR")]
     State(#[from] StateError),
