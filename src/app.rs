@@ -11,7 +11,7 @@ use clap::Parser as _;
 use crate::cli::{Cli, Command};
 use crate::config::{self, Config, Hostname, Needs};
 use crate::error::{render_chain, Error};
-use crate::image::{self, ImageError};
+use crate::image::{self, owner, ImageError};
 use crate::logging::{self, Sink};
 use crate::net;
 use crate::pid1::reaper::Stdio;
@@ -92,6 +92,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
 
 /// Builds the config drive at `output` and prints its path (nothing for `CONFIG_DRIVE=none`).
 fn config_drive(config: &Config, output: &std::path::Path) -> Result<u8, Error> {
+    let _owner = owner::acquire(&config.pet_dir, &config.hostname, "config-drive")?;
     let state = crate::state::load_or_create(&config.pet_dir, &config.hostname, config.net.vm_mac)?;
     let written =
         crate::configdrive::write(&config.config_drive, &config.hostname, &state, output)?;
@@ -105,6 +106,8 @@ fn config_drive(config: &Config, output: &std::path::Path) -> Result<u8, Error> 
 
 /// `kvm-manager image`: the base image and the pet overlay; prints both paths.
 fn image(config: &Config) -> Result<u8, Error> {
+    // First: beside a running VM (`kubectl exec`), this is refused before anything changes.
+    let _owner = owner::acquire(&config.pet_dir, &config.hostname, "image")?;
     let runtime = runtime()?;
     let (base, overlay) = runtime.block_on(async {
         let pid1 = Pid1::start()?;
@@ -146,6 +149,7 @@ fn supervise(config: &Config, argv: Vec<std::ffi::OsString>) -> Result<u8, Error
 
 /// `kvm-manager network`: reconcile bridge, tap and NAT, print the plan, stay until SIGTERM.
 fn network(config: &Config) -> Result<u8, Error> {
+    let _owner = owner::acquire(&config.pet_dir, &config.hostname, "network")?;
     let runtime = runtime()?;
     runtime.block_on(async {
         let pid1 = Pid1::start()?;
@@ -182,6 +186,8 @@ fn qemu_args(config: &Config) -> Result<u8, Error> {
 
 /// Serves DHCP and DNS on an existing bridge until SIGTERM (the test hook for `dhcp`/`dns`).
 fn serve(config: &Config, bridge: String, resolv_conf: &std::path::Path) -> Result<u8, Error> {
+    // It may create the state file (the MAC).
+    let _owner = owner::acquire(&config.pet_dir, &config.hostname, "serve")?;
     let runtime = runtime()?;
     runtime.block_on(async {
         let pid1 = Pid1::start()?;

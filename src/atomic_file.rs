@@ -1,10 +1,19 @@
 //! Files that are either absent or complete: written to a temporary name in the same
 //! directory, fsynced, renamed over the target, and the directory fsynced (or, for files
 //! rebuilt on every start, the same without the fsyncs).
+//!
+//! Temporary names are unique and created exclusively (`O_EXCL`, a random suffix): two
+//! writers of one file never share a temporary, even when both are PID 1 of their own pod on
+//! one shared volume. A killed writer's temporary stays until [`remove_temps`] (the pet's
+//! owner calls it at start).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File, Permissions};
 use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+
+/// The tag of [`write`]'s and [`write_unsynced`]'s temporary files: `.NAME.tmp<random>`.
+pub const TMP: &str = "tmp";
 
 /// The hidden temporary name used for `path` while it is being written.
 pub fn temp_path(path: &Path, tag: &str) -> PathBuf {
@@ -27,37 +36,62 @@ pub fn write_unsynced(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 fn replace(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
-    let temp = temp_path(path, &format!("tmp{}", std::process::id()));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temp)?;
-        file.write_all(bytes)?;
-        if durable {
-            file.sync_all()?;
-        }
-        drop(file);
-        fs::rename(&temp, path)?;
-        if durable {
-            sync_parent(path)?;
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
+    // Dropped on error: the temporary file is removed.
+    let mut temp = unique_temp(path, TMP)?;
+    temp.write_all(bytes)?;
+    if durable {
+        temp.as_file().sync_all()?;
     }
-    result
+    temp.persist(path).map_err(|e| e.error)?;
+    if durable {
+        sync_parent(path)?;
+    }
+    Ok(())
+}
+
+/// A new, exclusively created `.NAME.TAG<random>` beside `path`, removed when dropped unless
+/// persisted. Mode 0666 less the umask, as `File::create` would give.
+pub fn unique_temp(path: &Path, tag: &str) -> io::Result<tempfile::NamedTempFile> {
+    tempfile::Builder::new()
+        .prefix(&temp_prefix(path, tag))
+        .rand_bytes(8)
+        .permissions(Permissions::from_mode(0o666))
+        .tempfile_in(parent(path))
+}
+
+/// Removes every `.NAME.TAG*` beside `path` (the temporaries of killed writers); returns what
+/// it removed. Only for a caller that knows nobody else is writing `path`.
+pub fn remove_temps(path: &Path, tag: &str) -> Vec<PathBuf> {
+    let prefix = temp_prefix(path, tag);
+    let Ok(entries) = fs::read_dir(parent(path)) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .filter(|p| fs::remove_file(p).is_ok())
+        .collect()
+}
+
+fn temp_prefix(path: &Path, tag: &str) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!(".{name}.{tag}")
+}
+
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
 }
 
 /// Fsyncs the directory holding `path`, so that a rename into it survives a crash.
 pub fn sync_parent(path: &Path) -> io::Result<()> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    File::open(parent)?.sync_all()
+    File::open(parent(path))?.sync_all()
 }
 
 #[cfg(test)]
@@ -78,6 +112,35 @@ mod tests {
                 .collect();
             assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
         }
+    }
+
+    #[test]
+    fn temporaries_are_unique_exclusive_and_leftovers_are_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("vm-0.state.json");
+        // Two writers at once (both PID 1 in their pods) get two distinct files.
+        let a = unique_temp(&path, TMP).expect("first temp");
+        let b = unique_temp(&path, TMP).expect("second temp");
+        assert_ne!(a.path(), b.path());
+        for temp in [&a, &b] {
+            let name = temp.path().file_name().expect("name").to_string_lossy();
+            assert!(name.starts_with(".vm-0.state.json.tmp"), "{name}");
+            assert!(!name.contains(&std::process::id().to_string()), "{name}");
+        }
+        let (a, b) = (a.keep().expect("keep").1, b.keep().expect("keep").1);
+        fs::write(dir.path().join(".vm-0.state.json.tmp1"), b"old").expect("plant");
+        fs::write(dir.path().join(".vm-1.state.json.tmp1"), b"other").expect("plant");
+        write(&path, b"state").expect("write");
+        let mut removed = remove_temps(&path, TMP);
+        removed.sort();
+        let mut want = vec![a, b, dir.path().join(".vm-0.state.json.tmp1")];
+        want.sort();
+        assert_eq!(removed, want);
+        assert!(path.exists(), "the file itself stays");
+        assert!(
+            dir.path().join(".vm-1.state.json.tmp1").exists(),
+            "another file's stays"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::configdrive::ConfigDriveError;
 use crate::dhcp::DhcpError;
 use crate::dns::DnsError;
 use crate::http::HttpError;
+use crate::image::owner::OwnerError;
 use crate::image::ImageError;
 use crate::logging::LogError;
 use crate::net::NetError;
@@ -25,6 +26,8 @@ pub mod exit {
     pub const QEMU_START: u8 = 6;
     /// The guest ignored the ACPI power button for SHUTDOWN_TIMEOUT; qemu was made to quit.
     pub const SHUTDOWN_FORCED: u8 = 7;
+    /// Another kvm-manager owns this pet (`PET_DIR/<hostname>.lock`); nothing was changed.
+    pub const PET_OWNED: u8 = 8;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +50,8 @@ pub enum Error {
     Net(#[from] NetError),
     #[error("could not prepare the VM's disk")]
     Image(#[from] ImageError),
+    #[error("could not take ownership of this VM's pet in PET_DIR")]
+    Owner(#[from] OwnerError),
     #[error("could not load this VM's persisted state in PET_DIR")]
     State(#[from] StateError),
     #[error("could not build the config drive")]
@@ -63,6 +68,7 @@ impl Error {
             Error::Net(_) => exit::NETWORK,
             Error::Image(e) => e.exit_code(),
             Error::State(_) => exit::IMAGE,
+            Error::Owner(e) => e.exit_code(),
             Error::Qemu(e) => e.exit_code(),
             Error::Http(_) => exit::NETWORK,
             Error::ConfigDrive(_) => exit::CONFIG_DRIVE,

@@ -2,8 +2,11 @@
 //! the NIC's MAC (a new MAC is a new NIC to the guest: new interface name, lost static
 //! config) and the instance id (cloud-init re-runs per-instance modules when it changes).
 //!
-//! The file is `PET_DIR/<hostname>.state.json`, written atomically. It is created on first
-//! start and only ever changed when the operator sets a different `VM_MAC`.
+//! The file is `PET_DIR/<hostname>.state.json`, written atomically through a unique temporary
+//! name. It is created on first start and only ever changed when the operator sets a different
+//! `VM_MAC`. [`load`] and [`load_or_create`] decide (and may write) the state: callers hold the
+//! pet's [owner lock](crate::image::owner) first, so two racing first starts cannot pick two
+//! instance ids. [`peek`] only reads and needs no lock.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -64,6 +67,12 @@ pub fn derived_mac(hostname: &Hostname) -> MacAddr6 {
 
 pub fn path(pet_dir: &Path, hostname: &Hostname) -> PathBuf {
     pet_dir.join(format!("{hostname}.state.json"))
+}
+
+/// Removes the temporary files of a killed state write; returns what it removed. Only for the
+/// pet's owner.
+pub fn remove_temps(pet_dir: &Path, hostname: &Hostname) -> Vec<PathBuf> {
+    crate::atomic_file::remove_temps(&path(pet_dir, hostname), crate::atomic_file::TMP)
 }
 
 fn format_mac(mac: MacAddr6) -> String {

@@ -5,6 +5,9 @@
 //! and, at the same time, the NAT and DHCP and DNS. A SIGTERM before qemu starts stops the
 //! preparation (a partial download stays for resume) and exits 128+N; once qemu runs, it
 //! starts the graceful shutdown ladder. DHCP and DNS serve until qemu is gone.
+//!
+//! Before all of it, `run` takes the pet's [owner lock](image::owner) and holds it until it
+//! returns: the state, the overlay and the VM are this process's alone.
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -25,6 +28,9 @@ use super::launch;
 const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 pub async fn run(config: &Config) -> Result<u8, Error> {
+    // Before the HTTP server: a second `run` in the same pod is refused as a second owner (exit
+    // 8), not as a port already in use, and it changes nothing.
+    let _owner = image::owner::acquire(&config.pet_dir, &config.hostname, "run")?;
     let pid1 = Pid1::start()?;
     http::metrics::start();
     let readiness = if config.net.no_dhcp {

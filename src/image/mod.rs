@@ -12,6 +12,7 @@ pub mod fetch;
 pub mod local;
 pub mod lock;
 pub mod overlay;
+pub mod owner;
 pub mod progress;
 pub mod sink;
 pub mod source;
@@ -136,6 +137,11 @@ pub enum ImageError {
         base: PathBuf,
         base_format: &'static str,
     },
+    #[error(
+        "the pet overlay {path} is in use: {holder}. It is grown (VM_DISK_SIZE) only while no \
+         qemu has it open; stop the process that has it open, then start again"
+    )]
+    OverlayInUse { path: PathBuf, holder: String },
     #[error("interrupted by {0}; a partial download is kept and resumed on the next start")]
     Interrupted(nix::sys::signal::Signal),
     #[error("internal error: {0}")]

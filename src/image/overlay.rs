@@ -6,8 +6,17 @@
 //! afterwards only reused or grown. An overlay whose backing file is not the current base is
 //! refused: we do not guess which of the two the operator meant. Written in-process with
 //! imago; no `qemu-img` at run time.
+//!
+//! Creating and growing happen only under the pet's [owner lock](super::owner), and growing
+//! never while any process holds qemu's image locks on the file (qemu takes OFD locks on bytes
+//! of every image it opens; changing the header under a running qemu makes it mark the image
+//! corrupt and the guest see EIO).
 
+use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg};
 
 use imago::file::File as ImagoFile;
 use imago::format::PreallocateMode;
@@ -26,6 +35,20 @@ pub struct Overlay {
     pub virtual_size: u64,
     /// True when this call created it.
     pub created: bool,
+}
+
+/// `PET_DIR/<hostname>.qcow2`.
+pub fn path(pet_dir: &Path, hostname: &crate::config::Hostname) -> PathBuf {
+    pet_dir.join(format!("{hostname}.qcow2"))
+}
+
+/// The tag of the temporary file a creation writes first: `.NAME.qcow2.creating<random>`.
+const CREATING: &str = "creating";
+
+/// Removes the temporary files of killed creations of `overlay`; returns what it removed. Only
+/// for the pet's owner.
+pub fn remove_temps(overlay: &Path) -> Vec<PathBuf> {
+    crate::atomic_file::remove_temps(overlay, CREATING)
 }
 
 /// What an existing overlay records about its backing file.
@@ -151,6 +174,7 @@ pub fn ensure_overlay(
             (size, false)
         }
         Plan::Grow { from, to } => {
+            let _exclusive = lock_for_growth(overlay)?;
             let image = open(overlay, true)?;
             image
                 .resize_grow(to, PreallocateMode::None)
@@ -171,6 +195,72 @@ pub fn ensure_overlay(
         path: overlay.to_path_buf(),
         virtual_size,
         created,
+    })
+}
+
+/// A write lock over the whole overlay, held while its header changes: refused when any
+/// process holds a lock on it (a qemu that has it open), and it keeps a qemu from opening it
+/// meanwhile (qemu checks the same locks). Released when the returned file is dropped.
+fn lock_for_growth(overlay: &Path) -> Result<File, ImageError> {
+    let io_err = |source| ImageError::Overlay {
+        path: overlay.to_path_buf(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(overlay)
+        .map_err(io_err)?;
+    let mut probe = whole_file_write_lock();
+    fcntl(&file, FcntlArg::F_OFD_GETLK(&mut probe)).map_err(|e| io_err(e.into()))?;
+    if let Some(holder) = lock_holder(&probe) {
+        return Err(ImageError::OverlayInUse {
+            path: overlay.to_path_buf(),
+            holder,
+        });
+    }
+    match fcntl(&file, FcntlArg::F_OFD_SETLK(&whole_file_write_lock())) {
+        Ok(_) => Ok(file),
+        // Taken between the probe and now.
+        Err(Errno::EAGAIN | Errno::EACCES) => Err(ImageError::OverlayInUse {
+            path: overlay.to_path_buf(),
+            holder: "a process that locked it a moment ago".to_owned(),
+        }),
+        Err(e) => Err(io_err(e.into())),
+    }
+}
+
+fn whole_file_write_lock() -> libc::flock {
+    libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    }
+}
+
+/// Who holds the conflicting lock `F_OFD_GETLK` returned, or `None` when nobody does. OFD locks
+/// (qemu's) have no owning process: the kernel reports pid -1.
+fn lock_holder(probe: &libc::flock) -> Option<String> {
+    if probe.l_type == libc::F_UNLCK as libc::c_short {
+        return None;
+    }
+    let kind = if probe.l_type == libc::F_WRLCK as libc::c_short {
+        "write"
+    } else {
+        "read"
+    };
+    Some(if probe.l_pid > 0 {
+        format!(
+            "process {} holds a {kind} lock at byte {}",
+            probe.l_pid, probe.l_start
+        )
+    } else {
+        format!(
+            "an open file (qemu's image locking) holds a {kind} lock at byte {}",
+            probe.l_start
+        )
     })
 }
 
@@ -198,39 +288,30 @@ fn read(path: &Path) -> Result<Existing, ImageError> {
 }
 
 fn create(overlay: &Path, base: &Path, format: DiskFormat, size: u64) -> Result<(), ImageError> {
-    let temp = crate::atomic_file::temp_path(overlay, &format!("creating{}", std::process::id()));
+    let overlay_err = |source| ImageError::Overlay {
+        path: overlay.to_path_buf(),
+        source,
+    };
+    // Unique and exclusive; removed when `named` drops, whatever happens below.
+    let named = crate::atomic_file::unique_temp(overlay, CREATING).map_err(overlay_err)?;
+    let temp = named.path().to_path_buf();
     let err = |source| ImageError::Overlay {
         path: temp.clone(),
         source,
     };
-    let result = (|| {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temp)
+    let file = named.as_file().try_clone().map_err(err)?;
+    let storage =
+        ImagoFile::from_open_file(file, StorageOpenOptions::new().write(true).filename(&temp))
             .map_err(err)?;
-        let storage =
-            ImagoFile::from_open_file(file, StorageOpenOptions::new().write(true).filename(&temp))
-                .map_err(err)?;
-        Qcow2::<ImagoFile>::create_builder(storage)
-            .backing(base.display().to_string(), format.name().to_owned())
-            .size(size)
-            .create()
-            .map_err(err)?;
-        std::fs::File::open(&temp)
-            .and_then(|f| f.sync_all())
-            .map_err(err)?;
-        // link(2) fails if the overlay appeared meanwhile: never replace a pet disk.
-        std::fs::hard_link(&temp, overlay).map_err(|source| ImageError::Overlay {
-            path: overlay.to_path_buf(),
-            source,
-        })?;
-        crate::atomic_file::sync_parent(overlay).map_err(err)
-    })();
-    let _ = std::fs::remove_file(&temp);
-    result
+    Qcow2::<ImagoFile>::create_builder(storage)
+        .backing(base.display().to_string(), format.name().to_owned())
+        .size(size)
+        .create()
+        .map_err(err)?;
+    named.as_file().sync_all().map_err(err)?;
+    // link(2) fails if the overlay appeared meanwhile: never replace a pet disk.
+    std::fs::hard_link(&temp, overlay).map_err(overlay_err)?;
+    crate::atomic_file::sync_parent(overlay).map_err(err)
 }
 
 #[cfg(test)]
@@ -345,5 +426,74 @@ mod tests {
         let grown = ensure_overlay(&base, &overlay, Some(ByteSize(4 << 20))).expect("grow");
         assert_eq!(grown.virtual_size, 4 << 20);
         assert_eq!(read(&overlay).expect("header").virtual_size, 4 << 20);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.contains("creating")),
+            "temporary left: {names:?}"
+        );
+    }
+
+    /// A lock like the one qemu takes on byte 100 ("consistent read" permission) of an image it
+    /// has open, on its own open file description; dropping the file releases it.
+    fn hold_like_qemu(path: &Path, kind: libc::c_int) -> File {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .expect("open");
+        let lock = libc::flock {
+            l_type: kind as libc::c_short,
+            l_whence: libc::SEEK_SET as libc::c_short,
+            l_start: 100,
+            l_len: 1,
+            l_pid: 0,
+        };
+        fcntl(&file, FcntlArg::F_OFD_SETLK(&lock)).expect("OFD lock");
+        file
+    }
+
+    #[test]
+    fn an_overlay_is_never_grown_while_a_process_holds_qemus_image_locks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = dir.path().join("base.raw");
+        std::fs::write(&base, vec![0u8; 1 << 20]).expect("base");
+        let overlay = dir.path().join("vm-0.qcow2");
+        ensure_overlay(&base, &overlay, None).expect("create");
+        let before = std::fs::read(&overlay).expect("read");
+        for kind in [libc::F_RDLCK, libc::F_WRLCK] {
+            let qemu = hold_like_qemu(&overlay, kind);
+            let err = ensure_overlay(&base, &overlay, Some(ByteSize(4 << 20)))
+                .expect_err("grown under a running qemu");
+            assert!(matches!(err, ImageError::OverlayInUse { .. }), "{err}");
+            assert!(err.to_string().contains("byte 100"), "{err}");
+            assert_eq!(
+                std::fs::read(&overlay).expect("read"),
+                before,
+                "refused, yet changed"
+            );
+            // Reusing at the same size never writes, so it stays allowed.
+            ensure_overlay(&base, &overlay, None).expect("reuse while in use");
+            drop(qemu);
+        }
+        let grown = ensure_overlay(&base, &overlay, Some(ByteSize(4 << 20))).expect("grow");
+        assert_eq!(grown.virtual_size, 4 << 20);
+    }
+
+    #[test]
+    fn the_lock_probe_names_a_posix_holder_by_pid_and_qemu_by_its_locking() {
+        let mut probe = whole_file_write_lock();
+        probe.l_type = libc::F_UNLCK as libc::c_short;
+        assert_eq!(lock_holder(&probe), None);
+        probe.l_type = libc::F_RDLCK as libc::c_short;
+        probe.l_start = 201;
+        probe.l_pid = -1;
+        let ofd = lock_holder(&probe).expect("held");
+        assert!(ofd.contains("qemu") && ofd.contains("byte 201"), "{ofd}");
+        probe.l_pid = 4242;
+        let posix = lock_holder(&probe).expect("held");
+        assert!(posix.contains("process 4242"), "{posix}");
     }
 }
