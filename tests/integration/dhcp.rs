@@ -1,5 +1,5 @@
-//! Real DHCP clients (busybox udhcpc, ISC dhclient, dhcpcd) against `kvm-manager serve` on a
-//! bridge, asserting what each client applied: address, default route, resolv.conf, MTU and
+//! Real DHCP clients (busybox udhcpc, ISC dhclient, dhcpcd) against `kvm-manager network` in a
+//! simulated pod, asserting what each client applied: address, default route, resolv.conf, MTU and
 //! the hostname option.
 
 use std::time::Duration;

@@ -183,7 +183,7 @@ fn listens_on_vm_gw_only() {
     assert_eq!(port53.len(), 2, "{sockets}");
     for line in port53 {
         assert!(
-            line.contains(&format!("{VM_GW}%kmbr0:53")) || line.contains(&format!("{VM_GW}:53")),
+            line.contains(&format!("{VM_GW}%kvmbr0:53")) || line.contains(&format!("{VM_GW}:53")),
             "{line}"
         );
     }
