@@ -49,6 +49,11 @@ impl LogLimit {
     }
 }
 
+/// The `suppressed` field of a line: left out (not `suppressed=0`) while nothing was.
+pub fn shown(suppressed: u64) -> Option<u64> {
+    (suppressed > 0).then_some(suppressed)
+}
+
 /// Lines per packet: 5 of each kind per 10 s (a DHCP exchange logs one or two).
 pub const PER_PACKET: LogLimit = LogLimit::new(5, Duration::from_secs(10));
 
@@ -114,7 +119,7 @@ impl DropLog {
         tracing::warn!(
             %peer,
             error = %crate::error::render_chain(reason),
-            suppressed,
+            suppressed = shown(suppressed),
             "dropped a malformed {} packet (further drops logged at most every {}s)",
             self.what,
             self.interval.as_secs()

@@ -15,6 +15,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
 use super::codec;
+use super::drop_log::shown;
 use super::policy::{self, Decision, Destination, Event};
 use super::{DhcpStats, DropLog, Lease, LogLimits};
 
@@ -79,7 +80,7 @@ impl Server {
                 Ok(received) => received,
                 Err(e) => {
                     if let Some(suppressed) = self.lines.admit("recv") {
-                        tracing::warn!(error = %e, suppressed, "receiving a DHCP packet failed");
+                        tracing::warn!(error = %e, suppressed = shown(suppressed), "receiving a DHCP packet failed");
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
@@ -101,12 +102,12 @@ impl Server {
                     Ok((bytes, trimmed)) => {
                         if !trimmed.is_empty() {
                             if let Some(suppressed) = self.lines.admit("trimmed") {
-                                tracing::warn!(?trimmed, budget, suppressed, "the reply did not fit what the client accepts; options left out");
+                                tracing::warn!(?trimmed, budget, suppressed = shown(suppressed), "the reply did not fit what the client accepts; options left out");
                             }
                         }
                         if let Err(e) = self.send(&bytes, to).await {
                             if let Some(suppressed) = self.lines.admit("send") {
-                                tracing::warn!(error = %e, ?to, suppressed, "sending the DHCP reply failed");
+                                tracing::warn!(error = %e, ?to, suppressed = shown(suppressed), "sending the DHCP reply failed");
                             }
                             continue;
                         }
@@ -114,7 +115,7 @@ impl Server {
                     }
                     Err(e) => {
                         if let Some(suppressed) = self.lines.admit("encode") {
-                            tracing::error!(error = %crate::error::render_chain(&e), suppressed, "could not encode a DHCP reply");
+                            tracing::error!(error = %crate::error::render_chain(&e), suppressed = shown(suppressed), "could not encode a DHCP reply");
                         }
                     }
                 },
@@ -151,14 +152,14 @@ impl Server {
             Event::Offered => {
                 stats.offers.fetch_add(1, Ordering::Relaxed);
                 if let Some(suppressed) = lines.admit("offer") {
-                    tracing::info!(%vm_ip, suppressed, "DHCP offer sent");
+                    tracing::info!(%vm_ip, suppressed = shown(suppressed), "DHCP offer sent");
                 }
             }
             Event::Acked => {
                 stats.acks.fetch_add(1, Ordering::Relaxed);
                 if !*self.leased.borrow() {
                     if let Some(suppressed) = lines.admit("leased") {
-                        tracing::info!(%vm_ip, suppressed, "the VM took its DHCP lease");
+                        tracing::info!(%vm_ip, suppressed = shown(suppressed), "the VM took its DHCP lease");
                     }
                 } else {
                     tracing::debug!("DHCP lease renewed");
@@ -172,18 +173,21 @@ impl Server {
             Event::Naked { requested } => {
                 stats.naks.fetch_add(1, Ordering::Relaxed);
                 if let Some(suppressed) = lines.admit("nak") {
-                    tracing::info!(%requested, %vm_ip, suppressed, "DHCP NAK: the VM asked for another address");
+                    tracing::info!(%requested, %vm_ip, suppressed = shown(suppressed), "DHCP NAK: the VM asked for another address");
                 }
             }
             Event::Released => {
                 if let Some(suppressed) = lines.admit("released") {
-                    tracing::info!(suppressed, "the VM released its DHCP lease");
+                    tracing::info!(
+                        suppressed = shown(suppressed),
+                        "the VM released its DHCP lease"
+                    );
                 }
                 self.leased.send_replace(false);
             }
             Event::Declined => {
                 if let Some(suppressed) = lines.admit("declined") {
-                    tracing::warn!(%vm_ip, suppressed, "the VM declined its address (another host on the bridge uses it?)");
+                    tracing::warn!(%vm_ip, suppressed = shown(suppressed), "the VM declined its address (another host on the bridge uses it?)");
                 }
                 self.leased.send_replace(false);
             }
@@ -191,14 +195,14 @@ impl Server {
                 stats.ignored.fetch_add(1, Ordering::Relaxed);
                 if self.foreign.len() < MAX_FOREIGN_MACS && self.foreign.insert(*mac) {
                     if let Some(suppressed) = lines.admit("foreign") {
-                        tracing::warn!(%mac, vm_mac = %self.lease.vm_mac, suppressed, "ignoring DHCP from a MAC that is not the VM's (logged once per MAC)");
+                        tracing::warn!(%mac, vm_mac = %self.lease.vm_mac, suppressed = shown(suppressed), "ignoring DHCP from a MAC that is not the VM's (logged once per MAC)");
                     }
                 }
             }
             Event::OtherServer(server) => {
                 stats.ignored.fetch_add(1, Ordering::Relaxed);
                 if let Some(suppressed) = lines.admit("other-server") {
-                    tracing::info!(%server, suppressed, "the VM chose another DHCP server on the bridge");
+                    tracing::info!(%server, suppressed = shown(suppressed), "the VM chose another DHCP server on the bridge");
                 }
             }
             Event::Ignored(reason) => {

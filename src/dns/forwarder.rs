@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 use super::query::{self, LocalNames, Plan};
 use super::upstream::{Transport, Upstreams};
 use super::DnsStats;
+use crate::dhcp::drop_log::shown;
 use crate::dhcp::{DropLog, LogLimits};
 
 pub const PORT: u16 = 53;
@@ -94,7 +95,7 @@ async fn answer(shared: &Shared, bytes: &[u8], peer: SocketAddr, tcp: bool) -> O
                         .ok()
                         .and_then(|mut l| l.admit("servfail"));
                     if let Some(suppressed) = admitted {
-                        tracing::warn!(question = ?query.queries.first(), suppressed, "every upstream failed; answering SERVFAIL");
+                        tracing::warn!(question = ?query.queries.first(), suppressed = shown(suppressed), "every upstream failed; answering SERVFAIL");
                     }
                     Some(query::servfail(&query))
                 }

@@ -54,7 +54,10 @@ impl VmNet {
         // so that the new one can bind the same ports.
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while self.pod.pids().iter().any(|pid| is_kvm_manager(pid)) {
-            assert!(std::time::Instant::now() < deadline, "kvm-manager did not die");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "kvm-manager did not die"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         self.server = start_network(&self.pod);
@@ -133,10 +136,7 @@ hostname localhost
 
 /// `kvm-manager network` as PID 1 of `pod`, once it serves.
 fn start_network(pod: &Pod) -> Running {
-    let mut server = pod.kvm_manager(
-        &["network"],
-        &[("VM_MAC", VM_MAC), ("LOG_LEVEL", "debug")],
-    );
+    let mut server = pod.kvm_manager(&["network"], &[("VM_MAC", VM_MAC), ("LOG_LEVEL", "debug")]);
     server.wait_for_line(
         "network ready; serving DHCP and DNS",
         Duration::from_secs(30),
