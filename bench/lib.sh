@@ -22,12 +22,12 @@ setup_namespaces() {
     ip -n $NODE link add kmbn mtu 1450 type veth peer name eth0 netns $POD mtu 1450
     ip -n $NODE addr add $NODE_IP/24 dev kmbn
     ip -n $POD addr add $POD_IP/24 dev eth0
-    ip -n $POD link add kmbr0 mtu 1450 type bridge
-    ip -n $POD addr add $VM_GW/30 dev kmbr0
+    ip -n $POD link add kvmbr0 mtu 1450 type bridge
+    ip -n $POD addr add $VM_GW/30 dev kvmbr0
     ip -n $POD link add kmbv mtu 1450 type veth peer name eth0 netns $VM
-    ip -n $POD link set kmbv master kmbr0
+    ip -n $POD link set kmbv master kvmbr0
     ip -n $VM link set eth0 address $VM_MAC
-    for l in "$NODE kmbn" "$POD eth0" "$POD kmbr0" "$POD kmbv" "$VM eth0"; do ip -n ${l% *} link set ${l#* } up; done
+    for l in "$NODE kmbn" "$POD eth0" "$POD kvmbr0" "$POD kmbv" "$VM eth0"; do ip -n ${l% *} link set ${l#* } up; done
     for ns in $NODE $POD $VM; do ip -n $ns link set lo up; done
     ip -n $POD route add default via $NODE_IP
     mkdir -p "$WORK/pet"
@@ -35,10 +35,12 @@ setup_namespaces() {
         $NODE_IP > "$WORK/resolv.conf"
 }
 
-# kvm-manager serve on the bridge, in the pod namespace; waits until it serves.
+# `kvm-manager network` in the pod namespace (it reuses the bridge, adds its tap and NAT and
+# serves DHCP and DNS), reading $WORK/resolv.conf as /etc/resolv.conf; waits until it serves.
 start_ours() {
-    ip netns exec $POD env VM_MAC=$VM_MAC PET_DIR="$WORK/pet" RESOLV_CONF="$WORK/resolv.conf" \
-        LOG_LEVEL=warn "$BIN" serve --bridge kmbr0 > "$WORK/ours.log" 2>&1 &
+    ip netns exec $POD unshare --mount sh -c 'mount --bind "$0" /etc/resolv.conf && exec "$@"' \
+        "$WORK/resolv.conf" env VM_MAC=$VM_MAC PET_DIR="$WORK/pet" HTTP_PORT=0 \
+        LOG_LEVEL=warn "$BIN" network > "$WORK/ours.log" 2>&1 &
     OURS=$!
     PIDS+=($OURS)
     for _ in $(seq 100); do

@@ -2,6 +2,7 @@
 
 mod launch;
 mod run;
+mod services;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -48,10 +49,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
     });
     let log = config::parse_log(&cli.settings)?;
     let sink = match command {
-        Command::Run { .. }
-        | Command::Network
-        | Command::Supervise { .. }
-        | Command::Serve { .. } => Sink::Stdout,
+        Command::Run { .. } | Command::Network | Command::Supervise { .. } => Sink::Stdout,
         Command::Image
         | Command::ConfigDrive { .. }
         | Command::QemuArgs { .. }
@@ -83,10 +81,6 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 .map_err(crate::qemu::QemuError::from)?;
             Ok(0)
         }
-        Command::Serve {
-            bridge,
-            resolv_conf,
-        } => serve(&config, bridge, &resolv_conf),
     }
 }
 
@@ -147,7 +141,8 @@ fn supervise(config: &Config, argv: Vec<std::ffi::OsString>) -> Result<u8, Error
     })
 }
 
-/// `kvm-manager network`: reconcile bridge, tap and NAT, print the plan, stay until SIGTERM.
+/// `kvm-manager network`: reconcile bridge, tap and NAT, print the plan, then serve DHCP and
+/// DNS (the same [`services::Services`] as `run`) until SIGTERM.
 fn network(config: &Config) -> Result<u8, Error> {
     let _owner = owner::acquire(&config.pet_dir, &config.hostname, "network")?;
     let runtime = runtime()?;
@@ -159,11 +154,13 @@ fn network(config: &Config) -> Result<u8, Error> {
         let pod = net::discover().await?;
         let plan = net::plan(&config.net, &pod, vm_mac)?;
         net::apply(&plan, pid1.reaper()).await?;
+        let services = services::Services::start(config, &plan).await?;
         // The plan is this subcommand's product: stdout, not a log line.
         let _ = writeln!(std::io::stdout().lock(), "{plan}");
-        tracing::info!(bridge = %plan.bridge, tap = %plan.tap, "network ready; waiting for SIGTERM");
+        tracing::info!(bridge = %plan.bridge, tap = %plan.tap, "network ready; serving DHCP and DNS until SIGTERM");
         let signal = pid1.shutdown_requested().await;
         tracing::info!(%signal, "shutting down");
+        drop(services);
         Ok(0)
     })
 }
@@ -180,39 +177,6 @@ fn qemu_args(config: &Config) -> Result<u8, Error> {
         for arg in crate::qemu::args::build(&launch) {
             let _ = writeln!(out, "{}", arg.to_string_lossy());
         }
-        Ok(0)
-    })
-}
-
-/// Serves DHCP and DNS on an existing bridge until SIGTERM (the test hook for `dhcp`/`dns`).
-fn serve(config: &Config, bridge: String, resolv_conf: &std::path::Path) -> Result<u8, Error> {
-    // It may create the state file (the MAC).
-    let _owner = owner::acquire(&config.pet_dir, &config.hostname, "serve")?;
-    let runtime = runtime()?;
-    runtime.block_on(async {
-        let pid1 = Pid1::start()?;
-        let cfg = crate::dhcp::ServeConfig {
-            mtu: crate::dhcp::device_mtu(&bridge)?,
-            bridge,
-            vm_ip: config.net.vm_ip,
-            vm_gw: config.net.vm_gw,
-            vm_mac: crate::state::load_or_create(
-                &config.pet_dir,
-                &config.hostname,
-                config.net.vm_mac,
-            )?
-            .mac(),
-            hostname: config.hostname.clone(),
-            dns_mode: config.net.dns_mode,
-            resolv: crate::dns::ResolvConf::load(resolv_conf)
-                .map_err(crate::dns::DnsError::from)?,
-            no_dhcp: config.net.no_dhcp,
-        };
-        let _dhcp = crate::dhcp::serve(&cfg).await?;
-        let _dns = crate::dns::serve(&cfg).await?;
-        tracing::info!(bridge = %cfg.bridge, "serving DHCP and DNS until SIGTERM");
-        let signal = pid1.shutdown_requested().await;
-        tracing::info!(%signal, "stopping");
         Ok(0)
     })
 }

@@ -72,22 +72,6 @@ pub enum Command {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<OsString>,
     },
-    /// Serve DHCP and DNS on an existing bridge that carries VM_GW, until SIGTERM.
-    /// A test hook for the DHCP server and DNS forwarder, not part of the contract.
-    #[command(hide = true)]
-    Serve {
-        /// The bridge to serve on.
-        #[arg(long, value_name = "NAME")]
-        bridge: String,
-        /// The pod's resolver configuration.
-        #[arg(
-            long,
-            env = "RESOLV_CONF",
-            default_value = "/etc/resolv.conf",
-            value_name = "PATH"
-        )]
-        resolv_conf: PathBuf,
-    },
 }
 
 /// The contract: raw strings as given; parsed and validated by [`crate::config`].

@@ -11,7 +11,6 @@
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,12 +19,10 @@ use crate::error::{exit, Error};
 use crate::http::{self, Phase, Readiness, VmStatus};
 use crate::pid1::Pid1;
 use crate::qemu::{self, attach, QemuError};
-use crate::{configdrive, dhcp, dns, image, net, state};
+use crate::{configdrive, image, net, state};
 
 use super::launch;
-
-/// The pod's resolver configuration (the kubelet writes it).
-const RESOLV_CONF: &str = "/etc/resolv.conf";
+use super::services::Services;
 
 pub async fn run(config: &Config) -> Result<u8, Error> {
     // Before the HTTP server: a second `run` in the same pod is refused as a second owner (exit
@@ -227,46 +224,4 @@ async fn prepare(config: &Config) -> Result<(qemu::args::Launch, Network), Error
     let ((), (), (), (plan, nft)) = tokio::try_join!(state_saved, disk, drive, network)?;
     let launch = launch::decide(config, Some(&plan))?;
     Ok((launch, Network { plan, nft }))
-}
-
-/// DHCP and DNS for the VM; dropping this stops them.
-struct Services {
-    dhcp: dhcp::DhcpServer,
-    dns: dns::DnsServer,
-}
-
-impl Services {
-    async fn start(config: &Config, plan: &net::NetPlan) -> Result<Self, Error> {
-        let resolv = dns::ResolvConf::load(Path::new(RESOLV_CONF)).map_err(dns::DnsError::from)?;
-        tracing::info!(nameservers = ?resolv.nameservers, search = ?resolv.search, "pod resolver");
-        let cfg = dhcp::ServeConfig {
-            bridge: plan.bridge.clone(),
-            vm_ip: plan.vm_ip,
-            vm_gw: plan.vm_gw,
-            vm_mac: plan.vm_mac,
-            mtu: plan.mtu,
-            hostname: config.hostname.clone(),
-            dns_mode: config.net.dns_mode,
-            resolv,
-            no_dhcp: config.net.no_dhcp,
-        };
-        let dhcp = dhcp::serve(&cfg).await?;
-        let dns = dns::serve(&cfg).await?;
-        Ok(Self { dhcp, dns })
-    }
-
-    /// Exports the servers' counters and feeds readiness from the lease until the runtime ends.
-    fn report(&self, status: &Arc<VmStatus>) {
-        http::metrics::watch_services(self.dhcp.stats_handle(), self.dns.stats_handle());
-        let status = Arc::clone(status);
-        let mut leased = self.dhcp.lease_watch();
-        tokio::spawn(async move {
-            loop {
-                status.set_lease(*leased.borrow_and_update());
-                if leased.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
 }

@@ -8,6 +8,10 @@ use macaddr::MacAddr6;
 use super::{choice, invalid, non_empty, ConfigError, DnsMode, NetConfig, VNC_PORT};
 use crate::cli::Settings;
 
+/// The ports of our DNS forwarder and DHCP server on the bridge.
+const DNS_PORT: u16 = 53;
+const DHCP_PORT: u16 = 67;
+
 pub(super) fn parse_net(settings: &Settings) -> Result<NetConfig, ConfigError> {
     let vm_ip = parse_ipv4("VM_IP", &settings.vm_ip)?;
     let vm_gw = parse_ipv4("VM_GW", &settings.vm_gw)?;
@@ -29,13 +33,13 @@ pub(super) fn parse_net(settings: &Settings) -> Result<NetConfig, ConfigError> {
             "use 1-65535, or 0 to disable",
         )
     })?;
-    if port == VNC_PORT && !settings.no_vnc {
-        return Err(invalid(
-            "HTTP_PORT",
-            &settings.http_port,
-            "qemu's VNC server uses port 5900",
-            "choose another port, or set NO_VNC",
-        ));
+    if let Some(reason) = port_collision(port, settings.no_vnc) {
+        let fix = if port == VNC_PORT {
+            "choose another port (the default is 8080), or set NO_VNC"
+        } else {
+            "choose another port (the default is 8080)"
+        };
+        return Err(invalid("HTTP_PORT", &settings.http_port, reason, fix));
     }
     let ready_port = match settings.ready_port.trim().parse::<u16>() {
         Ok(port @ 1..) => port,
@@ -58,6 +62,17 @@ pub(super) fn parse_net(settings: &Settings) -> Result<NetConfig, ConfigError> {
         http_port: (port != 0).then_some(port),
         ready_port,
     })
+}
+
+/// Why `port` cannot be our HTTP port: the pod already uses it for the VM. Caught here,
+/// because a clash found by `bind` comes after qemu started and points at the wrong cause.
+fn port_collision(port: u16, no_vnc: bool) -> Option<&'static str> {
+    match port {
+        DNS_PORT => Some("our DNS forwarder serves the VM on port 53"),
+        DHCP_PORT => Some("our DHCP server uses port 67"),
+        VNC_PORT if !no_vnc => Some("qemu's VNC server uses port 5900"),
+        _ => None,
+    }
 }
 
 fn parse_ipv4(var: &'static str, raw: &str) -> Result<Ipv4Addr, ConfigError> {
@@ -139,4 +154,45 @@ fn parse_mac(raw: &str) -> Result<MacAddr6, ConfigError> {
         return Err(invalid("VM_MAC", raw, "a multicast address", FIX));
     }
     Ok(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::Cli;
+
+    fn parse(args: &[&str]) -> Result<NetConfig, ConfigError> {
+        let argv = ["kvm-manager"].iter().chain(args);
+        parse_net(
+            &Cli::try_parse_from(argv)
+                .expect("valid clap input")
+                .settings,
+        )
+    }
+
+    #[test]
+    fn http_port_on_a_port_of_dns_dhcp_or_vnc_is_rejected_naming_the_variable_and_fix() {
+        for (args, reason) in [
+            (&["--http-port", "53"][..], "DNS forwarder"),
+            (&["--http-port", "67"][..], "DHCP server"),
+            (&["--http-port", "5900"][..], "VNC"),
+            (&["--http-port", "53", "--no-vnc"][..], "DNS forwarder"),
+        ] {
+            let message = parse(args).expect_err("a colliding port").to_string();
+            assert!(message.starts_with("HTTP_PORT (--http-port)"), "{message}");
+            assert!(message.contains(reason), "{args:?}: {message}");
+            assert!(message.contains("Fix: choose another port"), "{message}");
+        }
+    }
+
+    #[test]
+    fn http_port_5900_is_fine_without_vnc_and_other_ports_always() {
+        let net = parse(&["--http-port", "5900", "--no-vnc"]).expect("no VNC, no clash");
+        assert_eq!(net.http_port, Some(5900));
+        for port in ["52", "54", "68", "8080", "0"] {
+            parse(&["--http-port", port]).expect("no clash");
+        }
+    }
 }

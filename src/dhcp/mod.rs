@@ -22,7 +22,7 @@ use tokio::task::AbortHandle;
 use crate::config::{DnsMode, Hostname};
 use crate::dns::ResolvConf;
 
-pub use drop_log::DropLog;
+pub use drop_log::{DropLog, LogLimits};
 pub use lease::Lease;
 
 /// What the DHCP server and the DNS forwarder serve, decided before they start.

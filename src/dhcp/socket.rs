@@ -15,8 +15,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
 use super::codec;
+use super::drop_log::shown;
 use super::policy::{self, Decision, Destination, Event};
-use super::{DhcpStats, DropLog, Lease};
+use super::{DhcpStats, DropLog, Lease, LogLimits};
 
 pub const SERVER_PORT: u16 = 67;
 pub const CLIENT_PORT: u16 = 68;
@@ -28,6 +29,9 @@ const MAX_FOREIGN_MACS: usize = 256;
 pub fn bind(bridge: &str) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     socket.bind_device(Some(bridge.as_bytes()))?;
+    // Our broadcast replies loop back into the bridge's input; the mark tells the NAT's
+    // anti-spoofing chain that they are ours, not the VM's.
+    crate::net::nat::mark_own(&socket);
     socket.set_reuse_address(true)?;
     socket.set_broadcast(true)?;
     socket.set_nonblocking(true)?;
@@ -43,6 +47,8 @@ pub struct Server {
     stats: Arc<DhcpStats>,
     leased: watch::Sender<bool>,
     malformed: DropLog,
+    /// Every per-packet line: a flooding guest must not flood the pod's log.
+    lines: LogLimits,
     foreign: HashSet<macaddr::MacAddr6>,
 }
 
@@ -61,6 +67,7 @@ impl Server {
             stats,
             leased,
             malformed: DropLog::new("DHCP"),
+            lines: LogLimits::default(),
             foreign: HashSet::new(),
         }
     }
@@ -72,7 +79,9 @@ impl Server {
             let (len, peer) = match self.socket.recv_from(&mut buf).await {
                 Ok(received) => received,
                 Err(e) => {
-                    tracing::warn!(error = %e, "receiving a DHCP packet failed");
+                    if let Some(suppressed) = self.lines.admit("recv") {
+                        tracing::warn!(error = %e, suppressed = shown(suppressed), "receiving a DHCP packet failed");
+                    }
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
@@ -89,23 +98,27 @@ impl Server {
             let budget = codec::reply_budget(&request, self.lease.mtu);
             match policy::decide(&self.lease, &request) {
                 Decision::Silent(event) => self.note(&event),
-                Decision::Reply { message, to, event } => {
-                    match codec::encode(*message, budget) {
-                        Ok((bytes, trimmed)) => {
-                            if !trimmed.is_empty() {
-                                tracing::warn!(?trimmed, budget, "the reply did not fit what the client accepts; options left out");
+                Decision::Reply { message, to, event } => match codec::encode(*message, budget) {
+                    Ok((bytes, trimmed)) => {
+                        if !trimmed.is_empty() {
+                            if let Some(suppressed) = self.lines.admit("trimmed") {
+                                tracing::warn!(?trimmed, budget, suppressed = shown(suppressed), "the reply did not fit what the client accepts; options left out");
                             }
-                            if let Err(e) = self.send(&bytes, to).await {
-                                tracing::warn!(error = %e, ?to, "sending the DHCP reply failed");
-                                continue;
-                            }
-                            self.note(&event);
                         }
-                        Err(e) => {
-                            tracing::error!(error = %crate::error::render_chain(&e), "could not encode a DHCP reply");
+                        if let Err(e) = self.send(&bytes, to).await {
+                            if let Some(suppressed) = self.lines.admit("send") {
+                                tracing::warn!(error = %e, ?to, suppressed = shown(suppressed), "sending the DHCP reply failed");
+                            }
+                            continue;
+                        }
+                        self.note(&event);
+                    }
+                    Err(e) => {
+                        if let Some(suppressed) = self.lines.admit("encode") {
+                            tracing::error!(error = %crate::error::render_chain(&e), suppressed = shown(suppressed), "could not encode a DHCP reply");
                         }
                     }
-                }
+                },
             }
         }
     }
@@ -133,15 +146,21 @@ impl Server {
 
     fn note(&mut self, event: &Event) {
         let stats = &self.stats;
+        let vm_ip = self.lease.vm_ip;
+        let lines = &mut self.lines;
         match event {
             Event::Offered => {
                 stats.offers.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(vm_ip = %self.lease.vm_ip, "DHCP offer sent");
+                if let Some(suppressed) = lines.admit("offer") {
+                    tracing::info!(%vm_ip, suppressed = shown(suppressed), "DHCP offer sent");
+                }
             }
             Event::Acked => {
                 stats.acks.fetch_add(1, Ordering::Relaxed);
                 if !*self.leased.borrow() {
-                    tracing::info!(vm_ip = %self.lease.vm_ip, "the VM took its DHCP lease");
+                    if let Some(suppressed) = lines.admit("leased") {
+                        tracing::info!(%vm_ip, suppressed = shown(suppressed), "the VM took its DHCP lease");
+                    }
                 } else {
                     tracing::debug!("DHCP lease renewed");
                 }
@@ -153,25 +172,38 @@ impl Server {
             }
             Event::Naked { requested } => {
                 stats.naks.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(%requested, vm_ip = %self.lease.vm_ip, "DHCP NAK: the VM asked for another address");
+                if let Some(suppressed) = lines.admit("nak") {
+                    tracing::info!(%requested, %vm_ip, suppressed = shown(suppressed), "DHCP NAK: the VM asked for another address");
+                }
             }
             Event::Released => {
-                tracing::info!("the VM released its DHCP lease");
+                if let Some(suppressed) = lines.admit("released") {
+                    tracing::info!(
+                        suppressed = shown(suppressed),
+                        "the VM released its DHCP lease"
+                    );
+                }
                 self.leased.send_replace(false);
             }
             Event::Declined => {
-                tracing::warn!(vm_ip = %self.lease.vm_ip, "the VM declined its address (another host on the bridge uses it?)");
+                if let Some(suppressed) = lines.admit("declined") {
+                    tracing::warn!(%vm_ip, suppressed = shown(suppressed), "the VM declined its address (another host on the bridge uses it?)");
+                }
                 self.leased.send_replace(false);
             }
             Event::ForeignMac(mac) => {
                 stats.ignored.fetch_add(1, Ordering::Relaxed);
                 if self.foreign.len() < MAX_FOREIGN_MACS && self.foreign.insert(*mac) {
-                    tracing::warn!(%mac, vm_mac = %self.lease.vm_mac, "ignoring DHCP from a MAC that is not the VM's (logged once per MAC)");
+                    if let Some(suppressed) = lines.admit("foreign") {
+                        tracing::warn!(%mac, vm_mac = %self.lease.vm_mac, suppressed = shown(suppressed), "ignoring DHCP from a MAC that is not the VM's (logged once per MAC)");
+                    }
                 }
             }
             Event::OtherServer(server) => {
                 stats.ignored.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(%server, "the VM chose another DHCP server on the bridge");
+                if let Some(suppressed) = lines.admit("other-server") {
+                    tracing::info!(%server, suppressed = shown(suppressed), "the VM chose another DHCP server on the bridge");
+                }
             }
             Event::Ignored(reason) => {
                 stats.ignored.fetch_add(1, Ordering::Relaxed);

@@ -5,13 +5,15 @@
 //! a pool of random-port sockets for the same reason. Each socket is connected to the upstream,
 //! so only the upstream can answer on it, and an ICMP "port unreachable" shows up as
 //! ECONNREFUSED on that socket: every query waiting on it fails at once, and the caller
-//! fails over immediately instead of waiting out its timeout.
+//! fails over immediately instead of waiting out its timeout. The sockets carry
+//! [`crate::net::nat::LOCAL_MARK`], so the NAT leaves them alone.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use socket2::{Domain, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
@@ -46,10 +48,13 @@ impl Exchange {
         let mut sockets = Vec::with_capacity(POOL);
         let mut tasks = Vec::with_capacity(POOL);
         for index in 0..POOL {
-            let socket = std::net::UdpSocket::bind((local, 0))?;
-            socket.connect(server)?;
+            let socket = Socket::new(Domain::for_address(server), Type::DGRAM, None)?;
+            // A nameserver on the pod IP is ours to ask, not the VM's to answer.
+            crate::net::nat::mark_own(&socket);
+            socket.bind(&SocketAddr::new(local, 0).into())?;
+            socket.connect(&server.into())?;
             socket.set_nonblocking(true)?;
-            let socket = Arc::new(UdpSocket::from_std(socket)?);
+            let socket = Arc::new(UdpSocket::from_std(socket.into())?);
             tasks.push(
                 tokio::spawn(receive(Arc::clone(&socket), index, Arc::clone(&pending)))
                     .abort_handle(),

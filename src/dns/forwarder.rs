@@ -16,7 +16,8 @@ use tokio::sync::Semaphore;
 use super::query::{self, LocalNames, Plan};
 use super::upstream::{Transport, Upstreams};
 use super::DnsStats;
-use crate::dhcp::DropLog;
+use crate::dhcp::drop_log::shown;
+use crate::dhcp::{DropLog, LogLimits};
 
 pub const PORT: u16 = 53;
 /// Queries relayed at once over UDP; beyond this, new ones are dropped (the VM retries).
@@ -34,6 +35,8 @@ pub struct Shared {
     pub upstreams: Upstreams,
     pub stats: Arc<DnsStats>,
     pub malformed: std::sync::Mutex<DropLog>,
+    /// Per-query lines (SERVFAIL): a flooding guest must not flood the pod's log.
+    pub lines: std::sync::Mutex<LogLimits>,
 }
 
 pub fn bind_udp(bridge: &str, ip: Ipv4Addr) -> std::io::Result<UdpSocket> {
@@ -86,7 +89,14 @@ async fn answer(shared: &Shared, bytes: &[u8], peer: SocketAddr, tcp: bool) -> O
                 }
                 None => {
                     stats.servfail.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(question = ?query.queries.first(), "every upstream failed; answering SERVFAIL");
+                    let admitted = shared
+                        .lines
+                        .lock()
+                        .ok()
+                        .and_then(|mut l| l.admit("servfail"));
+                    if let Some(suppressed) = admitted {
+                        tracing::warn!(question = ?query.queries.first(), suppressed = shown(suppressed), "every upstream failed; answering SERVFAIL");
+                    }
                     Some(query::servfail(&query))
                 }
             }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tokio::task::AbortHandle;
 
 use crate::config::DnsMode;
-use crate::dhcp::{DropLog, ServeConfig};
+use crate::dhcp::{DropLog, LogLimits, ServeConfig};
 
 pub use resolv_conf::{ResolvConf, ResolvConfError};
 
@@ -112,6 +112,7 @@ pub async fn serve(cfg: &ServeConfig) -> Result<DnsServer, DnsError> {
         upstreams,
         stats: Arc::clone(&stats),
         malformed: std::sync::Mutex::new(DropLog::new("DNS")),
+        lines: std::sync::Mutex::new(LogLimits::default()),
     });
     tracing::info!(listen = %cfg.vm_gw, upstreams = ?cfg.resolv.nameservers, "serving DNS");
     tasks.push(tokio::spawn(forwarder::serve_udp(udp, Arc::clone(&shared))).abort_handle());

@@ -133,6 +133,20 @@ async fn udp(
     Ok((bytes, message))
 }
 
+/// A TCP connection to `server` from a socket marked as ours: without the mark, a nameserver
+/// on 127.0.0.1 or the pod IP would be DNAT'ed to the VM like `kubectl port-forward` is.
+async fn connect_marked(server: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(server),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    crate::net::nat::mark_own(&socket);
+    socket.set_nonblocking(true)?;
+    let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
+    socket.connect(server).await
+}
+
 async fn tcp(
     server: SocketAddr,
     raw: &[u8],
@@ -140,7 +154,7 @@ async fn tcp(
     deadline: Instant,
 ) -> std::io::Result<(Vec<u8>, Message)> {
     let exchange = async {
-        let mut stream = TcpStream::connect(server).await?;
+        let mut stream = connect_marked(server).await?;
         let len = u16::try_from(raw.len()).map_err(|_| std::io::ErrorKind::InvalidInput)?;
         let mut framed = Vec::with_capacity(raw.len() + 2);
         framed.extend_from_slice(&len.to_be_bytes());

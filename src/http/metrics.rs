@@ -8,7 +8,8 @@
 //! renewals), `dns_queries_total{kind}`, `dns_failures_total{kind}`,
 //! `dns_upstream_queries_total{upstream}`, `dns_upstream_failures_total{upstream}`,
 //! `image_download_bytes_total`, `image_state{state}`, `qemu_up`,
-//! `vm_phase{phase}`, `guest_shutdowns_total{how}`, `starts_total`.
+//! `vm_phase{phase}`, `guest_shutdowns_total{how}`, `starts_total`, `spoofed_packets_total`
+//! (packets from the VM with a forged source, dropped: the nft counter, read at each scrape).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, LazyLock, OnceLock};
@@ -98,6 +99,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         dns_upstream_failures.clone(),
     );
     registry.register_collector(Box::new(ServiceCounters));
+    registry.register_collector(Box::new(SpoofedPackets));
     Metrics {
         registry,
         starts,
@@ -201,6 +203,36 @@ pub fn watch_services(dhcp: Arc<DhcpStats>, dns: Arc<DnsStats>) {
     let _ = SERVICES.set((dhcp, dns));
 }
 
+/// Reads the count of spoofed packets the firewall dropped.
+pub type SpoofedReader = fn() -> std::io::Result<u64>;
+
+static SPOOFED: OnceLock<SpoofedReader> = OnceLock::new();
+
+/// Exports the firewall's count of dropped spoofed packets, read by `reader` at each scrape
+/// (once per process: later calls are ignored).
+pub fn watch_spoofed(reader: SpoofedReader) {
+    let _ = SPOOFED.set(reader);
+}
+
+#[derive(Debug)]
+struct SpoofedPackets;
+
+impl Collector for SpoofedPackets {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // Not exported until the table exists, rather than a made-up zero.
+        let Some(Ok(count)) = SPOOFED.get().map(|read| read()) else {
+            return Ok(());
+        };
+        let metric = encoder.encode_descriptor(
+            "kvm_manager_spoofed_packets",
+            "Packets from the VM with a source address other than VM_IP, dropped",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(count).encode(metric)
+    }
+}
+
 #[derive(Debug)]
 struct ServiceCounters;
 
@@ -295,5 +327,17 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn the_firewall_count_of_spoofed_packets_is_read_at_each_scrape() {
+        watch_spoofed(|| Ok(42));
+        let text = render();
+        for line in [
+            "# TYPE kvm_manager_spoofed_packets counter",
+            "kvm_manager_spoofed_packets_total 42",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
     }
 }

@@ -10,6 +10,7 @@ pub mod discover;
 pub mod host;
 pub mod nat;
 pub mod plan;
+pub mod spoof;
 pub mod tap;
 
 use std::net::Ipv4Addr;

@@ -14,6 +14,12 @@
 //!   source (a 127.0.0.1 or pod-IP source would be a martian to the kernel on the way back);
 //!   the VM's traffic leaving the uplink gets the pod IP.
 //! - `forward`: TCP MSS clamped to the route MTU in both directions.
+//! - `antispoof` (before conntrack): what arrives from the bridge must come from `VM_IP`, or
+//!   from 0.0.0.0 (a DHCP client without an address; the kernel never forwards a zero
+//!   source), or carry [`LOCAL_MARK`] (our own broadcasts, looped back to the bridge). Anything
+//!   else is a forged source: dropped and counted in the named counter [`SPOOFED_COUNTER`],
+//!   which `/metrics` reads. IPv6 is not in this table: kvm-manager forwards none, so the
+//!   VM's link-local IPv6 address stays usable on the bridge.
 
 use std::fmt::Write as _;
 use std::io::ErrorKind;
@@ -30,8 +36,19 @@ use crate::pid1::{Pid1Error, Reaper};
 pub const TABLE: &str = "kvm_manager";
 
 /// Packets from sockets with this `SO_MARK` are never NAT'ed: kvm-manager's own traffic, e.g.
-/// the DNS forwarder's queries to a resolver on 127.0.0.1.
+/// the DNS forwarder's queries to a resolver on 127.0.0.1 (set by [`mark_own`]).
 pub const LOCAL_MARK: u32 = 0x4b4d;
+
+/// The named counter of packets from the VM with a forged source address.
+pub const SPOOFED_COUNTER: &str = "spoofed";
+
+/// Marks one of our sockets with [`LOCAL_MARK`]. Needs CAP_NET_ADMIN, which the NAT needs
+/// too; without it (no NAT then) the socket is left unmarked.
+pub fn mark_own(socket: &socket2::Socket) {
+    if let Err(e) = socket.set_mark(LOCAL_MARK) {
+        tracing::debug!(error = %e, "could not mark our socket; it is NAT'ed like any other");
+    }
+}
 
 /// The complete `nft -f -` input for `plan`.
 pub fn ruleset(plan: &NetPlan) -> String {
@@ -91,6 +108,15 @@ pub fn ruleset(plan: &NetPlan) -> String {
     line!("\tchain forward {{");
     line!("\t\ttype filter hook forward priority mangle; policy accept;");
     line!("\t\ttcp flags syn tcp option maxseg size set rt mtu");
+    line!("\t}}");
+    line!("\tcounter {SPOOFED_COUNTER} {{");
+    line!("\t}}");
+    line!("\tchain antispoof {{");
+    line!("\t\ttype filter hook prerouting priority raw; policy accept;");
+    line!("\t\tiifname != \"{bridge}\" return");
+    line!("\t\tmeta mark {LOCAL_MARK:#x} return");
+    line!("\t\tip saddr {{ {vm}, 0.0.0.0 }} return");
+    line!("\t\tcounter name \"{SPOOFED_COUNTER}\" drop");
     line!("\t}}");
     line!("}}");
     out

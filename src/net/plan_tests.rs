@@ -237,3 +237,36 @@ fn printed_plan_lists_bridge_tap_exclusions_and_ruleset() {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
 }
+
+#[test]
+fn the_vm_may_send_only_from_vm_ip_and_forged_sources_are_dropped_and_counted() {
+    let plan = planned(&NetConfig {
+        vm_ip: Ipv4Addr::new(10, 9, 8, 2),
+        vm_gw: Ipv4Addr::new(10, 9, 8, 1),
+        ..net()
+    });
+    let chain: Vec<&str> = plan
+        .ruleset
+        .lines()
+        .skip_while(|l| !l.contains("chain antispoof"))
+        .map(str::trim)
+        .take_while(|l| *l != "}")
+        .collect();
+    assert_eq!(
+        chain,
+        [
+            "chain antispoof {",
+            // Before conntrack: a forged flood creates no connection-tracking entries.
+            "type filter hook prerouting priority raw; policy accept;",
+            "iifname != \"kvmbr0\" return",
+            "meta mark 0x4b4d return",
+            "ip saddr { 10.9.8.2, 0.0.0.0 } return",
+            "counter name \"spoofed\" drop",
+        ]
+    );
+    assert!(
+        plan.ruleset.contains("\tcounter spoofed {\n"),
+        "{}",
+        plan.ruleset
+    );
+}

@@ -1,11 +1,11 @@
-//! Real DHCP clients (busybox udhcpc, ISC dhclient, dhcpcd) against `kvm-manager serve` on a
-//! bridge, asserting what each client applied: address, default route, resolv.conf, MTU and
+//! Real DHCP clients (busybox udhcpc, ISC dhclient, dhcpcd) against `kvm-manager network` in a
+//! simulated pod, asserting what each client applied: address, default route, resolv.conf, MTU and
 //! the hostname option.
 
 use std::time::Duration;
 
 use crate::support::require_root;
-use crate::vmnet::{describe, VmNet, HOSTNAME, MTU, VM_GW, VM_IP};
+use crate::vmnet::{describe, VmNet, HOSTNAME, MTU, VM_GW, VM_IP, VM_MAC};
 
 const SEARCH: &str = "search default.svc.cluster.local svc.cluster.local cluster.local";
 
@@ -290,4 +290,144 @@ fn udhcpc_asking_for_broadcast_replies_gets_the_lease() {
         "{}",
         describe(&out)
     );
+}
+
+/// Sends `count` valid DHCPDISCOVERs from `mac` out of `eth0` as a client without an address
+/// does (a raw frame from 0.0.0.0:68 to the broadcast address), one every half millisecond.
+const DISCOVERS: &str = r#"
+import socket, struct, sys, time, random
+mac = bytes.fromhex(sys.argv[1].replace(":", ""))
+count = int(sys.argv[2])
+def checksum(b):
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xffff); s += s >> 16
+    return ~s & 0xffff
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+for _ in range(count):
+    bootp = struct.pack("!BBBBIHH4s4s4s4s16s64s128s", 1, 1, 6, 0, random.getrandbits(32), 0, 0,
+                        bytes(4), bytes(4), bytes(4), bytes(4), mac, bytes(64), bytes(128))
+    bootp += bytes([99, 130, 83, 99, 53, 1, 1, 255])
+    udp = struct.pack("!HHHH", 68, 67, 8 + len(bootp), 0) + bootp
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, bytes(4), b"\xff" * 4)
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+    s.send(b"\xff" * 6 + mac + b"\x08\x00" + ip + udp)
+    time.sleep(0.0005)
+"#;
+
+#[test]
+fn a_flood_of_valid_discovers_logs_a_few_lines_and_the_count_left_out() {
+    if !require_root("a_flood_of_valid_discovers_logs_a_few_lines_and_the_count_left_out") {
+        return;
+    }
+    let mut net = VmNet::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(&resolv, "").expect("resolv.conf");
+    let flood = |count: &str| {
+        let out = net.in_vm(
+            net.vm_ns(),
+            &resolv,
+            r#"exec python3 -c "$FLOOD" "$MAC" "$COUNT""#,
+            &[("FLOOD", DISCOVERS), ("MAC", VM_MAC), ("COUNT", count)],
+        );
+        assert!(out.status.success(), "flood: {}", describe(&out));
+    };
+    flood("2000");
+    // The next line after the window (10 s) says how many offers went unlogged.
+    std::thread::sleep(Duration::from_secs(11));
+    flood("1");
+    let line = net
+        .server
+        .wait_for_line("suppressed=", Duration::from_secs(30));
+    assert!(line.contains("DHCP offer sent"), "{line}");
+    let suppressed: u64 = line
+        .split("suppressed=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {line}"));
+    assert!(
+        suppressed >= 500,
+        "the flood did not reach the server: {line}"
+    );
+    let offers = net
+        .server
+        .seen
+        .iter()
+        .filter(|l| l.contains("DHCP offer sent"))
+        .count();
+    assert!(
+        offers <= 20,
+        "{offers} offer lines for 2001 offers:\n{}",
+        net.server.output()
+    );
+}
+
+/// Our nft table's rules as `nft -j` lists them, without handles.
+fn rules(net: &VmNet) -> Vec<String> {
+    let out = net
+        .pod
+        .exec("nft")
+        .args(["-j", "list", "table", "ip", "kvm_manager"])
+        .output()
+        .expect("nft");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nft -j output");
+    json["nftables"]
+        .as_array()
+        .expect("nftables array")
+        .iter()
+        .filter_map(|o| o.get("rule"))
+        .map(|rule| {
+            let mut rule = rule.clone();
+            if let Some(map) = rule.as_object_mut() {
+                map.remove("handle");
+            }
+            rule.to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn a_restart_of_network_in_the_same_pod_converges_with_the_same_lease_and_no_duplicate_rule() {
+    if !require_root(
+        "a_restart_of_network_in_the_same_pod_converges_with_the_same_lease_and_no_duplicate_rule",
+    ) {
+        return;
+    }
+    let mut net = VmNet::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(&resolv, "").expect("resolv.conf");
+    let lease = |net: &VmNet| {
+        let out = net.in_vm(
+            net.vm_ns(),
+            &resolv,
+            "exec busybox udhcpc -n -q -f -i eth0 -t 5 -T 2 -s /bin/true",
+            &[],
+        );
+        assert!(out.status.success(), "no lease: {}", describe(&out));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(lease(&net).contains(&format!("lease of {VM_IP} obtained")));
+    let before = rules(&net);
+    let mut unique = before.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        before.len(),
+        "a rule is duplicated: {before:#?}"
+    );
+    for round in 1..=2 {
+        net.restart();
+        assert_eq!(rules(&net), before, "round {round} changed the rules");
+        let out = lease(&net);
+        assert!(
+            out.contains(&format!("lease of {VM_IP} obtained")),
+            "round {round}: {out}"
+        );
+        net.server
+            .wait_for_line("the VM took its DHCP lease", Duration::from_secs(10));
+    }
 }

@@ -14,10 +14,14 @@ const ANSWER: &str = "10.77.0.5";
 /// dnsmasq on the node address: `--address` entries, a TXT record too big for 512 bytes, and
 /// a small EDNS limit so that UDP answers to it come back truncated.
 fn cluster_dns(net: &VmNet) -> Running {
+    dnsmasq(net.pod.node("dnsmasq"), &net.pod.node_ip)
+}
+
+/// [`cluster_dns`] run by `command`, listening on `address`.
+fn dnsmasq(mut command: Command, address: &str) -> Running {
     let big: Vec<String> = (0..12)
         .map(|i| format!("--txt-record=big.kvmtest.example,{i:02}{}", "t".repeat(60)))
         .collect();
-    let mut command = net.pod.node("dnsmasq");
     command
         .args([
             "-k",
@@ -28,7 +32,7 @@ fn cluster_dns(net: &VmNet) -> Running {
             "53",
             "--bind-interfaces",
         ])
-        .arg(format!("--listen-address={}", net.pod.node_ip))
+        .arg(format!("--listen-address={address}"))
         .arg(format!("--address=/kvmtest.example/{ANSWER}"))
         .arg("--edns-packet-max=512")
         .arg("--log-facility=-")
@@ -183,7 +187,7 @@ fn listens_on_vm_gw_only() {
     assert_eq!(port53.len(), 2, "{sockets}");
     for line in port53 {
         assert!(
-            line.contains(&format!("{VM_GW}%kmbr0:53")) || line.contains(&format!("{VM_GW}:53")),
+            line.contains(&format!("{VM_GW}%kvmbr0:53")) || line.contains(&format!("{VM_GW}:53")),
             "{line}"
         );
     }
@@ -243,4 +247,49 @@ fn answers_servfail_in_time_when_the_upstream_is_silent() {
         "{}",
         describe(&out)
     );
+}
+
+#[test]
+fn a_nameserver_on_127_0_0_1_in_the_pod_answers_over_udp_and_tcp() {
+    if !require_root("a_nameserver_on_127_0_0_1_in_the_pod_answers_over_udp_and_tcp") {
+        return;
+    }
+    // A node-local cache or sidecar resolver: the pod's resolv.conf names 127.0.0.1. Our TCP
+    // to it must not be DNAT'ed to the VM as `kubectl port-forward` connections are.
+    let net = VmNet::start_with(|_| {
+        Some("search default.svc.cluster.local\nnameserver 127.0.0.1\n".to_owned())
+    });
+    vm_with_address(&net);
+    let _dnsmasq = dnsmasq(net.pod.exec("dnsmasq"), "127.0.0.1");
+    for transport in ["+notcp", "+tcp"] {
+        let out = dig(&net, &[transport, "+short", NAME]);
+        assert_eq!(
+            stdout(&out).trim(),
+            ANSWER,
+            "{transport}: {}",
+            describe(&out)
+        );
+    }
+    // Truncated over UDP at 512 bytes: the forwarder asks 127.0.0.1 again over TCP.
+    for transport in ["+tcp", "+notcp"] {
+        let out = dig(
+            &net,
+            &[
+                transport,
+                "+ignore",
+                "+bufsize=4096",
+                "TXT",
+                "big.kvmtest.example",
+            ],
+        );
+        let text = stdout(&out);
+        let flags = text
+            .lines()
+            .find(|l| l.starts_with(";; flags:"))
+            .unwrap_or_default();
+        assert!(
+            flags.contains("ANSWER: 12,") && !flags.contains(" tc"),
+            "{transport}: not the whole answer over TCP from 127.0.0.1: {text}"
+        );
+    }
 }

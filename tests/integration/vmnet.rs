@@ -1,7 +1,7 @@
 //! A simulated pod with a VM side: the [`Pod`] harness (node and pod namespaces,
-//! kvm-manager as PID 1) plus, in the pod namespace, a bridge carrying `VM_GW/30` and a veth
-//! into a "VM" namespace whose end carries `VM_MAC` — what the network phase builds, made by
-//! hand so the DHCP and DNS tests do not depend on it. kvm-manager runs `serve --bridge`.
+//! kvm-manager as PID 1) running `kvm-manager network` as a user would — it builds the bridge
+//! carrying `VM_GW/30`, the tap and the NAT, and serves DHCP and DNS — plus veths from the
+//! bridge into "VM" namespaces whose end carries `VM_MAC`, standing in for qemu on the tap.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -13,7 +13,7 @@ use crate::support::Running;
 pub const VM_IP: &str = "192.168.254.2";
 pub const VM_GW: &str = "192.168.254.1";
 pub const VM_MAC: &str = "52:54:00:ab:cd:01";
-pub const BRIDGE: &str = "kmbr0";
+pub const BRIDGE: &str = "kvmbr0";
 pub const MTU: &str = "1450";
 pub const HOSTNAME: &str = "vm-0";
 
@@ -35,34 +35,32 @@ impl VmNet {
         if let Some(text) = resolv(&pod) {
             std::fs::write(pod.path("resolv.conf"), text).expect("write resolv.conf");
         }
-        let ns = pod.pod_ns.clone();
-        run(&[
-            "ip", "-n", &ns, "link", "add", BRIDGE, "mtu", MTU, "type", "bridge",
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{VM_GW}/30"),
-            "dev",
-            BRIDGE,
-        ]);
-        run(&["ip", "-n", &ns, "link", "set", BRIDGE, "up"]);
+        let server = start_network(&pod);
         let mut net = Self {
-            server: Running::spawn(&mut Command::new("true")),
+            server,
             pod,
             vms: Vec::new(),
         };
         net.add_vm("vm", VM_MAC);
-        net.server = net.pod.kvm_manager(
-            &["serve", "--bridge", BRIDGE],
-            &[("VM_MAC", VM_MAC), ("LOG_LEVEL", "debug")],
-        );
-        net.server
-            .wait_for_line("serving DHCP and DNS", Duration::from_secs(20));
         net
+    }
+
+    /// Kills `kvm-manager network` (SIGKILL, as a container restart does) and starts it again
+    /// in the same pod: same netns, same volumes.
+    pub fn restart(&mut self) {
+        let _ = self.server.child.kill();
+        let _ = self.server.child.wait();
+        // The pod's PID 1 dies with its parent (`unshare --kill-child`); wait until it is gone
+        // so that the new one can bind the same ports.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while self.pod.pids().iter().any(|pid| is_kvm_manager(pid)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "kvm-manager did not die"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.server = start_network(&self.pod);
     }
 
     /// A VM namespace `<tag>-<suffix>` whose `eth0` (MTU 1500, so an applied 1450 shows) has
@@ -134,6 +132,20 @@ hostname localhost
             .expect("ip");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+}
+
+/// `kvm-manager network` as PID 1 of `pod`, once it serves.
+fn start_network(pod: &Pod) -> Running {
+    let mut server = pod.kvm_manager(&["network"], &[("VM_MAC", VM_MAC), ("LOG_LEVEL", "debug")]);
+    server.wait_for_line(
+        "network ready; serving DHCP and DNS",
+        Duration::from_secs(30),
+    );
+    server
+}
+
+fn is_kvm_manager(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "kvm-manager")
 }
 
 impl Drop for VmNet {

@@ -1,0 +1,227 @@
+//! The count of packets the anti-spoofing chain of our nft table dropped (see [`super::nat`]):
+//! read over nfnetlink (one request, one answer, no `nft` child per scrape) for `/metrics`,
+//! and watched, so that the log says when the VM forges its source address.
+//!
+//! [`request`] and [`packets`] are the pure halves (bytes out, bytes in); [`read_count`] is
+//! the socket.
+
+use std::os::fd::AsRawFd as _;
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{self, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SockFlag};
+use nix::sys::time::TimeVal;
+
+use super::nat::{SPOOFED_COUNTER, TABLE};
+use crate::dhcp::drop_log::LogLimit;
+
+// linux/netlink.h, linux/netfilter/nfnetlink.h, linux/netfilter/nf_tables.h.
+const NLMSG_HDRLEN: usize = 16;
+const NLMSG_ERROR: u16 = 2;
+const NLM_F_REQUEST: u16 = 1;
+const NFGENMSG_LEN: usize = 4;
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFT_MSG_NEWOBJ: u16 = 18;
+const NFT_MSG_GETOBJ: u16 = 19;
+const NFPROTO_IPV4: u8 = 2;
+const NFTA_OBJ_TABLE: u16 = 1;
+const NFTA_OBJ_NAME: u16 = 2;
+const NFTA_OBJ_TYPE: u16 = 3;
+const NFTA_OBJ_DATA: u16 = 4;
+const NFT_OBJECT_COUNTER: u32 = 1;
+const NFTA_COUNTER_PACKETS: u16 = 2;
+/// An attribute type without its NLA_F_NESTED and NLA_F_NET_BYTEORDER flags.
+const NLA_TYPE_MASK: u16 = 0x3fff;
+
+/// How often the watch reads the counter, and how often at most it logs.
+const POLL: Duration = Duration::from_secs(5);
+const LOG_EVERY: Duration = Duration::from_secs(60);
+/// The kernel answers at once; this only bounds a scrape if it ever did not.
+const RECEIVE_TIMEOUT: Duration = Duration::from_millis(500);
+
+fn push_attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
+    let len = u16::try_from(4 + value.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&len.to_ne_bytes());
+    out.extend_from_slice(&kind.to_ne_bytes());
+    out.extend_from_slice(value);
+    out.resize(out.len().next_multiple_of(4), 0);
+}
+
+/// `NFT_MSG_GETOBJ` for our counter in `table ip kvm_manager`.
+pub fn request(seq: u32) -> Vec<u8> {
+    let mut body = vec![NFPROTO_IPV4, 0, 0, 0];
+    push_attr(&mut body, NFTA_OBJ_TABLE, format!("{TABLE}\0").as_bytes());
+    push_attr(
+        &mut body,
+        NFTA_OBJ_NAME,
+        format!("{SPOOFED_COUNTER}\0").as_bytes(),
+    );
+    push_attr(&mut body, NFTA_OBJ_TYPE, &NFT_OBJECT_COUNTER.to_be_bytes());
+    let len = u32::try_from(NLMSG_HDRLEN + body.len()).unwrap_or(u32::MAX);
+    let mut out = Vec::with_capacity(NLMSG_HDRLEN + body.len());
+    out.extend_from_slice(&len.to_ne_bytes());
+    out.extend_from_slice(&(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETOBJ).to_ne_bytes());
+    out.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    out.extend_from_slice(&seq.to_ne_bytes());
+    out.extend_from_slice(&0u32.to_ne_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// The attributes in `bytes` as (type without flags, value).
+fn attrs(mut bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        let len = usize::from(u16::from_ne_bytes([*bytes.first()?, *bytes.get(1)?]));
+        let kind = u16::from_ne_bytes([*bytes.get(2)?, *bytes.get(3)?]) & NLA_TYPE_MASK;
+        let value = bytes.get(4..len)?;
+        bytes = bytes.get(len.next_multiple_of(4)..).unwrap_or_default();
+        Some((kind, value))
+    })
+}
+
+/// The packet count in the kernel's answer to [`request`]; an error answer (no such table or
+/// counter: `ENOENT`) as that error.
+pub fn packets(answer: &[u8]) -> std::io::Result<u64> {
+    let invalid = || std::io::Error::from(std::io::ErrorKind::InvalidData);
+    let header = answer.get(..NLMSG_HDRLEN).ok_or_else(invalid)?;
+    let len = usize::try_from(u32::from_ne_bytes([
+        header[0], header[1], header[2], header[3],
+    ]))
+    .map_err(|_| invalid())?;
+    let kind = u16::from_ne_bytes([header[4], header[5]]);
+    let body = answer.get(NLMSG_HDRLEN..len).ok_or_else(invalid)?;
+    if kind == NLMSG_ERROR {
+        let code = body.get(..4).ok_or_else(invalid)?;
+        let errno = i32::from_ne_bytes([code[0], code[1], code[2], code[3]]);
+        return Err(std::io::Error::from_raw_os_error(-errno));
+    }
+    if kind != NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWOBJ {
+        return Err(invalid());
+    }
+    let data = attrs(body.get(NFGENMSG_LEN..).ok_or_else(invalid)?)
+        .find(|(kind, _)| *kind == NFTA_OBJ_DATA)
+        .ok_or_else(invalid)?
+        .1;
+    let value = attrs(data)
+        .find(|(kind, _)| *kind == NFTA_COUNTER_PACKETS)
+        .ok_or_else(invalid)?
+        .1;
+    Ok(u64::from_be_bytes(value.try_into().map_err(|_| invalid())?))
+}
+
+/// Packets dropped so far because of a forged source (our table must exist).
+pub fn read_count() -> std::io::Result<u64> {
+    let fd = socket::socket(
+        AddressFamily::Netlink,
+        socket::SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        socket::SockProtocol::NetlinkNetFilter,
+    )?;
+    let timeout = TimeVal::new(0, i64::try_from(RECEIVE_TIMEOUT.as_micros()).unwrap_or(0));
+    socket::setsockopt(&fd, sockopt::ReceiveTimeout, &timeout)?;
+    socket::bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
+    socket::send(fd.as_raw_fd(), &request(1), MsgFlags::empty())?;
+    let mut answer = vec![0u8; 8192];
+    let len = socket::recv(fd.as_raw_fd(), &mut answer, MsgFlags::empty())?;
+    packets(&answer[..len])
+}
+
+/// Reads the counter every few seconds and warns, at most once a minute, when it grew.
+pub async fn watch(vm_ip: std::net::Ipv4Addr) {
+    let mut limit = LogLimit::new(1, LOG_EVERY);
+    let mut failures = LogLimit::new(1, LOG_EVERY);
+    let mut reported = 0u64;
+    let mut interval = tokio::time::interval(POLL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        match read_count() {
+            Ok(total) if total > reported => {
+                if limit.admit(Instant::now()).is_some() {
+                    tracing::warn!(
+                        dropped = total - reported,
+                        total,
+                        %vm_ip,
+                        "dropped packets from the VM whose source address is not VM_IP (a \
+                         forged source); see kvm_manager_spoofed_packets_total"
+                    );
+                    reported = total;
+                }
+            }
+            // A smaller count: the table was replaced (another start in this pod).
+            Ok(total) => reported = reported.min(total),
+            Err(e) => {
+                if failures.admit(Instant::now()).is_some() {
+                    tracing::debug!(error = %e, "could not read the spoofed-packet counter");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_names_our_table_and_counter() {
+        let bytes = request(7);
+        assert_eq!(bytes.len() % 4, 0);
+        assert_eq!(
+            u32::from_ne_bytes(bytes[..4].try_into().expect("4 bytes")) as usize,
+            bytes.len()
+        );
+        assert_eq!(u16::from_ne_bytes([bytes[4], bytes[5]]), 0x0a13);
+        let found: Vec<(u16, Vec<u8>)> = attrs(&bytes[NLMSG_HDRLEN + NFGENMSG_LEN..])
+            .map(|(k, v)| (k, v.to_vec()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (1, b"kvm_manager\0".to_vec()),
+                (2, b"spoofed\0".to_vec()),
+                (3, vec![0, 0, 0, 1]),
+            ]
+        );
+    }
+
+    /// An answer as the kernel builds it: NEWOBJ, table, name, type, nested data.
+    fn answer(packets: u64) -> Vec<u8> {
+        let mut data = Vec::new();
+        push_attr(&mut data, 1, &4242u64.to_be_bytes());
+        push_attr(&mut data, NFTA_COUNTER_PACKETS, &packets.to_be_bytes());
+        let mut body = vec![NFPROTO_IPV4, 0, 0, 5];
+        push_attr(&mut body, NFTA_OBJ_TABLE, b"kvm_manager\0");
+        push_attr(&mut body, NFTA_OBJ_NAME, b"spoofed\0");
+        push_attr(&mut body, NFTA_OBJ_TYPE, &1u32.to_be_bytes());
+        push_attr(&mut body, NFTA_OBJ_DATA | 0x8000, &data);
+        let mut out = Vec::new();
+        out.extend_from_slice(&u32::try_from(16 + body.len()).expect("small").to_ne_bytes());
+        out.extend_from_slice(&0x0a12u16.to_ne_bytes());
+        out.extend_from_slice(&[0; 10]);
+        out.extend_from_slice(&body);
+        out
+    }
+
+    #[test]
+    fn the_packet_count_is_read_from_the_nested_counter_data() {
+        assert_eq!(packets(&answer(123_456)).expect("a count"), 123_456);
+    }
+
+    #[test]
+    fn an_error_answer_is_that_error_and_garbage_is_invalid() {
+        let mut error = Vec::new();
+        error.extend_from_slice(&36u32.to_ne_bytes());
+        error.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        error.extend_from_slice(&[0; 10]);
+        error.extend_from_slice(&(-libc::ENOENT).to_ne_bytes());
+        error.extend_from_slice(&[0; 16]);
+        assert_eq!(
+            packets(&error).expect_err("ENOENT").raw_os_error(),
+            Some(libc::ENOENT)
+        );
+        let cut = answer(1);
+        for len in [0, 10, 20, cut.len() - 4] {
+            assert!(packets(&cut[..len]).is_err(), "{len} bytes");
+        }
+    }
+}
