@@ -194,10 +194,11 @@ pub async fn http(
             Err(failed) => failed,
         };
         if !failed.retry {
-            abandon(temps, Some(url), &failed.error);
             return Err(failed.error);
         }
-        match attempts.failed(failed.progressed) {
+        // Bytes that cannot be resumed are no progress: the next attempt starts over.
+        let progressed = failed.progressed && resumable_partial(url, temps).is_some();
+        match attempts.failed(progressed) {
             Some(delay) => {
                 tracing::warn!(
                     url = %url,
@@ -210,7 +211,8 @@ pub async fn http(
                 tokio::time::sleep(delay).await;
             }
             None => {
-                let kept = match abandon(temps, Some(url), &failed.error) {
+                // What is kept is decided (and done) by [`abandon`], with the same rule.
+                let kept = match keeps(temps, Some(url), &failed.error) {
                     Some(bytes) => {
                         format!("the partial file ({bytes} bytes) is kept and resumed on the next start")
                     }
@@ -379,7 +381,12 @@ async fn stream(
     if let Some(stop) = stopped {
         let received = sink.keep_partial().map_err(fatal)?;
         let error = match stop {
-            Stop::Network(source) => network(&shown, source),
+            Stop::Network(source) => ImageError::BodyBroken {
+                url: shown,
+                received,
+                total,
+                source: source.without_url(),
+            },
             Stop::Stalled => ImageError::Stalled {
                 url: shown,
                 timeout: limits.stall_timeout,
@@ -484,6 +491,7 @@ fn worth_resuming(error: &ImageError) -> bool {
         ImageError::Network { .. }
         | ImageError::ServerStatus { .. }
         | ImageError::ShortBody { .. }
+        | ImageError::BodyBroken { .. }
         | ImageError::Stalled { .. }
         | ImageError::TooSlow { .. }
         | ImageError::NoSpace { .. }
@@ -492,14 +500,18 @@ fn worth_resuming(error: &ImageError) -> bool {
     }
 }
 
+/// The bytes of the partial download that [`abandon`] keeps after `error`.
+fn keeps(temps: &Temps, url: Option<&ImageUrl>, error: &ImageError) -> Option<u64> {
+    url.filter(|_| worth_resuming(error))
+        .and_then(|url| resumable_partial(url, temps))
+        .map(|(len, _)| len)
+}
+
 /// After a failed download: removes the unpacked file, and the partial one unless it can be
 /// resumed and is worth it. Returns the bytes kept.
 pub fn abandon(temps: &Temps, url: Option<&ImageUrl>, error: &ImageError) -> Option<u64> {
     let _ = std::fs::remove_file(&temps.unpacked);
-    let kept = url
-        .filter(|_| worth_resuming(error))
-        .and_then(|url| resumable_partial(url, temps))
-        .map(|(len, _)| len);
+    let kept = keeps(temps, url, error);
     match kept {
         Some(bytes) => {
             tracing::info!(bytes, "the partial download is kept for the next start to resume")

@@ -56,6 +56,17 @@ pub enum ImageError {
         #[source]
         source: reqwest::Error,
     },
+    #[error(
+        "{url} broke off after {received} of {} bytes",
+        .total.map_or_else(|| "an unknown number of".to_owned(), |t| t.to_string())
+    )]
+    BodyBroken {
+        url: String,
+        received: u64,
+        total: Option<u64>,
+        #[source]
+        source: reqwest::Error,
+    },
     #[error("{url} answered {status}")]
     ServerStatus { url: String, status: StatusCode },
     #[error("{url} answered {status}; check IMG_SOURCE (and that the server allows this pod)")]
