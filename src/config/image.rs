@@ -397,7 +397,14 @@ fn parse_reserve(raw: &str) -> Result<Reserve, ConfigError> {
             .ok()
             .filter(|p| *p < 100)
             .map(Reserve::Percent)
-            .ok_or_else(|| invalid("IMAGE_DIR_RESERVE", raw, "not a percentage from 0 to 99", FIX));
+            .ok_or_else(|| {
+                invalid(
+                    "IMAGE_DIR_RESERVE",
+                    raw,
+                    "not a percentage from 0 to 99",
+                    FIX,
+                )
+            });
     }
     if trimmed == "0" {
         return Ok(Reserve::Bytes(0));
@@ -492,5 +499,92 @@ fn parse_sha256(raw: &str) -> Result<String, ConfigError> {
             format!("expected 64 hex digits, got {} characters", hex.len()),
             "paste the output of `sha256sum` for the file as downloaded, or unset it",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(raw: &str) -> Url {
+        Url::parse(raw).expect("url")
+    }
+
+    #[test]
+    fn user_info_and_secret_query_values_are_redacted_and_the_rest_kept() {
+        let shown = redact_url(&url(
+            "https://alice:pw@h.example/img/a.qcow2?X-Amz-Signature=abc&access_token=t&arch=x86#frag",
+        ));
+        assert_eq!(
+            shown,
+            "https://***@h.example/img/a.qcow2?X-Amz-Signature=***&access_token=***&arch=x86"
+        );
+        assert_eq!(
+            redact_url(&url("http://TOKEN@h.example/a?0123456789abcdefXYZ")),
+            "http://***@h.example/a?***="
+        );
+        let plain = "http://h.example/a.qcow2";
+        assert_eq!(redact_url(&url(plain)), plain);
+    }
+
+    #[test]
+    fn an_image_url_never_shows_its_secret_in_display_or_debug() {
+        let source = ImageUrl::new(url("http://u:s3cret@h.example/a.raw?sig=zzz"));
+        for text in [source.to_string(), format!("{source:?}")] {
+            assert!(!text.contains("s3cret") && !text.contains("zzz"), "{text}");
+        }
+        assert!(source.has_credentials());
+        assert_eq!(source.last_segment(), "a.raw");
+        assert_eq!(source.expose().password(), Some("s3cret"));
+    }
+
+    #[test]
+    fn a_value_that_is_not_a_url_is_redacted_by_its_shape() {
+        assert_eq!(
+            redact_raw("http://u:p@[bad/x?token=t"),
+            "http://***@[bad/x?***"
+        );
+        assert_eq!(redact_raw("no scheme at all"), "no scheme at all");
+    }
+
+    #[test]
+    fn the_auth_file_holds_a_bearer_token_or_user_and_password() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("cred");
+        std::fs::write(&path, "tok.en-1\n").expect("write");
+        assert_eq!(
+            read_auth_file(&path).expect("token"),
+            ImageAuth::Bearer(Secret("tok.en-1".into()))
+        );
+        std::fs::write(&path, "bob:pa:ss").expect("write");
+        assert_eq!(
+            read_auth_file(&path).expect("basic"),
+            ImageAuth::Basic {
+                user: "bob".into(),
+                password: Secret("pa:ss".into())
+            }
+        );
+        for bad in ["", "\n", "two\nlines"] {
+            std::fs::write(&path, bad).expect("write");
+            let err = read_auth_file(&path).expect_err(bad).to_string();
+            assert!(!err.contains("two"), "never quoted: {err}");
+        }
+        let err = read_auth_file(dir.path()).expect_err("a directory");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn reserves_and_fetch_durations_parse() {
+        assert_eq!(parse_reserve("1Gi").expect("size"), Reserve::Bytes(1 << 30));
+        assert_eq!(parse_reserve("5%").expect("share"), Reserve::Percent(5));
+        assert_eq!(parse_reserve("0").expect("none"), Reserve::Bytes(0));
+        for bad in ["100%", "x%", "12"] {
+            parse_reserve(bad).expect_err(bad);
+        }
+        assert_eq!(
+            parse_duration("FETCH_STALL_TIMEOUT", "90").expect("secs"),
+            Duration::from_secs(90)
+        );
+        parse_duration("FETCH_STALL_TIMEOUT", "0").expect_err("zero never ends a stall");
     }
 }

@@ -514,7 +514,10 @@ pub fn abandon(temps: &Temps, url: Option<&ImageUrl>, error: &ImageError) -> Opt
     let kept = keeps(temps, url, error);
     match kept {
         Some(bytes) => {
-            tracing::info!(bytes, "the partial download is kept for the next start to resume")
+            tracing::info!(
+                bytes,
+                "the partial download is kept for the next start to resume"
+            )
         }
         None => {
             discard(temps);
@@ -592,7 +595,11 @@ mod tests {
         assert_eq!(attempts.failed(false), Some(Duration::from_secs(1)));
         assert_eq!(attempts.failed(false), None);
         let mut mixed = Attempts::new(2);
-        assert_eq!(mixed.failed(true), Some(FIRST_BACKOFF), "progress resets the delay");
+        assert_eq!(
+            mixed.failed(true),
+            Some(FIRST_BACKOFF),
+            "progress resets the delay"
+        );
         assert_eq!(mixed.failed(false), Some(Duration::from_secs(1)));
         assert_eq!(mixed.failed(false), None, "2 + 1 earned");
     }

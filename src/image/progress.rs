@@ -183,8 +183,11 @@ mod tests {
         let s = Duration::from_secs;
         let mut pace = Pace::new(100, s(10));
         pace.record(s(1), 1_000_000).expect("fast");
-        pace.record(s(5), 1_000_100).expect("not a whole window yet");
-        let slow = pace.record(s(11), 1_000_200).expect_err("only 200 bytes in 1..11 s");
+        pace.record(s(5), 1_000_100)
+            .expect("not a whole window yet");
+        let slow = pace
+            .record(s(11), 1_000_200)
+            .expect_err("only 200 bytes in 1..11 s");
         assert_eq!(slow.bytes, 200);
         let mut off = Pace::new(0, s(10));
         off.record(s(100), 0).expect("no minimum");

@@ -93,7 +93,7 @@ impl Budget {
         n: u64,
         available: impl FnOnce() -> Option<u64>,
     ) -> Result<(), Shortage> {
-        if n <= self.left && self.since_check < RECHECK {
+        if n <= self.left && self.since_check.saturating_add(n) <= RECHECK {
             self.left -= n;
             self.since_check += n;
             return Ok(());
@@ -126,11 +126,17 @@ mod tests {
     #[test]
     fn the_budget_refuses_a_write_that_would_take_the_reserve() {
         let mut budget = Budget::new(Path::new("/nowhere"), 100);
-        budget.take_with(50, || Some(200)).expect("150 left above the reserve");
+        budget
+            .take_with(50, || Some(200))
+            .expect("150 left above the reserve");
         // Within what was seen free: no new look.
-        budget.take_with(50, || panic!("no look needed")).expect("fits");
+        budget
+            .take_with(50, || panic!("no look needed"))
+            .expect("fits");
         // Beyond it: a new look, which finds the other 50 bytes gone to another writer.
-        let shortage = budget.take_with(10, || Some(105)).expect_err("would take the reserve");
+        let shortage = budget
+            .take_with(10, || Some(105))
+            .expect_err("would take the reserve");
         assert_eq!(
             shortage,
             Shortage {
@@ -153,7 +159,9 @@ mod tests {
             .expect("room");
         assert!(looked, "another pod may have filled the volume meanwhile");
         let mut unknown = Budget::new(Path::new("/nowhere"), 10);
-        unknown.take_with(1 << 40, || None).expect("unknown: allowed");
+        unknown
+            .take_with(1 << 40, || None)
+            .expect("unknown: allowed");
     }
 
     #[test]

@@ -60,7 +60,9 @@ fn a_server_that_cuts_every_response_short_is_given_up_after_bounded_attempts() 
     let sizes = format!("broke off after {received} of {DISK} bytes");
     assert!(outcome.stderr.contains(&sizes), "{sizes:?} in {outcome:#?}");
     assert!(
-        outcome.stderr.contains("is kept and resumed on the next start"),
+        outcome
+            .stderr
+            .contains("is kept and resumed on the next start"),
         "{outcome:#?}"
     );
     assert_eq!(server.seen("/cut.raw").len(), 4);
@@ -70,7 +72,10 @@ fn a_server_that_cuts_every_response_short_is_given_up_after_bounded_attempts() 
         "a resumable partial stays, nothing else"
     );
     let part = pod.image_dir.join(".cut.raw.part");
-    assert_eq!(std::fs::metadata(&part).expect("part").len(), received as u64);
+    assert_eq!(
+        std::fs::metadata(&part).expect("part").len(),
+        received as u64
+    );
     assert_eq!(mode(&part), 0o600);
     assert_eq!(mode(&pod.image_dir.join(".cut.raw.part.meta")), 0o600);
 
@@ -247,7 +252,11 @@ fn a_decompression_bomb_stops_at_the_reserve_naming_the_unpacked_size() {
         outcome.stderr.contains(&format!(" of {},", bomb.len())),
         "{outcome:#?}"
     );
-    assert_eq!(server.seen("/bomb.raw.zst").len(), 1, "a bomb is not retried");
+    assert_eq!(
+        server.seen("/bomb.raw.zst").len(),
+        1,
+        "a bomb is not retried"
+    );
     assert_eq!(
         names_in(&pod.image_dir),
         [".bomb.raw.lock"],
@@ -285,9 +294,7 @@ fn assert_no_secret(pod: &Pod, outcome: &Outcome, secrets: &[&str]) {
         {
             let bytes = std::fs::read(&path).expect("read");
             assert!(
-                !bytes
-                    .windows(secret.len())
-                    .any(|w| w == secret.as_bytes()),
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
                 "{secret:?} leaked into {}",
                 path.display()
             );
@@ -318,7 +325,10 @@ fn credentials_in_img_source_reach_the_server_and_no_log_error_or_file() {
     let outcome = pod.run(&url, &[("FETCH_ATTEMPTS", "1")]);
     outcome.failed_with("gave up downloading http://***@127.0.0.1:");
     assert!(outcome.stderr.contains("token=***"), "{outcome:#?}");
-    assert!(outcome.stderr.contains("arch=amd64"), "not a secret: {outcome:#?}");
+    assert!(
+        outcome.stderr.contains("arch=amd64"),
+        "not a secret: {outcome:#?}"
+    );
     assert_no_secret(&pod, &outcome, &secrets);
     let meta = pod.image_dir.join(".cred.raw.part.meta");
     assert_eq!(mode(&meta), 0o600);
@@ -350,8 +360,14 @@ fn credentials_in_img_source_reach_the_server_and_no_log_error_or_file() {
         .expect("--help");
     let help = String::from_utf8_lossy(&help.stdout).into_owned();
     assert!(help.contains("IMG_AUTH_FILE"), "{help}");
-    assert!(!help.contains("s3cr3t-pw") && !help.contains("t0k3n"), "{help}");
-    let outcome = pod.run("ftp://alice:s3cr3t-pw@h.invalid/x.raw?token=t0k3n-value", &[]);
+    assert!(
+        !help.contains("s3cr3t-pw") && !help.contains("t0k3n"),
+        "{help}"
+    );
+    let outcome = pod.run(
+        "ftp://alice:s3cr3t-pw@h.invalid/x.raw?token=t0k3n-value",
+        &[],
+    );
     assert_eq!(outcome.code, Some(2), "{outcome:#?}");
     assert!(outcome.stderr.contains("IMG_SOURCE"), "{outcome:#?}");
     assert_no_secret(&pod, &outcome, &secrets);

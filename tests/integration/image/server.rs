@@ -29,7 +29,10 @@ pub enum Route {
     Redirect(String),
     Html,
     /// Announces `len` bytes, then sends one every `every` (never a validator).
-    Drip { len: usize, every: Duration },
+    Drip {
+        len: usize,
+        every: Duration,
+    },
     /// Zeros without a Content-Length, until the client hangs up.
     Endless,
 }
