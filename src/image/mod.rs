@@ -202,7 +202,9 @@ pub enum ImageError {
         base: PathBuf,
         base_format: &'static str,
     },
-    #[error("interrupted by {0}; a partial download is kept and resumed on the next start")]
+    #[error(
+        "interrupted by {0}; a partial download that can be resumed is kept for the next start"
+    )]
     Interrupted(nix::sys::signal::Signal),
     #[error("internal error: {0}")]
     Internal(String),

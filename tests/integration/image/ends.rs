@@ -330,15 +330,25 @@ fn credentials_in_img_source_reach_the_server_and_no_log_error_or_file() {
         "not a secret: {outcome:#?}"
     );
     assert_no_secret(&pod, &outcome, &secrets);
-    let meta = pod.image_dir.join(".cred.raw.part.meta");
-    assert_eq!(mode(&meta), 0o600);
-    assert_eq!(mode(&pod.image_dir.join(".cred.raw.part")), 0o600);
+    assert_eq!(
+        names_in(&pod.image_dir),
+        [".cred.raw.lock", ".cred.raw.part", ".cred.raw.part.meta"]
+    );
+    for path in files_under(&pod.image_dir) {
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
 
     // The next start resumes that partial file (the redacted URL in it still matches).
     let outcome = pod.run(&url, &[("IMG_SHA256", &sha256(&body))]);
     let (base, _) = outcome.paths();
     assert_no_secret(&pod, &outcome, &secrets);
     assert_eq!(mode(&base), 0o644, "every pod on the volume reads the base");
+    for path in files_under(&pod.image_dir)
+        .into_iter()
+        .filter(|p| *p != base)
+    {
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
     let seen = server.seen(path);
     assert_eq!(
         seen.iter().map(|s| s.status).collect::<Vec<_>>(),
