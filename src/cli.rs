@@ -78,9 +78,76 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct Settings {
     /// Base image: an http(s):// URL, a file:// URL or a local path (qcow2 or raw; .xz, .gz
-    /// and .zst are decompressed).
-    #[arg(long, env = "IMG_SOURCE", global = true, value_name = "URL|PATH")]
+    /// and .zst are decompressed). `user:password@` in the URL and secret-looking query values
+    /// (token, signature, key…) are shown as *** in every log line, error and file.
+    #[arg(
+        long,
+        env = "IMG_SOURCE",
+        global = true,
+        value_name = "URL|PATH",
+        hide_env_values = true
+    )]
     pub img_source: Option<String>,
+
+    /// File holding the image server's credential (a mounted Secret key): a bearer token, or
+    /// user:password for basic authentication. Sent as the Authorization header, never
+    /// logged, never sent to another host after a redirect.
+    #[arg(long, env = "IMG_AUTH_FILE", global = true, value_name = "PATH")]
+    pub img_auth_file: Option<PathBuf>,
+
+    /// Attempts of one download before it gives up (exit 3). A cut-short response counts;
+    /// one that made progress earns one more attempt, at most FETCH_ATTEMPTS more in all.
+    #[arg(
+        long,
+        env = "FETCH_ATTEMPTS",
+        global = true,
+        default_value = "5",
+        value_name = "N"
+    )]
+    pub fetch_attempts: String,
+
+    /// An attempt fails when the server sends nothing (no header, no byte) for this long.
+    #[arg(
+        long,
+        env = "FETCH_STALL_TIMEOUT",
+        global = true,
+        default_value = "60s",
+        value_name = "DURATION"
+    )]
+    pub fetch_stall_timeout: String,
+
+    /// An attempt fails when fewer bytes per second than this arrive, averaged over
+    /// FETCH_RATE_WINDOW (like curl's --speed-limit); 0: no minimum.
+    #[arg(
+        long,
+        env = "FETCH_MIN_RATE",
+        global = true,
+        default_value = "16Ki",
+        value_name = "BYTES"
+    )]
+    pub fetch_min_rate: String,
+
+    /// The window over which FETCH_MIN_RATE is averaged (like curl's --speed-time).
+    #[arg(
+        long,
+        env = "FETCH_RATE_WINDOW",
+        global = true,
+        default_value = "120s",
+        value_name = "DURATION"
+    )]
+    pub fetch_rate_window: String,
+
+    /// Free space a download leaves on IMAGE_DIR for everyone else sharing it: a size (1Gi)
+    /// or a share of the volume (5%). A download (or its decompression) that would go below
+    /// it stops and removes what cannot be resumed.
+    #[arg(
+        long,
+        env = "IMAGE_DIR_RESERVE",
+        global = true,
+        default_value = "1Gi",
+        value_name = "SIZE|N%"
+    )]
+    pub image_dir_reserve: String,
 
     /// File name of the base image in IMAGE_DIR (no `/`, no `..`), or the absolute path of an
     /// existing image. Default: the last path segment of IMG_SOURCE minus a compression suffix.

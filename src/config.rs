@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use macaddr::MacAddr6;
-use url::Url;
 
 use crate::cli::Settings;
 use crate::size::ByteSize;
@@ -137,8 +136,8 @@ impl fmt::Display for Hostname {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImageSource {
-    /// `http://` or `https://`.
-    Url(Url),
+    /// `http://` or `https://`; shown only redacted.
+    Url(ImageUrl),
     /// `file://` or a plain path.
     Path(PathBuf),
 }
@@ -159,6 +158,9 @@ pub struct ImageConfig {
     /// Lowercase hex.
     pub sha256: Option<String>,
     pub dir: PathBuf,
+    /// From `IMG_AUTH_FILE`.
+    pub auth: Option<ImageAuth>,
+    pub fetch: FetchLimits,
 }
 
 impl ImageConfig {
@@ -343,6 +345,7 @@ mod image;
 mod net;
 mod vm;
 
+pub use image::{redact_url, FetchLimits, ImageAuth, ImageUrl, Reserve};
 pub use net::check_slash30;
 
 #[cfg(test)]

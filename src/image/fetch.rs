@@ -1,42 +1,57 @@
-//! Getting the bytes over HTTP(S), with resume and retries.
+//! Getting the bytes over HTTP(S), with resume and retries that end.
 //!
 //! (A local source is copied by [`super::local`].)
 //!
 //! HTTP resume sends `Range: bytes=N-` with `If-Range` set to the validator (strong ETag, else
 //! Last-Modified) saved when the partial file was started, so a server whose file changed
 //! answers 200 with the whole new file instead of letting us splice two versions together.
-//! The validator is kept beside the partial file with the URL it belongs to; a partial file
-//! without one is started over. Network errors and 5xx are retried with exponential backoff
-//! (the count resets whenever an attempt made progress); a 4xx fails at once.
+//! The validator is kept beside the partial file (mode 0600, the URL in it redacted) with the
+//! length the server announced; a partial file without both cannot be resumed and is removed.
+//!
+//! Every download ends: [`Attempts`] bounds the attempts (a cut-short response is a failed
+//! attempt even when it brought bytes; progress earns a bounded number of extra ones), an
+//! attempt fails when nothing arrives for `FETCH_STALL_TIMEOUT` or when the average rate over
+//! `FETCH_RATE_WINDOW` stays below `FETCH_MIN_RATE` ([`Pace`]); a 4xx fails at once. Each
+//! failure is logged with the attempt's number, and the last one is the final error's cause.
+//!
+//! Credentials (`user:password@` in the URL, or `IMG_AUTH_FILE`) travel only in the
+//! Authorization header, which reqwest drops on a redirect to another host, port or scheme.
 
-use std::time::Duration;
+use std::fs::{OpenOptions, Permissions};
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::time::{Duration, Instant};
 
 use reqwest::header::{self, HeaderMap};
 use reqwest::{Client, Response, StatusCode};
 use serde::{Deserialize, Serialize};
-use url::Url;
 
-use super::sink::{Finished, Sink};
+use super::progress::Pace;
+use super::sink::{Finished, Sink, TEMP_MODE};
 use super::source::Compression;
-use super::{space, ImageError, Temps};
+use super::{ImageError, Temps};
+use crate::config::{redact_url, FetchLimits, ImageAuth, ImageUrl};
 
-/// Consecutive attempts without progress before giving up.
-const MAX_FAILURES: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Chunks in flight between the network and the writing thread.
 const CHANNEL: usize = 8;
+/// A server that takes longer than this to accept a connection is not there.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What makes a partial download resumable: the URL and the server's validator for it.
+/// What makes a partial download resumable: the URL (redacted), the server's validator for
+/// it, and the length it announced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Validator {
     pub url: String,
     pub etag: Option<String>,
     pub last_modified: Option<String>,
+    #[serde(default)]
+    pub length: Option<u64>,
 }
 
 impl Validator {
-    fn from_headers(url: &Url, headers: &HeaderMap) -> Self {
+    fn from_headers(url: &ImageUrl, headers: &HeaderMap, length: Option<u64>) -> Self {
         let text = |name| {
             headers
                 .get(name)
@@ -47,6 +62,7 @@ impl Validator {
             url: url.to_string(),
             etag: text(header::ETAG),
             last_modified: text(header::LAST_MODIFIED),
+            length,
         }
     }
 
@@ -66,6 +82,49 @@ pub fn backoff(failures: u32) -> Duration {
     FIRST_BACKOFF.saturating_mul(factor).min(MAX_BACKOFF)
 }
 
+/// The attempts of one download: `limit` of them, plus one for each failed attempt that made
+/// progress, at most `limit` more — so never more than twice `limit` in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempts {
+    limit: u32,
+    used: u32,
+    earned: u32,
+    /// Failures since the last progress (for the backoff).
+    idle: u32,
+}
+
+impl Attempts {
+    pub fn new(limit: u32) -> Self {
+        Self {
+            limit,
+            used: 0,
+            earned: 0,
+            idle: 0,
+        }
+    }
+
+    /// Counts a failed attempt; the delay before the next one, or `None` when none is left.
+    pub fn failed(&mut self, progressed: bool) -> Option<Duration> {
+        self.used += 1;
+        if progressed {
+            self.earned = (self.earned + 1).min(self.limit);
+            self.idle = 1;
+        } else {
+            self.idle += 1;
+        }
+        (self.used < self.allowed()).then(|| backoff(self.idle))
+    }
+
+    pub fn used(&self) -> u32 {
+        self.used
+    }
+
+    /// Attempts allowed as of now.
+    pub fn allowed(&self) -> u32 {
+        self.limit + self.earned
+    }
+}
+
 /// The first byte and total length from a `Content-Range: bytes A-B/T` header.
 pub fn content_range(value: &str) -> Option<(u64, Option<u64>)> {
     let rest = value.trim().strip_prefix("bytes ")?;
@@ -74,13 +133,14 @@ pub fn content_range(value: &str) -> Option<(u64, Option<u64>)> {
     Some((start.trim().parse().ok()?, total.trim().parse().ok()))
 }
 
-fn client() -> Result<Client, ImageError> {
+fn client(limits: &FetchLimits) -> Result<Client, ImageError> {
     // Only ring is compiled in; installing it twice (a second call) is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // No read timeout here: the stall timeout and the minimum rate below are ours.
     Client::builder()
         .user_agent(concat!("kvm-manager/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(30))
-        .read_timeout(Duration::from_secs(60))
+        .connect_timeout(CONNECT_TIMEOUT.min(limits.stall_timeout))
+        .redirect(reqwest::redirect::Policy::limited(10))
         .build()
         .map_err(ImageError::HttpClient)
 }
@@ -100,61 +160,113 @@ fn fatal(error: ImageError) -> Failed {
     }
 }
 
-/// Downloads `url` into `temps`, resuming what is there, retrying what can be retried.
+fn retry(error: ImageError, progressed: bool) -> Failed {
+    Failed {
+        error,
+        retry: true,
+        progressed,
+    }
+}
+
+/// A network error, without the URL reqwest would print (it may hold a secret; ours is
+/// redacted and already in the message).
+fn network(url: &str, source: reqwest::Error) -> ImageError {
+    ImageError::Network {
+        url: url.to_owned(),
+        source: source.without_url(),
+    }
+}
+
+/// Downloads `url` into `temps`, resuming what is there, retrying what can be retried, until
+/// it is complete or `limits` say to give up. On failure, what cannot be resumed is removed.
 pub async fn http(
-    url: &Url,
+    url: &ImageUrl,
     temps: &Temps,
     hint: Option<Compression>,
+    limits: &FetchLimits,
+    auth: Option<&ImageAuth>,
 ) -> Result<Finished, ImageError> {
-    let client = client()?;
-    let mut failures = 0;
+    let client = client(limits)?;
+    let mut attempts = Attempts::new(limits.attempts);
     loop {
-        match attempt(&client, url, temps, hint).await {
+        let failed = match attempt(&client, url, temps, hint, limits, auth).await {
             Ok(finished) => return Ok(finished),
-            Err(failed) if failed.retry => {
-                failures = if failed.progressed { 1 } else { failures + 1 };
-                if failures >= MAX_FAILURES {
-                    return Err(failed.error);
-                }
-                let delay = backoff(failures);
+            Err(failed) => failed,
+        };
+        if !failed.retry {
+            return Err(failed.error);
+        }
+        // Bytes that cannot be resumed are no progress: the next attempt starts over.
+        let progressed = failed.progressed && resumable_partial(url, temps).is_some();
+        match attempts.failed(progressed) {
+            Some(delay) => {
                 tracing::warn!(
                     url = %url,
+                    attempt = attempts.used(),
+                    allowed = attempts.allowed(),
                     error = %crate::error::render_chain(&failed.error),
                     retry_in = %humantime::format_duration(delay),
-                    "download failed; will resume"
+                    "download attempt failed; will try again"
                 );
                 tokio::time::sleep(delay).await;
             }
-            Err(failed) => return Err(failed.error),
+            None => {
+                // What is kept is decided (and done) by [`abandon`], with the same rule.
+                let kept = match keeps(temps, Some(url), &failed.error) {
+                    Some(bytes) => {
+                        format!("the partial file ({bytes} bytes) is kept and resumed on the next start")
+                    }
+                    None => "nothing was kept (the download cannot be resumed)".to_owned(),
+                };
+                return Err(ImageError::GaveUp {
+                    url: url.to_string(),
+                    attempts: attempts.used(),
+                    limit: limits.attempts,
+                    kept,
+                    last: Box::new(failed.error),
+                });
+            }
         }
     }
 }
 
 async fn attempt(
     client: &Client,
-    url: &Url,
+    url: &ImageUrl,
     temps: &Temps,
     hint: Option<Compression>,
+    limits: &FetchLimits,
+    auth: Option<&ImageAuth>,
 ) -> Result<Finished, Failed> {
+    let shown = url.to_string();
     let (offset, validator) = resumable(url, temps);
-    let mut request = client.get(url.clone());
+    // The URL's own user:password@ becomes basic authentication inside reqwest.
+    let mut request = client.get(url.expose().clone());
+    request = match auth {
+        Some(ImageAuth::Bearer(token)) => request.bearer_auth(&token.0),
+        Some(ImageAuth::Basic { user, password }) => request.basic_auth(user, Some(&password.0)),
+        None => request,
+    };
     if let (true, Some(if_range)) = (offset > 0, validator.as_ref().and_then(Validator::if_range)) {
         tracing::info!(url = %url, offset, "resuming a partial download");
         request = request
             .header(header::RANGE, format!("bytes={offset}-"))
             .header(header::IF_RANGE, if_range);
     }
-    let network = |source| Failed {
-        error: ImageError::Network {
-            url: url.to_string(),
-            source,
-        },
-        retry: true,
-        progressed: false,
+    let response = match tokio::time::timeout(limits.stall_timeout, request.send()).await {
+        Err(_) => {
+            let stalled = ImageError::Stalled {
+                url: shown,
+                timeout: limits.stall_timeout,
+                received: offset,
+            };
+            return Err(retry(stalled, false));
+        }
+        Ok(Err(source)) => return Err(retry(network(&shown, source), false)),
+        Ok(Ok(response)) => response,
     };
-    let response = request.send().await.map_err(network)?;
     let status = response.status();
-    let final_url = response.url().to_string();
+    let final_url = redact_url(response.url());
     let (resume, total) = match status {
         StatusCode::PARTIAL_CONTENT if offset > 0 => {
             let range = response
@@ -166,11 +278,7 @@ async fn attempt(
                 Some((start, total)) if start == offset => (true, total),
                 _ => {
                     discard(temps);
-                    return Err(Failed {
-                        error: ImageError::BadRange { url: final_url },
-                        retry: true,
-                        progressed: true,
-                    });
+                    return Err(retry(ImageError::BadRange { url: final_url }, true));
                 }
             }
         }
@@ -178,30 +286,25 @@ async fn attempt(
             if offset > 0 {
                 tracing::info!(url = %url, "the server sent the whole file (no range support, or the file changed); starting over");
             }
-            let validator = Validator::from_headers(url, response.headers());
+            let total = response.content_length();
+            let validator = Validator::from_headers(url, response.headers(), total);
             save_validator(temps, &validator).map_err(fatal)?;
-            (false, response.content_length())
+            (false, total)
         }
         StatusCode::RANGE_NOT_SATISFIABLE => {
             discard(temps);
-            return Err(Failed {
-                error: ImageError::ServerStatus {
-                    url: final_url,
-                    status,
-                },
-                retry: true,
-                progressed: true,
-            });
+            let error = ImageError::ServerStatus {
+                url: final_url,
+                status,
+            };
+            return Err(retry(error, true));
         }
         s if s.is_server_error() => {
-            return Err(Failed {
-                error: ImageError::ServerStatus {
-                    url: final_url,
-                    status,
-                },
-                retry: true,
-                progressed: false,
-            })
+            let error = ImageError::ServerStatus {
+                url: final_url,
+                status,
+            };
+            return Err(retry(error, false));
         }
         _ => {
             return Err(fatal(ImageError::ClientStatus {
@@ -210,21 +313,18 @@ async fn attempt(
             }))
         }
     };
-    let start = if resume { offset } else { 0 };
-    if let Some(total) = total {
-        space::check(&temps.dir, total.saturating_sub(start)).map_err(fatal)?;
-    }
-    stream(response, url, temps, hint, resume, total).await
+    stream(response, url, temps, hint, resume, total, limits).await
 }
 
-/// Moves the body to a writing thread, chunk by chunk.
+/// Moves the body to a writing thread, chunk by chunk, watching for stalls and a trickle.
 async fn stream(
     mut response: Response,
-    url: &Url,
+    url: &ImageUrl,
     temps: &Temps,
     hint: Option<Compression>,
     resume: bool,
     total: Option<u64>,
+    limits: &FetchLimits,
 ) -> Result<Finished, Failed> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(CHANNEL);
     let temps_for_sink = Temps {
@@ -240,76 +340,228 @@ async fn stream(
         }
         Ok::<_, ImageError>((sink, started_at))
     });
-    let mut network_error = None;
+    let shown = url.to_string();
+    let mut pace = Pace::new(limits.min_rate, limits.rate_window);
+    // Time spent waiting on the server (not on our own disk) and bytes it sent.
+    let (mut waited, mut arrived) = (Duration::ZERO, 0u64);
+    let mut stopped = None;
     loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
+        let asked = Instant::now();
+        let next = tokio::time::timeout(limits.stall_timeout, response.chunk()).await;
+        waited += asked.elapsed();
+        match next {
+            Ok(Ok(Some(chunk))) => {
+                arrived += chunk.len() as u64;
                 if tx.send(chunk).await.is_err() {
                     break; // the writer failed; its error is below
                 }
+                if let Err(slow) = pace.record(waited, arrived) {
+                    stopped = Some(Stop::TooSlow(slow));
+                    break;
+                }
             }
-            Ok(None) => break,
-            Err(source) => {
-                network_error = Some(source);
+            Ok(Ok(None)) => break,
+            Ok(Err(source)) => {
+                stopped = Some(Stop::Network(source));
+                break;
+            }
+            Err(_) => {
+                stopped = Some(Stop::Stalled);
                 break;
             }
         }
     }
     drop(tx);
+    drop(response);
     let (sink, started_at) = writer
         .await
         .map_err(|e| fatal(ImageError::Internal(e.to_string())))?
         .map_err(fatal)?;
     let progressed = sink.received() > started_at;
-    if let Some(source) = network_error {
-        let _ = sink.keep_partial();
-        return Err(Failed {
-            error: ImageError::Network {
-                url: url.to_string(),
-                source,
+    if let Some(stop) = stopped {
+        let received = sink.keep_partial().map_err(fatal)?;
+        let error = match stop {
+            Stop::Network(source) => ImageError::BodyBroken {
+                url: shown,
+                received,
+                total,
+                source: source.without_url(),
             },
-            retry: true,
-            progressed,
-        });
+            Stop::Stalled => ImageError::Stalled {
+                url: shown,
+                timeout: limits.stall_timeout,
+                received,
+            },
+            Stop::TooSlow(slow) => ImageError::TooSlow {
+                url: shown,
+                bytes: slow.bytes,
+                window: slow.window,
+                min_rate: limits.min_rate,
+                received,
+            },
+        };
+        return Err(retry(error, progressed));
     }
     if let Some(total) = total.filter(|t| *t != sink.received()) {
         let received = sink.keep_partial().map_err(fatal)?;
-        return Err(Failed {
-            error: ImageError::ShortBody {
-                url: url.to_string(),
-                received,
-                total,
-            },
-            retry: true,
-            progressed,
-        });
+        let short = ImageError::ShortBody {
+            url: shown,
+            received,
+            total,
+        };
+        return Err(retry(short, progressed));
     }
     sink.finish().map_err(fatal)
 }
 
-/// The offset and validator of a partial download of `url` that may be resumed.
-fn resumable(url: &Url, temps: &Temps) -> (u64, Option<Validator>) {
+/// Why the body stopped before its end.
+enum Stop {
+    Network(reqwest::Error),
+    Stalled,
+    TooSlow(super::progress::TooSlow),
+}
+
+/// The validator of a partial download of `url` that can be resumed, and its length so far:
+/// the server named a length and a validator for it, and it is not complete yet.
+fn resumable_partial(url: &ImageUrl, temps: &Temps) -> Option<(u64, Validator)> {
     let len = std::fs::metadata(&temps.part).map_or(0, |m| m.len());
     let validator = std::fs::read(&temps.meta)
         .ok()
         .and_then(|bytes| serde_json::from_slice::<Validator>(&bytes).ok())
-        .filter(|v| v.url == url.as_str());
-    match validator {
-        Some(v) if len > 0 && v.if_range().is_some() => (len, Some(v)),
-        _ => (0, None),
+        .filter(|v| v.url == url.to_string())?;
+    let length = validator.length?;
+    (len > 0 && len < length && validator.if_range().is_some()).then_some((len, validator))
+}
+
+/// The offset and validator to resume from; 0 and `None` to start over.
+fn resumable(url: &ImageUrl, temps: &Temps) -> (u64, Option<Validator>) {
+    match resumable_partial(url, temps) {
+        Some((len, validator)) => (len, Some(validator)),
+        None => (0, None),
     }
 }
 
+/// Writes the validator: 0600 (it names the URL, if only redacted), atomically.
 fn save_validator(temps: &Temps, validator: &Validator) -> Result<(), ImageError> {
     let bytes = serde_json::to_vec(validator).map_err(|e| ImageError::Internal(e.to_string()))?;
-    crate::atomic_file::write(&temps.meta, &bytes)
-        .map_err(|source| temps.write_error(&temps.meta, source))
+    // We hold the image lock: a fixed temporary name cannot collide.
+    let temp = crate::atomic_file::temp_path(&temps.meta, "tmp");
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(TEMP_MODE)
+            .open(&temp)?;
+        file.set_permissions(Permissions::from_mode(TEMP_MODE))?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, &temps.meta)?;
+        crate::atomic_file::sync_parent(&temps.meta)
+    })();
+    written.map_err(|source| {
+        let _ = std::fs::remove_file(&temp);
+        temps.write_error(&temps.meta, source)
+    })
 }
 
 /// Forgets a partial download that cannot be resumed.
 pub fn discard(temps: &Temps) {
-    for path in [&temps.part, &temps.meta, &temps.unpacked] {
+    let meta_temp = crate::atomic_file::temp_path(&temps.meta, "tmp");
+    for path in [&temps.part, &temps.meta, &temps.unpacked, &meta_temp] {
         let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Before a download: removes what an earlier start left that cannot be resumed (the
+/// unpacked file never can: a resume replays the partial file through the decoder).
+pub fn tidy(temps: &Temps, url: Option<&ImageUrl>) {
+    let _ = std::fs::remove_file(&temps.unpacked);
+    if url.and_then(|url| resumable_partial(url, temps)).is_none() {
+        discard(temps);
+    }
+}
+
+/// Whether a download that ended with `error` is worth resuming later: not when the bytes
+/// themselves were the problem (corrupt, not a disk, a bomb), nor after a 4xx.
+fn worth_resuming(error: &ImageError) -> bool {
+    match error {
+        ImageError::GaveUp { last, .. } => worth_resuming(last),
+        ImageError::Reserve { unpacked, .. } => unpacked.is_none(),
+        ImageError::Network { .. }
+        | ImageError::ServerStatus { .. }
+        | ImageError::ShortBody { .. }
+        | ImageError::BodyBroken { .. }
+        | ImageError::Stalled { .. }
+        | ImageError::TooSlow { .. }
+        | ImageError::NoSpace { .. }
+        | ImageError::Interrupted(_) => true,
+        _ => false,
+    }
+}
+
+/// The bytes of the partial download that [`abandon`] keeps after `error`.
+fn keeps(temps: &Temps, url: Option<&ImageUrl>, error: &ImageError) -> Option<u64> {
+    url.filter(|_| worth_resuming(error))
+        .and_then(|url| resumable_partial(url, temps))
+        .map(|(len, _)| len)
+}
+
+/// After a failed download: removes the unpacked file, and the partial one unless it can be
+/// resumed and is worth it. Returns the bytes kept.
+pub fn abandon(temps: &Temps, url: Option<&ImageUrl>, error: &ImageError) -> Option<u64> {
+    let _ = std::fs::remove_file(&temps.unpacked);
+    let kept = keeps(temps, url, error);
+    match kept {
+        Some(bytes) => {
+            tracing::info!(
+                bytes,
+                "the partial download is kept for the next start to resume"
+            )
+        }
+        None => {
+            discard(temps);
+            tracing::info!("the partial download was removed (it cannot be resumed)");
+        }
+    }
+    kept
+}
+
+/// Cleans up after a download that did not finish, also when its future is dropped (SIGTERM):
+/// the unpacked file goes, the partial file stays only when it can be resumed.
+#[derive(Debug)]
+pub struct Leftovers {
+    temps: Temps,
+    url: Option<ImageUrl>,
+    armed: bool,
+}
+
+impl Leftovers {
+    pub fn new(temps: &Temps, url: Option<&ImageUrl>) -> Self {
+        Self {
+            temps: temps.clone(),
+            url: url.cloned(),
+            armed: true,
+        }
+    }
+
+    /// The download failed with `error`.
+    pub fn abandon(&mut self, error: &ImageError) {
+        self.armed = false;
+        abandon(&self.temps, self.url.as_ref(), error);
+    }
+
+    /// The download became the base image: nothing is left over.
+    pub fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        if self.armed {
+            tidy(&self.temps, self.url.as_ref());
+        }
     }
 }
 
@@ -326,6 +578,33 @@ mod tests {
     }
 
     #[test]
+    fn attempts_are_bounded_even_when_every_one_makes_progress() {
+        let mut attempts = Attempts::new(3);
+        let mut made = 1;
+        while attempts.failed(true).is_some() {
+            made += 1;
+            assert!(made <= 6, "progress earns at most 3 more");
+        }
+        assert_eq!((made, attempts.used()), (6, 6));
+    }
+
+    #[test]
+    fn attempts_without_progress_end_at_the_limit_with_growing_delays() {
+        let mut attempts = Attempts::new(3);
+        assert_eq!(attempts.failed(false), Some(FIRST_BACKOFF));
+        assert_eq!(attempts.failed(false), Some(Duration::from_secs(1)));
+        assert_eq!(attempts.failed(false), None);
+        let mut mixed = Attempts::new(2);
+        assert_eq!(
+            mixed.failed(true),
+            Some(FIRST_BACKOFF),
+            "progress resets the delay"
+        );
+        assert_eq!(mixed.failed(false), Some(Duration::from_secs(1)));
+        assert_eq!(mixed.failed(false), None, "2 + 1 earned");
+    }
+
+    #[test]
     fn parses_content_range() {
         assert_eq!(content_range("bytes 100-199/200"), Some((100, Some(200))));
         assert_eq!(content_range("bytes 5-9/*"), Some((5, None)));
@@ -338,6 +617,7 @@ mod tests {
             url: "http://x/y".into(),
             etag: etag.map(Into::into),
             last_modified: lm.map(Into::into),
+            length: None,
         };
         let date = "Wed, 21 Oct 2015 07:28:00 GMT";
         assert_eq!(v(Some("\"abc\""), Some(date)).if_range(), Some("\"abc\""));

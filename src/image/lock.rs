@@ -12,6 +12,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -41,11 +42,13 @@ pub async fn acquire(target: &Path) -> Result<ImageLock, ImageError> {
         path: path.clone(),
         source,
     };
+    // 0600 like every file we write in IMAGE_DIR: it names this pod's host.
     let mut file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
+        .mode(0o600)
         .open(&path)
         .map_err(lock_err)?;
     let started = Instant::now();

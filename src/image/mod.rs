@@ -4,7 +4,8 @@
 //! [`ensure_base`]: an existing valid target is used without touching the network; otherwise
 //! one pod takes the cross-pod [`lock`], downloads to hidden temporary names beside the target
 //! ([`Temps`]), verifies the sha256 and the disk format ([`source`]), fsyncs and renames. A
-//! killed download leaves its partial file for the next attempt to resume.
+//! killed or failed download leaves its partial file for the next attempt to resume when it
+//! can be resumed (a length and a validator from the server), and nothing otherwise.
 //!
 //! [`ensure_overlay`]: see [`overlay`].
 
@@ -50,13 +51,24 @@ pub enum ImageError {
     },
     #[error("could not set up the HTTP client")]
     HttpClient(#[source] reqwest::Error),
-    #[error("downloading {url} failed (retried; the partial file is kept for the next start)")]
+    #[error("downloading {url} failed")]
     Network {
         url: String,
         #[source]
         source: reqwest::Error,
     },
-    #[error("{url} answered {status} (retried; the partial file is kept for the next start)")]
+    #[error(
+        "{url} broke off after {received} of {} bytes",
+        .total.map_or_else(|| "an unknown number of".to_owned(), |t| t.to_string())
+    )]
+    BodyBroken {
+        url: String,
+        received: u64,
+        total: Option<u64>,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{url} answered {status}")]
     ServerStatus { url: String, status: StatusCode },
     #[error("{url} answered {status}; check IMG_SOURCE (and that the server allows this pod)")]
     ClientStatus { url: String, status: StatusCode },
@@ -67,6 +79,58 @@ pub enum ImageError {
         url: String,
         received: u64,
         total: u64,
+    },
+    #[error(
+        "{url} sent nothing for {} (FETCH_STALL_TIMEOUT) after {received} bytes",
+        humantime::format_duration(*.timeout)
+    )]
+    Stalled {
+        url: String,
+        timeout: std::time::Duration,
+        received: u64,
+    },
+    #[error(
+        "{url} sent only {bytes} bytes in the last {}, below FETCH_MIN_RATE ({min_rate} bytes/s), \
+         after {received} bytes",
+        humantime::format_duration(*.window)
+    )]
+    TooSlow {
+        url: String,
+        bytes: u64,
+        window: std::time::Duration,
+        min_rate: u64,
+        received: u64,
+    },
+    #[error(
+        "gave up downloading {url} after {attempts} attempts (FETCH_ATTEMPTS={limit}); {kept}. \
+         Check the server, or raise FETCH_ATTEMPTS, FETCH_STALL_TIMEOUT or lower FETCH_MIN_RATE"
+    )]
+    GaveUp {
+        url: String,
+        attempts: u32,
+        limit: u32,
+        kept: String,
+        #[source]
+        last: Box<ImageError>,
+    },
+    #[error(
+        "stopped the download at {} bytes{}{}: writing more would leave less than \
+         IMAGE_DIR_RESERVE ({}) free in {dir} ({} free). Give the volume more space, remove \
+         unused images, or lower IMAGE_DIR_RESERVE",
+        .downloaded,
+        .total.map(|t| format!(" of {t}")).unwrap_or_else(|| " (the server sent no length)".to_owned()),
+        .unpacked.map(|u| format!(", unpacked to {u} bytes ({:.1} GiB) so far", u as f64 / crate::size::GIB as f64)).unwrap_or_default(),
+        crate::size::ByteSize(*.reserve),
+        show(Some(*.available))
+    )]
+    Reserve {
+        dir: PathBuf,
+        downloaded: u64,
+        total: Option<u64>,
+        /// Bytes of the unpacked image, when unpacking is what wanted more.
+        unpacked: Option<u64>,
+        available: u64,
+        reserve: u64,
     },
     #[error("could not read {path}")]
     Read {
@@ -81,13 +145,15 @@ pub enum ImageError {
         source: io::Error,
     },
     #[error(
-        "not enough space in IMAGE_DIR {dir}: {} needed, {} free; give the volume more space \
-         or remove unused images", show(*.needed), show(*.available)
+        "not enough space in IMAGE_DIR {dir}: {} needed and IMAGE_DIR_RESERVE ({}) kept free, {} \
+         free; give the volume more space, remove unused images or lower IMAGE_DIR_RESERVE",
+        show(*.needed), crate::size::ByteSize(*.reserve), show(*.available)
     )]
     NoSpace {
         dir: PathBuf,
         needed: Option<u64>,
         available: Option<u64>,
+        reserve: u64,
     },
     #[error("the {compression} stream is corrupt or cut short")]
     Decompress {
@@ -142,7 +208,9 @@ pub enum ImageError {
          qemu has it open; stop the process that has it open, then start again"
     )]
     OverlayInUse { path: PathBuf, holder: String },
-    #[error("interrupted by {0}; a partial download is kept and resumed on the next start")]
+    #[error(
+        "interrupted by {0}; a partial download that can be resumed is kept for the next start"
+    )]
     Interrupted(nix::sys::signal::Signal),
     #[error("internal error: {0}")]
     Internal(String),
@@ -177,6 +245,8 @@ pub struct Temps {
     pub unpacked: PathBuf,
     /// Download size, when known (for the out-of-space message).
     pub total: Option<u64>,
+    /// Bytes left free on the volume (`IMAGE_DIR_RESERVE`).
+    pub reserve: u64,
 }
 
 impl Temps {
@@ -188,6 +258,7 @@ impl Temps {
             meta: temp("part.meta"),
             unpacked: temp("unpacked"),
             total: None,
+            reserve: 0,
         }
     }
 
@@ -198,6 +269,7 @@ impl Temps {
                 dir: self.dir.clone(),
                 needed: self.total,
                 available: None,
+                reserve: self.reserve,
             }
         } else {
             ImageError::Write {
@@ -261,13 +333,33 @@ async fn fetch_base(image: &ImageConfig) -> Result<PathBuf, ImageError> {
         return existing(&target).map(|_| target);
     }
     image_state("downloading");
-    let temps = Temps::for_target(&target);
+    let temps = Temps {
+        reserve: space::reserve_bytes(&image.dir, image.fetch.reserve),
+        ..Temps::for_target(&target)
+    };
     let (source_name, hint) = describe(source);
+    let url = match source {
+        ImageSource::Url(url) => Some(url),
+        ImageSource::Path(_) => None,
+    };
+    // What an earlier start left and cannot be resumed goes first; what this one leaves
+    // goes when it fails or is interrupted (SIGTERM drops this future).
+    fetch::tidy(&temps, url);
+    let mut leftovers = fetch::Leftovers::new(&temps, url);
     let mut clean_retry = image.sha256.is_some();
     let finished = loop {
-        let finished = match source {
-            ImageSource::Url(url) => fetch::http(url, &temps, hint).await?,
-            ImageSource::Path(path) => local::copy(path, &temps, hint).await?,
+        let fetched = match source {
+            ImageSource::Url(url) => {
+                fetch::http(url, &temps, hint, &image.fetch, image.auth.as_ref()).await
+            }
+            ImageSource::Path(path) => local::copy(path, &temps, hint).await,
+        };
+        let finished = match fetched {
+            Ok(finished) => finished,
+            Err(error) => {
+                leftovers.abandon(&error);
+                return Err(error);
+            }
         };
         match &image.sha256 {
             None => {
@@ -302,6 +394,16 @@ async fn fetch_base(image: &ImageConfig) -> Result<PathBuf, ImageError> {
             return Err(ImageError::NotADisk { source_name, what });
         }
     }
+    // Temporary files are 0600; the base image is read by every pod on the volume, whatever
+    // its user, and holds nothing a pod could not download itself.
+    std::fs::set_permissions(
+        &finished.image,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .map_err(|source| ImageError::Write {
+        path: finished.image.clone(),
+        source,
+    })?;
     std::fs::rename(&finished.image, &target).map_err(|source| ImageError::Rename {
         from: finished.image.clone(),
         to: target.clone(),
@@ -312,6 +414,7 @@ async fn fetch_base(image: &ImageConfig) -> Result<PathBuf, ImageError> {
         source,
     })?;
     fetch::discard(&temps);
+    leftovers.disarm();
     tracing::info!(path = %target.display(), "base image ready");
     Ok(target)
 }
@@ -330,16 +433,10 @@ fn existing(path: &Path) -> Result<DiskFormat, ImageError> {
     }
 }
 
-/// A name for log lines and the compression hinted by the source's name.
+/// A name for log lines (a URL redacted) and the compression hinted by the source's name.
 fn describe(source: &ImageSource) -> (String, Option<Compression>) {
     match source {
-        ImageSource::Url(url) => {
-            let last = url
-                .path_segments()
-                .and_then(|mut s| s.next_back())
-                .unwrap_or("");
-            (url.to_string(), Compression::from_name(last))
-        }
+        ImageSource::Url(url) => (url.to_string(), Compression::from_name(url.last_segment())),
         ImageSource::Path(path) => {
             let name = path
                 .file_name()

@@ -1,5 +1,7 @@
-//! Download progress as periodic log lines (a pod has no TTY): bytes, percent, MiB/s, ETA.
+//! Download progress as periodic log lines (a pod has no TTY): bytes, percent, MiB/s, ETA;
+//! and [`Pace`], which decides when a download is too slow to be worth waiting for.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -89,9 +91,116 @@ impl fmt::Display for Report {
     }
 }
 
+/// The minimum average rate over a sliding window (curl's `--speed-limit`/`--speed-time`).
+///
+/// Time here is the time spent waiting on the network, given by the caller: the time our own
+/// disk keeps the network reader waiting is the server's due, not its fault.
+#[derive(Debug)]
+pub struct Pace {
+    min_rate: u64,
+    window: Duration,
+    /// (time, bytes so far), oldest first, at least `window / SAMPLES` apart.
+    samples: VecDeque<(Duration, u64)>,
+}
+
+const SAMPLES: u32 = 32;
+
+/// Too few bytes arrived over the last window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooSlow {
+    /// Bytes that arrived during the window.
+    pub bytes: u64,
+    pub window: Duration,
+}
+
+impl Pace {
+    /// `min_rate` in bytes per second (0: no minimum).
+    pub fn new(min_rate: u64, window: Duration) -> Self {
+        let mut samples = VecDeque::new();
+        samples.push_back((Duration::ZERO, 0));
+        Self {
+            min_rate,
+            window,
+            samples,
+        }
+    }
+
+    /// Records that `bytes` had arrived by `at`; fails once a whole window has passed with
+    /// fewer than `min_rate × window` bytes in it.
+    pub fn record(&mut self, at: Duration, bytes: u64) -> Result<(), TooSlow> {
+        if self.min_rate == 0 {
+            return Ok(());
+        }
+        let step = self.window / SAMPLES;
+        if self
+            .samples
+            .back()
+            .is_none_or(|(last, _)| at.saturating_sub(*last) >= step)
+        {
+            self.samples.push_back((at, bytes));
+        }
+        let Some(start) = at.checked_sub(self.window) else {
+            return Ok(()); // not a whole window yet
+        };
+        // The newest sample at or before the window's start is its baseline.
+        while self.samples.len() > 1 && self.samples[1].0 <= start {
+            self.samples.pop_front();
+        }
+        let Some(&(_, then)) = self.samples.front() else {
+            return Ok(());
+        };
+        let arrived = bytes.saturating_sub(then);
+        let wanted = self.min_rate as f64 * self.window.as_secs_f64();
+        if (arrived as f64) < wanted {
+            return Err(TooSlow {
+                bytes: arrived,
+                window: self.window,
+            });
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_trickle_fails_once_a_whole_window_is_below_the_minimum() {
+        let s = Duration::from_secs;
+        let mut pace = Pace::new(100, s(10));
+        // One byte every second: fine until a whole window has passed.
+        for t in 1..10 {
+            pace.record(s(t), t).expect("not a whole window yet");
+        }
+        let slow = pace.record(s(11), 11).expect_err("11 bytes in 11 s");
+        assert_eq!(slow.window, s(10));
+        assert!(slow.bytes <= 11, "{slow:?}");
+    }
+
+    #[test]
+    fn a_fast_start_does_not_excuse_a_stall_later_and_zero_disables() {
+        let s = Duration::from_secs;
+        let mut pace = Pace::new(100, s(10));
+        pace.record(s(1), 1_000_000).expect("fast");
+        pace.record(s(5), 1_000_100)
+            .expect("not a whole window yet");
+        let slow = pace
+            .record(s(11), 1_000_200)
+            .expect_err("only 200 bytes in 1..11 s");
+        assert_eq!(slow.bytes, 200);
+        let mut off = Pace::new(0, s(10));
+        off.record(s(100), 0).expect("no minimum");
+    }
+
+    #[test]
+    fn a_steady_rate_above_the_minimum_passes() {
+        let ms = Duration::from_millis;
+        let mut pace = Pace::new(1000, ms(2000));
+        for i in 1..=100u64 {
+            pace.record(ms(i * 100), i * 200).expect("2000 B/s");
+        }
+    }
 
     #[test]
     fn reports_only_after_the_interval() {

@@ -4,11 +4,18 @@
 //!
 //! A resumed download replays the partial file through the hash (and the decoder) first, so
 //! the digest always covers every byte of the image as downloaded.
+//!
+//! Every byte written, to either file, is first taken from a [`Budget`] that keeps
+//! `IMAGE_DIR_RESERVE` free on the shared volume: a body without a length or a decompression
+//! bomb stops there, with the sizes it reached. Both files are mode 0600 (they may be private
+//! images fetched with credentials); the base image is opened up when it is renamed into place.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -19,6 +26,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 
 use super::progress::Progress;
 use super::source::Compression;
+use super::space::{self, Budget, Shortage};
 use super::{ImageError, Temps};
 
 const BUFFER: usize = 256 << 10;
@@ -41,6 +49,25 @@ pub struct Sink {
     state: State,
     progress: Progress,
     label: String,
+    tally: Arc<Mutex<Tally>>,
+    total: Option<u64>,
+}
+
+/// Shared by both files of one download: what may still be written, and what the unpacked
+/// file holds (counted where the decoder writes it).
+#[derive(Debug)]
+struct Tally {
+    budget: Budget,
+    unpacked: u64,
+    /// Set when the decoder's write was refused for the reserve.
+    shortage: Option<Shortage>,
+}
+
+/// Mode of every temporary file: only we may read a download in progress.
+pub const TEMP_MODE: u32 = 0o600;
+
+fn lock(tally: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
+    tally.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl std::fmt::Debug for Sink {
@@ -84,13 +111,24 @@ impl Sink {
             source,
         };
         let mut options = OpenOptions::new();
-        options.create(true).read(true);
+        options.create(true).read(true).mode(TEMP_MODE);
         if resume {
             options.append(true);
         } else {
             options.write(true).truncate(true);
         }
         let file = options.open(&temps.part).map_err(write_err)?;
+        // A partial file from an older version may be world-readable.
+        file.set_permissions(Permissions::from_mode(TEMP_MODE))
+            .map_err(write_err)?;
+        if let Some(total) = total {
+            let have = if resume {
+                file.metadata().map_err(write_err)?.len()
+            } else {
+                0
+            };
+            space::check_keeping(&temps.dir, total.saturating_sub(have), temps.reserve)?;
+        }
         let replay = if resume {
             Some(file.try_clone().map_err(write_err)?)
         } else {
@@ -107,6 +145,12 @@ impl Sink {
             state: State::Undecided(Vec::new()),
             progress: Progress::new(0, total, Instant::now()),
             label: label.to_owned(),
+            tally: Arc::new(Mutex::new(Tally {
+                budget: Budget::new(&temps.dir, temps.reserve),
+                unpacked: 0,
+                shortage: None,
+            })),
+            total,
         };
         if let Some(mut existing) = replay {
             let mut buf = vec![0u8; BUFFER];
@@ -134,6 +178,10 @@ impl Sink {
     pub fn feed(&mut self, chunk: &[u8]) -> Result<(), ImageError> {
         self.chunks += 1;
         crate::http::metrics::image_downloaded(chunk.len() as u64);
+        let taken = lock(&self.tally).budget.take(chunk.len() as u64);
+        if let Err(shortage) = taken {
+            return Err(self.reserve_error(shortage, false));
+        }
         self.part
             .write_all(chunk)
             .map_err(|source| self.temps.write_error(&self.temps.part, source))?;
@@ -167,6 +215,19 @@ impl Sink {
         self.written_back = to;
     }
 
+    /// The reserve error with the sizes reached: of the download, and of the unpacked image
+    /// when it was the decompression that wanted more (a bomb's real size, not its own).
+    fn reserve_error(&self, shortage: Shortage, unpacking: bool) -> ImageError {
+        ImageError::Reserve {
+            dir: self.temps.dir.clone(),
+            downloaded: self.received,
+            total: self.total,
+            unpacked: unpacking.then(|| lock(&self.tally).unpacked),
+            available: shortage.available,
+            reserve: shortage.reserve,
+        }
+    }
+
     /// Hash and unpack (the bytes are already in the partial file).
     fn consume(&mut self, chunk: &[u8]) -> Result<(), ImageError> {
         self.hasher.update(chunk);
@@ -174,7 +235,8 @@ impl Sink {
         match &mut self.state {
             State::Plain => Ok(()),
             State::Unpacking(compression, decoder) => {
-                unpack(*compression, decoder.as_mut(), chunk, &self.temps)
+                let result = unpack(*compression, decoder.as_mut(), chunk, &self.temps);
+                self.refused_for_reserve(result)
             }
             State::Undecided(head) => {
                 head.extend_from_slice(chunk);
@@ -195,8 +257,19 @@ impl Sink {
         self.state = State::Plain;
         let compression = self.hint.unwrap_or_else(|| Compression::from_magic(&head));
         let open = || {
-            File::create(&self.temps.unpacked)
-                .map(|out| Immediate(BufWriter::with_capacity(BUFFER, out)))
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(TEMP_MODE)
+                .open(&self.temps.unpacked)
+                .and_then(|out| {
+                    out.set_permissions(Permissions::from_mode(TEMP_MODE))?;
+                    Ok(Immediate {
+                        out: BufWriter::with_capacity(BUFFER, out),
+                        tally: Arc::clone(&self.tally),
+                    })
+                })
                 .map_err(|source| self.temps.write_error(&self.temps.unpacked, source))
         };
         let mut decoder: Pin<Box<dyn AsyncWrite + Send>> = match compression {
@@ -206,9 +279,19 @@ impl Sink {
             Compression::Zstd => Box::pin(ZstdDecoder::new(open()?)),
         };
         tracing::info!(image = %self.label, %compression, "unpacking while downloading");
-        unpack(compression, decoder.as_mut(), &head, &self.temps)?;
+        let result = unpack(compression, decoder.as_mut(), &head, &self.temps);
+        self.refused_for_reserve(result)?;
         self.state = State::Unpacking(compression, decoder);
         Ok(())
+    }
+
+    /// An unpacking error that was really the reserve, said so with the sizes reached.
+    fn refused_for_reserve(&self, result: Result<(), ImageError>) -> Result<(), ImageError> {
+        let shortage = lock(&self.tally).shortage.take();
+        match (result, shortage) {
+            (Err(_), Some(shortage)) => Err(self.reserve_error(shortage, true)),
+            (result, _) => result,
+        }
     }
 
     /// Writes what is buffered to the partial file (for a later resume).
@@ -229,7 +312,8 @@ impl Sink {
                 let done = decoder.shutdown().now_or_never().unwrap_or_else(|| {
                     Err(io::Error::other("the decoder waited on a synchronous file"))
                 });
-                done.map_err(|source| decode_error(compression, source))?;
+                let done = done.map_err(|source| decode_error(compression, source));
+                self.refused_for_reserve(done)?;
                 drop(decoder);
                 sync(&self.temps.unpacked)
                     .map_err(|e| self.temps.write_error(&self.temps.unpacked, e))?;
@@ -290,8 +374,12 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// A file as an `AsyncWrite` that never waits: the decoders are async-only, and we drive them
-/// on a blocking thread where a plain `write` is exactly right.
-struct Immediate(BufWriter<File>);
+/// on a blocking thread where a plain `write` is exactly right. Each write is taken from the
+/// budget first, so a bomb stops within one buffer of the reserve.
+struct Immediate {
+    out: BufWriter<File>,
+    tally: Arc<Mutex<Tally>>,
+}
 
 impl AsyncWrite for Immediate {
     fn poll_write(
@@ -299,15 +387,28 @@ impl AsyncWrite for Immediate {
         _: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Poll::Ready(self.0.write(buf))
+        let this = &mut *self;
+        let mut tally = lock(&this.tally);
+        if let Err(shortage) = tally.budget.take(buf.len() as u64) {
+            tally.shortage = Some(shortage);
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "IMAGE_DIR_RESERVE reached",
+            )));
+        }
+        let written = this.out.write(buf);
+        if let Ok(n) = written {
+            tally.unpacked += n as u64;
+        }
+        Poll::Ready(written)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(self.0.flush())
+        Poll::Ready(self.out.flush())
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(self.0.flush())
+        Poll::Ready(self.out.flush())
     }
 }
 

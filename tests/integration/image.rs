@@ -1,6 +1,7 @@
 //! `kvm-manager image` against a local HTTP server: download once, resume, verify, reject
 //! what is not a disk, and an overlay that qemu accepts and that is never rewritten.
 
+mod ends;
 mod server;
 
 use std::path::{Path, PathBuf};

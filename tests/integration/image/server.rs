@@ -1,6 +1,7 @@
 //! A tiny HTTP/1.1 server on 127.0.0.1 for the image tests: one request per connection, with
 //! knobs for everything a bad mirror does — no Range support, cut connections, 404/500,
-//! redirects, an HTML page with 200, throttling — and a log of every request it saw.
+//! redirects, an HTML page with 200, throttling, a body that drips, an endless body without a
+//! length — and a log of every request it saw (with its Authorization header).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -27,6 +28,13 @@ pub enum Route {
     Status(u16),
     Redirect(String),
     Html,
+    /// Announces `len` bytes, then sends one every `every` (never a validator).
+    Drip {
+        len: usize,
+        every: Duration,
+    },
+    /// Zeros without a Content-Length, until the client hangs up.
+    Endless,
 }
 
 /// One request as the server saw it.
@@ -35,6 +43,7 @@ pub struct Seen {
     pub path: String,
     pub range: Option<String>,
     pub if_range: Option<String>,
+    pub authorization: Option<String>,
     pub status: u16,
 }
 
@@ -126,13 +135,27 @@ fn handle(mut stream: TcpStream, state: &State) {
     }
     let range = headers.get("range").cloned();
     let if_range = headers.get("if-range").cloned();
+    let seen = |status| Seen {
+        path: path.clone(),
+        range: range.clone(),
+        if_range: if_range.clone(),
+        authorization: headers.get("authorization").cloned(),
+        status,
+    };
+    let special = state.routes.lock().expect("routes").get(&path).cloned();
+    match special {
+        Some(Route::Drip { len, every }) => {
+            state.seen.lock().expect("seen").push(seen(200));
+            return drip(stream, len, every);
+        }
+        Some(Route::Endless) => {
+            state.seen.lock().expect("seen").push(seen(200));
+            return endless(stream);
+        }
+        _ => {}
+    }
     let reply = decide(state, &path, range.as_deref(), if_range.as_deref());
-    state.seen.lock().expect("seen").push(Seen {
-        path,
-        range,
-        if_range,
-        status: reply.status,
-    });
+    state.seen.lock().expect("seen").push(seen(reply.status));
     let mut head = format!(
         "HTTP/1.1 {} X\r\nContent-Length: {}\r\nConnection: close\r\n",
         reply.status,
@@ -164,6 +187,28 @@ fn handle(mut stream: TcpStream, state: &State) {
     let _ = stream.shutdown(Shutdown::Both);
 }
 
+fn drip(mut stream: TcpStream, len: usize, every: Duration) {
+    let head = format!("HTTP/1.1 200 X\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    for _ in 0..len {
+        thread::sleep(every);
+        if stream.write_all(&[0]).is_err() {
+            return;
+        }
+    }
+}
+
+fn endless(mut stream: TcpStream) {
+    let head = "HTTP/1.1 200 X\r\nConnection: close\r\n\r\n";
+    if stream.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    let zeros = vec![0u8; 64 << 10];
+    while stream.write_all(&zeros).is_ok() {}
+}
+
 fn decide(state: &State, path: &str, range: Option<&str>, if_range: Option<&str>) -> Reply {
     let mut routes = state.routes.lock().expect("routes");
     let empty = |status| Reply {
@@ -182,6 +227,7 @@ fn decide(state: &State, path: &str, range: Option<&str>, if_range: Option<&str>
             headers: vec![("Location".into(), to.clone())],
             ..empty(302)
         },
+        Route::Drip { .. } | Route::Endless => empty(500),
         Route::Html => {
             let page = b"<!DOCTYPE html>\n<html><body>Please log in</body></html>\n".to_vec();
             Reply {
