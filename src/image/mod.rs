@@ -13,9 +13,11 @@ pub mod local;
 pub mod lock;
 pub mod overlay;
 pub mod progress;
+pub mod qcow2;
 pub mod sink;
 pub mod source;
 pub mod space;
+pub mod verify;
 
 use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
@@ -103,12 +105,22 @@ pub enum ImageError {
         expected: String,
         actual: String,
     },
-    #[error("{source_name} is not a disk image: received {what}")]
+    #[error("{source_name} is not a usable base image: received {what}; the download was removed")]
     NotADisk { source_name: String, what: String },
     #[error(
         "{path} exists but is not a usable disk image: {what}. Remove it to download it again"
     )]
     ExistingInvalid { path: PathBuf, what: String },
+    #[error(
+        "sha256 of the base image {path} is {actual}, but IMG_SHA256 is {expected}; refusing \
+         to boot it. The file is left in place (other pods may use it): if IMG_SHA256 is right, \
+         remove {path} (or set IMG_TARGET to another name) to download it again"
+    )]
+    ExistingChecksum {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
     #[error("could not rename {from} to {to}")]
     Rename {
         from: PathBuf,
@@ -233,13 +245,16 @@ fn image_state(state: &'static str) {
 }
 
 async fn fetch_base(image: &ImageConfig) -> Result<PathBuf, ImageError> {
+    let expected = image.sha256.as_deref();
     let target = match &image.target {
-        Some(ImageTarget::Existing(path)) => return existing(path).map(|_| path.clone()),
+        Some(ImageTarget::Existing(path)) => {
+            return existing(path, expected).await.map(|_| path.clone())
+        }
         Some(ImageTarget::Name(name)) => image.dir.join(name),
         None => return Err(ImageError::Internal("no IMG_TARGET".to_owned())),
     };
     if target.is_file() {
-        return existing(&target).map(|_| target);
+        return existing(&target, expected).await.map(|_| target);
     }
     let source = image.source.as_ref().ok_or_else(|| ImageError::NoSource {
         target: target.clone(),
@@ -252,7 +267,7 @@ async fn fetch_base(image: &ImageConfig) -> Result<PathBuf, ImageError> {
     let _lock = lock::acquire(&target).await?;
     if target.is_file() {
         // Another pod finished while we waited.
-        return existing(&target).map(|_| target);
+        return existing(&target, expected).await.map(|_| target);
     }
     image_state("downloading");
     let temps = Temps::for_target(&target);
@@ -306,21 +321,107 @@ async fn fetch_base(image: &ImageConfig) -> Result<PathBuf, ImageError> {
         source,
     })?;
     fetch::discard(&temps);
+    let pinned = image.sha256.is_some();
+    let recorded = target.clone();
+    tokio::task::spawn_blocking(move || record_download(&recorded, &finished, pinned))
+        .await
+        .map_err(|e| ImageError::Internal(e.to_string()))?;
     tracing::info!(path = %target.display(), "base image ready");
     Ok(target)
 }
 
-/// A base image that is already there: usable as it is, or a clear refusal.
-fn existing(path: &Path) -> Result<DiskFormat, ImageError> {
-    match inspect_file(path)? {
-        Ok(format) => {
-            tracing::info!(path = %path.display(), format = format.name(), "using the existing base image");
-            Ok(format)
+/// A base image that is already there: usable as it is (a disk, self-contained, and the
+/// digest `IMG_SHA256` names), or a clear refusal that leaves the file alone.
+async fn existing(path: &Path, expected: Option<&str>) -> Result<DiskFormat, ImageError> {
+    let format = inspect_file(path)?.map_err(|what| ImageError::ExistingInvalid {
+        path: path.to_path_buf(),
+        what,
+    })?;
+    if let Some(expected) = expected {
+        let (path, expected) = (path.to_path_buf(), expected.to_owned());
+        tokio::task::spawn_blocking(move || verify_existing(&path, &expected))
+            .await
+            .map_err(|e| ImageError::Internal(e.to_string()))??;
+    }
+    tracing::info!(path = %path.display(), format = format.name(), "using the existing base image");
+    Ok(format)
+}
+
+/// Checks a stored base against `IMG_SHA256`: by its verification record when the file is
+/// unchanged since, else by hashing it (and recording the result).
+fn verify_existing(path: &Path, expected: &str) -> Result<(), ImageError> {
+    let read_err = |source| ImageError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let record = verify::load(path);
+    let now = verify::identity(path).map_err(read_err)?;
+    let verdict = match verify::by_record(record.as_ref(), &now, expected) {
+        Some(verdict) => verdict,
+        None => {
+            tracing::info!(path = %path.display(), "hashing the base image to verify IMG_SHA256 (no verification record matches the file)");
+            let (stored, identity) = verify::hash(path).map_err(read_err)?;
+            let (verdict, source_sha256) = verify::by_digest(record.as_ref(), &stored, expected);
+            if let (verify::Verdict::Verified { .. }, Some(identity)) = (&verdict, identity) {
+                let fresh = verify::Record {
+                    sha256: stored,
+                    source_sha256,
+                    identity,
+                };
+                save_record(path, &fresh);
+            }
+            verdict
         }
-        Err(what) => Err(ImageError::ExistingInvalid {
+    };
+    match verdict {
+        verify::Verdict::Verified { cheap } => {
+            let how = if cheap {
+                "by its verification record (file unchanged since it was hashed)"
+            } else {
+                "by hashing it"
+            };
+            tracing::info!(path = %path.display(), sha256 = expected, "base image matches IMG_SHA256, verified {how}");
+            Ok(())
+        }
+        verify::Verdict::Mismatch { actual } => Err(ImageError::ExistingChecksum {
             path: path.to_path_buf(),
-            what,
+            expected: expected.to_owned(),
+            actual,
         }),
+    }
+}
+
+/// A record that cannot be written costs a hash on the next start, nothing more.
+fn save_record(path: &Path, record: &verify::Record) {
+    if let Err(error) = verify::save(path, record) {
+        tracing::warn!(path = %verify::record_path(path).display(), %error, "could not write the verification record; the base image will be hashed again on the next start");
+    }
+}
+
+/// Records the digest of a base just downloaded, so that the next start verifies it
+/// cheaply. A compressed download is stored unpacked: the stored file is hashed once here,
+/// but only when `IMG_SHA256` pins the image (else no start will ask).
+fn record_download(target: &Path, finished: &sink::Finished, pinned: bool) {
+    let stored = if finished.compression == Compression::None {
+        verify::identity(target).map(|id| Some((finished.sha256.clone(), Some(id))))
+    } else if pinned {
+        verify::hash(target).map(Some)
+    } else {
+        Ok(None)
+    };
+    match stored {
+        Ok(Some((sha256, Some(identity)))) => save_record(
+            target,
+            &verify::Record {
+                sha256,
+                source_sha256: finished.sha256.clone(),
+                identity,
+            },
+        ),
+        Ok(_) => {}
+        Err(error) => {
+            tracing::warn!(path = %target.display(), %error, "could not read the base image to record its digest")
+        }
     }
 }
 
