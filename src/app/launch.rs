@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, DriveFormat};
+use crate::image::source::DiskFormat;
 use crate::net::NetPlan;
 use crate::qemu::accel::{self, KVM_FIX};
-use crate::image::source::DiskFormat;
 use crate::qemu::args::{Base, BaseFormat, Launch, Nic, Vnc};
 use crate::qemu::sizing;
 use crate::qemu::QemuError;

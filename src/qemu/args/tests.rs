@@ -193,14 +193,20 @@ fn the_base_is_read_only_with_its_format_named_and_no_backing_of_its_own() {
     assert_eq!(node("base")["driver"], "qcow2");
     assert_eq!(node("base")["read-only"], true);
     assert!(node("base")["backing"].is_null());
-    assert!(node("base").as_object().expect("object").contains_key("backing"));
+    assert!(node("base")
+        .as_object()
+        .expect("object")
+        .contains_key("backing"));
     assert_eq!(node("disk0")["backing"], "base");
     assert_eq!(node("disk0")["file"], "disk0-file");
     let device = argv
         .iter()
         .find(|a| a.to_string_lossy().starts_with("virtio-blk-pci"))
         .expect("disk device");
-    assert!(device.to_string_lossy().contains("werror=enospc"), "{device:?}");
+    assert!(
+        device.to_string_lossy().contains("werror=enospc"),
+        "{device:?}"
+    );
 }
 
 #[test]
