@@ -1,10 +1,13 @@
 //! The disk: a base image in the shared `IMAGE_DIR` (fetched once, verified, never half-written)
 //! and this VM's pet overlay in `PET_DIR` (created once, never overwritten).
 //!
-//! [`ensure_base`]: an existing valid target is used without touching the network; otherwise
-//! one pod takes the cross-pod [`lock`], downloads to hidden temporary names beside the target
-//! ([`Temps`]), verifies the sha256 and the disk format ([`source`]), fsyncs and renames. A
-//! killed download leaves its partial file for the next attempt to resume.
+//! [`ensure_base`]: an existing target is used without touching the network once it is shown
+//! to be a self-contained disk ([`source`], [`qcow2`]) with the digest `IMG_SHA256` names
+//! ([`verify`]: cheaply, by its verification record, while the file is unchanged); a mismatch
+//! leaves it in place for the other pods. Otherwise one pod takes the cross-pod [`lock`],
+//! downloads to hidden temporary names beside the target ([`Temps`]), verifies the sha256 and
+//! the disk, fsyncs, renames and records the digest. A refused download is removed; a killed
+//! one leaves its partial file for the next attempt to resume.
 //!
 //! [`ensure_overlay`]: see [`overlay`].
 
