@@ -326,7 +326,7 @@ async fn fetch_base(image: &ImageConfig) -> Result<PathBuf, ImageError> {
     fetch::discard(&temps);
     let pinned = image.sha256.is_some();
     let recorded = target.clone();
-    tokio::task::spawn_blocking(move || record_download(&recorded, &finished, pinned))
+    tokio::task::spawn_blocking(move || verify::record_download(&recorded, &finished, pinned))
         .await
         .map_err(|e| ImageError::Internal(e.to_string()))?;
     tracing::info!(path = %target.display(), "base image ready");
@@ -342,90 +342,12 @@ async fn existing(path: &Path, expected: Option<&str>) -> Result<DiskFormat, Ima
     })?;
     if let Some(expected) = expected {
         let (path, expected) = (path.to_path_buf(), expected.to_owned());
-        tokio::task::spawn_blocking(move || verify_existing(&path, &expected))
+        tokio::task::spawn_blocking(move || verify::existing(&path, &expected))
             .await
             .map_err(|e| ImageError::Internal(e.to_string()))??;
     }
     tracing::info!(path = %path.display(), format = format.name(), "using the existing base image");
     Ok(format)
-}
-
-/// Checks a stored base against `IMG_SHA256`: by its verification record when the file is
-/// unchanged since, else by hashing it (and recording the result).
-fn verify_existing(path: &Path, expected: &str) -> Result<(), ImageError> {
-    let read_err = |source| ImageError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let record = verify::load(path);
-    let now = verify::identity(path).map_err(read_err)?;
-    let verdict = match verify::by_record(record.as_ref(), &now, expected) {
-        Some(verdict) => verdict,
-        None => {
-            tracing::info!(path = %path.display(), "hashing the base image to verify IMG_SHA256 (no verification record matches the file)");
-            let (stored, identity) = verify::hash(path).map_err(read_err)?;
-            let (verdict, source_sha256) = verify::by_digest(record.as_ref(), &stored, expected);
-            if let (verify::Verdict::Verified { .. }, Some(identity)) = (&verdict, identity) {
-                let fresh = verify::Record {
-                    sha256: stored,
-                    source_sha256,
-                    identity,
-                };
-                save_record(path, &fresh);
-            }
-            verdict
-        }
-    };
-    match verdict {
-        verify::Verdict::Verified { cheap } => {
-            let how = if cheap {
-                "by its verification record (file unchanged since it was hashed)"
-            } else {
-                "by hashing it"
-            };
-            tracing::info!(path = %path.display(), sha256 = expected, "base image matches IMG_SHA256, verified {how}");
-            Ok(())
-        }
-        verify::Verdict::Mismatch { actual } => Err(ImageError::ExistingChecksum {
-            path: path.to_path_buf(),
-            expected: expected.to_owned(),
-            actual,
-        }),
-    }
-}
-
-/// A record that cannot be written costs a hash on the next start, nothing more.
-fn save_record(path: &Path, record: &verify::Record) {
-    if let Err(error) = verify::save(path, record) {
-        tracing::warn!(path = %verify::record_path(path).display(), %error, "could not write the verification record; the base image will be hashed again on the next start");
-    }
-}
-
-/// Records the digest of a base just downloaded, so that the next start verifies it
-/// cheaply. A compressed download is stored unpacked: the stored file is hashed once here,
-/// but only when `IMG_SHA256` pins the image (else no start will ask).
-fn record_download(target: &Path, finished: &sink::Finished, pinned: bool) {
-    let stored = if finished.compression == Compression::None {
-        verify::identity(target).map(|id| Some((finished.sha256.clone(), Some(id))))
-    } else if pinned {
-        verify::hash(target).map(Some)
-    } else {
-        Ok(None)
-    };
-    match stored {
-        Ok(Some((sha256, Some(identity)))) => save_record(
-            target,
-            &verify::Record {
-                sha256,
-                source_sha256: finished.sha256.clone(),
-                identity,
-            },
-        ),
-        Ok(_) => {}
-        Err(error) => {
-            tracing::warn!(path = %target.display(), %error, "could not read the base image to record its digest")
-        }
-    }
 }
 
 /// A name for log lines and the compression hinted by the source's name.

@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use super::progress::Progress;
-use super::sink::hex;
+use super::sink::{hex, Finished};
+use super::source::Compression;
+use super::ImageError;
 
 /// The identity of a file: if none of these changed, neither did its bytes (short of a
 /// deliberate forgery by someone who can already write `IMAGE_DIR`).
@@ -81,13 +83,15 @@ pub fn record_path(base: &Path) -> PathBuf {
 pub fn by_record(record: Option<&Record>, now: &Identity, expected: &str) -> Option<Verdict> {
     let record = record.filter(|r| r.identity == *now)?;
     // IMG_SHA256 may name the download or, for a compressed one, the image as stored.
-    Some(if record.source_sha256 == expected || record.sha256 == expected {
-        Verdict::Verified { cheap: true }
-    } else {
-        Verdict::Mismatch {
-            actual: record.source_sha256.clone(),
-        }
-    })
+    Some(
+        if record.source_sha256 == expected || record.sha256 == expected {
+            Verdict::Verified { cheap: true }
+        } else {
+            Verdict::Mismatch {
+                actual: record.source_sha256.clone(),
+            }
+        },
+    )
 }
 
 /// Decides after hashing the file (`stored` is its digest). A stale record still vouches for
@@ -180,6 +184,84 @@ pub fn hash(path: &Path) -> io::Result<(String, Option<Identity>)> {
     }
     let after = Identity::of(&file.metadata()?);
     Ok((hex(&hasher.finalize()), (before == after).then_some(after)))
+}
+
+/// Checks a stored base against `IMG_SHA256`: by its verification record when the file is
+/// unchanged since, else by hashing it (and recording the result).
+pub fn existing(path: &Path, expected: &str) -> Result<(), ImageError> {
+    let read_err = |source| ImageError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let record = load(path);
+    let now = identity(path).map_err(read_err)?;
+    let verdict = match by_record(record.as_ref(), &now, expected) {
+        Some(verdict) => verdict,
+        None => {
+            tracing::info!(path = %path.display(), "hashing the base image to verify IMG_SHA256 (no verification record matches the file)");
+            let (stored, identity) = hash(path).map_err(read_err)?;
+            let (verdict, source_sha256) = by_digest(record.as_ref(), &stored, expected);
+            if let (Verdict::Verified { .. }, Some(identity)) = (&verdict, identity) {
+                let fresh = Record {
+                    sha256: stored,
+                    source_sha256,
+                    identity,
+                };
+                save_record(path, &fresh);
+            }
+            verdict
+        }
+    };
+    match verdict {
+        Verdict::Verified { cheap } => {
+            let how = if cheap {
+                "by its verification record (file unchanged since it was hashed)"
+            } else {
+                "by hashing it"
+            };
+            tracing::info!(path = %path.display(), sha256 = expected, "base image matches IMG_SHA256, verified {how}");
+            Ok(())
+        }
+        Verdict::Mismatch { actual } => Err(ImageError::ExistingChecksum {
+            path: path.to_path_buf(),
+            expected: expected.to_owned(),
+            actual,
+        }),
+    }
+}
+
+/// A record that cannot be written costs a hash on the next start, nothing more.
+fn save_record(path: &Path, record: &Record) {
+    if let Err(error) = save(path, record) {
+        tracing::warn!(path = %record_path(path).display(), %error, "could not write the verification record; the base image will be hashed again on the next start");
+    }
+}
+
+/// Records the digest of a base just downloaded, so that the next start verifies it
+/// cheaply. A compressed download is stored unpacked: the stored file is hashed once here,
+/// but only when `IMG_SHA256` pins the image (else no start will ask).
+pub fn record_download(target: &Path, finished: &Finished, pinned: bool) {
+    let stored = if finished.compression == Compression::None {
+        identity(target).map(|id| Some((finished.sha256.clone(), Some(id))))
+    } else if pinned {
+        hash(target).map(Some)
+    } else {
+        Ok(None)
+    };
+    match stored {
+        Ok(Some((sha256, Some(identity)))) => save_record(
+            target,
+            &Record {
+                sha256,
+                source_sha256: finished.sha256.clone(),
+                identity,
+            },
+        ),
+        Ok(_) => {}
+        Err(error) => {
+            tracing::warn!(path = %target.display(), %error, "could not read the base image to record its digest")
+        }
+    }
 }
 
 #[cfg(test)]
