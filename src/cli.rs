@@ -154,7 +154,8 @@ pub struct Settings {
     #[arg(long, env = "IMG_TARGET", global = true, value_name = "NAME|PATH")]
     pub img_target: Option<String>,
 
-    /// Expected sha256 (64 hex digits) of the bytes as downloaded.
+    /// Expected sha256 (64 hex digits) of the bytes as downloaded; a base already in
+    /// IMAGE_DIR is held to it too (by its verification record while it is unchanged).
     #[arg(long, env = "IMG_SHA256", global = true, value_name = "HEX")]
     pub img_sha256: Option<String>,
 

@@ -4,9 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, DriveFormat};
+use crate::image::source::DiskFormat;
 use crate::net::NetPlan;
 use crate::qemu::accel::{self, KVM_FIX};
-use crate::qemu::args::{Launch, Nic, Vnc};
+use crate::qemu::args::{Base, BaseFormat, Launch, Nic, Vnc};
 use crate::qemu::sizing;
 use crate::qemu::QemuError;
 
@@ -20,6 +21,19 @@ pub fn config_drive_path(config: &Config) -> Option<PathBuf> {
 
 pub fn qmp_socket(config: &Config) -> PathBuf {
     config.runtime_dir.join("qmp.sock")
+}
+
+/// The base qemu opens under the overlay, with the format `image` found (in `run` the base
+/// was just checked). A base that is not there yet (`qemu-args` before the first download)
+/// or no longer a disk is named qcow2: qemu then refuses to open anything else, rather than
+/// guessing.
+fn base(path: PathBuf) -> Base {
+    let path = std::path::absolute(&path).unwrap_or(path);
+    let format = match crate::image::inspect_file(&path) {
+        Ok(Ok(DiskFormat::Raw { .. })) => BaseFormat::Raw,
+        _ => BaseFormat::Qcow2,
+    };
+    Base { path, format }
 }
 
 /// Decides everything qemu's command line depends on; logs the choices that were derived.
@@ -47,6 +61,7 @@ pub fn decide(config: &Config, plan: Option<&NetPlan>) -> Result<Launch, QemuErr
         accel,
         sizing,
         disk: config.overlay_path(),
+        base: config.image.target_path().map(base),
         config_drive: config_drive_path(config),
         nic: plan.map(|plan| Nic {
             tap: plan.tap.clone(),

@@ -1,11 +1,14 @@
 //! The disk: a base image in the shared `IMAGE_DIR` (fetched once, verified, never half-written)
 //! and this VM's pet overlay in `PET_DIR` (created once, never overwritten).
 //!
-//! [`ensure_base`]: an existing valid target is used without touching the network; otherwise
-//! one pod takes the cross-pod [`lock`], downloads to hidden temporary names beside the target
-//! ([`Temps`]), verifies the sha256 and the disk format ([`source`]), fsyncs and renames. A
-//! killed or failed download leaves its partial file for the next attempt to resume when it
-//! can be resumed (a length and a validator from the server), and nothing otherwise.
+//! [`ensure_base`]: an existing target is used without touching the network once it is shown
+//! to be a self-contained disk ([`source`], [`qcow2`]) with the digest `IMG_SHA256` names
+//! ([`verify`]: cheaply, by its verification record, while the file is unchanged); a mismatch
+//! leaves it in place for the other pods. Otherwise one pod takes the cross-pod [`lock`],
+//! downloads to hidden temporary names beside the target ([`Temps`]), verifies the sha256 and
+//! the disk, fsyncs, renames and records the digest. A refused download is removed; a killed
+//! or failed one leaves its partial file for the next attempt to resume when it can be
+//! resumed (a length and a validator from the server), and nothing otherwise.
 //!
 //! [`ensure_overlay`]: see [`overlay`].
 
@@ -15,9 +18,11 @@ pub mod lock;
 pub mod overlay;
 pub mod owner;
 pub mod progress;
+pub mod qcow2;
 pub mod sink;
 pub mod source;
 pub mod space;
+pub mod verify;
 
 use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
@@ -170,12 +175,22 @@ pub enum ImageError {
         expected: String,
         actual: String,
     },
-    #[error("{source_name} is not a disk image: received {what}")]
+    #[error("{source_name} is not a usable base image: received {what}; the download was removed")]
     NotADisk { source_name: String, what: String },
     #[error(
         "{path} exists but is not a usable disk image: {what}. Remove it to download it again"
     )]
     ExistingInvalid { path: PathBuf, what: String },
+    #[error(
+        "sha256 of the base image {path} is {actual}, but IMG_SHA256 is {expected}; refusing \
+         to boot it. The file is left in place (other pods may use it): if IMG_SHA256 is right, \
+         remove {path} (or set IMG_TARGET to another name) to download it again"
+    )]
+    ExistingChecksum {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
     #[error("could not rename {from} to {to}")]
     Rename {
         from: PathBuf,
@@ -311,13 +326,16 @@ fn image_state(state: &'static str) {
 }
 
 async fn fetch_base(image: &ImageConfig) -> Result<PathBuf, ImageError> {
+    let expected = image.sha256.as_deref();
     let target = match &image.target {
-        Some(ImageTarget::Existing(path)) => return existing(path).map(|_| path.clone()),
+        Some(ImageTarget::Existing(path)) => {
+            return existing(path, expected).await.map(|_| path.clone())
+        }
         Some(ImageTarget::Name(name)) => image.dir.join(name),
         None => return Err(ImageError::Internal("no IMG_TARGET".to_owned())),
     };
     if target.is_file() {
-        return existing(&target).map(|_| target);
+        return existing(&target, expected).await.map(|_| target);
     }
     let source = image.source.as_ref().ok_or_else(|| ImageError::NoSource {
         target: target.clone(),
@@ -330,7 +348,7 @@ async fn fetch_base(image: &ImageConfig) -> Result<PathBuf, ImageError> {
     let _lock = lock::acquire(&target).await?;
     if target.is_file() {
         // Another pod finished while we waited.
-        return existing(&target).map(|_| target);
+        return existing(&target, expected).await.map(|_| target);
     }
     image_state("downloading");
     let temps = Temps {
@@ -415,22 +433,30 @@ async fn fetch_base(image: &ImageConfig) -> Result<PathBuf, ImageError> {
     })?;
     fetch::discard(&temps);
     leftovers.disarm();
+    let pinned = image.sha256.is_some();
+    let recorded = target.clone();
+    tokio::task::spawn_blocking(move || verify::record_download(&recorded, &finished, pinned))
+        .await
+        .map_err(|e| ImageError::Internal(e.to_string()))?;
     tracing::info!(path = %target.display(), "base image ready");
     Ok(target)
 }
 
-/// A base image that is already there: usable as it is, or a clear refusal.
-fn existing(path: &Path) -> Result<DiskFormat, ImageError> {
-    match inspect_file(path)? {
-        Ok(format) => {
-            tracing::info!(path = %path.display(), format = format.name(), "using the existing base image");
-            Ok(format)
-        }
-        Err(what) => Err(ImageError::ExistingInvalid {
-            path: path.to_path_buf(),
-            what,
-        }),
+/// A base image that is already there: usable as it is (a disk, self-contained, and the
+/// digest `IMG_SHA256` names), or a clear refusal that leaves the file alone.
+async fn existing(path: &Path, expected: Option<&str>) -> Result<DiskFormat, ImageError> {
+    let format = inspect_file(path)?.map_err(|what| ImageError::ExistingInvalid {
+        path: path.to_path_buf(),
+        what,
+    })?;
+    if let Some(expected) = expected {
+        let (path, expected) = (path.to_path_buf(), expected.to_owned());
+        tokio::task::spawn_blocking(move || verify::existing(&path, &expected))
+            .await
+            .map_err(|e| ImageError::Internal(e.to_string()))??;
     }
+    tracing::info!(path = %path.display(), format = format.name(), "using the existing base image");
+    Ok(format)
 }
 
 /// A name for log lines (a URL redacted) and the compression hinted by the source's name.

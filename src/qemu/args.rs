@@ -7,6 +7,11 @@
 //! - the serial console is qemu's stdio (`signal=off`: a Ctrl-C is for the guest), so qemu's
 //!   stdout carries only guest output while its own messages go to stderr.
 //! - the VNC password is never on the command line (visible in /proc): it is set over QMP.
+//! - the disk is an explicit `-blockdev` graph: the pet overlay's `backing` is the base node,
+//!   opened read-only with its format named and `"backing": null`, so no header (of the
+//!   overlay or of the base) can make qemu open a file we did not name or probe a format.
+//!   The device keeps `-drive`'s defaults, spelt out: write-back cache, and `werror=enospc`
+//!   (a full `PET_DIR` pauses the VM instead of failing the guest's writes).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -38,13 +43,39 @@ pub struct Launch {
     pub name: String,
     pub accel: Accel,
     pub sizing: Sizing,
+    /// The pet overlay (qcow2).
     pub disk: PathBuf,
+    /// The base image the overlay is backed by. `None` only when no image is configured
+    /// (`qemu-args` without `IMG_TARGET`): qemu then follows the overlay's header.
+    pub base: Option<Base>,
     pub config_drive: Option<PathBuf>,
     pub nic: Option<Nic>,
     /// `None`: no VNC (`NO_VNC`).
     pub vnc: Option<Vnc>,
     pub qmp_socket: PathBuf,
     pub extra: Vec<String>,
+}
+
+/// The base image: its path and the format qemu must open it with (never probed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Base {
+    pub path: PathBuf,
+    pub format: BaseFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseFormat {
+    Qcow2,
+    Raw,
+}
+
+impl BaseFormat {
+    fn driver(self) -> &'static str {
+        match self {
+            Self::Qcow2 => "qcow2",
+            Self::Raw => "raw",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,14 +113,13 @@ pub fn build(launch: &Launch) -> Vec<OsString> {
     push(&["-m", &format!("{}M", launch.sizing.memory_mib)]);
     push(&["-rtc", "base=utc"]);
 
+    for node in disk_nodes(launch) {
+        push(&["-blockdev", &node.to_string()]);
+    }
     push(&[
-        "-drive",
-        &format!(
-            "file={},if=none,id=disk0,format=qcow2,discard=unmap",
-            path_value(&launch.disk)
-        ),
+        "-device",
+        "virtio-blk-pci,drive=disk0,bootindex=1,write-cache=on,werror=enospc,rerror=report",
     ]);
-    push(&["-device", "virtio-blk-pci,drive=disk0,bootindex=1"]);
     if let Some(iso) = &launch.config_drive {
         push(&[
             "-drive",
@@ -139,6 +169,48 @@ pub fn build(launch: &Launch) -> Vec<OsString> {
     argv.extend(args.into_iter().map(OsString::from));
     argv.extend(launch.extra.iter().map(OsString::from));
     argv
+}
+
+/// The `-blockdev` nodes of the disk, JSON (no comma escaping to get wrong): the base's
+/// file and format nodes (read-only, `"backing": null`), then the overlay's, backed by the
+/// base node.
+fn disk_nodes(launch: &Launch) -> Vec<serde_json::Value> {
+    use serde_json::{json, Value};
+    let path = |p: &Path| Value::String(p.to_string_lossy().into_owned());
+    let mut nodes = Vec::new();
+    let mut overlay = json!({
+        "driver": "qcow2",
+        "node-name": "disk0",
+        "file": "disk0-file",
+        "discard": "unmap",
+    });
+    if let Some(base) = &launch.base {
+        nodes.push(json!({
+            "driver": "file",
+            "node-name": "base-file",
+            "filename": path(&base.path),
+            "read-only": true,
+        }));
+        let mut format = json!({
+            "driver": base.format.driver(),
+            "node-name": "base",
+            "file": "base-file",
+            "read-only": true,
+        });
+        if base.format == BaseFormat::Qcow2 {
+            format["backing"] = Value::Null;
+        }
+        nodes.push(format);
+        overlay["backing"] = json!("base");
+    }
+    nodes.push(json!({
+        "driver": "file",
+        "node-name": "disk0-file",
+        "filename": path(&launch.disk),
+        "discard": "unmap",
+    }));
+    nodes.push(overlay);
+    nodes
 }
 
 #[cfg(test)]

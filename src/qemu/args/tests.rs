@@ -33,6 +33,10 @@ fn base() -> Launch {
             memory_mib: 2048,
         },
         disk: "/pet/vm-0.qcow2".into(),
+        base: Some(Base {
+            path: "/image/debian-12.qcow2".into(),
+            format: BaseFormat::Qcow2,
+        }),
         config_drive: Some("/run/kvm-manager/config-drive.iso".into()),
         nic: Some(Nic {
             tap: "kvm-tap0".into(),
@@ -145,9 +149,11 @@ fn commas_in_paths_and_names_are_doubled() {
         .iter()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
+    // A -blockdev value is JSON: its commas are not doubled.
     assert!(
         joined.contains(
-            &"file=/pet/a,,b.qcow2,if=none,id=disk0,format=qcow2,discard=unmap".to_owned()
+            &r#"{"discard":"unmap","driver":"file","filename":"/pet/a,b.qcow2","node-name":"disk0-file"}"#
+                .to_owned()
         ),
         "{joined:?}"
     );
@@ -167,4 +173,52 @@ fn without_config_drive_or_nic_there_is_no_cdrom_or_netdev() {
     assert!(!argv
         .iter()
         .any(|a| a == "-netdev" || a.to_string_lossy().starts_with("ide-cd")));
+}
+
+#[test]
+fn the_base_is_read_only_with_its_format_named_and_no_backing_of_its_own() {
+    let argv = build(&base());
+    let nodes: Vec<serde_json::Value> = argv
+        .windows(2)
+        .filter(|w| w[0] == "-blockdev")
+        .map(|w| serde_json::from_str(&w[1].to_string_lossy()).expect("JSON"))
+        .collect();
+    let node = |name: &str| {
+        nodes
+            .iter()
+            .find(|n| n["node-name"] == name)
+            .unwrap_or_else(|| panic!("no node {name}: {nodes:?}"))
+    };
+    assert_eq!(node("base-file")["filename"], "/image/debian-12.qcow2");
+    assert_eq!(node("base")["driver"], "qcow2");
+    assert_eq!(node("base")["read-only"], true);
+    assert!(node("base")["backing"].is_null());
+    assert!(node("base")
+        .as_object()
+        .expect("object")
+        .contains_key("backing"));
+    assert_eq!(node("disk0")["backing"], "base");
+    assert_eq!(node("disk0")["file"], "disk0-file");
+    let device = argv
+        .iter()
+        .find(|a| a.to_string_lossy().starts_with("virtio-blk-pci"))
+        .expect("disk device");
+    assert!(
+        device.to_string_lossy().contains("werror=enospc"),
+        "{device:?}"
+    );
+}
+
+#[test]
+fn a_raw_base_is_opened_as_raw() {
+    let mut launch = base();
+    launch.base = Some(Base {
+        path: "/image/disk.img".into(),
+        format: BaseFormat::Raw,
+    });
+    let argv = build(&launch);
+    assert!(argv.contains(&OsString::from(
+        r#"{"driver":"raw","file":"base-file","node-name":"base","read-only":true}"#
+    )));
+    golden("raw-base", &argv);
 }
