@@ -11,6 +11,8 @@ pub mod input;
 pub mod iso;
 pub mod layout;
 pub mod metadata;
+pub mod render;
+pub mod scalar;
 
 use std::io;
 use std::path::{Path, PathBuf};
