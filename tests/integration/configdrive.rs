@@ -233,21 +233,20 @@ fn nocloud_drive_reads_back_with_label_extensions_tree_and_exact_user_data() {
     );
 }
 
-/// Extracts the drive into cloud-init's seed directory and runs its datasource on it.
-fn cloud_init_reads(format: &str, seed: &str) {
-    let test = "cloud_init_reads_our_drives";
-    if !require(test, "xorriso") || !require(test, "/usr/bin/python3") || !require(test, CLOUD_INIT)
-    {
-        return;
+/// The seed directory cloud-init's datasource for `format` searches.
+fn seed_of(format: &str) -> &'static str {
+    if format == "config-2" {
+        "config_drive"
+    } else {
+        "nocloud"
     }
-    let user_data = b"#cloud-config\nruncmd:\n  - [sh, -c, 'echo hello > /run/hello']\n";
-    let pod = Pod::new(
-        user_data,
-        b"public-keys:\n  - ssh-ed25519 AAAAC3Nz test@example\n",
-    );
-    let iso = pod.build(format, "drive.iso");
+}
+
+/// Extracts the drive into cloud-init's seed directory and runs its datasource on it.
+fn cloud_init_view(pod: &Pod, format: &str, iso: &Path, mac: &str) -> Output {
     let cloud = pod.path("cloud");
-    let seed_dir = cloud.join("seed").join(seed);
+    let _ = std::fs::remove_dir_all(&cloud);
+    let seed_dir = cloud.join("seed").join(seed_of(format));
     std::fs::create_dir_all(cloud.join("seed")).expect("seed dir");
     let (iso_arg, seed_arg) = (
         iso.to_str().expect("utf-8"),
@@ -259,15 +258,29 @@ fn cloud_init_reads(format: &str, seed: &str) {
             "-osirrox", "on", "-indev", iso_arg, "-extract", "/", seed_arg,
         ],
     );
-
-    let state = pod.state();
-    let mac = state["mac"].as_str().expect("mac");
-    let output = Command::new("/usr/bin/python3")
+    Command::new("/usr/bin/python3")
         .arg(DATASOURCE_PY)
         .args([format, cloud.to_str().expect("utf-8"), mac])
         .env("PYTHONPATH", CLOUD_INIT)
         .output()
-        .expect("python3");
+        .expect("python3")
+}
+
+fn cloud_init_reads(format: &str) {
+    let test = "cloud_init_reads_our_drives";
+    if !require(test, "xorriso") || !require(test, "/usr/bin/python3") || !require(test, CLOUD_INIT)
+    {
+        return;
+    }
+    let user_data = b"#cloud-config\nruncmd:\n  - [sh, -c, 'echo hello > /run/hello']\n";
+    let pod = Pod::new(
+        user_data,
+        b"public-keys:\n  - ssh-ed25519 AAAAC3Nz test@example\n",
+    );
+    let iso = pod.build(format, "drive.iso");
+    let state = pod.state();
+    let mac = state["mac"].as_str().expect("mac");
+    let output = cloud_init_view(&pod, format, &iso, mac);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
@@ -299,12 +312,129 @@ fn cloud_init_reads(format: &str, seed: &str) {
 
 #[test]
 fn cloud_init_reads_our_config_2_drive() {
-    cloud_init_reads("config-2", "config_drive");
+    cloud_init_reads("config-2");
 }
 
 #[test]
 fn cloud_init_reads_our_nocloud_drive() {
-    cloud_init_reads("nocloud", "nocloud");
+    cloud_init_reads("nocloud");
+}
+
+const METADATA_TYPES_PY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/integration/metadata_types.py"
+);
+
+/// Scalars whose type differs between YAML 1.1 (PyYAML, cloud-init) and YAML 1.2, and the
+/// other corners of PyYAML's reading: tags, block scalars, anchors, merge keys, escapes.
+const TRICKY_METADATA: &str = r#"k_n: n
+k_y: y
+k_N: N
+k_Y: Y
+k_yes: yes
+k_No: No
+k_on: on
+k_OFF: OFF
+k_True: True
+k_tRUE: tRUE
+k_octal: 0755
+k_neg_octal: -0755
+k_0o: 0o755
+k_hex: 0x1F
+k_bin: 0b101
+k_underscore: 1_000
+k_plus: +12
+k_09: 09
+k_base60: 190:20:30
+k_base60_float: 190:20:30.15
+k_mac: 52:54:00:12:34:56
+k_big: 123456789012345678901234567890
+k_1e3: 1e3
+k_1_0e3: 1.0e3
+k_1_0e_plus_3: 1.0e+3
+k_float: 1.5
+k_trailing_dot: 1.
+k_leading_dot: .5
+k_neg_inf: -.inf
+k_nan: .NaN
+k_tilde: ~
+k_empty:
+k_null: null
+k_NULL: NULL
+k_nULL: nULL
+k_date: 2002-12-14
+k_short_date: 2002-1-14
+k_datetime: 2001-12-14t21:59:43.10-05:00
+k_spaced_datetime: 2001-12-14 21:59:43.10 -5
+k_utc: 2001-12-15T02:59:43Z
+k_quoted_yes: 'yes'
+k_quoted_octal: "0755"
+k_tag_str: !!str 0755
+k_tag_int: !!int "42"
+k_tag_float: !!float "1"
+k_tag_bool: !!bool "On"
+k_literal: |
+  line one
+  0755
+k_folded: >
+  folded
+  text
+k_list: [y, n, yes, 0755, 1e3, ~, 2002-12-14]
+k_nested: {a: off, deep: {x: 010, y: '010'}}
+k_bool_keys: {yes: a, no: b}
+k_int_keys: {1: one, 0x10: sixteen}
+k_escapes: "caf\u00e9 \u2028 \x7f \t \"quoted\" \\ back \U0001F600"
+k_colon: "a: b"
+k_hash: "x #not a comment"
+k_anchor: &anchor {p: 1, q: y}
+k_alias: *anchor
+k_merge:
+  <<: *anchor
+  q: n
+"=": a quoted key
+"<<": a quoted merge key is a string
+"#;
+
+#[test]
+fn tricky_meta_data_scalars_read_in_cloud_init_as_pyyaml_reads_the_input() {
+    let test = "tricky_meta_data_scalars";
+    if !require(test, "isoinfo")
+        || !require(test, "xorriso")
+        || !require(test, "/usr/bin/python3")
+        || !require(test, CLOUD_INIT)
+    {
+        return;
+    }
+    let pod = Pod::new(b"", TRICKY_METADATA.as_bytes());
+    for (format, file) in [
+        ("config-2", "/openstack/latest/meta_data.json"),
+        ("nocloud", "/meta-data"),
+    ] {
+        let iso = pod.build(format, "drive.iso");
+        let ours = pod.path("ours");
+        std::fs::write(&ours, isoinfo(&iso, &["-R", "-x", file])).expect("write");
+        let mac = pod.state()["mac"].as_str().expect("mac").to_owned();
+        let view = cloud_init_view(&pod, format, &iso, &mac);
+        assert!(
+            view.status.success(),
+            "cloud-init could not read the {format} drive: {}",
+            String::from_utf8_lossy(&view.stderr)
+        );
+        let seen = pod.path("cloud-init.json");
+        std::fs::write(&seen, &view.stdout).expect("write");
+        let compared = Command::new("/usr/bin/python3")
+            .arg(METADATA_TYPES_PY)
+            .arg(format)
+            .args([pod.path("metadata"), ours, seen])
+            .output()
+            .expect("python3");
+        assert!(
+            compared.status.success(),
+            "{format}: our drive does not read as PyYAML reads the input:\n{}{}",
+            String::from_utf8_lossy(&compared.stdout),
+            String::from_utf8_lossy(&compared.stderr)
+        );
+    }
 }
 
 #[test]
