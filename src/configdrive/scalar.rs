@@ -70,8 +70,11 @@ impl Tag {
 /// there for every base, which also bounds the quadratic conversion below.
 pub const MAX_DIGITS: usize = 4300;
 
+/// Whether a plain scalar has the form one implicit resolver takes.
+type Matcher = fn(&str) -> bool;
+
 /// The PyYAML implicit resolvers, in PyYAML's order (the first match wins).
-const IMPLICIT: [(fn(&str) -> bool, Tag); 5] = [
+const IMPLICIT: [(Matcher, Tag); 5] = [
     (is_bool, Tag::Bool),
     (is_float, Tag::Float),
     (is_int, Tag::Int),
