@@ -555,6 +555,40 @@ mod tests {
         assert!(message.contains("YAML"), "{message}");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn never_panics_and_what_it_reads_it_can_write(text in "\\PC*") {
+            if let Ok(map) = parse_str(&text) {
+                let _ = (super::super::render::json(&map), super::super::render::yaml(&map));
+            }
+        }
+
+        /// Our YAML writer and our reader agree (the reader agrees with PyYAML: see the
+        /// integration tests), for plain and quoted scalars of every type.
+        #[test]
+        fn what_we_write_reads_back_the_same(
+            tokens in proptest::collection::vec("[-+0-9._:a-zA-Z ~\"'\\\\#]{0,12}", 1..8)
+        ) {
+            let text: String = tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| format!("k{i}: {t}\n"))
+                .collect();
+            if let Ok(map) = parse_str(&text) {
+                let written = super::super::render::yaml(&map);
+                if !written.contains(".nan") {
+                    let again = parse_str(&written).expect("our own YAML reads back");
+                    proptest::prop_assert_eq!(again, map, "{}", written);
+                }
+            }
+        }
+
+        #[test]
+        fn plain_scalars_never_panic(text in "[-+0-9._:a-zA-Z tT~<=]{0,24}") {
+            let _ = scalar::plain(&text);
+        }
+    }
+
     #[test]
     fn invalid_json_reports_where() {
         let (line, column, message) =
