@@ -9,7 +9,11 @@
 //! the value from its constructors (`yaml/constructor.py`, `SafeConstructor`), transcribed
 //! here as one table of small matchers. Quoted and block scalars are strings unless tagged.
 
-use std::fmt::Write as _;
+mod integer;
+mod timestamp;
+
+use integer::int;
+use timestamp::{is_implicit_timestamp, timestamp};
 
 /// What PyYAML makes of a scalar.
 #[derive(Debug, Clone, PartialEq)]
@@ -299,111 +303,6 @@ fn is_int(text: &str) -> bool {
         || base_60
 }
 
-/// The date-only form needs two-digit month and day to resolve implicitly; a time may have
-/// one-digit ones (the constructor accepts either when tagged).
-fn is_implicit_timestamp(text: &str) -> bool {
-    parse_timestamp(text)
-        .is_some_and(|t| t.time.is_some() || (t.month.len() == 2 && t.day.len() == 2))
-}
-
-/// `construct_yaml_int`: underscores dropped, then by prefix.
-fn int(text: &str) -> Result<String, ScalarError> {
-    let invalid = || ScalarError::Invalid(text.to_owned(), "integer");
-    let cleaned = text.replace('_', "");
-    let (negative, digits) = match cleaned.as_bytes().first() {
-        Some(b'-') => (true, &cleaned[1..]),
-        Some(b'+') => (false, &cleaned[1..]),
-        Some(_) => (false, &cleaned[..]),
-        None => return Err(invalid()),
-    };
-    if digits.len() > MAX_DIGITS {
-        return Err(ScalarError::TooLong(text.to_owned()));
-    }
-    let magnitude = if digits == "0" {
-        Some(vec![0])
-    } else if let Some(bin) = digits.strip_prefix("0b") {
-        radix(bin, 2)
-    } else if let Some(hex) = digits.strip_prefix("0x") {
-        radix(hex, 16)
-    } else if digits.starts_with('0') {
-        radix(digits, 8)
-    } else if digits.contains(':') {
-        let mut value = vec![0];
-        for part in digits.split(':') {
-            let part = radix(part, 10).ok_or_else(invalid)?;
-            value = mul_add(value, 60, 0);
-            value = add(value, &part);
-        }
-        Some(value)
-    } else {
-        radix(digits, 10)
-    };
-    let magnitude = magnitude.ok_or_else(invalid)?;
-    let decimal = to_decimal(&magnitude);
-    Ok(if negative && decimal != "0" {
-        format!("-{decimal}")
-    } else {
-        decimal
-    })
-}
-
-/// Little-endian limbs of base 10^9.
-type Big = Vec<u32>;
-const LIMB: u64 = 1_000_000_000;
-
-fn mul_add(mut value: Big, factor: u32, addend: u32) -> Big {
-    let mut carry = u64::from(addend);
-    for limb in &mut value {
-        let next = u64::from(*limb) * u64::from(factor) + carry;
-        *limb = (next % LIMB) as u32;
-        carry = next / LIMB;
-    }
-    while carry > 0 {
-        value.push((carry % LIMB) as u32);
-        carry /= LIMB;
-    }
-    value
-}
-
-fn add(mut value: Big, other: &Big) -> Big {
-    let mut carry = 0u64;
-    for i in 0..value.len().max(other.len()) {
-        if i == value.len() {
-            value.push(0);
-        }
-        let next = u64::from(value[i]) + u64::from(other.get(i).copied().unwrap_or(0)) + carry;
-        value[i] = (next % LIMB) as u32;
-        carry = next / LIMB;
-    }
-    if carry > 0 {
-        value.push(carry as u32);
-    }
-    value
-}
-
-/// Python's `int(digits, radix)` for ASCII digits (no sign, no underscores left).
-fn radix(digits: &str, radix: u32) -> Option<Big> {
-    if digits.is_empty() {
-        return None;
-    }
-    digits.chars().try_fold(vec![0], |value, c| {
-        c.to_digit(radix).map(|d| mul_add(value, radix, d))
-    })
-}
-
-fn to_decimal(value: &Big) -> String {
-    let mut limbs = value.iter().rev().skip_while(|limb| **limb == 0);
-    let Some(first) = limbs.next() else {
-        return "0".to_owned();
-    };
-    let mut out = first.to_string();
-    for limb in limbs {
-        // Infallible: writing to a String.
-        let _ = write!(out, "{limb:09}");
-    }
-    out
-}
-
 /// `construct_yaml_float`: underscores dropped, lower-cased, `.inf`/`.nan`, base 60, else
 /// Python's `float()`.
 fn float(text: &str) -> Option<f64> {
@@ -438,130 +337,6 @@ fn python_float(text: &str) -> Option<f64> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
     ok.then(|| text.parse().ok()).flatten()
-}
-
-/// The parts of PyYAML's `timestamp_regexp` (its constructor's, which the implicit resolver's
-/// forms are special cases of).
-struct Parts<'a> {
-    year: &'a str,
-    month: &'a str,
-    day: &'a str,
-    /// hour, minute, second, fraction digits, zone (`Z` or a signed offset).
-    time: Option<(&'a str, &'a str, &'a str, &'a str, Option<&'a str>)>,
-}
-
-fn parse_timestamp(text: &str) -> Option<Parts<'_>> {
-    let mut c = Cursor::new(text);
-    let span = |c: &mut Cursor, min: usize, max: usize| {
-        let start = c.at;
-        let n = c.many(digit);
-        if n < min || n > max {
-            return None;
-        }
-        text.get(start..c.at)
-    };
-    let year = span(&mut c, 4, 4)?;
-    let month = c.literal("-").then(|| span(&mut c, 1, 2)).flatten()?;
-    let day = c.literal("-").then(|| span(&mut c, 1, 2)).flatten()?;
-    if c.end() {
-        return Some(Parts {
-            year,
-            month,
-            day,
-            time: None,
-        });
-    }
-    let blank = |b: u8| b == b' ' || b == b'\t';
-    if !(c.one(|b| b == b'T' || b == b't') || c.many(blank) > 0) {
-        return None;
-    }
-    let hour = span(&mut c, 1, 2)?;
-    let minute = c.literal(":").then(|| span(&mut c, 2, 2)).flatten()?;
-    let second = c.literal(":").then(|| span(&mut c, 2, 2)).flatten()?;
-    let fraction = if c.literal(".") {
-        let start = c.at;
-        c.many(digit);
-        &text[start..c.at]
-    } else {
-        ""
-    };
-    c.many(blank);
-    let zone_start = c.at;
-    let zone = if c.literal("Z") {
-        Some("Z")
-    } else if c.one(|b| b == b'-' || b == b'+') {
-        span(&mut c, 1, 2)?;
-        if c.literal(":") {
-            span(&mut c, 2, 2)?;
-        }
-        Some(&text[zone_start..c.at])
-    } else {
-        // Blanks with no zone after them are not part of the regex.
-        c.at = zone_start;
-        None
-    };
-    (c.end() && (zone.is_some() || !text.ends_with(blank_char))).then_some(Parts {
-        year,
-        month,
-        day,
-        time: Some((hour, minute, second, fraction, zone)),
-    })
-}
-
-fn blank_char(c: char) -> bool {
-    c == ' ' || c == '\t'
-}
-
-/// `construct_yaml_timestamp`, printed as Python's `str()` of the result; `None` where
-/// Python's `datetime` refuses the value (month 13, February 30, an offset of a day).
-fn timestamp(text: &str) -> Option<String> {
-    let parts = parse_timestamp(text)?;
-    let number = |s: &str| s.parse::<u32>().ok();
-    let (year, month, day) = (
-        number(parts.year)?,
-        number(parts.month)?,
-        number(parts.day)?,
-    );
-    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
-    let days = match month {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if leap => 29,
-        2 => 28,
-        _ => return None,
-    };
-    if year == 0 || day == 0 || day > days {
-        return None;
-    }
-    let mut out = format!("{year:04}-{month:02}-{day:02}");
-    let Some((hour, minute, second, fraction, zone)) = parts.time else {
-        return Some(out);
-    };
-    let (hour, minute, second) = (number(hour)?, number(minute)?, number(second)?);
-    if hour > 23 || minute > 59 || second > 59 {
-        return None;
-    }
-    let _ = write!(out, " {hour:02}:{minute:02}:{second:02}");
-    // PyYAML keeps six digits of the fraction, padded with zeros.
-    let micros = format!("{fraction:0<6.6}");
-    if micros != "000000" {
-        let _ = write!(out, ".{micros}");
-    }
-    match zone {
-        None => {}
-        Some("Z") => out.push_str("+00:00"),
-        Some(offset) => {
-            let (sign, rest) = offset.split_at(1);
-            let (h, m) = rest.split_once(':').unwrap_or((rest, "0"));
-            let minutes = number(h)? * 60 + number(m)?;
-            if minutes >= 24 * 60 {
-                return None;
-            }
-            let sign = if minutes == 0 { "+" } else { sign };
-            let _ = write!(out, "{sign}{:02}:{:02}", minutes / 60, minutes % 60);
-        }
-    }
-    Some(out)
 }
 
 #[cfg(test)]
