@@ -194,6 +194,15 @@ mod tests {
     }
 
     #[test]
+    fn load_reads_a_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("resolv.conf");
+        std::fs::write(&path, "nameserver 10.96.0.10\n").unwrap();
+        let conf = ResolvConf::load(&path).unwrap();
+        assert_eq!(conf.nameservers, ["10.96.0.10".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
     fn a_fifo_in_place_of_resolv_conf_is_an_error_not_a_hang() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("resolv.conf");
