@@ -222,7 +222,8 @@ pub struct Settings {
     #[arg(long, env = "DNS_MODE", global = true, default_value = "forward")]
     pub dns_mode: String,
 
-    /// User data for the config drive: a file or a ConfigMap directory.
+    /// User data for the config drive: a regular file or a ConfigMap directory; symlinks
+    /// only inside their own directory.
     #[arg(
         long,
         env = "USERDATA",
@@ -232,7 +233,9 @@ pub struct Settings {
     )]
     pub userdata: PathBuf,
 
-    /// Metadata for the config drive: a file or a ConfigMap directory (YAML or JSON mapping).
+    /// Metadata for the config drive: a regular file or a ConfigMap directory (a YAML
+    /// mapping, typed as cloud-init's PyYAML reads it, or JSON); symlinks only inside their
+    /// own directory.
     #[arg(
         long,
         env = "METADATA",

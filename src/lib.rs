@@ -18,6 +18,7 @@ pub mod logging;
 pub mod net;
 pub mod pid1;
 pub mod qemu;
+pub mod regular_file;
 pub mod size;
 pub mod state;
 pub mod sys;

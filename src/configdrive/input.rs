@@ -7,12 +7,18 @@
 //! the current generation, and skip the `..`-prefixed entries. A missing path means "not
 //! given" (the chart mounts nothing), while a path that exists but cannot be read is an
 //! error: silently booting a guest without its user-data is worse than not booting.
+//!
+//! The path in the variable is the operator's and is followed as given; what the mounted
+//! directory holds is not: a key (or, for a file path, the file's name in its directory) is
+//! opened with [`regular_file::open_beneath`], so its links may only resolve inside that
+//! directory (a link to `/proc/self/environ` would put our environment on the guest's drive),
+//! and it must be a regular file, opened without blocking (a FIFO would hang the start).
 
-use std::fs::File;
 use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
 
 use super::ConfigDriveError;
+use crate::regular_file::{self, RegularFile, RegularFileError};
 
 /// The largest user-data or meta-data we copy, 16 MiB. cloud-init itself copes with more,
 /// but the drive is rebuilt on every start and held in memory while it is built; gzip the
@@ -38,29 +44,43 @@ pub fn read(
     path: &Path,
     keys: &[&str],
 ) -> Result<Option<Found>, ConfigDriveError> {
-    let read_error = |path: &Path, source| ConfigDriveError::ReadInput {
-        var,
-        path: path.to_owned(),
-        source,
-    };
     let meta = match std::fs::metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             tracing::debug!(path = %path.display(), "{var} not present");
             return Ok(None);
         }
-        Err(e) => return Err(read_error(path, e)),
+        Err(source) => {
+            return Err(ConfigDriveError::ReadInput {
+                var,
+                path: path.to_owned(),
+                source,
+            })
+        }
     };
-    let file = if meta.is_dir() {
+    let (file, opened) = if meta.is_dir() {
         match key_in(var, path, keys)? {
-            Some(file) => file,
+            Some(found) => found,
             None => return Ok(None),
         }
     } else {
-        path.to_owned()
+        // The file's own directory is the one its links must stay in: `/userdata/user-data`
+        // pointing at a ConfigMap key still works.
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let name = path.file_name().map_or(path, Path::new);
+        let opened =
+            regular_file::open_beneath(dir, name).map_err(|e| open_error(var, path, dir, e))?;
+        (path.to_owned(), opened)
     };
-    let bytes = read_limited(&file).map_err(|e| match e {
-        Limited::Io(source) => read_error(&file, source),
+    let bytes = read_limited(opened).map_err(|e| match e {
+        Limited::Io(source) => ConfigDriveError::ReadInput {
+            var,
+            path: file.clone(),
+            source,
+        },
         Limited::TooLarge(size) => ConfigDriveError::InputTooLarge {
             var,
             path: file.clone(),
@@ -71,25 +91,40 @@ pub fn read(
     Ok(Some(Found { path: file, bytes }))
 }
 
-/// The one accepted key present in the ConfigMap directory `dir`.
+fn open_error(var: &'static str, path: &Path, dir: &Path, e: RegularFileError) -> ConfigDriveError {
+    match e {
+        RegularFileError::Open(source) => ConfigDriveError::ReadInput {
+            var,
+            path: path.to_owned(),
+            source,
+        },
+        RegularFileError::NotRegular(kind) => ConfigDriveError::InputNotRegular {
+            var,
+            path: path.to_owned(),
+            kind,
+        },
+        RegularFileError::Escapes => ConfigDriveError::InputEscapes {
+            var,
+            path: path.to_owned(),
+            dir: dir.to_owned(),
+        },
+    }
+}
+
+/// The one accepted key present in the ConfigMap directory `dir`, opened.
 fn key_in(
     var: &'static str,
     dir: &Path,
     keys: &[&str],
-) -> Result<Option<PathBuf>, ConfigDriveError> {
+) -> Result<Option<(PathBuf, RegularFile)>, ConfigDriveError> {
     let mut present = Vec::new();
     for key in keys {
         let candidate = dir.join(key);
-        match std::fs::metadata(&candidate) {
-            Ok(_) => present.push(candidate),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(ConfigDriveError::ReadInput {
-                    var,
-                    path: candidate,
-                    source,
-                })
-            }
+        match regular_file::open_beneath(dir, Path::new(key)) {
+            Ok(file) => present.push((candidate, file)),
+            // Absent, or a dangling link: the key is not there.
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(open_error(var, &candidate, dir, e)),
         }
     }
     match present.len() {
@@ -116,15 +151,15 @@ enum Limited {
 }
 
 /// Reads at most [`MAX_INPUT_BYTES`]; reading one byte more proves the file is too large
-/// even when its size is not known up front (a pipe, a growing file).
-fn read_limited(path: &Path) -> Result<Vec<u8>, Limited> {
-    let file = File::open(path).map_err(Limited::Io)?;
-    let size = file.metadata().map_err(Limited::Io)?.len();
+/// even when its size is not known up front (a growing file).
+fn read_limited(file: RegularFile) -> Result<Vec<u8>, Limited> {
+    let size = file.len();
     if size > MAX_INPUT_BYTES {
         return Err(Limited::TooLarge(size));
     }
     let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-    file.take(MAX_INPUT_BYTES + 1)
+    file.into_file()
+        .take(MAX_INPUT_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(Limited::Io)?;
     let read = bytes.len() as u64;
@@ -220,7 +255,10 @@ pub(super) mod tests {
         std::fs::create_dir(&broken).expect("mkdir");
         let err = read("USERDATA", &cm, USER_DATA_KEYS).expect_err("unreadable");
         let message = err.to_string();
-        assert!(matches!(err, ConfigDriveError::ReadInput { .. }), "{err:?}");
+        assert!(
+            matches!(err, ConfigDriveError::InputNotRegular { .. }),
+            "{err:?}"
+        );
         assert!(
             message.contains("USERDATA") && message.contains("cm/user-data"),
             "{message}"

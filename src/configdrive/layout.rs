@@ -20,7 +20,9 @@
 use hadris_fs::Content;
 use serde_json::{json, Value};
 
-use super::metadata::Metadata;
+use super::metadata::{Metadata, Value as MetaValue};
+use super::render;
+use super::scalar::Scalar;
 use super::ConfigDriveError;
 use crate::config::{DriveFormat, Hostname};
 use crate::state::PetState;
@@ -107,11 +109,12 @@ fn config_drive(
     hostname: &Hostname,
     state: &PetState,
 ) -> Result<Vec<DriveFile>, ConfigDriveError> {
-    let mut generated = Metadata::new();
-    generated.insert("uuid".into(), state.instance_id.clone().into());
-    generated.insert("hostname".into(), hostname.as_str().into());
-    generated.insert("name".into(), hostname.as_str().into());
-    let meta_data = json_bytes("meta_data.json", &merged(generated, &inputs.metadata))?;
+    let generated = [
+        ("uuid", state.instance_id.as_str()),
+        ("hostname", hostname.as_str()),
+        ("name", hostname.as_str()),
+    ];
+    let meta_data = Content::from(render::json(&merged(&generated, &inputs.metadata)).into_bytes());
     let network_data = json_bytes(
         "network_data.json",
         &json!({
@@ -148,10 +151,11 @@ fn nocloud(
     hostname: &Hostname,
     state: &PetState,
 ) -> Result<Vec<DriveFile>, ConfigDriveError> {
-    let mut generated = Metadata::new();
-    generated.insert("instance-id".into(), state.instance_id.clone().into());
-    generated.insert("local-hostname".into(), hostname.as_str().into());
-    let meta_data = yaml_bytes("meta-data", &merged(generated, &inputs.metadata))?;
+    let generated = [
+        ("instance-id", state.instance_id.as_str()),
+        ("local-hostname", hostname.as_str()),
+    ];
+    let meta_data = Content::from(render::yaml(&merged(&generated, &inputs.metadata)).into_bytes());
     let network_config = yaml_bytes(
         "network-config",
         &json!({
@@ -180,11 +184,15 @@ fn file(path: String, content: &Content) -> DriveFile {
 }
 
 /// `ours` with the operator's top-level keys put over it.
-fn merged(mut ours: Metadata, theirs: &Metadata) -> Value {
-    for (key, value) in theirs {
-        ours.insert(key.clone(), value.clone());
+fn merged(ours: &[(&str, &str)], theirs: &Metadata) -> Metadata {
+    let mut out = Metadata::new();
+    for (key, value) in ours {
+        out.insert(Scalar::Str((*key).to_owned()), MetaValue::from(*value));
     }
-    Value::Object(ours)
+    for (key, value) in theirs.iter() {
+        out.insert(key.clone(), value.clone());
+    }
+    out
 }
 
 fn json_bytes(file: &'static str, value: &Value) -> Result<Content, ConfigDriveError> {

@@ -1,51 +1,123 @@
 //! The operator's meta-data: YAML or JSON, and it must be a mapping, because its keys are
 //! merged over the ones we generate (instance id, hostname). A document that starts with `{`
 //! is JSON (the classic kvm-manager took `meta_data.json` verbatim; a strict JSON parser gives
-//! better errors than YAML's flow syntax would), anything else YAML; an empty document is an
-//! empty mapping. Errors carry the file, line and column.
+//! better errors than YAML's flow syntax would) and keeps JSON's types; anything else is YAML
+//! and gets the types cloud-init reads it with: PyYAML's YAML 1.1 ([`super::scalar`]), not a
+//! YAML 1.2 parser's (which made `n` a boolean, `0755` 755.0 and `1e3` 1000.0). An empty
+//! document is an empty mapping. Errors carry the file, line and column.
+//!
+//! The YAML is read as parser events (serde-saphyr's own parser, re-exported), so that each
+//! scalar's style (plain or quoted) and tag are known when it is typed. Aliases are expanded
+//! as PyYAML's constructor does, within a budget (a "billion laughs" document is an error, not
+//! our memory), and `<<` merge keys are applied as `SafeConstructor.flatten_mapping` does.
+
+mod yaml;
 
 use std::path::Path;
 
-use serde_json::{Map, Value};
-
+use super::scalar::Scalar;
 use super::ConfigDriveError;
 
+/// A meta-data value, typed as cloud-init reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Scalar(Scalar),
+    Seq(Vec<Value>),
+    Map(Mapping),
+}
+
+impl From<&str> for Value {
+    fn from(text: &str) -> Self {
+        Self::Scalar(Scalar::Str(text.to_owned()))
+    }
+}
+
+/// A mapping with scalar keys, each once, in the order they first appeared; a repeated key
+/// takes the later value (as a Python dict does).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Mapping(Vec<(Scalar, Value)>);
+
+impl Mapping {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn insert(&mut self, key: Scalar, value: Value) {
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some(entry) => entry.1 = value,
+            None => self.0.push((key, value)),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Scalar, &Value)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    /// The value of the string key `key`.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.iter()
+            .find(|(k, _)| matches!(k, Scalar::Str(s) if s == key))
+            .map(|(_, v)| v)
+    }
+}
+
 /// The keys and values of a meta-data document.
-pub type Metadata = Map<String, Value>;
+pub type Metadata = Mapping;
 
 pub fn parse(path: &Path, bytes: &[u8]) -> Result<Metadata, ConfigDriveError> {
     if bytes.trim_ascii().is_empty() {
         return Ok(Metadata::new());
     }
     if bytes.trim_ascii_start().starts_with(b"{") {
-        return serde_json::from_slice::<Metadata>(bytes).map_err(|e| {
-            ConfigDriveError::ParseMetadata {
-                path: path.to_owned(),
-                line: e.line() as u64,
-                column: e.column() as u64,
-                syntax: "JSON",
-                source: Box::new(e),
-            }
-        });
+        return json(path, bytes);
     }
-    yaml(path, bytes)
+    yaml::read(bytes).map_err(|e| ConfigDriveError::ParseMetadata {
+        path: path.to_owned(),
+        line: e.line,
+        column: e.column,
+        syntax: "YAML",
+        source: e.error,
+    })
 }
 
-fn yaml(path: &Path, bytes: &[u8]) -> Result<Metadata, ConfigDriveError> {
-    // `Option`: a document of only comments (or `~`) is null, which we take as empty.
-    match serde_saphyr::from_slice::<Option<Metadata>>(bytes) {
-        Ok(map) => Ok(map.unwrap_or_default()),
-        Err(e) => {
-            let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
-            Err(ConfigDriveError::ParseMetadata {
-                path: path.to_owned(),
-                line,
-                column,
-                syntax: "YAML",
-                source: Box::new(e),
-            })
-        }
+fn json(path: &Path, bytes: &[u8]) -> Result<Metadata, ConfigDriveError> {
+    let map = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(bytes).map_err(
+        |e| ConfigDriveError::ParseMetadata {
+            path: path.to_owned(),
+            line: e.line() as u64,
+            column: e.column() as u64,
+            syntax: "JSON",
+            source: Box::new(e),
+        },
+    )?;
+    let mut out = Mapping::new();
+    for (key, value) in map {
+        out.insert(Scalar::Str(key), from_json(value));
     }
+    Ok(out)
+}
+
+fn from_json(value: serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    Value::Scalar(match value {
+        J::Null => Scalar::Null,
+        J::Bool(b) => Scalar::Bool(b),
+        J::Number(n) if n.is_i64() || n.is_u64() => Scalar::Int(n.to_string()),
+        J::Number(n) => Scalar::Float(n.as_f64().unwrap_or(f64::NAN)),
+        J::String(s) => Scalar::Str(s),
+        J::Array(items) => return Value::Seq(items.into_iter().map(from_json).collect()),
+        J::Object(map) => {
+            let mut out = Mapping::new();
+            for (key, value) in map {
+                out.insert(Scalar::Str(key), from_json(value));
+            }
+            return Value::Map(out);
+        }
+    })
 }
 
 #[cfg(test)]
@@ -64,6 +136,13 @@ mod tests {
         }
     }
 
+    fn scalar(map: &Metadata, key: &str) -> Scalar {
+        match map.get(key) {
+            Some(Value::Scalar(s)) => s.clone(),
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+
     #[test]
     fn yaml_and_json_mappings_read_the_same() {
         let yaml = parse_str("public-keys:\n  - ssh-ed25519 AAAA\nzone: a\n").expect("yaml");
@@ -73,16 +152,88 @@ mod tests {
     }
 
     #[test]
+    fn yaml_scalars_keep_the_types_pyyaml_gives_them() {
+        let map = parse_str(
+            "a: n\nb: yes\nc: 0755\nd: 1e3\ne: '0755'\nf: !!str yes\ng: ~\nh:\ni: 2024-01-02\n",
+        )
+        .expect("yaml");
+        assert_eq!(scalar(&map, "a"), Scalar::Str("n".into()));
+        assert_eq!(scalar(&map, "b"), Scalar::Bool(true));
+        assert_eq!(scalar(&map, "c"), Scalar::Int("493".into()));
+        assert_eq!(scalar(&map, "d"), Scalar::Str("1e3".into()));
+        assert_eq!(scalar(&map, "e"), Scalar::Str("0755".into()));
+        assert_eq!(scalar(&map, "f"), Scalar::Str("yes".into()));
+        assert_eq!(scalar(&map, "g"), Scalar::Null);
+        assert_eq!(scalar(&map, "h"), Scalar::Null);
+        assert!(matches!(scalar(&map, "i"), Scalar::Timestamp { .. }));
+    }
+
+    #[test]
+    fn anchors_aliases_and_merge_keys_read_as_in_pyyaml() {
+        let map = parse_str(
+            "base: &b {x: 1, y: 2}\nother: &o {y: 3, z: 4}\n\
+             m:\n  <<: [*b, *o]\n  x: 9\ncopy: *b\n",
+        )
+        .expect("yaml");
+        let Some(Value::Map(m)) = map.get("m") else {
+            panic!("{map:?}")
+        };
+        let int = |n: &str| Value::Scalar(Scalar::Int(n.into()));
+        // Explicit x wins; for y the earlier mapping of the list wins.
+        assert_eq!(m.get("x"), Some(&int("9")));
+        assert_eq!(m.get("y"), Some(&int("2")));
+        assert_eq!(m.get("z"), Some(&int("4")));
+        assert_eq!(map.get("copy"), map.get("base"));
+    }
+
+    #[test]
+    fn a_billion_laughs_is_an_error() {
+        let mut text = "a: &a [x, x, x, x, x, x, x, x, x, x]\n".to_owned();
+        for (prev, next) in ["a", "b", "c", "d", "e", "f", "g"]
+            .iter()
+            .zip(["b", "c", "d", "e", "f", "g", "h"])
+        {
+            text.push_str(&format!("{next}: &{next} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"));
+        }
+        let (_, _, message) = position(parse_str(&text).expect_err("too many"));
+        assert!(message.contains("YAML"), "{message}");
+    }
+
+    #[test]
+    fn unreadable_plain_scalars_and_unknown_tags_are_errors_with_a_position() {
+        for text in [
+            "a: =\n",
+            "a: !!binary aGVsbG8=\n",
+            "a: !custom x\n",
+            "a: 2023-02-30\n",
+        ] {
+            let (line, _, message) = position(parse_str(text).expect_err(text));
+            assert_eq!(line, 1, "{text}: {message}");
+        }
+        let map = parse_str("=: x\n").expect("`=` as a key is a string");
+        assert_eq!(scalar(&map, "="), Scalar::Str("x".into()));
+    }
+
+    #[test]
     fn empty_and_comment_only_documents_are_empty_mappings() {
         assert!(parse_str("").expect("empty").is_empty());
         assert!(parse_str("  \n").expect("blank").is_empty());
         assert!(parse_str("# nothing yet\n").expect("comment").is_empty());
+        assert!(parse_str("---\n~\n").expect("null").is_empty());
     }
 
     #[test]
     fn a_document_starting_with_a_brace_is_strict_json() {
         let (line, column, message) = position(parse_str("{zone: a}").expect_err("not JSON"));
         assert_eq!((line, column), (1, 2), "{message}");
+    }
+
+    #[test]
+    fn json_keeps_json_types() {
+        let map = parse_str(r#"{"a": 1e3, "b": "n", "c": 7}"#).expect("json");
+        assert_eq!(scalar(&map, "a"), Scalar::Float(1000.0));
+        assert_eq!(scalar(&map, "b"), Scalar::Str("n".into()));
+        assert_eq!(scalar(&map, "c"), Scalar::Int("7".into()));
     }
 
     #[test]
@@ -100,12 +251,55 @@ mod tests {
     }
 
     #[test]
+    fn two_documents_are_rejected() {
+        let err = parse_str("a: 1\n---\nb: 2\n").expect_err("two documents");
+        assert!(
+            crate::error::render_chain(&err).contains("more than one"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn invalid_yaml_reports_where() {
         let (line, column, message) =
             position(parse_str("zone: a\nkeys: [a, b\nname: x\n").expect_err("bad yaml"));
         assert!(line >= 2, "line {line} in {message}");
         assert!(column >= 1);
         assert!(message.contains("YAML"), "{message}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_and_what_it_reads_it_can_write(text in "\\PC*") {
+            if let Ok(map) = parse_str(&text) {
+                let _ = (super::super::render::json(&map), super::super::render::yaml(&map));
+            }
+        }
+
+        /// Our YAML writer and our reader agree (the reader agrees with PyYAML: see the
+        /// integration tests), for plain and quoted scalars of every type.
+        #[test]
+        fn what_we_write_reads_back_the_same(
+            tokens in proptest::collection::vec("[-+0-9._:a-zA-Z ~\"'\\\\#]{0,12}", 1..8)
+        ) {
+            let text: String = tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| format!("k{i}: {t}\n"))
+                .collect();
+            if let Ok(map) = parse_str(&text) {
+                let written = super::super::render::yaml(&map);
+                if !written.contains(".nan") {
+                    let again = parse_str(&written).expect("our own YAML reads back");
+                    proptest::prop_assert_eq!(again, map, "{}", written);
+                }
+            }
+        }
+
+        #[test]
+        fn plain_scalars_never_panic(text in "[-+0-9._:a-zA-Z tT~<=]{0,24}") {
+            let _ = super::super::scalar::plain(&text);
+        }
     }
 
     #[test]

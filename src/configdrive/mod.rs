@@ -11,6 +11,8 @@ pub mod input;
 pub mod iso;
 pub mod layout;
 pub mod metadata;
+pub mod render;
+pub mod scalar;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -29,6 +31,24 @@ pub enum ConfigDriveError {
         path: PathBuf,
         #[source]
         source: io::Error,
+    },
+    #[error(
+        "{var} {path} is {kind}, not a regular file; point {var} at a file or a ConfigMap \
+         directory"
+    )]
+    InputNotRegular {
+        var: &'static str,
+        path: PathBuf,
+        kind: crate::regular_file::Kind,
+    },
+    #[error(
+        "{var} {path} is a symlink that leads out of {dir}; links are followed only inside \
+         the mounted directory (as a ConfigMap's are): put the file itself there"
+    )]
+    InputEscapes {
+        var: &'static str,
+        path: PathBuf,
+        dir: PathBuf,
     },
     #[error(
         "{var} {path} is {size} bytes, over the limit of {limit} bytes; shrink it (gzip \

@@ -17,6 +17,12 @@ const DEFAULT_ATTEMPTS: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResolvConfError {
+    #[error("could not open {path}; the pod's DNS configuration is needed for DHCP and DNS")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: crate::regular_file::RegularFileError,
+    },
     #[error("could not read {path}; the pod's DNS configuration is needed for DHCP and DNS")]
     Read {
         path: PathBuf,
@@ -49,10 +55,18 @@ impl Default for ResolvConf {
 }
 
 impl ResolvConf {
+    /// A FIFO or device in place of the file is an error, never a hang.
     pub fn load(path: &Path) -> Result<Self, ResolvConfError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ResolvConfError::Read {
+        let file = crate::regular_file::open(path).map_err(|source| ResolvConfError::Open {
             path: path.to_owned(),
             source,
+        })?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut file.into_file(), &mut text).map_err(|source| {
+            ResolvConfError::Read {
+                path: path.to_owned(),
+                source,
+            }
         })?;
         Ok(Self::parse(&text))
     }
@@ -177,6 +191,26 @@ mod tests {
         assert_eq!(conf.ndots, 15);
         assert_eq!(conf.timeout, Duration::from_secs(1));
         assert_eq!(conf.attempts, DEFAULT_ATTEMPTS);
+    }
+
+    #[test]
+    fn load_reads_a_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("resolv.conf");
+        std::fs::write(&path, "nameserver 10.96.0.10\n").unwrap();
+        let conf = ResolvConf::load(&path).unwrap();
+        assert_eq!(conf.nameservers, ["10.96.0.10".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn a_fifo_in_place_of_resolv_conf_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("resolv.conf");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRUSR).unwrap();
+        let err = ResolvConf::load(&path).unwrap_err();
+        assert!(matches!(err, ResolvConfError::Open { .. }), "{err:?}");
+        let chain = crate::error::render_chain(&err);
+        assert!(chain.contains("FIFO"), "{chain}");
     }
 
     proptest::proptest! {
