@@ -25,9 +25,9 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::health::Phase;
-use crate::qemu::pause::Pause;
 use crate::dhcp::DhcpStats;
 use crate::dns::DnsStats;
+use crate::qemu::pause::Pause;
 
 /// One label, `name="value"`.
 type Label = [(&'static str, String); 1];

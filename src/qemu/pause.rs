@@ -155,7 +155,9 @@ pub enum Change {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     /// Send `cont`: this is attempt number `attempt` since the VM last ran steadily.
-    Resume { attempt: u32 },
+    Resume {
+        attempt: u32,
+    },
     Wait,
 }
 
@@ -285,7 +287,9 @@ impl Pauses {
 /// The wait before the attempt after attempt `n` (1-based): 5 s, 10 s, 20 s, … up to 5 min.
 fn backoff(n: u32) -> Duration {
     let doublings = n.saturating_sub(1).min(16);
-    BACKOFF_FIRST.saturating_mul(1 << doublings).min(BACKOFF_MAX)
+    BACKOFF_FIRST
+        .saturating_mul(1 << doublings)
+        .min(BACKOFF_MAX)
 }
 
 #[cfg(test)]
@@ -471,9 +475,18 @@ mod tests {
             assert!(full_pause(&mut pauses, now).is_some(), "attempt {attempt}");
         }
         assert_eq!(waits[0], Duration::ZERO, "the first resume is not delayed");
-        assert!(waits[1] >= BACKOFF_FIRST - Duration::from_secs(1), "{waits:?}");
-        assert!(waits[2] >= BACKOFF_FIRST * 2 - Duration::from_secs(1), "{waits:?}");
-        assert!(waits[3] >= BACKOFF_FIRST * 4 - Duration::from_secs(1), "{waits:?}");
+        assert!(
+            waits[1] >= BACKOFF_FIRST - Duration::from_secs(1),
+            "{waits:?}"
+        );
+        assert!(
+            waits[2] >= BACKOFF_FIRST * 2 - Duration::from_secs(1),
+            "{waits:?}"
+        );
+        assert!(
+            waits[3] >= BACKOFF_FIRST * 4 - Duration::from_secs(1),
+            "{waits:?}"
+        );
     }
 
     #[test]
@@ -504,7 +517,10 @@ mod tests {
             Decision::Resume { .. }
         ));
         // No RESUME came: still paused; no second `cont` before the backoff.
-        assert_eq!(pauses.on_free_space(PLENTY, t0 + POLL_EVERY), Decision::Wait);
+        assert_eq!(
+            pauses.on_free_space(PLENTY, t0 + POLL_EVERY),
+            Decision::Wait
+        );
         assert_eq!(
             pauses.on_free_space(PLENTY, t0 + BACKOFF_FIRST),
             Decision::Resume { attempt: 2 }

@@ -311,8 +311,7 @@ async fn current_status(qmp: &Qmp) -> Option<Event> {
 
 async fn look_at_space(qmp: &Qmp, pauses: &mut Pauses, pet_dir: &Path) {
     let free = free_space(pet_dir).await;
-    let Decision::Resume { attempt } = pauses.on_free_space(free, std::time::Instant::now())
-    else {
+    let Decision::Resume { attempt } = pauses.on_free_space(free, std::time::Instant::now()) else {
         return;
     };
     let free_mib = free.unwrap_or_default() >> 20;
