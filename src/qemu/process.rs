@@ -248,6 +248,10 @@ pub fn watch_pauses(qmp: Qmp, pet_dir: PathBuf) -> watch::Receiver<Option<Pause>
         // Events sent before we subscribed are lost: ask qemu where it stands.
         let mut resync = true;
         let mut next_look = Instant::now();
+        let mut space = FreeSpace {
+            dir: pet_dir.clone(),
+            in_flight: None,
+        };
         loop {
             if std::mem::take(&mut resync) {
                 if let Some(event) = current_status(&qmp).await {
@@ -258,7 +262,7 @@ pub fn watch_pauses(qmp: Qmp, pet_dir: PathBuf) -> watch::Receiver<Option<Pause>
             let event = tokio::select! {
                 event = events.recv() => event,
                 () = tokio::time::sleep_until(next_look), if pauses.watching_space() => {
-                    look_at_space(&qmp, &mut pauses, &pet_dir).await;
+                    look_at_space(&qmp, &mut pauses, &mut space).await;
                     next_look = Instant::now() + pause::POLL_EVERY;
                     continue;
                 }
@@ -309,26 +313,46 @@ async fn current_status(qmp: &Qmp) -> Option<Event> {
     })
 }
 
-async fn look_at_space(qmp: &Qmp, pauses: &mut Pauses, pet_dir: &Path) {
-    let free = free_space(pet_dir).await;
+async fn look_at_space(qmp: &Qmp, pauses: &mut Pauses, space: &mut FreeSpace) {
+    let free = space.read().await;
     let Decision::Resume { attempt } = pauses.on_free_space(free, std::time::Instant::now()) else {
         return;
     };
     let free_mib = free.unwrap_or_default() >> 20;
-    tracing::info!(pet_dir = %pet_dir.display(), free_mib, attempt, "space is back on PET_DIR: resuming the VM (QMP cont)");
+    tracing::info!(pet_dir = %space.dir.display(), free_mib, attempt, "space is back on PET_DIR: resuming the VM (QMP cont)");
     if let Err(e) = qmp.cont().await {
         tracing::warn!(error = %e, "QMP cont failed; trying again later");
     }
 }
 
-/// Bytes free for us on `dir`'s filesystem, or `None` when unknown. On a worker thread with a
-/// deadline: `statvfs` on a stuck network volume must not stall the runtime.
-async fn free_space(dir: &Path) -> Option<u64> {
-    let dir = dir.to_owned();
-    let stat = tokio::task::spawn_blocking(move || nix::sys::statvfs::statvfs(&dir));
-    match timeout(pause::POLL_EVERY, stat).await {
-        Ok(Ok(Ok(stat))) => Some(stat.blocks_available().saturating_mul(stat.fragment_size())),
-        _ => None,
+/// Free space on the pet volume, read on a worker thread with a deadline: `statvfs` on a
+/// stuck network volume must not stall the runtime, nor pile up a blocked thread per poll.
+struct FreeSpace {
+    dir: PathBuf,
+    in_flight: Option<tokio::task::JoinHandle<nix::Result<nix::sys::statvfs::Statvfs>>>,
+}
+
+impl FreeSpace {
+    /// Bytes free for us, or `None` when unknown (the previous read is still stuck, or failed).
+    async fn read(&mut self) -> Option<u64> {
+        let mut stat = match self.in_flight.take() {
+            Some(stuck) if !stuck.is_finished() => {
+                self.in_flight = Some(stuck);
+                return None;
+            }
+            _ => {
+                let dir = self.dir.clone();
+                tokio::task::spawn_blocking(move || nix::sys::statvfs::statvfs(&dir))
+            }
+        };
+        match timeout(pause::POLL_EVERY, &mut stat).await {
+            Ok(Ok(Ok(stat))) => Some(stat.blocks_available().saturating_mul(stat.fragment_size())),
+            Ok(_) => None,
+            Err(_) => {
+                self.in_flight = Some(stat);
+                None
+            }
+        }
     }
 }
 
@@ -336,7 +360,7 @@ fn report(change: Option<Change>, pet_dir: &Path) {
     match change {
         None => {}
         Some(Change::Paused(pause @ Pause::NoSpace { .. })) => {
-            tracing::warn!(reason = pause.label(), pet_dir = %pet_dir.display(), "{pause} (qemu stopped on ENOSPC; nothing is lost: the write is retried on resume)");
+            tracing::warn!(reason = pause.label(), pet_dir = %pet_dir.display(), "{pause} (qemu stopped on ENOSPC and holds the write to retry it on resume)");
         }
         Some(Change::Paused(pause @ Pause::IoError { .. })) => {
             tracing::error!(reason = pause.label(), "{pause}");
