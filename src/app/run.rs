@@ -86,6 +86,10 @@ pub async fn run(config: &Config) -> Result<u8, Error> {
     };
     services.report(&status);
     status.set_qmp(Some(vm.qmp.clone()));
+    follow_pauses(
+        qemu::process::watch_pauses(vm.qmp.clone(), config.pet_dir.clone()),
+        &status,
+    );
     status.set_phase(Phase::Running);
     let console_socket = attach::socket_path(&config.runtime_dir);
     if let Err(e) = attach::serve(
@@ -109,6 +113,22 @@ pub async fn run(config: &Config) -> Result<u8, Error> {
     status.set_qmp(None);
     drop(services);
     Ok(exit_code(&outcome))
+}
+
+/// Feeds the probes and metrics from the pause watcher until qemu's QMP connection closes.
+fn follow_pauses(
+    mut pauses: tokio::sync::watch::Receiver<Option<qemu::pause::Pause>>,
+    status: &Arc<VmStatus>,
+) {
+    let status = Arc::clone(status);
+    tokio::spawn(async move {
+        loop {
+            status.set_pause(pauses.borrow_and_update().clone());
+            if pauses.changed().await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// Exit 0 when the guest powered off; 7 when it had to be stopped; qemu's code otherwise.

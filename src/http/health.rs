@@ -1,8 +1,9 @@
 //! Liveness and readiness that reflect the VM, not just our process.
 //!
-//! `/healthz`: 200 while qemu runs and answers QMP. `/readyz`: 200 once the guest holds its
-//! DHCP lease (or, with `NO_DHCP`, once a guest TCP port answers), 503 before that and from
-//! the moment shutdown starts.
+//! `/healthz`: 200 while qemu runs the VM and answers QMP. `/readyz`: 200 once the guest holds
+//! its DHCP lease (or, with `NO_DHCP`, once a guest TCP port answers), 503 before that and from
+//! the moment shutdown starts. Both are 503 while the VM is paused (a full pet volume, an I/O
+//! error, an operator's QMP `stop`), with the reason in the body: a paused VM serves nobody.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -13,6 +14,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 
 use super::AppState;
+use crate::qemu::pause::Pause;
 use crate::qemu::qmp::Qmp;
 
 /// Where the VM is in its life.
@@ -65,15 +67,19 @@ pub struct VmStatus {
     lease: AtomicBool,
     readiness: Readiness,
     qmp: Mutex<Option<Qmp>>,
+    /// Why the VM is paused, as the pause watcher last reported.
+    pause: Mutex<Option<Pause>>,
 }
 
 impl VmStatus {
     pub fn new(readiness: Readiness) -> Self {
+        crate::http::metrics::set_pause(None);
         Self {
             phase: AtomicU8::new(Phase::Starting as u8),
             lease: AtomicBool::new(false),
             readiness,
             qmp: Mutex::new(None),
+            pause: Mutex::new(None),
         }
     }
 
@@ -93,6 +99,22 @@ impl VmStatus {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = qmp;
     }
 
+    /// Called as the VM pauses (`Some`, with the reason) and runs again (`None`).
+    pub fn set_pause(&self, pause: Option<Pause>) {
+        crate::http::metrics::set_pause(pause.as_ref());
+        *self
+            .pause
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = pause;
+    }
+
+    fn pause(&self) -> Option<Pause> {
+        self.pause
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// Called by the DHCP server when the VM's MAC is ACKed its address.
     pub fn set_lease(&self, held: bool) {
         self.lease.store(held, Ordering::SeqCst);
@@ -105,15 +127,20 @@ impl VmStatus {
             .clone()
     }
 
-    /// Liveness: qemu runs and answers `query-status`.
+    /// Liveness: qemu runs the VM (not paused) and answers `query-status`.
     pub async fn healthy(&self) -> Result<String, String> {
         match self.phase() {
             Phase::Running | Phase::ShuttingDown => {}
             phase => return Err(format!("qemu is not running ({})", phase.name())),
         }
+        if let Some(pause) = self.pause() {
+            return Err(pause.to_string());
+        }
         let qmp = self.qmp().ok_or_else(|| "no QMP connection".to_owned())?;
         match tokio::time::timeout(Duration::from_secs(2), qmp.status()).await {
-            Ok(Ok(status)) => Ok(format!("qemu {status}")),
+            Ok(Ok(status)) if status == "running" => Ok(format!("qemu {status}")),
+            // Paused in a way the watcher has not reported yet (or never will: `suspended`).
+            Ok(Ok(status)) => Err(format!("the VM is not running: qemu {status}")),
             Ok(Err(e)) => Err(format!("QMP: {e}")),
             Err(_) => Err("QMP did not answer within 2s".to_owned()),
         }
@@ -124,6 +151,9 @@ impl VmStatus {
         match self.phase() {
             Phase::Running => {}
             phase => return Err(format!("not ready: {}", phase.name())),
+        }
+        if let Some(pause) = self.pause() {
+            return Err(format!("not ready: {pause}"));
         }
         match self.readiness {
             Readiness::Lease if self.lease.load(Ordering::SeqCst) => {
@@ -158,4 +188,26 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> (StatusCode, Strin
 
 pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
     reply(state.status.ready().await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_paused_vm_is_neither_healthy_nor_ready_and_says_why() {
+        let status = VmStatus::new(Readiness::Lease);
+        status.set_phase(Phase::Running);
+        status.set_lease(true);
+        assert!(status.ready().await.is_ok());
+        status.set_pause(Some(Pause::NoSpace {
+            device: "disk0".into(),
+        }));
+        for probe in [status.healthy().await, status.ready().await] {
+            let why = probe.expect_err("503 while paused");
+            assert!(why.contains("no space left on PET_DIR"), "{why}");
+        }
+        status.set_pause(None);
+        assert!(status.ready().await.is_ok());
+    }
 }

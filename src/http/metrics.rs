@@ -8,8 +8,9 @@
 //! renewals), `dns_queries_total{kind}`, `dns_failures_total{kind}`,
 //! `dns_upstream_queries_total{upstream}`, `dns_upstream_failures_total{upstream}`,
 //! `image_download_bytes_total`, `image_state{state}`, `qemu_up`,
-//! `vm_phase{phase}`, `guest_shutdowns_total{how}`, `starts_total`, `spoofed_packets_total`
-//! (packets from the VM with a forged source, dropped: the nft counter, read at each scrape).
+//! `vm_phase{phase}`, `vm_paused{reason}`, `guest_shutdowns_total{how}`, `starts_total`,
+//! `spoofed_packets_total` (packets from the VM with a forged source, dropped: the nft counter,
+//! read at each scrape).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, LazyLock, OnceLock};
@@ -28,6 +29,7 @@ use prometheus_client::registry::Registry;
 use super::health::Phase;
 use crate::dhcp::DhcpStats;
 use crate::dns::DnsStats;
+use crate::qemu::pause::Pause;
 
 /// One label, `name="value"`.
 type Label = [(&'static str, String); 1];
@@ -38,6 +40,7 @@ struct Metrics {
     starts: Counter,
     phase_seconds: Family<Label, Gauge<f64, AtomicU64>>,
     vm_phase: Family<Label, Gauge>,
+    vm_paused: Family<Label, Gauge>,
     qemu_up: Gauge,
     guest_shutdowns: Family<Label, Counter>,
     image_state: Family<Label, Gauge>,
@@ -65,6 +68,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "kvm_manager_vm_phase",
         "The VM's phase: 1 for the current one",
         vm_phase.clone(),
+    );
+    let vm_paused = Family::default();
+    registry.register(
+        "kvm_manager_vm_paused",
+        "Why the VM is paused (no-space, io-error, stopped): 1 for the current reason, all 0 while it runs",
+        vm_paused.clone(),
     );
     let qemu_up = Gauge::default();
     registry.register("kvm_manager_qemu_up", "1 while qemu runs", qemu_up.clone());
@@ -105,6 +114,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         starts,
         phase_seconds,
         vm_phase,
+        vm_paused,
         qemu_up,
         guest_shutdowns,
         image_state,
@@ -166,6 +176,12 @@ pub fn set_phase(phase: Phase) {
         phase,
         Phase::Running | Phase::ShuttingDown
     )));
+}
+
+/// `vm_paused{reason}`: 1 for the reason of `pause`, 0 for every other (all 0 with `None`).
+pub fn set_pause(pause: Option<&Pause>) {
+    let current = pause.map_or("", Pause::label);
+    one_hot(&METRICS.vm_paused, "reason", &Pause::LABELS, current);
 }
 
 pub fn image_state(states: &[&str], current: &str) {

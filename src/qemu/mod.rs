@@ -4,6 +4,7 @@ pub mod accel;
 pub mod args;
 pub mod attach;
 pub mod console;
+pub mod pause;
 pub mod process;
 pub mod qmp;
 pub mod sizing;

@@ -1,20 +1,30 @@
 //! A small QMP client: JSON lines over qemu's unix socket.
 //!
-//! One reader task routes replies to their command by `id` and logs events; commands may be
-//! issued from anywhere through a shared [`Qmp`] handle. (The `qapi` crate is stale and
-//! rejects events it does not know, hence our own.)
+//! One reader task routes replies to their command by `id` and passes events to whoever
+//! subscribed ([`Qmp::events`]); commands may be issued from anywhere through a shared [`Qmp`]
+//! handle, each with a deadline: a stuck qemu must never block PID 1. (The `qapi` crate is
+//! stale and rejects events it does not know, hence our own.)
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
-use tokio::sync::{oneshot, Mutex};
+use tokio::sync::{broadcast, oneshot, Mutex};
+
+/// How long qemu gets to answer a command (or to greet us).
+const DEADLINE: Duration = Duration::from_secs(10);
+/// Events kept for a subscriber that falls behind; it then sees `Lagged` and must ask qemu.
+const EVENT_BACKLOG: usize = 256;
+
+/// Events that [`crate::qemu::process::watch_pauses`] reports itself, with their meaning and at
+/// the level they deserve; logged here only at debug level.
+const REPORTED_ELSEWHERE: [&str; 3] = ["BLOCK_IO_ERROR", "STOP", "RESUME"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
@@ -40,6 +50,13 @@ pub enum QmpError {
     Timeout(String),
 }
 
+/// An asynchronous message from qemu.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QmpEvent {
+    pub name: String,
+    pub data: Value,
+}
+
 type Pending = Arc<std::sync::Mutex<HashMap<u64, oneshot::Sender<Result<Value, QmpError>>>>>;
 
 /// A connected, negotiated QMP session.
@@ -48,6 +65,8 @@ pub struct Qmp {
     writer: Arc<Mutex<OwnedWriteHalf>>,
     pending: Pending,
     next_id: Arc<AtomicU64>,
+    /// The reader task owns the sender, so subscribers see `Closed` once qemu is gone.
+    events: Weak<broadcast::Sender<QmpEvent>>,
 }
 
 impl Qmp {
@@ -61,9 +80,9 @@ impl Qmp {
             })?;
         let (read, write) = stream.into_split();
         let mut lines = BufReader::new(read).lines();
-        let greeting = lines
-            .next_line()
+        let greeting = tokio::time::timeout(DEADLINE, lines.next_line())
             .await
+            .map_err(|_| QmpError::Timeout("the greeting".to_owned()))?
             .map_err(QmpError::Io)?
             .ok_or(QmpError::Closed)?;
         let greeting: Value =
@@ -72,22 +91,38 @@ impl Qmp {
             return Err(QmpError::Protocol(greeting.to_string()));
         }
         let pending: Pending = Arc::default();
-        tokio::spawn(read_replies(lines, Arc::clone(&pending)));
+        let events = Arc::new(broadcast::channel(EVENT_BACKLOG).0);
         let qmp = Self {
             writer: Arc::new(Mutex::new(write)),
-            pending,
+            pending: Arc::clone(&pending),
             next_id: Arc::new(AtomicU64::new(1)),
+            events: Arc::downgrade(&events),
         };
+        tokio::spawn(read_replies(lines, pending, events));
         qmp.execute("qmp_capabilities", None).await?;
         Ok(qmp)
     }
 
-    /// Runs `command` and returns its `return` value.
+    /// qemu's events from now on, until its QMP connection closes.
+    pub fn events(&self) -> broadcast::Receiver<QmpEvent> {
+        match self.events.upgrade() {
+            Some(sender) => sender.subscribe(),
+            // Already closed: a receiver whose sender is gone says so at once.
+            None => broadcast::channel(1).1,
+        }
+    }
+
+    /// Runs `command` and returns its `return` value, or fails after [`DEADLINE`].
     pub async fn execute(
         &self,
         command: &str,
         arguments: Option<Value>,
     ) -> Result<Value, QmpError> {
+        let result = tokio::time::timeout(DEADLINE, self.exchange(command, arguments)).await;
+        result.unwrap_or_else(|_| Err(QmpError::Timeout(command.to_owned())))
+    }
+
+    async fn exchange(&self, command: &str, arguments: Option<Value>) -> Result<Value, QmpError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut message = json!({ "execute": command, "id": id });
         if let Some(arguments) = arguments {
@@ -98,6 +133,8 @@ impl Qmp {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(id, tx);
+        // Whether answered, failed or abandoned at the deadline, the waiter goes.
+        let _waiter = Forget(self, id);
         let mut line = message.to_string();
         line.push('\n');
         self.writer
@@ -106,8 +143,8 @@ impl Qmp {
             .write_all(line.as_bytes())
             .await
             .map_err(QmpError::Io)?;
-        match tokio::time::timeout(Duration::from_secs(10), rx).await {
-            Ok(Ok(reply)) => reply.map_err(|e| match e {
+        match rx.await {
+            Ok(reply) => reply.map_err(|e| match e {
                 QmpError::Refused { class, desc, .. } => QmpError::Refused {
                     command: command.to_owned(),
                     class,
@@ -115,9 +152,15 @@ impl Qmp {
                 },
                 other => other,
             }),
-            Ok(Err(_)) => Err(QmpError::Closed),
-            Err(_) => Err(QmpError::Timeout(command.to_owned())),
+            Err(_) => Err(QmpError::Closed),
         }
+    }
+
+    fn forget(&self, id: u64) {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
     }
 
     /// Presses the ACPI power button.
@@ -139,6 +182,25 @@ impl Qmp {
         .map(drop)
     }
 
+    /// Continues a paused VM (qemu first retries the disk requests it held back).
+    pub async fn cont(&self) -> Result<(), QmpError> {
+        self.execute("cont", None).await.map(drop)
+    }
+
+    /// The drives whose I/O status is `nospace` (qemu stopped on ENOSPC writing them).
+    pub async fn drives_out_of_space(&self) -> Result<Vec<String>, QmpError> {
+        let reply = self.execute("query-block", None).await?;
+        Ok(reply
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter(|drive| drive.get("io-status").and_then(Value::as_str) == Some("nospace"))
+            .filter_map(|drive| drive.get("device").and_then(Value::as_str))
+            .map(str::to_owned)
+            .collect())
+    }
+
     /// `running`, `paused`, `shutdown`, … as qemu reports it.
     pub async fn status(&self) -> Result<String, QmpError> {
         let reply = self.execute("query-status", None).await?;
@@ -150,9 +212,19 @@ impl Qmp {
     }
 }
 
+/// Removes a waiter whose caller gave up (its deadline passed), so a late reply is dropped.
+struct Forget<'a>(&'a Qmp, u64);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.forget(self.1);
+    }
+}
+
 async fn read_replies(
     mut lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
     pending: Pending,
+    events: Arc<broadcast::Sender<QmpEvent>>,
 ) {
     loop {
         let line = match lines.next_line().await {
@@ -165,7 +237,16 @@ async fn read_replies(
         };
         if let Some(event) = message.get("event").and_then(Value::as_str) {
             let data = message.get("data").cloned().unwrap_or(Value::Null);
-            tracing::info!(target: "qemu", event, %data, "QMP event");
+            if REPORTED_ELSEWHERE.contains(&event) {
+                tracing::debug!(target: "qemu", event, %data, "QMP event");
+            } else {
+                tracing::info!(target: "qemu", event, %data, "QMP event");
+            }
+            // No subscriber is no error.
+            let _ = events.send(QmpEvent {
+                name: event.to_owned(),
+                data,
+            });
             continue;
         }
         let Some(id) = message.get("id").and_then(Value::as_u64) else {

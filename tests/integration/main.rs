@@ -13,6 +13,7 @@ mod e2e;
 mod http;
 mod image;
 mod network;
+mod pause;
 mod pet;
 mod pid1;
 mod pod;

@@ -125,10 +125,19 @@ impl Pod {
 
     /// `kvm-manager ARGS` as PID 1 of the pod (fresh PID, mount and UTS namespaces).
     pub fn kvm_manager(&self, args: &[&str], env: &[(&str, &str)]) -> Running {
-        let script = r#"set -e
+        self.kvm_manager_after("", args, env)
+    }
+
+    /// [`Pod::kvm_manager`] after the shell commands `setup` ran in the pod's namespaces (a
+    /// volume mounted there, say), with the contract's variables set.
+    pub fn kvm_manager_after(&self, setup: &str, args: &[&str], env: &[(&str, &str)]) -> Running {
+        let script = format!(
+            r#"set -e
 hostname "$POD_HOSTNAME"
 mount --bind "$POD_RESOLV" /etc/resolv.conf
-exec "$@""#;
+{setup}
+exec "$@""#
+        );
         let mut command = Command::new("ip");
         command
             .args([
@@ -143,7 +152,7 @@ exec "$@""#;
                 "--uts",
                 "--kill-child",
             ])
-            .args(["sh", "-c", script, "pod-init", BIN])
+            .args(["sh", "-c", &script, "pod-init", BIN])
             .args(args)
             .env("POD_HOSTNAME", &self.hostname)
             .env("POD_RESOLV", self.path("resolv.conf"))
