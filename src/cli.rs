@@ -166,7 +166,12 @@ pub struct Settings {
     /// A web-console viewer that sends no keyboard or mouse input for this long is
     /// disconnected (e.g. 15m, 90s; a bare number means seconds). Besides, when all 8 viewer
     /// slots are taken, a new viewer replaces the one idle the longest.
-    #[arg(long, env = "CONSOLE_IDLE_TIMEOUT", global = true, default_value = "15m")]
+    #[arg(
+        long,
+        env = "CONSOLE_IDLE_TIMEOUT",
+        global = true,
+        default_value = "15m"
+    )]
     pub console_idle_timeout: String,
 
     /// No DHCP server (the guest is configured otherwise). Same values as NO_VNC.

@@ -113,9 +113,8 @@ fn parse_timeout(var: &'static str, raw: &str) -> Result<Duration, ConfigError> 
     let trimmed = raw.trim();
     let duration = match trimmed.parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
-        Err(_) => humantime::parse_duration(trimmed).map_err(|e| {
-            invalid(var, raw, format!("not a duration ({e})"), FIX)
-        })?,
+        Err(_) => humantime::parse_duration(trimmed)
+            .map_err(|e| invalid(var, raw, format!("not a duration ({e})"), FIX))?,
     };
     if duration > Duration::from_secs(24 * 3600) {
         return Err(invalid(var, raw, "longer than a day", FIX));

@@ -79,7 +79,8 @@ pub async fn serve(config: &HttpConfig, status: Arc<VmStatus>) -> Result<SocketA
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .await {
+        .await
+        {
             tracing::error!(error = %e, "the HTTP server stopped");
         }
     });

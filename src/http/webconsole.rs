@@ -150,7 +150,7 @@ fn same_origin(origin: Option<&str>, host: Option<&str>) -> bool {
         .is_some_and(|authority| authority.eq_ignore_ascii_case(host))
 }
 
-fn header_str<'h>(headers: &'h HeaderMap, name: header::HeaderName) -> Option<&'h str> {
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -163,7 +163,11 @@ async fn gate(State(access): State<Access>, request: Request, next: Next) -> Res
     if admits(access, peer, host) {
         return next.run(request).await;
     }
-    tracing::debug!(?peer, ?host, "web console refused: not on the pod's loopback");
+    tracing::debug!(
+        ?peer,
+        ?host,
+        "web console refused: not on the pod's loopback"
+    );
     (
         StatusCode::FORBIDDEN,
         "the web console is only reachable through `kubectl port-forward` (no VNC_PASSWORD)\n",
@@ -185,7 +189,10 @@ async fn websocket(
     };
     let origin = header_str(&headers, header::ORIGIN);
     if !same_origin(origin, header_str(&headers, header::HOST)) {
-        tracing::warn!(origin, "web console refused a WebSocket from another origin");
+        tracing::warn!(
+            origin,
+            "web console refused a WebSocket from another origin"
+        );
         return (StatusCode::FORBIDDEN, "cross-origin WebSocket refused\n").into_response();
     }
     ws.protocols(["binary"])
@@ -215,7 +222,10 @@ async fn bridge(socket: WebSocket, vnc: SocketAddr, console: Console) {
             return;
         }
     };
-    tracing::info!(viewers = console.viewers.count(), "web console viewer connected");
+    tracing::info!(
+        viewers = console.viewers.count(),
+        "web console viewer connected"
+    );
     let auth = match console.access {
         Access::Loopback => rfb::Auth::None,
         Access::Password => rfb::Auth::Vnc,
@@ -300,7 +310,11 @@ mod tests {
         assert!(admits(a, peer("::1"), Some("127.0.0.1:8080")));
         assert!(admits(a, peer("::ffff:127.0.0.1"), Some("[::1]:8080")));
         assert!(!admits(a, peer("10.200.0.1"), Some("10.200.0.2:8080")));
-        assert!(!admits(a, peer("192.168.254.2"), Some("192.168.254.1:8080")));
+        assert!(!admits(
+            a,
+            peer("192.168.254.2"),
+            Some("192.168.254.1:8080")
+        ));
         assert!(!admits(a, None, Some("localhost:8080")), "unknown peer");
     }
 
@@ -308,7 +322,11 @@ mod tests {
     fn without_a_password_a_domain_name_as_host_is_refused_against_dns_rebinding() {
         let a = Access::Loopback;
         assert!(!admits(a, peer("127.0.0.1"), Some("evil.example:8080")));
-        assert!(!admits(a, peer("127.0.0.1"), Some("localhost.evil.example")));
+        assert!(!admits(
+            a,
+            peer("127.0.0.1"),
+            Some("localhost.evil.example")
+        ));
         assert!(admits(a, peer("127.0.0.1"), Some("LOCALHOST")));
         assert!(admits(a, peer("127.0.0.1"), None));
     }
@@ -333,6 +351,9 @@ mod tests {
         assert!(!same_origin(Some("http://localhost:9090"), host));
         assert!(!same_origin(Some("null"), host));
         assert!(!same_origin(Some("http://localhost:8080"), None));
-        assert!(!same_origin(Some("http://localhost:8080.evil.example"), host));
+        assert!(!same_origin(
+            Some("http://localhost:8080.evil.example"),
+            host
+        ));
     }
 }

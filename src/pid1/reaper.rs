@@ -260,7 +260,11 @@ mod tests {
         let kept = child_env(vars(&OURS), Env::Minimal);
         assert_eq!(
             kept,
-            vars(&[("PATH", "/usr/bin:/bin"), ("LANG", "C.UTF-8"), ("TZ", "UTC")])
+            vars(&[
+                ("PATH", "/usr/bin:/bin"),
+                ("LANG", "C.UTF-8"),
+                ("TZ", "UTC")
+            ])
         );
     }
 

@@ -489,7 +489,10 @@ fn with_no_dhcp_readiness_follows_the_guest_port_and_vnc_password_guards_the_web
     let environ = qemu_environ(&vm);
     assert!(environ.contains("PATH="), "{environ}");
     for secret in ["kmh-pass", "VNC_PASSWORD", "IMG_SOURCE", &cluster.image_url] {
-        assert!(!environ.contains(secret), "{secret} in qemu's environment:\n{environ}");
+        assert!(
+            !environ.contains(secret),
+            "{secret} in qemu's environment:\n{environ}"
+        );
     }
 
     let _ = dnsmasq.kill();
@@ -539,8 +542,14 @@ fn without_a_password_the_console_answers_only_through_port_forward_and_idle_vie
 
     // Through port-forward: the page and noVNC are served.
     let (code, body) = curl(pod, Peer::PortForward, "/", &[]);
-    assert!(code == 200 && body.contains("kvm-manager console"), "{code}");
-    assert_eq!(curl(pod, Peer::PortForward, "/novnc/core/rfb.js", &[]).0, 200);
+    assert!(
+        code == 200 && body.contains("kvm-manager console"),
+        "{code}"
+    );
+    assert_eq!(
+        curl(pod, Peer::PortForward, "/novnc/core/rfb.js", &[]).0,
+        200
+    );
     // A page of another origin cannot open the WebSocket, not even on loopback; nor can a
     // DNS-rebinding page (its Host is a domain name).
     let probe = ws_probe(pod, Peer::PortForward, "http://evil.example");

@@ -79,9 +79,9 @@ fn message_size(buf: &[u8]) -> Size {
         251 => Size::Known(8 + 16 * usize::from(buf[6]), false), // SetDesktopSize
         255 if need(4) => Size::NeedHeader(4),
         255 => match (buf[1], u16_at(2)) {
-            (0, _) => Size::Known(12, true),      // QEMU extended key event
-            (1, 0 | 1) => Size::Known(4, false),  // QEMU audio enable/disable
-            (1, 2) => Size::Known(10, false),     // QEMU audio set format
+            (0, _) => Size::Known(12, true),     // QEMU extended key event
+            (1, 0 | 1) => Size::Known(4, false), // QEMU audio enable/disable
+            (1, 2) => Size::Known(10, false),    // QEMU audio set format
             _ => Size::Unknown,
         },
         _ => Size::Unknown,

@@ -139,8 +139,10 @@ mod tests {
         let ninth = viewers.join(at(start, 30));
         assert_eq!(ninth.evicted_idle, Some(Duration::from_secs(29)));
         assert_eq!(viewers.count(), MAX_VIEWERS);
-        assert!(seats[1].evicted.try_recv().is_err_and(|e| e
-            == oneshot::error::TryRecvError::Closed));
+        assert!(seats[1]
+            .evicted
+            .try_recv()
+            .is_err_and(|e| e == oneshot::error::TryRecvError::Closed));
         for (i, seat) in seats.iter_mut().enumerate().filter(|(i, _)| *i != 1) {
             assert_eq!(
                 seat.evicted.try_recv(),
