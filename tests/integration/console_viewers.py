@@ -152,8 +152,12 @@ def probe(host, port, origin):
     report = {'status': status}
     if sock:
         viewer = Viewer(sock)
-        banner, types, _, _ = viewer.handshake(False)
-        report.update(banner=banner, security=types)
+        try:
+            banner, types, _, _ = viewer.handshake(False)
+            report.update(banner=banner, security=types)
+        except EOFError as e:
+            # Upgraded, but the bridge found no VNC server (qemu still starting).
+            report['error'] = str(e)
         sock.close()
     return report
 

@@ -519,7 +519,7 @@ fn without_a_password_the_console_answers_only_through_port_forward_and_idle_vie
     let probe = eventually(
         T,
         || ws_probe(pod, Peer::PortForward, "http://127.0.0.1:8080"),
-        |p| p["status"] == 101,
+        |p| p["status"] == 101 && p.get("banner").is_some(),
     );
     assert_eq!(probe["banner"], "RFB 003.008", "{probe}");
     assert_eq!(probe["security"], serde_json::json!([1]), "{probe}");
