@@ -297,7 +297,52 @@ async fn bridge(socket: WebSocket, vnc: SocketAddr, console: Console) {
 
 #[cfg(test)]
 mod tests {
+    use tower::Service as _;
+
     use super::*;
+
+    /// `GET path` through the console's router, from `peer` (`None`: no connect info).
+    async fn get_page(access: Access, peer: Option<SocketAddr>, path: &str) -> StatusCode {
+        let config = ConsoleConfig {
+            novnc_dir: PathBuf::from("/nonexistent"),
+            vnc: None,
+            access,
+            idle_timeout: Duration::from_secs(60),
+        };
+        let mut request = Request::builder()
+            .uri(path)
+            .header(header::HOST, "localhost:8080")
+            .body(axum::body::Body::empty())
+            .expect("request");
+        if let Some(peer) = peer {
+            request.extensions_mut().insert(ConnectInfo(peer));
+        }
+        let mut router = router::<()>(&config);
+        match router.call(request).await {
+            Ok(response) => response.status(),
+            Err(never) => match never {},
+        }
+    }
+
+    #[tokio::test]
+    async fn the_router_serves_the_page_to_loopback_and_refuses_others_and_unknown_peers() {
+        let page = |access, ip| get_page(access, peer(ip), "/");
+        assert_eq!(page(Access::Loopback, "127.0.0.1").await, StatusCode::OK);
+        assert_eq!(
+            page(Access::Loopback, "10.200.0.1").await,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            get_page(Access::Loopback, peer("10.200.0.1"), "/novnc/core/rfb.js").await,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            get_page(Access::Loopback, None, "/").await,
+            StatusCode::FORBIDDEN,
+            "fail closed without connect info"
+        );
+        assert_eq!(page(Access::Password, "10.200.0.1").await, StatusCode::OK);
+    }
 
     fn peer(ip: &str) -> Option<SocketAddr> {
         Some(SocketAddr::new(ip.parse().expect("ip"), 40000))
