@@ -253,7 +253,10 @@ async fn bridge(socket: WebSocket, vnc: SocketAddr, console: Console) {
                 deadline = Instant::now() + console.idle_timeout;
                 seat.input(std::time::Instant::now());
             } else if scanner.lost() && !was_lost {
-                tracing::warn!("web console: a viewer sent an RFB message we cannot size; its input no longer counts against CONSOLE_IDLE_TIMEOUT");
+                tracing::warn!(
+                    "web console: a viewer sent an RFB message we cannot size; it will be closed \
+                     after CONSOLE_IDLE_TIMEOUT whatever it sends"
+                );
             }
             if vnc_write.write_all(&bytes).await.is_err() {
                 return End::Closed;
