@@ -15,7 +15,7 @@ use crate::error::{render_chain, Error};
 use crate::image::{self, owner, ImageError};
 use crate::logging::{self, Sink};
 use crate::net;
-use crate::pid1::reaper::Stdio;
+use crate::pid1::reaper::{self, Stdio};
 use crate::pid1::{self, Pid1, Pid1Error};
 
 /// Entry point of the binary.
@@ -133,7 +133,10 @@ fn supervise(config: &Config, argv: Vec<std::ffi::OsString>) -> Result<u8, Error
             var: "COMMAND",
             fix: "give the program to supervise after `--`".to_owned(),
         })?;
-        let spawned = pid1.reaper().spawn(program, args, [Stdio::Inherit; 3])?;
+        // A supervisor runs what it is given as it is given, environment included.
+        let spawned =
+            pid1.reaper()
+                .spawn_with(program, args, [Stdio::Inherit; 3], reaper::Env::Inherit)?;
         tracing::info!(pid = spawned.pid.as_raw(), program = ?program, "started");
         let status = pid1.supervise(spawned, config.vm.shutdown_timeout).await?;
         tracing::info!(%status, "main child ended");

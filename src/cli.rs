@@ -209,9 +209,22 @@ pub struct Settings {
     #[arg(long, env = "NO_VNC", global = true, action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
     pub no_vnc: bool,
 
-    /// Require this password for VNC (set over QMP, never on qemu's command line).
+    /// Require this password for VNC (set over QMP, never on qemu's command line). Without
+    /// it, VNC and the web console answer only on the pod's loopback, i.e. through `kubectl
+    /// port-forward`; with it, also on the pod IP.
     #[arg(long, env = "VNC_PASSWORD", global = true, hide_env_values = true)]
     pub vnc_password: Option<String>,
+
+    /// A web-console viewer that sends no keyboard or mouse input for this long is
+    /// disconnected (e.g. 15m, 90s; a bare number means seconds). Besides, when all 8 viewer
+    /// slots are taken, a new viewer replaces the one idle the longest.
+    #[arg(
+        long,
+        env = "CONSOLE_IDLE_TIMEOUT",
+        global = true,
+        default_value = "15m"
+    )]
+    pub console_idle_timeout: String,
 
     /// No DHCP server (the guest is configured otherwise). Same values as NO_VNC.
     #[arg(long, env = "NO_DHCP", global = true, action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]

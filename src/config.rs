@@ -220,6 +220,8 @@ pub struct VmConfig {
     pub qemu: PathBuf,
     pub vnc_password: Option<Secret>,
     pub shutdown_timeout: Duration,
+    /// How long a web-console viewer may send no input before it is disconnected.
+    pub console_idle_timeout: Duration,
     /// Appended to qemu's command line.
     pub extra_args: Vec<String>,
 }

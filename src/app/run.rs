@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, VNC_PORT};
 use crate::error::{exit, Error};
-use crate::http::{self, Phase, Readiness, VmStatus};
+use crate::http::{self, webconsole, Phase, Readiness, VmStatus};
 use crate::pid1::Pid1;
 use crate::qemu::{self, attach, QemuError};
 use crate::{configdrive, image, net, state};
@@ -37,14 +37,23 @@ pub async fn run(config: &Config) -> Result<u8, Error> {
     };
     let status = Arc::new(VmStatus::new(readiness));
     status.set_phase(Phase::Starting);
+    let console_access = (!config.net.no_vnc).then_some(match config.vm.vnc_password {
+        Some(_) => webconsole::Access::Password,
+        None => webconsole::Access::Loopback,
+    });
     if let Some(port) = config.net.http_port {
         let http_config = http::HttpConfig {
             port,
-            novnc_dir: config.novnc_dir.clone(),
-            vnc: (!config.net.no_vnc).then(|| SocketAddr::from((Ipv4Addr::LOCALHOST, VNC_PORT))),
+            console: webconsole::ConsoleConfig {
+                novnc_dir: config.novnc_dir.clone(),
+                vnc: console_access.map(|_| SocketAddr::from((Ipv4Addr::LOCALHOST, VNC_PORT))),
+                access: console_access.unwrap_or(webconsole::Access::Loopback),
+                idle_timeout: config.vm.console_idle_timeout,
+            },
         };
         http::serve(&http_config, Arc::clone(&status)).await?;
     }
+    webconsole::announce(console_access, config.net.http_port, VNC_PORT);
 
     // Dropping `prepare` on SIGTERM cancels a download; its partial file stays for resume.
     let (launch, network) = tokio::select! {

@@ -28,6 +28,7 @@ fn defaults_are_valid_without_an_image_when_none_is_needed() {
     assert_eq!(config.net.dns_mode, DnsMode::Forward);
     assert_eq!(config.vm.accel, Accel::Auto);
     assert_eq!(config.vm.shutdown_timeout, Duration::from_secs(25));
+    assert_eq!(config.vm.console_idle_timeout, Duration::from_secs(15 * 60));
     assert_eq!(config.config_drive.format, DriveFormat::ConfigDrive);
     assert_eq!(config.overlay_path(), PathBuf::from("/pet/vm-0.qcow2"));
     assert!(config.image.target.is_none());
@@ -83,6 +84,9 @@ fn every_bad_value_is_rejected_naming_its_variable() {
         (&["--vnc-password", "longer-than-8"], "VNC_PASSWORD"),
         (&["--ready-port", "0"], "READY_PORT"),
         (&["--ready-port", "ssh"], "READY_PORT"),
+        (&["--console-idle-timeout", "0"], "CONSOLE_IDLE_TIMEOUT"),
+        (&["--console-idle-timeout", "soon"], "CONSOLE_IDLE_TIMEOUT"),
+        (&["--console-idle-timeout", "2days"], "CONSOLE_IDLE_TIMEOUT"),
     ];
     for (args, var) in cases {
         let err = parse(args, Needs::Nothing).expect_err(&format!("{args:?} must be rejected"));

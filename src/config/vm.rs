@@ -1,5 +1,5 @@
 //! The machine: `VM_CPUS`, `VM_MEMORY`, `VM_DISK_SIZE`, `ACCEL`, `VNC_PASSWORD`,
-//! `SHUTDOWN_TIMEOUT`, `QEMU`.
+//! `SHUTDOWN_TIMEOUT`, `CONSOLE_IDLE_TIMEOUT`, `QEMU`.
 
 use std::time::Duration;
 
@@ -83,7 +83,17 @@ pub(super) fn parse_vm(
             Some(p) => Some(Secret(p.to_owned())),
             None => None,
         };
-    let shutdown_timeout = parse_timeout(&settings.shutdown_timeout)?;
+    let shutdown_timeout = parse_timeout("SHUTDOWN_TIMEOUT", &settings.shutdown_timeout)?;
+    let console_idle_timeout =
+        parse_timeout("CONSOLE_IDLE_TIMEOUT", &settings.console_idle_timeout)?;
+    if console_idle_timeout.is_zero() {
+        return Err(invalid(
+            "CONSOLE_IDLE_TIMEOUT",
+            &settings.console_idle_timeout,
+            "zero would disconnect every viewer at once",
+            "use a duration like 15m or 90s",
+        ));
+    }
     Ok(VmConfig {
         cpus,
         memory,
@@ -92,27 +102,22 @@ pub(super) fn parse_vm(
         qemu: settings.qemu.clone(),
         vnc_password,
         shutdown_timeout,
+        console_idle_timeout,
         extra_args,
     })
 }
 
 /// `30s`, `2m`, `1m30s`, or a bare number of seconds.
-fn parse_timeout(raw: &str) -> Result<Duration, ConfigError> {
+fn parse_timeout(var: &'static str, raw: &str) -> Result<Duration, ConfigError> {
     const FIX: &str = "use a duration like 25s or 2m (a bare number means seconds)";
     let trimmed = raw.trim();
     let duration = match trimmed.parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
-        Err(_) => humantime::parse_duration(trimmed).map_err(|e| {
-            invalid(
-                "SHUTDOWN_TIMEOUT",
-                raw,
-                format!("not a duration ({e})"),
-                FIX,
-            )
-        })?,
+        Err(_) => humantime::parse_duration(trimmed)
+            .map_err(|e| invalid(var, raw, format!("not a duration ({e})"), FIX))?,
     };
     if duration > Duration::from_secs(24 * 3600) {
-        return Err(invalid("SHUTDOWN_TIMEOUT", raw, "longer than a day", FIX));
+        return Err(invalid(var, raw, "longer than a day", FIX));
     }
     Ok(duration)
 }

@@ -3,14 +3,14 @@
 //!
 //! It runs as a task beside the VM and never blocks PID 1's main work: requests in flight are
 //! bounded ([`MAX_REQUESTS`]), each has a timeout, web-console viewers are bounded
-//! ([`webconsole::MAX_VIEWERS`]), and handlers never panic on input.
+//! ([`webconsole::MAX_VIEWERS`]), and handlers never panic on input. Connections carry their
+//! peer address ([`axum::extract::ConnectInfo`]): the web console admits by it.
 
 pub mod health;
 pub mod metrics;
 pub mod webconsole;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::routing::get;
@@ -37,35 +37,21 @@ pub enum HttpError {
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     pub port: u16,
-    /// Where the vendored noVNC files are (`core/rfb.js` below it).
-    pub novnc_dir: PathBuf,
-    /// qemu's VNC server; `None` with `NO_VNC`.
-    pub vnc: Option<SocketAddr>,
+    pub console: webconsole::ConsoleConfig,
 }
 
 #[derive(Debug, Clone)]
 pub(crate) struct AppState {
     status: Arc<VmStatus>,
-    vnc: Option<SocketAddr>,
-    ws_slots: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn router(config: &HttpConfig, status: Arc<VmStatus>) -> Router {
-    let state = AppState {
-        status,
-        vnc: config.vnc,
-        ws_slots: Arc::new(tokio::sync::Semaphore::new(webconsole::MAX_VIEWERS)),
-    };
+    let state = AppState { status };
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::serve))
-        .route("/", get(webconsole::page))
-        .route("/websockify", get(webconsole::websocket))
-        .nest_service(
-            "/novnc",
-            tower_http::services::ServeDir::new(&config.novnc_dir),
-        )
+        .merge(webconsole::router(&config.console))
         .with_state(state)
         // A slow or stuck client cannot hold a handler (a WebSocket is past this once upgraded).
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -89,7 +75,12 @@ pub async fn serve(config: &HttpConfig, status: Arc<VmStatus>) -> Result<SocketA
     })?;
     let app = router(config, status);
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        {
             tracing::error!(error = %e, "the HTTP server stopped");
         }
     });

@@ -11,6 +11,11 @@
 //! action for SIGPIPE and for every signal we consume or forward: an ignored signal survives
 //! `execve` too, std ignores SIGPIPE in this process, and whoever started us may have ignored
 //! others (`nohup` ignores SIGHUP, which a shell then cannot even trap).
+//!
+//! Children get a minimal environment ([`child_env`]): ours carries the contract's variables,
+//! secrets among them (`VNC_PASSWORD`, a credentialed `IMG_SOURCE`), and a child's environment
+//! is readable in `/proc/<pid>/environ` by anything running as its user. qemu, nft, passt,
+//! swtpm and virtiofsd need none of them.
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
@@ -50,6 +55,29 @@ pub struct Pipes {
     pub stderr: Option<pipe::Receiver>,
 }
 
+/// The environment a child starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Env {
+    /// Only [`CHILD_ENV`], from ours: for every program kvm-manager runs itself.
+    Minimal,
+    /// All of ours: for the `supervise` test hook, which runs what its caller gives.
+    Inherit,
+}
+
+/// The variables a child keeps, when we have them: where to find programs, how to render
+/// text and time, and where to put temporary files (qemu's `-snapshot` and `g_get_tmp_dir`).
+pub const CHILD_ENV: [&str; 5] = ["PATH", "LANG", "LC_ALL", "TZ", "TMPDIR"];
+
+/// Of `vars` (ours), the ones a child started with `env` gets.
+pub fn child_env(
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+    env: Env,
+) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    vars.into_iter()
+        .filter(|(key, _)| env == Env::Inherit || CHILD_ENV.iter().any(|keep| key == keep))
+        .collect()
+}
+
 /// A child started through the reaper.
 #[derive(Debug)]
 pub struct Spawned {
@@ -69,21 +97,33 @@ impl Reaper {
         Self::default()
     }
 
-    /// Starts `program` (looked up in `PATH` unless it has a slash) with `args`, our
-    /// environment and `stdio` for its stdin, stdout and stderr, and watches its exit. Our
-    /// pipe ends are registered with the tokio runtime, so this runs inside one.
+    /// Starts `program` (looked up in `PATH` unless it has a slash) with `args`, the minimal
+    /// environment ([`Env::Minimal`]) and `stdio` for its stdin, stdout and stderr, and
+    /// watches its exit. Our pipe ends are registered with the tokio runtime, so this runs
+    /// inside one.
     pub fn spawn(
         &self,
         program: &OsStr,
         args: &[impl AsRef<OsStr>],
         stdio: [Stdio; 3],
     ) -> Result<Spawned, Pid1Error> {
+        self.spawn_with(program, args, stdio, Env::Minimal)
+    }
+
+    /// [`Reaper::spawn`] with the environment chosen by `env`.
+    pub fn spawn_with(
+        &self,
+        program: &OsStr,
+        args: &[impl AsRef<OsStr>],
+        stdio: [Stdio; 3],
+        env: Env,
+    ) -> Result<Spawned, Pid1Error> {
         let failed = |source| Pid1Error::Spawn {
             program: program.into(),
             source,
         };
         let mut watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
-        let (pid, pipes) = spawn(program, args, stdio).map_err(failed)?;
+        let (pid, pipes) = spawn(program, args, stdio, env).map_err(failed)?;
         let (tx, exit) = oneshot::channel();
         watched.insert(pid, tx);
         Ok(Spawned { pid, exit, pipes })
@@ -125,6 +165,7 @@ fn spawn(
     program: &OsStr,
     args: &[impl AsRef<OsStr>],
     stdio: [Stdio; 3],
+    env: Env,
 ) -> io::Result<(Pid, Pipes)> {
     let c_string = |s: &OsStr| {
         CString::new(s.as_bytes())
@@ -135,7 +176,8 @@ fn spawn(
         .chain(args.iter().map(AsRef::as_ref))
         .map(c_string)
         .collect::<io::Result<Vec<_>>>()?;
-    let env = std::env::vars_os()
+    let env = child_env(std::env::vars_os(), env)
+        .into_iter()
         .map(|(key, value)| {
             let mut pair = key.into_encoded_bytes();
             pair.push(b'=');
@@ -188,4 +230,51 @@ fn spawn(
     let pid = posix_spawnp(&file, &actions, &attr, &argv, &env)?;
     drop(theirs);
     Ok((pid, pipes))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+            .collect()
+    }
+
+    const OURS: [(&str, &str); 7] = [
+        ("PATH", "/usr/bin:/bin"),
+        ("LANG", "C.UTF-8"),
+        ("TZ", "UTC"),
+        ("VNC_PASSWORD", "s3cret"),
+        ("IMG_SOURCE", "http://user:pass@images/x.qcow2"),
+        ("KUBERNETES_SERVICE_HOST", "10.0.0.1"),
+        ("PATHX", "not PATH"),
+    ];
+
+    #[test]
+    fn a_child_keeps_path_locale_and_timezone_and_no_secret() {
+        let kept = child_env(vars(&OURS), Env::Minimal);
+        assert_eq!(
+            kept,
+            vars(&[
+                ("PATH", "/usr/bin:/bin"),
+                ("LANG", "C.UTF-8"),
+                ("TZ", "UTC")
+            ])
+        );
+    }
+
+    #[test]
+    fn a_missing_variable_is_not_invented() {
+        assert!(child_env(vars(&[("HOME", "/root")]), Env::Minimal).is_empty());
+    }
+
+    #[test]
+    fn the_supervise_hook_passes_everything_on() {
+        assert_eq!(child_env(vars(&OURS), Env::Inherit), vars(&OURS));
+    }
 }

@@ -12,6 +12,9 @@
 //!   overlay or of the base) can make qemu open a file we did not name or probe a format.
 //!   The device keeps `-drive`'s defaults, spelt out: write-back cache, and `werror=enospc`
 //!   (a full `PET_DIR` pauses the VM instead of failing the guest's writes).
+//! - VNC without a password listens on loopback only: inside the pod, so only the web console
+//!   bridge and `kubectl port-forward` reach it (access governed by RBAC on
+//!   `pods/portforward`). With a password it listens on every address, the pod IP included.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -80,8 +83,19 @@ impl BaseFormat {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Vnc {
-    /// Require a password (set later over QMP).
+    /// Require a password (set later over QMP); also decides where VNC listens.
     pub password: bool,
+}
+
+impl Vnc {
+    /// qemu's `-vnc` value: display 0 (TCP 5900), on loopback unless a password guards it.
+    fn option(self) -> &'static str {
+        if self.password {
+            ":0,password=on"
+        } else {
+            "127.0.0.1:0"
+        }
+    }
 }
 
 /// Escapes a value inside a qemu `key=value,…` option: a comma is written twice.
@@ -151,8 +165,7 @@ pub fn build(launch: &Launch) -> Vec<OsString> {
         Some(vnc) => {
             push(&["-device", "VGA"]);
             push(&["-usb", "-device", "usb-tablet"]);
-            let password = if vnc.password { ",password=on" } else { "" };
-            push(&["-vnc", &format!(":0{password}")]);
+            push(&["-vnc", vnc.option()]);
         }
         None => push(&["-display", "none"]),
     }

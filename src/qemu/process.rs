@@ -135,6 +135,8 @@ pub async fn start(
             return Err(QemuError::Qmp(e));
         }
     };
+    // With `password=on`, qemu's VNC accepts no password until this sets one: the short
+    // window since qemu started lets nobody in.
     if let Some(password) = vnc_password {
         if let Err(e) = qmp.set_vnc_password(password).await {
             let _ = qmp.quit().await;

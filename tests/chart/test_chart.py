@@ -7,9 +7,14 @@ Prints one line per test and a closing `chart: N passed, M failed`; exits 1 on a
 """
 
 import base64
+import contextlib
+import os
 import re
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 import traceback
 from pathlib import Path
 
@@ -108,7 +113,7 @@ def default_env_carries_the_contract_defaults():
     assert e["VM_IP"] == "192.168.254.2" and e["VM_GW"] == "192.168.254.1"
     assert e["ACCEL"] == "auto" and e["DNS_MODE"] == "forward"
     assert e["CONFIG_DRIVE"] == "config-2" and e["HTTP_PORT"] == "8080"
-    for unset in ("NO_VNC", "NO_DHCP", "VNC_PASSWORD", "VM_CPUS", "VM_MEMORY", "IMG_SHA256"):
+    for unset in ("NO_VNC", "NO_DHCP", "VM_CPUS", "VM_MEMORY", "IMG_SHA256", "CONSOLE_IDLE_TIMEOUT"):
         assert unset not in e, f"{unset} must be left to kvm-manager's default"
     assert all(isinstance(v, str) for v in e.values() if not isinstance(v, dict)), e
 
@@ -279,11 +284,107 @@ def every_variable_scenario_passes_values_through():
     assert e["NO_DHCP"] == "true" and e["DNS_MODE"] == "passthrough"
     assert e["QEMU"] == "/usr/libexec/qemu-kvm" and e["LOG_FORMAT"] == "json"
     assert e["HTTP_PORT"] == "9090" and e["CONFIG_DRIVE"] == "nocloud"
+    assert e["CONSOLE_IDLE_TIMEOUT"] == "30m"
     assert e["VNC_PASSWORD"] == {"secretKeyRef": {"name": "vm-kvm-manager-vnc", "key": "vnc-password"}}
     secret = m[("Secret", "vm-kvm-manager-vnc")]
     assert base64.b64decode(secret["data"]["vnc-password"]) == b"s3cret"
     assert container(m)["args"] == ["--", "-vga", "std"]
     assert container(m)["resources"]["limits"]["cpu"] == "4"
+
+
+@contextlib.contextmanager
+def fake_cluster(*secrets):
+    """A fake API server (fake_apiserver.py) holding `secrets` (NAME=PASSWORD); yields the
+    environment for helm to use it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = [f"{name}={base64.b64encode(pw.encode()).decode()}"
+            for name, pw in (x.split("=", 1) for x in secrets)]
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "fake_apiserver.py"), str(port), *args])
+    try:
+        for _ in range(100):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.1):
+                break
+            time.sleep(0.05)
+        with tempfile.TemporaryDirectory() as tmp:
+            kubeconfig = Path(tmp) / "kubeconfig"
+            kubeconfig.write_text(
+                "apiVersion: v1\nkind: Config\n"
+                f"clusters: [{{name: fake, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]\n"
+                "users: [{name: u, user: {}}]\n"
+                "contexts: [{name: c, context: {cluster: fake, user: u, namespace: default}}]\n"
+                "current-context: c\n")
+            yield {**os.environ, "KUBECONFIG": str(kubeconfig),
+                   "HELM_CACHE_HOME": tmp, "HELM_CONFIG_HOME": tmp, "HELM_DATA_HOME": tmp}
+    finally:
+        server.kill()
+        server.wait()
+
+
+def install_dry_run(environ, values_file, *sets):
+    """`helm install --dry-run=server` against the fake cluster: (manifests, NOTES)."""
+    args = [str(HELM), "install", "vm", str(CHART), "-f", str(CI / values_file),
+            "--dry-run=server", "--disable-openapi-validation"]
+    for s in sets:
+        args += ["--set", s]
+    done = subprocess.run(args, capture_output=True, text=True, env=environ, check=False)
+    assert done.returncode == 0, done.stderr
+    manifest = done.stdout.split("\nMANIFEST:\n", 1)[1].split("\nNOTES:\n", 1)
+    docs = [d for d in yaml.safe_load_all(manifest[0]) if d]
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}, manifest[1]
+
+
+def vnc_password(manifests):
+    secret = manifests[("Secret", "vm-kvm-manager-vnc")]
+    return base64.b64decode(secret["data"]["vnc-password"]).decode()
+
+
+@test
+def default_generates_a_vnc_password_into_a_secret():
+    m = render("default-values.yaml")
+    assert env(m)["VNC_PASSWORD"] == {
+        "secretKeyRef": {"name": "vm-kvm-manager-vnc", "key": "vnc-password"}}
+    password = vnc_password(m)
+    assert re.fullmatch(r"[A-Za-z0-9]{8}", password), password
+    assert vnc_password(render("default-values.yaml")) != password, "random per install"
+    annotations = only(m, "StatefulSet")["spec"]["template"]["metadata"]["annotations"]
+    assert "checksum/vnc-password" not in annotations, "a generated password never rolls the pod"
+
+
+@test
+def an_upgrade_keeps_the_generated_vnc_password():
+    with fake_cluster("vm-kvm-manager-vnc=Kept1234") as environ:
+        m, notes = install_dry_run(environ, "default-values.yaml")
+    assert vnc_password(m) == "Kept1234"
+    assert "get secret vm-kvm-manager-vnc -o jsonpath='{.data.vnc-password}' | base64 -d" in notes
+    assert "ask for the VNC password" in notes and "kept across upgrades" in notes, notes
+    with fake_cluster() as environ:
+        m, _ = install_dry_run(environ, "default-values.yaml")
+    assert vnc_password(m) != "Kept1234", "a fresh install generates its own"
+
+
+@test
+def a_given_password_or_existing_secret_wins_over_generation():
+    m = render("default-values.yaml", "vncPasswordSecret=mine")
+    assert env(m)["VNC_PASSWORD"] == {"secretKeyRef": {"name": "mine", "key": "vnc-password"}}
+    assert not [k for k in m if k[0] == "Secret"], "no Secret of ours"
+    with fake_cluster("vm-kvm-manager-vnc=Kept1234") as environ:
+        m, _ = install_dry_run(environ, "default-values.yaml", "vncPassword=given1")
+    assert vnc_password(m) == "given1"
+
+
+@test
+def without_a_password_the_console_is_port_forward_only_and_notes_say_so():
+    m = render("port-forward-only-values.yaml")
+    assert "VNC_PASSWORD" not in env(m)
+    assert not [k for k in m if k[0] == "Secret"]
+    assert not render("no-vnc-values.yaml").get(("Secret", "vm-kvm-manager-vnc"))
+    with fake_cluster() as environ:
+        _, notes = install_dry_run(environ, "port-forward-only-values.yaml")
+    assert "only through `kubectl port-forward`" in notes and "pods/portforward" in notes, notes
+    assert "port-forward vm-kvm-manager-0 5900" in notes, notes
 
 
 @test
@@ -316,7 +417,8 @@ def missing_img_source_fails_with_a_helpful_message():
 @test
 def schema_rejects_values_kvm_manager_would_reject():
     for bad in ("dnsMode=bogus", "accel=hvf", "configDrive=iso", "string:vncPassword=123456789",
-                "vmIp=300.1.1.1", "string:imgSha256=abc"):
+                "vmIp=300.1.1.1", "string:imgSha256=abc", "string:consoleIdleTimeout=0",
+                "string:consoleIdleTimeout=soon"):
         args = ["template", "vm", str(CHART), "-f", str(CI / "default-values.yaml")]
         args += ["--set-string" if bad.startswith("string:") else "--set", bad.removeprefix("string:")]
         done = helm(*args, check=False)

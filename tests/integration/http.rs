@@ -113,13 +113,43 @@ fn phase_is(samples: &Samples, phase: &str) -> bool {
     value(samples, "kvm_manager_vm_phase", &[("phase", phase)]) == Some(1.0)
 }
 
-/// Opens the web console in headless Chromium from the node (webconsole.cjs); its JSON report.
-fn web_console(pod: &Pod, password: Option<&str>, screenshot: &str) -> serde_json::Value {
+/// Where a client of the web console runs.
+#[derive(Clone, Copy, Debug)]
+enum Peer {
+    /// Another pod of the cluster (the node's namespace), to the pod IP.
+    Node,
+    /// The pod's own loopback, where `kubectl port-forward` connects.
+    PortForward,
+}
+
+impl Peer {
+    fn command(self, pod: &Pod, program: &str) -> Command {
+        match self {
+            Peer::Node => pod.node(program),
+            Peer::PortForward => pod.exec(program),
+        }
+    }
+
+    fn host(self, pod: &Pod) -> String {
+        match self {
+            Peer::Node => pod.pod_ip.clone(),
+            Peer::PortForward => "127.0.0.1".to_owned(),
+        }
+    }
+}
+
+/// Opens the web console in headless Chromium (webconsole.cjs); its JSON report.
+fn web_console(
+    pod: &Pod,
+    from: Peer,
+    password: Option<&str>,
+    screenshot: &str,
+) -> serde_json::Value {
     let png = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(screenshot);
-    let mut command = pod.node("node");
+    let mut command = from.command(pod, "node");
     command
         .arg(format!("{HERE}/webconsole.cjs"))
-        .arg(format!("http://{}:8080/", pod.pod_ip))
+        .arg(format!("http://{}:8080/", from.host(pod)))
         .arg(&png)
         .args(password)
         .env("NODE_PATH", playwright_modules());
@@ -133,6 +163,75 @@ fn web_console(pod: &Pod, password: Option<&str>, screenshot: &str) -> serde_jso
     let size = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
     assert!(size > 0, "no screenshot at {}", png.display());
     report
+}
+
+/// Runs console_viewers.py (raw WebSocket viewers speaking RFB) `from` there; its report.
+fn viewers(pod: &Pod, from: Peer, args: &[&str]) -> serde_json::Value {
+    let out = from
+        .command(pod, "/usr/bin/python3")
+        .arg(format!("{HERE}/console_viewers.py"))
+        .arg(args[0])
+        .arg(from.host(pod))
+        .arg("8080")
+        .args(&args[1..])
+        .output()
+        .expect("run console_viewers.py");
+    assert!(
+        out.status.success(),
+        "console_viewers.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("viewers JSON")
+}
+
+/// One WebSocket upgrade of /websockify with `origin` (`-`: none), then the RFB banner.
+fn ws_probe(pod: &Pod, from: Peer, origin: &str) -> serde_json::Value {
+    viewers(pod, from, &["probe", origin])
+}
+
+/// What answers on TCP 5900 of the pod IP (from the node) or of the pod's loopback: the
+/// first 12 bytes, or why there are none.
+fn vnc_banner(pod: &Pod, from: Peer) -> String {
+    let script = "import socket, sys\n\
+try:\n    s = socket.create_connection((sys.argv[1], 5900), 5)\n    s.settimeout(5)\n    print(s.recv(12).decode(errors='replace').strip() or 'closed')\n\
+except OSError as e:\n    print(type(e).__name__)\n";
+    let out = from
+        .command(pod, "/usr/bin/python3")
+        .args(["-c", script, &from.host(pod)])
+        .output()
+        .expect("python3");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `curl` of `path` on port 8080 `from` there, with extra curl arguments: (status, body).
+fn curl(pod: &Pod, from: Peer, path: &str, extra: &[&str]) -> (u16, String) {
+    let url = format!("http://{}:8080{path}", from.host(pod));
+    let out = from
+        .command(pod, "curl")
+        .args(["-s", "-m", "10", "-w", "\n%{http_code}"])
+        .args(extra)
+        .arg(&url)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// The environment of the pod's qemu, from /proc (NUL-separated `KEY=value`).
+fn qemu_environ(vm: &crate::support::Running) -> String {
+    let pid = pid1(vm).as_raw();
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .expect("children of the pod's PID 1");
+    let qemu = children
+        .split_whitespace()
+        .find(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/comm"))
+                .is_ok_and(|comm| comm.starts_with("qemu-system"))
+        })
+        .unwrap_or_else(|| panic!("no qemu among {children:?}"));
+    let environ = std::fs::read(format!("/proc/{qemu}/environ")).expect("qemu's environ");
+    String::from_utf8_lossy(&environ).replace('\0', "\n")
 }
 
 /// Runs `kvm-manager console` on a pseudo-terminal through `steps` (console_attach.py).
@@ -264,19 +363,25 @@ fn probes_metrics_console_and_web_console_follow_the_vm_from_booting_to_stopped(
         "{m:?}"
     );
 
-    // The web console: no password, so RFB offers None (1); the guest's screen is drawn.
-    let report = web_console(pod, None, "webconsole.png");
+    // The web console through `kubectl port-forward` (the pod's loopback): no password, so
+    // RFB offers None (1); the guest's screen is drawn.
+    let report = web_console(pod, Peer::PortForward, None, "webconsole.png");
     assert_eq!(report["security"], serde_json::json!([1]), "{report}");
     assert_eq!(report["status"], "connected", "{report}");
     assert!(report["canvas"]["colors"].as_u64() > Some(1), "{report}");
 
     // noVNC is served from NOVNC_DIR, and nothing outside it.
-    let (code, body) = http_get(pod, 8080, "/novnc/core/rfb.js");
+    let (code, body) = curl(pod, Peer::PortForward, "/novnc/core/rfb.js", &[]);
     assert!(
         code == 200 && body.contains("export default class RFB"),
         "{code}"
     );
-    let (code, _) = http_get(pod, 8080, "/novnc/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/hostname");
+    let (code, _) = curl(
+        pod,
+        Peer::PortForward,
+        "/novnc/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/hostname",
+        &[],
+    );
     assert!(code == 400 || code == 404, "path traversal answered {code}");
 
     // `kvm-manager console`: the replay, typed input echoed by the guest's tty, then a live
@@ -364,15 +469,128 @@ fn with_no_dhcp_readiness_follows_the_guest_port_and_vnc_password_guards_the_web
     let (_, ready) = eventually(T, || probes(pod), |(_, (code, _))| *code == 200);
     assert!(ready.1.contains("answers on 192.168.254.2:80"), "{ready:?}");
 
-    // With VNC_PASSWORD, RFB through /websockify offers only VNC authentication (2), and the
-    // page connects once the password is typed into its prompt.
-    let report = web_console(pod, Some("kmh-pass"), "webconsole-password.png");
+    // With VNC_PASSWORD, the console is open to the cluster: VNC on the pod IP offers only
+    // VNC authentication (2), so does RFB through /websockify, and the page connects from the
+    // node once the password is typed into its prompt.
+    vm.wait_for_line("console: VNC_PASSWORD is set", T);
+    assert_eq!(vnc_banner(pod, Peer::Node), "RFB 003.008");
+    let probe = ws_probe(pod, Peer::Node, &format!("http://{}:8080", pod.pod_ip));
+    assert_eq!(probe["status"], 101, "{probe}");
+    assert_eq!(probe["security"], serde_json::json!([2]), "{probe}");
+    let probe = ws_probe(pod, Peer::Node, "http://evil.example");
+    assert_eq!(probe["status"], 403, "a foreign Origin is refused: {probe}");
+    let report = web_console(pod, Peer::Node, Some("kmh-pass"), "webconsole-password.png");
     assert_eq!(report["security"], serde_json::json!([2]), "{report}");
     assert_eq!(report["status"], "connected", "{report}");
     assert!(report["canvas"]["colors"].as_u64() > Some(1), "{report}");
+
+    // qemu (like every child) starts with a minimal environment: neither the VNC password
+    // nor the image URL is in its /proc/PID/environ.
+    let environ = qemu_environ(&vm);
+    assert!(environ.contains("PATH="), "{environ}");
+    for secret in ["kmh-pass", "VNC_PASSWORD", "IMG_SOURCE", &cluster.image_url] {
+        assert!(
+            !environ.contains(secret),
+            "{secret} in qemu's environment:\n{environ}"
+        );
+    }
 
     let _ = dnsmasq.kill();
     let _ = dnsmasq.wait();
     nix::sys::signal::kill(pid1(&vm), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     assert_eq!(vm.wait(T).code(), Some(0), "{}", vm.output());
+}
+
+#[test]
+fn without_a_password_the_console_answers_only_through_port_forward_and_idle_viewers_cannot_hold_it(
+) {
+    if !require_root("without_a_password_the_console_answers_only_through_port_forward_…") {
+        return;
+    }
+    let cluster = Cluster::new("kml", "vm-loop");
+    let pod = &cluster.pod;
+    let novnc = novnc_dir();
+    let mut vm = cluster.start(&[
+        ("NOVNC_DIR", &novnc),
+        ("CONSOLE_IDLE_TIMEOUT", "4s"),
+        ("SHUTDOWN_TIMEOUT", "2s"),
+    ]);
+    // The start log says which access model is in force and how to connect.
+    let line = vm.wait_for_line("console: no VNC_PASSWORD", T);
+    assert!(line.contains("kubectl port-forward"), "{line}");
+    vm.wait_for_line("qemu started", BOOT);
+    // From the pod's loopback (port-forward), VNC itself answers, without a password (None).
+    let probe = eventually(
+        T,
+        || ws_probe(pod, Peer::PortForward, "http://127.0.0.1:8080"),
+        |p| p["status"] == 101 && p.get("banner").is_some(),
+    );
+    assert_eq!(probe["banner"], "RFB 003.008", "{probe}");
+    assert_eq!(probe["security"], serde_json::json!([1]), "{probe}");
+    assert_eq!(vnc_banner(pod, Peer::PortForward), "RFB 003.008");
+
+    // From another pod: no VNC server on TCP 5900 of the pod IP (and no NAT to the VM
+    // either), no page, no noVNC files, no WebSocket. The probes and metrics still answer.
+    let banner = vnc_banner(pod, Peer::Node);
+    assert!(!banner.contains("RFB"), "VNC answered the node: {banner}");
+    for path in ["/", "/novnc/core/rfb.js", "/websockify"] {
+        let (code, body) = curl(pod, Peer::Node, path, &[]);
+        assert_eq!(code, 403, "{path}: {body}");
+        assert!(body.contains("kubectl port-forward"), "{path}: {body}");
+    }
+    let probe = ws_probe(pod, Peer::Node, &format!("http://{}:8080", pod.pod_ip));
+    assert_eq!(probe["status"], 403, "{probe}");
+    assert!(probe.get("banner").is_none(), "{probe}");
+    assert_eq!(curl(pod, Peer::Node, "/healthz", &[]).0, 200);
+    assert_eq!(curl(pod, Peer::Node, "/metrics", &[]).0, 200);
+
+    // Through port-forward: the page and noVNC are served.
+    let (code, body) = curl(pod, Peer::PortForward, "/", &[]);
+    assert!(
+        code == 200 && body.contains("kvm-manager console"),
+        "{code}"
+    );
+    assert_eq!(
+        curl(pod, Peer::PortForward, "/novnc/core/rfb.js", &[]).0,
+        200
+    );
+    // A page of another origin cannot open the WebSocket, not even on loopback; nor can a
+    // DNS-rebinding page (its Host is a domain name).
+    let probe = ws_probe(pod, Peer::PortForward, "http://evil.example");
+    assert_eq!(probe["status"], 403, "{probe}");
+    let (code, _) = curl(
+        pod,
+        Peer::PortForward,
+        "/",
+        &["-H", "Host: rebind.evil.example:8080"],
+    );
+    assert_eq!(code, 403);
+
+    // Eight viewers that send nothing: a ninth gets in at once (the longest idle one leaves,
+    // close code 4001), the other seven are closed after CONSOLE_IDLE_TIMEOUT (4000), the
+    // ninth keeps moving its mouse and stays, and a tenth gets in afterwards.
+    let report = viewers(pod, Peer::PortForward, &["slots", "4"]);
+    assert_eq!(report["ninth_status"], 101, "{report}");
+    assert_eq!(
+        report["ninth_handshake"],
+        serde_json::json!(["RFB 003.008", [1], 0]),
+        "{report}"
+    );
+    let idle = report["idle"].as_array().expect("idle viewers");
+    assert_eq!(idle[0]["code"], 4001, "{report}");
+    for viewer in &idle[1..] {
+        assert_eq!(viewer["code"], 4000, "{report}");
+        assert!(viewer["after"].as_f64() >= Some(3.5), "{report}");
+    }
+    assert_eq!(report["tenth_status"], 101, "{report}");
+    assert_eq!(report["tenth_handshake"][0], "RFB 003.008", "{report}");
+    assert_eq!(
+        report["active"]["code"],
+        serde_json::Value::Null,
+        "a viewer with input is not idle: {report}"
+    );
+
+    // The guest may still be booting (it is not what this test is about): no exit code check.
+    nix::sys::signal::kill(pid1(&vm), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    vm.wait(T);
 }

@@ -48,7 +48,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "kvm-manager.vncSecretName" -}}
 {{- if .Values.vncPasswordSecret }}
 {{- .Values.vncPasswordSecret }}
-{{- else if .Values.vncPassword }}
+{{- else if or .Values.vncPassword (and .Values.vnc .Values.vncPasswordGenerate) }}
 {{- printf "%s-vnc" (include "kvm-manager.fullname" .) }}
 {{- end }}
 {{- end }}

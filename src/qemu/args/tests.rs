@@ -86,7 +86,21 @@ fn no_vnc_has_no_display_and_no_tablet() {
 fn vnc_password_is_required_but_never_on_the_command_line() {
     let mut launch = base();
     launch.vnc = Some(Vnc { password: true });
-    golden("vnc-password", &build(&launch));
+    let argv = build(&launch);
+    assert!(argv
+        .windows(2)
+        .any(|w| w[0] == "-vnc" && w[1] == ":0,password=on"));
+    golden("vnc-password", &argv);
+}
+
+#[test]
+fn vnc_without_a_password_listens_on_loopback_only() {
+    let argv = build(&base());
+    assert!(
+        argv.windows(2)
+            .any(|w| w[0] == "-vnc" && w[1] == "127.0.0.1:0"),
+        "{argv:?}"
+    );
 }
 
 #[test]
