@@ -1,5 +1,5 @@
 //! One owner per pet: an exclusive lock on `PET_DIR/<hostname>.lock`, taken first by every
-//! subcommand that writes to the pet (`run`, `image`, `config-drive`, `network`, `serve`) and
+//! subcommand that writes to the pet (`run`, `image`, `config-drive`, `network`) and
 //! held by `run` for as long as the VM lives.
 //!
 //! It protects what only one process may change at a time: the state file (the decision of a

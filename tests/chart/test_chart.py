@@ -67,15 +67,13 @@ def env(manifests):
 
 # Paths inside the container image, fixed by the Containerfile: not for chart users to set.
 IMAGE_INTERNAL = {"RUNTIME_DIR", "NOVNC_DIR"}
-# Variables of hidden test-hook subcommands (`serve`), not of the contract.
-TEST_HOOKS = {"RESOLV_CONF"}
 
 
 def contract_variables():
     """Every variable of the contract, as src/cli.rs declares them."""
     names = re.findall(r'env\s*=\s*"([A-Z0-9_]+)"', CLI_RS.read_text())
     assert len(names) >= 20, f"found only {names} in {CLI_RS}"
-    return set(names) - IMAGE_INTERNAL - TEST_HOOKS
+    return set(names) - IMAGE_INTERNAL
 
 
 @test
