@@ -125,6 +125,11 @@ impl Pod {
 
     /// `kvm-manager ARGS` as PID 1 of the pod (fresh PID, mount and UTS namespaces).
     pub fn kvm_manager(&self, args: &[&str], env: &[(&str, &str)]) -> Running {
+        Running::spawn(&mut self.kvm_manager_command(args, env))
+    }
+
+    /// The command [`Pod::kvm_manager`] runs, for a test that wraps it (e.g. in `prlimit`).
+    pub fn kvm_manager_command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
         let script = r#"set -e
 hostname "$POD_HOSTNAME"
 mount --bind "$POD_RESOLV" /etc/resolv.conf
@@ -150,7 +155,7 @@ exec "$@""#;
             .env("LOG_LEVEL", "info");
         command.envs(self.volume_env());
         command.envs(env.iter().copied());
-        Running::spawn(&mut command)
+        command
     }
 
     /// A command run in the node namespace.
