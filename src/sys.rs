@@ -118,6 +118,10 @@ mod tests {
             "an unlimited hard limit is capped by nr_open"
         );
         assert_eq!(open_files_target(4096, 4096, 1_048_576), 4096);
-        assert_eq!(open_files_target(2048, 1024, 1_048_576), 2048, "never lowered");
+        assert_eq!(
+            open_files_target(2048, 1024, 1_048_576),
+            2048,
+            "never lowered"
+        );
     }
 }

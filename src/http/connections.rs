@@ -7,8 +7,11 @@
 //!   once the first byte of a request has arrived the whole head must follow within
 //!   [`HEADER_TIMEOUT`] (a slowloris client trickles it forever);
 //! - at most [`Limits::cap`] connections are open. A new connection is always admitted: to make
-//!   room, the one idle the longest is closed (a connection busy with a request only when none
-//!   is idle), so the newest connection, which is what a probe is, is the last to go;
+//!   room, the ones idle the longest are closed (connections busy with a request only when none
+//!   is idle), so the newest connection, which is what a probe is, is the last to go. The cap
+//!   is high on purpose: connections beyond it wait in the kernel's accept queue, in order, and
+//!   a probe queued behind them waits for all of them to be taken (and others shed). A
+//!   connection that has sent nothing costs little (no buffers until its first byte);
 //! - a connection upgraded to a WebSocket (the web console) is handed over to its handler and
 //!   leaves this table: viewers are long-lived by design and have their own limits.
 
@@ -22,9 +25,13 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// in one packet; the kubelet's own probe timeout is 1 s.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Open connections at most, whatever the open-files limit allows. Our clients are the
-/// kubelet, Prometheus and a few people: a thousand is far beyond them, and small enough that
-/// a flood at the cap costs about 10 MiB.
-pub const MAX_CONNECTIONS: usize = 1024;
+/// kubelet, Prometheus and a few people, far below this; a flood is better held than churned
+/// (see the module doc), and at this cap it costs at most some 40 MiB (a connection holds an
+/// 8 KiB read buffer once it has sent a byte), handed back when the flood ends.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Connections shed at once when the cap is reached, as a share of the cap: one scan of the
+/// table makes room for a burst, instead of one scan per new connection.
+const SHED_SHARE: usize = 32;
 /// The least the cap may be, however low the open-files limit.
 const MIN_CONNECTIONS: usize = 16;
 /// At most one warning about shed connections per this period.
@@ -161,13 +168,27 @@ impl Activity {
     }
 }
 
-/// The connection to close to make room for a new one: the one idle the longest, or, when
-/// every connection is busy, the one busy the longest.
-pub fn victim<K>(connections: impl IntoIterator<Item = (K, Activity)>) -> Option<K> {
-    connections
+/// How many connections to close when a new one arrives at the cap.
+pub fn shed_batch(cap: usize) -> usize {
+    (cap / SHED_SHARE).max(1)
+}
+
+/// The `n` connections to close to make room for new ones: those idle the longest, then, if
+/// that is not enough, those busy the longest.
+pub fn victims<K>(connections: impl IntoIterator<Item = (K, Activity)>, n: usize) -> Vec<K> {
+    let mut ranked: Vec<((bool, Instant), K)> = connections
         .into_iter()
-        .min_by_key(|(_, activity)| activity.shed_rank())
-        .map(|(key, _)| key)
+        .map(|(key, activity)| (activity.shed_rank(), key))
+        .collect();
+    if n == 0 {
+        return Vec::new();
+    }
+    if n < ranked.len() {
+        ranked.select_nth_unstable_by_key(n - 1, |(rank, _)| *rank);
+        ranked.truncate(n);
+    }
+    ranked.sort_unstable_by_key(|(rank, _)| *rank);
+    ranked.into_iter().map(|(_, key)| key).collect()
 }
 
 /// Rate limit for the warning about shed connections: one line at most per
@@ -179,9 +200,9 @@ pub struct ShedLog {
 }
 
 impl ShedLog {
-    /// One connection was shed; returns the count to log now, if a line is due.
-    pub fn shed(&mut self, now: Instant) -> Option<u64> {
-        self.pending += 1;
+    /// `count` connections were shed; returns the count to log now, if a line is due.
+    pub fn shed(&mut self, now: Instant, count: u64) -> Option<u64> {
+        self.pending += count;
         self.flush(now)
     }
 
@@ -322,12 +343,22 @@ mod tests {
             ("idle_old", idle_old),
             ("busy_new", busy_new),
         ];
-        assert_eq!(victim(all), Some("idle_old"));
+        assert_eq!(victims(all, 1), ["idle_old"]);
+        assert_eq!(victims(all, 2), ["idle_old", "idle_new"]);
         assert_eq!(
-            victim([("busy_new", busy_new), ("busy_oldest", busy_oldest)]),
-            Some("busy_oldest")
+            victims(all, 3),
+            ["idle_old", "idle_new", "busy_oldest"],
+            "busy ones only when the idle ones are not enough"
         );
-        assert_eq!(victim::<&str>([]), None);
+        assert_eq!(victims(all, 9).len(), 4);
+        assert_eq!(victims(all, 0), Vec::<&str>::new());
+        assert_eq!(victims::<&str>([], 1), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn a_burst_at_the_cap_sheds_a_share_of_it_at_once() {
+        assert_eq!(shed_batch(4096), 128);
+        assert_eq!(shed_batch(16), 1);
     }
 
     #[test]
@@ -337,12 +368,16 @@ mod tests {
         reused.request_started(t0 + 8 * S);
         reused.response_done(t0 + 9 * S);
         let fresh = Activity::accepted(t0 + 5 * S);
-        assert_eq!(victim([("reused", reused), ("fresh", fresh)]), Some("fresh"));
+        assert_eq!(
+            victims([("reused", reused), ("fresh", fresh)], 1),
+            ["fresh"]
+        );
     }
 
     #[test]
     fn the_cap_is_half_the_open_files_limit_within_bounds() {
         assert_eq!(cap_for(1024), 512);
+        assert_eq!(cap_for(20_000), MAX_CONNECTIONS);
         assert_eq!(cap_for(1_048_576), MAX_CONNECTIONS);
         assert_eq!(cap_for(u64::MAX), MAX_CONNECTIONS);
         assert_eq!(cap_for(8), MIN_CONNECTIONS);
@@ -352,14 +387,14 @@ mod tests {
     fn shed_warnings_come_at_most_once_per_interval_with_the_count_since_the_last() {
         let t0 = Instant::now();
         let mut log = ShedLog::default();
-        assert_eq!(log.shed(t0), Some(1), "the first shed is told at once");
+        assert_eq!(log.shed(t0, 1), Some(1), "the first shed is told at once");
         for i in 1..=500 {
-            assert_eq!(log.shed(t0 + Duration::from_millis(i)), None);
+            assert_eq!(log.shed(t0 + Duration::from_millis(i), 2), None);
         }
         assert_eq!(log.flush(t0 + 9 * S), None);
-        assert_eq!(log.flush(t0 + 10 * S), Some(500));
+        assert_eq!(log.flush(t0 + 10 * S), Some(1000));
         assert_eq!(log.flush(t0 + 30 * S), None, "nothing shed, nothing said");
-        assert_eq!(log.shed(t0 + 31 * S), Some(1));
+        assert_eq!(log.shed(t0 + 31 * S, 3), Some(3));
     }
 
     #[test]

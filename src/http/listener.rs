@@ -130,50 +130,52 @@ impl Server {
             activity: Mutex::new(Activity::accepted(Instant::now())),
             close: Notify::new(),
         });
-        let mut shed = 0;
-        let id = {
+        let (id, shed) = {
             let mut table = lock(&self.table);
-            while table.open.len() >= self.limits.cap && Self::shed_from(&mut table) {
-                shed += 1;
-            }
+            let shed = if table.open.len() >= self.limits.cap {
+                Self::shed_from(&mut table, connections::shed_batch(self.limits.cap))
+            } else {
+                0
+            };
             let id = table.next_id;
             table.next_id += 1;
             table.open.insert(id, Arc::clone(&conn));
             table.peak = table.peak.max(table.open.len());
-            id
+            (id, shed)
         };
-        for _ in 0..shed {
-            self.note_shed();
-        }
+        self.note_shed(shed);
         (id, conn)
     }
 
     /// Sheds one connection, if there is one; whether it did.
     fn shed_one(&self) -> bool {
-        let shed = Self::shed_from(&mut lock(&self.table));
-        if shed {
-            self.note_shed();
+        let shed = Self::shed_from(&mut lock(&self.table), 1);
+        self.note_shed(shed);
+        shed > 0
+    }
+
+    /// Sheds `n` connections (fewer if there are not so many); how many it shed.
+    fn shed_from(table: &mut Table, n: usize) -> u64 {
+        let victims = connections::victims(
+            table.open.iter().map(|(id, conn)| (*id, *conn.activity())),
+            n,
+        );
+        let mut shed = 0;
+        for id in victims {
+            if let Some(conn) = table.open.remove(&id) {
+                // Its task drops the connection; it is out of the count already.
+                conn.close.notify_one();
+                shed += 1;
+            }
         }
         shed
     }
 
-    fn shed_from(table: &mut Table) -> bool {
-        let victim = connections::victim(
-            table
-                .open
-                .iter()
-                .map(|(id, conn)| (*id, *conn.activity())),
-        );
-        let Some(conn) = victim.and_then(|id| table.open.remove(&id)) else {
-            return false;
-        };
-        // Its task drops the connection; it is out of the count already.
-        conn.close.notify_one();
-        true
-    }
-
-    fn note_shed(&self) {
-        if let Some(count) = lock(&self.shed_log).shed(Instant::now()) {
+    fn note_shed(&self, count: u64) {
+        if count == 0 {
+            return;
+        }
+        if let Some(count) = lock(&self.shed_log).shed(Instant::now(), count) {
             self.warn_shed(count);
         }
     }
@@ -182,8 +184,9 @@ impl Server {
         tracing::warn!(
             shed = count,
             cap = self.limits.cap,
-            "HTTP: closed {count} connection(s), idle the longest first, to admit new ones: \
-             {} connections were open (a client opens many and sends nothing?)",
+            "HTTP: closed {count} connection(s) since the last report, idle the longest first, \
+             to admit new ones at the cap of {} open connections (is a client opening many \
+             and sending nothing?)",
             self.limits.cap
         );
     }
@@ -210,7 +213,12 @@ async fn housekeeping(server: Arc<Server>) {
         if trim.observe(peak, open) {
             lock(&server.table).open.shrink_to(open);
             let released = crate::sys::release_free_memory();
-            tracing::debug!(peak, open, released, "HTTP: connections closed after a peak");
+            tracing::debug!(
+                peak,
+                open,
+                released,
+                "HTTP: connections closed after a peak"
+            );
         }
     }
 }
@@ -224,6 +232,29 @@ async fn serve_connection(
     conn: Arc<Conn>,
     router: Router,
 ) {
+    // Until its first byte, a connection is only a socket: no hyper state, no buffers.
+    loop {
+        let wake = match conn.activity().check(Instant::now(), &limits) {
+            Check::At(wake) => wake,
+            Check::Expired(why) => {
+                tracing::debug!(%peer, reason = why.as_str(), "HTTP: connection closed");
+                return;
+            }
+        };
+        tokio::select! {
+            () = conn.close.notified() => {
+                tracing::debug!(%peer, "HTTP: connection shed");
+                return;
+            }
+            ready = stream.readable() => {
+                if ready.is_err() {
+                    return;
+                }
+                break;
+            }
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
+        }
+    }
     let io = TokioIo::new(Tracked {
         stream,
         conn: Arc::clone(&conn),

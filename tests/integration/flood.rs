@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::pod::Pod;
 use crate::support::{require_root, Running};
 use crate::vm::{http_get, pid1, Cluster, BOOT, T};
 
@@ -23,15 +24,16 @@ const HEADER_TIMEOUT: f64 = 10.0;
 const PROBE_TIMEOUT: f64 = 1.0;
 const FLOOD_SECONDS: u64 = 30;
 
-/// `kvm-manager run` with the test guest, its open-files limit set as a container runtime
-/// does: a soft limit of 1024 under a higher hard one.
-fn start_like_a_container(cluster: &Cluster) -> Running {
+/// The test's own hard open-files limit.
+fn hard_nofile() -> u64 {
     let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .expect("getrlimit");
-    assert!(
-        hard > POD_SOFT_NOFILE,
-        "the test needs a hard open-files limit above {POD_SOFT_NOFILE}, not {hard}"
-    );
+    hard
+}
+
+/// `kvm-manager run` with the test guest, under the open-files limits `soft`:`hard` (a
+/// container runtime's are typically 1024 under a much higher hard limit).
+fn start_like_a_container(cluster: &Cluster, soft: u64, hard: u64) -> Running {
     let env = [
         ("IMG_SOURCE", cluster.image_url.as_str()),
         ("ACCEL", "tcg"),
@@ -41,7 +43,7 @@ fn start_like_a_container(cluster: &Cluster) -> Running {
     let inner = cluster.pod.kvm_manager_command(&["run"], &env);
     let mut command = Command::new("prlimit");
     command
-        .arg(format!("--nofile={POD_SOFT_NOFILE}:{hard}"))
+        .arg(format!("--nofile={soft}:{hard}"))
         .arg("--")
         .arg(inner.get_program())
         .args(inner.get_args());
@@ -56,7 +58,8 @@ fn start_like_a_container(cluster: &Cluster) -> Running {
 
 /// Waits until qemu runs and `/healthz` says so.
 fn wait_until_healthy(cluster: &Cluster, vm: &mut Running) {
-    vm.wait_for_line("qemu started", BOOT);
+    // Booted in full: the guest watches its power button, so SIGTERM ends it cleanly.
+    vm.wait_for_line("KVMTEST READY", BOOT);
     let deadline = Instant::now() + T;
     loop {
         let (code, body) = http_get(&cluster.pod, 8080, "/healthz");
@@ -99,6 +102,56 @@ fn json_of(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("flood.py JSON")
 }
 
+/// Runs flood.py's flood from the node against the pod for `seconds`; its report and the
+/// highest RSS of `pid` seen meanwhile.
+fn flood(pod: &Pod, pid: Pid, idle: u32, slow: u32, seconds: u64) -> (serde_json::Value, u64) {
+    let mut flood = pod
+        .node("python3")
+        .arg(FLOOD_PY)
+        .args(["flood", &pod.pod_ip, "8080"])
+        .args([idle.to_string(), slow.to_string(), seconds.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the flood");
+    let mut peak_rss = 0;
+    let deadline = Instant::now() + Duration::from_secs(seconds) + T;
+    while flood.try_wait().expect("try_wait").is_none() {
+        assert!(Instant::now() < deadline, "the flood did not end");
+        peak_rss = peak_rss.max(rss_kib(pid));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let report = json_of(&flood.wait_with_output().expect("flood output"));
+    (report, peak_rss)
+}
+
+/// Prints the flood's numbers; asserts that every probe was answered 200 in time.
+fn assert_probes_answered(report: &serde_json::Value, seconds: u64) {
+    let probes = report["probes"].as_array().expect("probes");
+    let worst = probes
+        .iter()
+        .map(|p| p["seconds"].as_f64().expect("seconds"))
+        .fold(0.0, f64::max);
+    let failed: Vec<_> = probes.iter().filter(|p| p["status"] != 200).collect();
+    eprintln!(
+        "flood: {} connections opened ({} at most at once), closed by the server: {}; \
+         {} probes of /healthz, worst latency {worst:.3} s, failed: {failed:?}",
+        report["opened"],
+        report["max_open"],
+        report["closed_by_server"],
+        probes.len(),
+    );
+    assert!(failed.is_empty(), "every probe answered 200: {failed:?}");
+    assert!(
+        probes.len() as u64 >= seconds - 2,
+        "one probe a second: {probes:?}"
+    );
+    assert!(
+        worst <= PROBE_TIMEOUT,
+        "every probe answered within the kubelet's {PROBE_TIMEOUT} s: worst {worst:.3} s"
+    );
+}
+
 fn stop(vm: &mut Running) {
     kill(pid1(vm), Signal::SIGTERM).expect("SIGTERM");
     assert_eq!(vm.wait(T).code(), Some(0), "{}", vm.output());
@@ -112,13 +165,21 @@ fn a_flood_of_idle_and_slowloris_connections_from_another_pod_leaves_healthz_ans
     }
     let cluster = Cluster::new("kmf", "vm-flood");
     let pod = &cluster.pod;
-    let mut vm = start_like_a_container(&cluster);
+    let hard = hard_nofile();
+    assert!(
+        hard > 2 * 2500,
+        "the test needs a hard open-files limit above 5000, not {hard}"
+    );
+    let mut vm = start_like_a_container(&cluster, POD_SOFT_NOFILE, hard);
     wait_until_healthy(&cluster, &mut vm);
     let pid = pid1(&vm);
 
     let (soft, hard) = open_files_limit(pid);
     eprintln!("open files: soft {soft}, hard {hard} (started with soft {POD_SOFT_NOFILE})");
-    assert_eq!(soft, hard, "the soft open-files limit is raised to the hard one");
+    assert_eq!(
+        soft, hard,
+        "the soft open-files limit is raised to the hard one"
+    );
 
     // The idle footprint, once every path a probe or a scrape takes has been used.
     for path in ["/healthz", "/readyz", "/metrics", "/healthz"] {
@@ -127,52 +188,8 @@ fn a_flood_of_idle_and_slowloris_connections_from_another_pod_leaves_healthz_ans
     std::thread::sleep(Duration::from_secs(2));
     let idle_rss = rss_kib(pid);
 
-    let mut flood = pod
-        .node("python3")
-        .arg(FLOOD_PY)
-        .args(["flood", &pod.pod_ip, "8080", "2000", "500"])
-        .arg(FLOOD_SECONDS.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the flood");
-    let mut peak_rss = idle_rss;
-    let flood_deadline = Instant::now() + Duration::from_secs(FLOOD_SECONDS) + T;
-    while flood.try_wait().expect("try_wait").is_none() {
-        assert!(Instant::now() < flood_deadline, "the flood did not end");
-        peak_rss = peak_rss.max(rss_kib(pid));
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    let report = json_of(&flood.wait_with_output().expect("flood output"));
-
-    let probes = report["probes"].as_array().expect("probes");
-    let worst = probes
-        .iter()
-        .map(|p| p["seconds"].as_f64().expect("seconds"))
-        .fold(0.0, f64::max);
-    let failed: Vec<_> = probes.iter().filter(|p| p["status"] != 200).collect();
-    eprintln!(
-        "flood: {} connections opened ({} at most at once), closed by the server: {}; \
-         {} probes of /healthz, worst latency {:.3} s, failed: {failed:?}",
-        report["opened"],
-        report["max_open"],
-        report["closed_by_server"],
-        probes.len(),
-        worst
-    );
-    assert!(
-        probes.len() as u64 >= FLOOD_SECONDS - 2,
-        "one probe a second: {probes:?}"
-    );
-    assert!(failed.is_empty(), "every probe answered 200: {failed:?}");
-    assert!(
-        worst <= PROBE_TIMEOUT,
-        "every probe answered within the kubelet's {PROBE_TIMEOUT} s: worst {worst:.3} s"
-    );
-    assert!(
-        report["closed_by_server"]["quiet"].as_u64() > Some(0),
-        "at the cap, idle connections were shed: {report}"
-    );
+    let (report, peak_rss) = flood(pod, pid, 2000, 500, FLOOD_SECONDS);
+    assert_probes_answered(&report, FLOOD_SECONDS);
 
     // Memory comes back once the flood is over.
     let deadline = Instant::now() + T;
@@ -192,6 +209,30 @@ fn a_flood_of_idle_and_slowloris_connections_from_another_pod_leaves_healthz_ans
     assert_eq!(code, 200, "{body}");
 
     stop(&mut vm);
+}
+
+#[test]
+fn at_the_connection_cap_idle_connections_are_shed_for_new_ones_and_it_is_logged_rate_limited() {
+    if !require_root("at_the_connection_cap_idle_connections_are_shed_…") {
+        return;
+    }
+    let cluster = Cluster::new("kmc", "vm-cap");
+    let pod = &cluster.pod;
+    // 256 open files: a cap of 128 connections (half the limit).
+    let mut vm = start_like_a_container(&cluster, 256, 256);
+    wait_until_healthy(&cluster, &mut vm);
+    let pid = pid1(&vm);
+    vm.wait_for_line("max_connections=128", T);
+
+    let seconds = 15;
+    let (report, _) = flood(pod, pid, 400, 0, seconds);
+    assert_probes_answered(&report, seconds);
+    assert!(
+        report["closed_by_server"]["quiet"].as_u64() > Some(0),
+        "connections that never sent a byte were shed: {report}"
+    );
+
+    stop(&mut vm);
     let warnings: Vec<&String> = vm
         .seen
         .iter()
@@ -200,7 +241,7 @@ fn a_flood_of_idle_and_slowloris_connections_from_another_pod_leaves_healthz_ans
     eprintln!("shed warnings: {warnings:#?}");
     assert!(!warnings.is_empty(), "shedding is logged: {}", vm.output());
     assert!(
-        warnings.len() as u64 <= FLOOD_SECONDS / 10 + 2,
+        warnings.len() as u64 <= seconds / 10 + 2,
         "at most one shed warning per 10 s: {warnings:#?}"
     );
 }
