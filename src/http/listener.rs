@@ -1,12 +1,17 @@
 //! The accept loop and the life of each connection: the IO half of `connections.rs`.
 //!
-//! One listener and one accept path for everything, probes included. The loop never waits on
-//! anything but the kernel: admitting a connection is a decision in memory (at the cap, the
-//! connection idle the longest is closed to make room), so a probe's connection is always
-//! accepted, and it is the newest, so the last to be shed. A second listener for the probes
-//! would not help: it would be on the pod IP too, reachable and floodable from the same
-//! cluster, and the chart and users' manifests probe `HTTP_PORT`. Requests to the probes
-//! then have a concurrency budget of their own (see `router`).
+//! Probes get reserved capacity, not a separate accept path. One listener and one accept loop
+//! serve everything, and the loop never waits on anything but the kernel: admitting a
+//! connection is a decision in memory (at the cap, the connections idle the longest are closed
+//! to make room), so a probe's connection is always taken, and as the newest it is the last to
+//! be shed. Its request then has a concurrency budget of its own (see `router`). A second
+//! listener would not help: it would be on the pod IP too, as reachable and floodable from the
+//! cluster, and the chart and users' manifests probe `HTTP_PORT`.
+//!
+//! What a listener cannot change is the kernel's accept queue: it is first come, first served,
+//! so a probe waits behind every connection queued before it. That is why the cap is high and
+//! an idle connection cheap (the socket only, until its first byte: no hyper state), so that a
+//! flood is held rather than churned through the queue.
 //!
 //! Every connection runs in its own task, which drops it (and its buffers) when it overstays
 //! or is shed. A WebSocket upgrade ends the task; the upgraded socket lives on in its handler.
