@@ -56,6 +56,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
         | Command::Console => Sink::Stderr,
     };
     logging::init(&log, sink)?;
+    pid1::raise_open_files_limit();
 
     let hostname = Hostname::from_system()?;
     let (needs, extra) = match &command {

@@ -58,3 +58,70 @@ pub fn set_arp_entry(
     }
     Ok(())
 }
+
+/// Raises the soft limit on open files (`RLIMIT_NOFILE`) to the hard limit, capped by the
+/// kernel's `fs.nr_open` (a soft limit above it is refused). Returns (before, after).
+///
+/// The soft default (often 1024) is a convention for programs that use `select()`; our
+/// sockets are polled with epoll, and every HTTP connection from the cluster costs one. qemu
+/// raises its own limit the same way, so children lose nothing they would not take anyway.
+pub fn raise_open_files_limit() -> std::io::Result<(u64, u64)> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(u64::MAX);
+    let target = open_files_target(soft, hard, nr_open);
+    if target != soft {
+        setrlimit(Resource::RLIMIT_NOFILE, target, hard)?;
+    }
+    Ok((soft, target))
+}
+
+/// The soft limit on open files now in force.
+pub fn open_files_limit() -> std::io::Result<u64> {
+    let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
+    Ok(soft)
+}
+
+/// The soft limit to ask for: the hard one, within `nr_open`, never below what we have.
+fn open_files_target(soft: u64, hard: u64, nr_open: u64) -> u64 {
+    hard.min(nr_open).max(soft)
+}
+
+/// Hands the heap's free pages back to the system (glibc keeps them for reuse otherwise).
+/// Returns whether any memory was released.
+#[cfg(target_env = "gnu")]
+pub fn release_free_memory() -> bool {
+    // SAFETY: malloc_trim only walks and shrinks the allocator's own free lists under its
+    // arena locks; it touches no memory we own and takes no pointer from us.
+    unsafe { libc::malloc_trim(0) == 1 }
+}
+
+/// Other C libraries have no `malloc_trim`; their allocators decide on their own.
+#[cfg(not(target_env = "gnu"))]
+pub fn release_free_memory() -> bool {
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_files_target_is_the_hard_limit_within_nr_open() {
+        assert_eq!(open_files_target(1024, 524_288, 1_048_576), 524_288);
+        assert_eq!(
+            open_files_target(1024, u64::MAX, 1_048_576),
+            1_048_576,
+            "an unlimited hard limit is capped by nr_open"
+        );
+        assert_eq!(open_files_target(4096, 4096, 1_048_576), 4096);
+        assert_eq!(
+            open_files_target(2048, 1024, 1_048_576),
+            2048,
+            "never lowered"
+        );
+    }
+}

@@ -1,12 +1,16 @@
 //! kvm-manager's own HTTP server on `HTTP_PORT`: `/healthz`, `/readyz`, `/metrics` and a web
 //! console (noVNC over a WebSocket that we bridge to qemu's VNC).
 //!
-//! It runs as a task beside the VM and never blocks PID 1's main work: requests in flight are
-//! bounded ([`MAX_REQUESTS`]), each has a timeout, web-console viewers are bounded
-//! ([`webconsole::MAX_VIEWERS`]), and handlers never panic on input. Connections carry their
-//! peer address ([`axum::extract::ConnectInfo`]): the web console admits by it.
+//! It runs as a task beside the VM and never blocks PID 1's main work: connections are capped
+//! and closed when idle or slow (`connections.rs`, `listener.rs`), requests in flight are
+//! bounded ([`MAX_REQUESTS`], and [`MAX_PROBE_REQUESTS`] apart for the probes), each has a
+//! timeout, web-console viewers are bounded ([`webconsole::MAX_VIEWERS`]), and handlers never
+//! panic on input. Connections carry their peer address
+//! ([`axum::extract::ConnectInfo`]): the web console admits by it.
 
+mod connections;
 pub mod health;
+mod listener;
 pub mod metrics;
 pub mod webconsole;
 
@@ -18,8 +22,14 @@ use axum::Router;
 
 pub use health::{Phase, Readiness, VmStatus};
 
-/// Requests handled at once; more wait their turn.
+/// Requests handled at once, besides the probes; more wait their turn.
 const MAX_REQUESTS: usize = 32;
+/// Probe requests (`/healthz`, `/readyz`) handled at once: a budget of their own, so that slow
+/// requests to other paths never queue ahead of the kubelet.
+const MAX_PROBE_REQUESTS: usize = 16;
+/// Pending connections the kernel queues for us (capped by `net.core.somaxconn`): a burst of
+/// connections must not crowd a probe's out of the queue before the accept loop takes it.
+const LISTEN_BACKLOG: u32 = 4096;
 /// Longest a request may take (a `/healthz` asks QMP with its own 2 s limit).
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -47,43 +57,50 @@ pub(crate) struct AppState {
 
 pub fn router(config: &HttpConfig, status: Arc<VmStatus>) -> Router {
     let state = AppState { status };
-    Router::new()
+    let probes = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            MAX_PROBE_REQUESTS,
+        ));
+    Router::new()
         .route("/metrics", get(metrics::serve))
         .merge(webconsole::router(&config.console))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(MAX_REQUESTS))
+        .merge(probes)
         .with_state(state)
-        // A slow or stuck client cannot hold a handler (a WebSocket is past this once upgraded).
+        // Outermost, so that waiting for a turn counts too: a slow or stuck client cannot hold
+        // a handler (a WebSocket is past this once upgraded).
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(MAX_REQUESTS))
 }
 
 /// Binds `0.0.0.0:port` (the pod IP, for the kubelet's probes) and serves in a task.
 pub async fn serve(config: &HttpConfig, status: Arc<VmStatus>) -> Result<SocketAddr, HttpError> {
-    let listener = tokio::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, config.port))
-        .await
-        .map_err(|source| HttpError::Bind {
-            port: config.port,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| HttpError::Bind {
+    let bind = |source| HttpError::Bind {
         port: config.port,
         source,
-    })?;
+    };
+    let socket = tokio::net::TcpSocket::new_v4().map_err(bind)?;
+    // As std and tokio do: a restarted container rebinds while old connections linger.
+    socket.set_reuseaddr(true).map_err(bind)?;
+    socket
+        .bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.port)))
+        .map_err(bind)?;
+    let listener = socket.listen(LISTEN_BACKLOG).map_err(bind)?;
+    let addr = listener.local_addr().map_err(bind)?;
+    let open_files = crate::sys::open_files_limit().unwrap_or(1024);
+    let limits = connections::Limits::for_open_files(open_files);
     let app = router(config, status);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        {
-            tracing::error!(error = %e, "the HTTP server stopped");
-        }
-    });
-    tracing::info!(%addr, "HTTP server listening (/healthz, /readyz, /metrics, web console at /)");
+    tokio::spawn(listener::run(listener, app, limits));
+    tracing::info!(
+        %addr,
+        max_connections = limits.cap,
+        idle_timeout = ?limits.idle,
+        header_timeout = ?limits.header,
+        "HTTP server listening (/healthz, /readyz, /metrics, web console at /)"
+    );
     Ok(addr)
 }

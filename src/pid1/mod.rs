@@ -15,6 +15,9 @@
 //! 5. When we are not PID 1, we become a child subreaper so orphans still come to us.
 //! 6. After startup nothing recoverable makes PID 1 exit: a failed read of the signalfd is
 //!    logged and retried, not returned.
+//! 7. The soft open-files limit is raised to the hard one at start
+//!    ([`raise_open_files_limit`]): the pod IP is open to the whole cluster, and every
+//!    connection to our HTTP server costs a descriptor.
 
 pub mod reaper;
 pub mod signals;
@@ -54,6 +57,19 @@ impl Pid1Error {
         match self {
             Pid1Error::Spawn { .. } => crate::error::exit::QEMU_START,
             _ => crate::error::exit::INTERNAL,
+        }
+    }
+}
+
+/// Raises `RLIMIT_NOFILE`'s soft limit to the hard one; a failure is only worth a warning
+/// (the HTTP server sizes its connection cap on whatever limit is in force).
+pub fn raise_open_files_limit() {
+    match crate::sys::raise_open_files_limit() {
+        Ok((before, after)) => {
+            tracing::debug!(before, after, "open-files limit (RLIMIT_NOFILE)");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the open-files limit (RLIMIT_NOFILE)");
         }
     }
 }

@@ -10,6 +10,7 @@ mod configdrive;
 mod dhcp;
 mod dns;
 mod e2e;
+mod flood;
 mod http;
 mod image;
 mod network;

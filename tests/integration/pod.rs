@@ -131,6 +131,21 @@ impl Pod {
     /// [`Pod::kvm_manager`] after the shell commands `setup` ran in the pod's namespaces (a
     /// volume mounted there, say), with the contract's variables set.
     pub fn kvm_manager_after(&self, setup: &str, args: &[&str], env: &[(&str, &str)]) -> Running {
+        Running::spawn(&mut self.kvm_manager_command_after(setup, args, env))
+    }
+
+    /// The command [`Pod::kvm_manager`] runs, for a test that wraps it (e.g. in `prlimit`).
+    pub fn kvm_manager_command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
+        self.kvm_manager_command_after("", args, env)
+    }
+
+    /// The command [`Pod::kvm_manager_after`] runs.
+    pub fn kvm_manager_command_after(
+        &self,
+        setup: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Command {
         let script = format!(
             r#"set -e
 hostname "$POD_HOSTNAME"
@@ -159,7 +174,7 @@ exec "$@""#
             .env("LOG_LEVEL", "info");
         command.envs(self.volume_env());
         command.envs(env.iter().copied());
-        Running::spawn(&mut command)
+        command
     }
 
     /// A command run in the node namespace.
