@@ -281,7 +281,7 @@ pub struct Settings {
     pub shutdown_timeout: String,
 
     /// Port of our HTTP server (health, readiness, metrics, console); 0 disables it. It is
-    /// excluded from the NAT to the VM.
+    /// excluded from the NAT to the VM. Not 53 or 67 (our DNS and DHCP), nor 5900 unless NO_VNC.
     #[arg(long, env = "HTTP_PORT", global = true, default_value = "8080")]
     pub http_port: String,
 

@@ -7,7 +7,6 @@
 
 use std::fmt;
 use std::io::Read as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -293,21 +292,16 @@ fn read_auth_file(path: &Path) -> Result<ImageAuth, ConfigError> {
              IMG_AUTH_FILE at it, or unset it",
         )
     };
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits() | nix::fcntl::OFlag::O_NOCTTY.bits())
-        .open(path)
-        .map_err(|e| fail(format!("cannot open it ({e})")))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| fail(format!("cannot stat it ({e})")))?;
-    if !meta.is_file() {
-        return Err(fail("not a regular file".to_owned()));
-    }
-    if meta.len() > AUTH_FILE_MAX {
+    let opened = crate::regular_file::open(path).map_err(|e| match e {
+        crate::regular_file::RegularFileError::Open(io) => fail(format!("cannot open it ({io})")),
+        other => fail(other.to_string()),
+    })?;
+    let len = opened.len();
+    let mut file = opened.into_file();
+    if len > AUTH_FILE_MAX {
         return Err(fail(format!(
             "{} bytes, more than a credential ({} at most)",
-            meta.len(),
+            len,
             ByteSize(AUTH_FILE_MAX)
         )));
     }
