@@ -264,6 +264,21 @@ def existing_claim_and_configmap_are_used_as_given():
 
 
 @test
+def the_image_auth_secret_is_mounted_read_only_and_named_by_img_auth_file():
+    m = render("every-variable-values.yaml")
+    assert env(m)["IMG_AUTH_FILE"] == "/etc/kvm-manager/image-auth/token"
+    pod = only(m, "StatefulSet")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["image-auth"]["secret"] == {"secretName": "image-server-token", "defaultMode": 0o400}
+    mounts = {v["name"]: v for v in container(m)["volumeMounts"]}
+    assert mounts["image-auth"] == {
+        "name": "image-auth", "mountPath": "/etc/kvm-manager/image-auth", "readOnly": True}
+    default = render("default-values.yaml")
+    assert "IMG_AUTH_FILE" not in env(default)
+    assert all(v["name"] != "image-auth" for v in only(default, "StatefulSet")["spec"]["template"]["spec"]["volumes"])
+
+
+@test
 def every_contract_variable_is_settable_from_values():
     seen = set()
     for f in CI.glob("*-values.yaml"):
