@@ -1,16 +1,17 @@
 //! DHCP and DNS for the VM once the bridge exists: the same code behind `run` and `network`,
 //! so the documented `network` subcommand serves exactly what `run` serves.
 
-use std::path::Path;
-use std::sync::Arc;
+use super::{dhcp, dns, Lan};
+use crate::net;
 
-use crate::config::Config;
-use crate::error::Error;
-use crate::http::{self, VmStatus};
-use crate::{dhcp, dns, net};
-
-/// The pod's resolver configuration (the kubelet writes it).
-pub const RESOLV_CONF: &str = "/etc/resolv.conf";
+/// Why the LAN services could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LanError {
+    #[error(transparent)]
+    Dhcp(#[from] dhcp::DhcpError),
+    #[error(transparent)]
+    Dns(#[from] dns::DnsError),
+}
 
 /// DHCP and DNS for the VM, and the watch on spoofed packets; dropping this stops them.
 #[derive(Debug)]
@@ -21,40 +22,21 @@ pub struct Services {
 }
 
 impl Services {
-    pub async fn start(config: &Config, plan: &net::NetPlan) -> Result<Self, Error> {
-        let resolv = dns::ResolvConf::load(Path::new(RESOLV_CONF)).map_err(dns::DnsError::from)?;
-        tracing::info!(nameservers = ?resolv.nameservers, search = ?resolv.search, "pod resolver");
-        let cfg = dhcp::ServeConfig {
-            bridge: plan.bridge.clone(),
-            vm_ip: plan.vm_ip,
-            vm_gw: plan.vm_gw,
-            vm_mac: plan.vm_mac,
-            mtu: plan.mtu,
-            hostname: config.hostname.clone(),
-            dns_mode: config.net.dns_mode,
-            resolv,
-            no_dhcp: config.net.no_dhcp,
-        };
-        let dhcp = dhcp::serve(&cfg).await?;
-        let dns = dns::serve(&cfg).await?;
-        let spoofed = tokio::spawn(net::spoof::watch(plan.vm_ip)).abort_handle();
+    pub async fn start(lan: &Lan) -> Result<Self, LanError> {
+        let dhcp = dhcp::serve(lan).await?;
+        let dns = dns::serve(lan).await?;
+        let spoofed = tokio::spawn(net::spoof::watch(lan.vm_ip)).abort_handle();
         Ok(Self { dhcp, dns, spoofed })
     }
 
-    /// Exports the servers' counters and feeds readiness from the lease until the runtime ends.
-    pub fn report(&self, status: &Arc<VmStatus>) {
-        http::metrics::watch_services(self.dhcp.stats_handle(), self.dns.stats_handle());
-        http::metrics::watch_spoofed(net::spoof::read_count);
-        let status = Arc::clone(status);
-        let mut leased = self.dhcp.lease_watch();
-        tokio::spawn(async move {
-            loop {
-                status.set_lease(*leased.borrow_and_update());
-                if leased.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
+    /// The DHCP server: its lease for readiness, its counters for metrics.
+    pub fn dhcp(&self) -> &dhcp::DhcpServer {
+        &self.dhcp
+    }
+
+    /// The DNS forwarder: its counters for metrics.
+    pub fn dns(&self) -> &dns::DnsServer {
+        &self.dns
     }
 }
 

@@ -44,6 +44,22 @@ pub fn connect() -> Result<Handle, NetError> {
     Ok(handle)
 }
 
+/// The MTU of `device`, from sysfs.
+pub fn device_mtu(device: &str) -> Result<u32, NetError> {
+    let path = std::path::Path::new("/sys/class/net")
+        .join(device)
+        .join("mtu");
+    let error = |source| NetError::ReadMtu {
+        bridge: device.to_owned(),
+        source,
+    };
+    std::fs::read_to_string(path)
+        .map_err(error)?
+        .trim()
+        .parse()
+        .map_err(|_| error(std::io::ErrorKind::InvalidData.into()))
+}
+
 pub async fn discover() -> Result<PodNet, NetError> {
     let handle = connect()?;
     let routes: Vec<RouteMessage> = handle

@@ -83,6 +83,12 @@ pub enum NetError {
         #[source]
         source: std::io::Error,
     },
+    #[error("could not read the MTU of bridge {bridge}")]
+    ReadMtu {
+        bridge: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("could not read {path}")]
     Sysctl {
         path: PathBuf,

@@ -1,0 +1,69 @@
+//! The guest's LAN services: the servers that live until qemu exits, on the bridge that
+//! [`crate::net`] made. `net/` is host plumbing applied once (bridge, tap, NAT); `lan/` is what
+//! then serves the VM over it for as long as it runs: [`dhcp`] (its lease) and [`dns`] (the
+//! forwarder on `VM_GW:53`), started together by [`Services::start`].
+//!
+//! What both serve is decided once, before they start, as one [`Lan`] built by [`Lan::load`]
+//! (every caller, `run` and `network`, goes through it). The two servers share [`Lan`],
+//! [`ResolvConf`] and [`DropLog`] from here and never import each other.
+
+pub mod dhcp;
+pub mod dns;
+pub mod drop_log;
+pub mod resolv_conf;
+pub mod services;
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use macaddr::MacAddr6;
+
+use crate::config::{Config, DnsMode, Hostname};
+use crate::net::NetPlan;
+
+pub use drop_log::{DropLog, LogLimits};
+pub use resolv_conf::{ResolvConf, ResolvConfError};
+pub use services::{LanError, Services};
+
+/// The pod's resolver configuration (the kubelet writes it).
+pub const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// What the DHCP server and the DNS forwarder serve, decided before they start.
+#[derive(Debug, Clone)]
+pub struct Lan {
+    /// The bridge the VM's tap is attached to; it carries `vm_gw`.
+    pub bridge: String,
+    pub vm_ip: Ipv4Addr,
+    pub vm_gw: Ipv4Addr,
+    pub vm_mac: MacAddr6,
+    /// The pod's MTU (option 26).
+    pub mtu: u32,
+    pub hostname: Hostname,
+    pub dns_mode: DnsMode,
+    pub resolv: ResolvConf,
+    pub no_dhcp: bool,
+}
+
+impl Lan {
+    /// Reads the pod's [`RESOLV_CONF`] and builds the [`Lan`] for `plan`.
+    pub fn load(config: &Config, plan: &NetPlan) -> Result<Self, LanError> {
+        let resolv = ResolvConf::load(Path::new(RESOLV_CONF)).map_err(dns::DnsError::from)?;
+        tracing::info!(nameservers = ?resolv.nameservers, search = ?resolv.search, "pod resolver");
+        Ok(Self::new(config, plan, resolv))
+    }
+
+    /// The [`Lan`] for `plan` with the pod's resolver settings `resolv` (pure).
+    pub fn new(config: &Config, plan: &NetPlan, resolv: ResolvConf) -> Self {
+        Self {
+            bridge: plan.bridge.clone(),
+            vm_ip: plan.vm_ip,
+            vm_gw: plan.vm_gw,
+            vm_mac: plan.vm_mac,
+            mtu: plan.mtu,
+            hostname: config.hostname.clone(),
+            dns_mode: config.net.dns_mode,
+            resolv,
+            no_dhcp: config.net.no_dhcp,
+        }
+    }
+}
