@@ -1,5 +1,6 @@
 //! Finds what the CNI gave the pod: the uplink (the interface of the IPv4 default route), its
 //! address, prefix and MTU, and the default gateway; and whether `/dev/vhost-net` is usable.
+//! [`device_mtu`] reads any link's MTU from sysfs.
 //!
 //! Read-only: needs no capability. The choice among what the kernel reports is pure
 //! ([`default_route`], [`primary_address`]) and unit-tested.
