@@ -67,3 +67,49 @@ impl Lan {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::Cli;
+    use crate::config::Needs;
+    use crate::net::PodNet;
+
+    #[test]
+    fn the_lan_serves_the_plans_addresses_and_the_configs_choices() {
+        let settings =
+            Cli::try_parse_from(["kvm-manager", "--dns-mode", "passthrough", "--no-dhcp"])
+                .expect("valid arguments")
+                .settings;
+        let hostname = Hostname::parse("vm-0").expect("valid hostname");
+        let config = Config::from_settings(&settings, hostname, Vec::new(), Needs::Nothing)
+            .expect("valid configuration");
+        let pod = PodNet {
+            uplink: "eth0".into(),
+            uplink_index: 2,
+            pod_ip: Ipv4Addr::new(10, 244, 1, 5),
+            pod_prefix: 24,
+            mtu: 1450,
+            gateway: Some(Ipv4Addr::new(10, 244, 1, 1)),
+            vhost_net: true,
+        };
+        let mac = MacAddr6::new(0x52, 0x54, 0x00, 0x12, 0x34, 0x56);
+        let plan = crate::net::plan(&config.net, &pod, mac).expect("a valid plan");
+        let lan = Lan::new(
+            &config,
+            &plan,
+            ResolvConf::parse("search a.example\nnameserver 10.96.0.10\n"),
+        );
+        assert_eq!(lan.bridge, plan.bridge);
+        assert_eq!(
+            (lan.vm_ip, lan.vm_gw, lan.vm_mac, lan.mtu),
+            (plan.vm_ip, plan.vm_gw, mac, 1450)
+        );
+        assert_eq!(lan.hostname.as_str(), "vm-0");
+        assert_eq!(lan.dns_mode, DnsMode::Passthrough);
+        assert!(lan.no_dhcp);
+        assert_eq!(lan.resolv.search, ["a.example"]);
+    }
+}
