@@ -2,7 +2,6 @@
 
 mod launch;
 mod run;
-mod services;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -13,6 +12,7 @@ use crate::cli::{Cli, Command};
 use crate::config::{self, Config, Hostname, Needs};
 use crate::error::{render_chain, Error};
 use crate::image::{self, owner, ImageError};
+use crate::lan::{Lan, Services};
 use crate::logging::{self, Sink};
 use crate::net;
 use crate::pid1::reaper::{self, Stdio};
@@ -146,7 +146,7 @@ fn supervise(config: &Config, argv: Vec<std::ffi::OsString>) -> Result<u8, Error
 }
 
 /// `kvm-manager network`: reconcile bridge, tap and NAT, print the plan, then serve DHCP and
-/// DNS (the same [`services::Services`] as `run`) until SIGTERM.
+/// DNS (the same [`Services`] as `run`) until SIGTERM.
 fn network(config: &Config) -> Result<u8, Error> {
     let _owner = owner::acquire(&config.pet_dir, &config.hostname, "network")?;
     let runtime = runtime()?;
@@ -158,7 +158,7 @@ fn network(config: &Config) -> Result<u8, Error> {
         let pod = net::discover().await?;
         let plan = net::plan(&config.net, &pod, vm_mac)?;
         net::apply(&plan, pid1.reaper()).await?;
-        let services = services::Services::start(config, &plan).await?;
+        let services = Services::start(&Lan::load(config, &plan)?).await?;
         // The plan is this subcommand's product: stdout, not a log line.
         let _ = writeln!(std::io::stdout().lock(), "{plan}");
         tracing::info!(bridge = %plan.bridge, tap = %plan.tap, "network ready; serving DHCP and DNS until SIGTERM");

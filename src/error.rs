@@ -5,11 +5,12 @@ use std::fmt::Write as _;
 
 use crate::config::ConfigError;
 use crate::configdrive::ConfigDriveError;
-use crate::dhcp::DhcpError;
-use crate::dns::DnsError;
 use crate::http::HttpError;
 use crate::image::owner::OwnerError;
 use crate::image::ImageError;
+use crate::lan::dhcp::DhcpError;
+use crate::lan::dns::DnsError;
+use crate::lan::LanError;
 use crate::logging::LogError;
 use crate::net::NetError;
 use crate::pid1::Pid1Error;
@@ -56,6 +57,17 @@ pub enum Error {
     State(#[from] StateError),
     #[error("could not build the config drive")]
     ConfigDrive(#[from] ConfigDriveError),
+}
+
+/// The LAN services' error keeps its own top line ("the DHCP server failed", "the DNS forwarder
+/// failed"), as each server's error did before they were started together.
+impl From<LanError> for Error {
+    fn from(error: LanError) -> Self {
+        match error {
+            LanError::Dhcp(e) => Error::Dhcp(e),
+            LanError::Dns(e) => Error::Dns(e),
+        }
+    }
 }
 
 impl Error {

@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use kvm_manager::dhcp::{codec, policy, Lease};
+use kvm_manager::lan::dhcp::{codec, policy, Lease};
 
 fn lease() -> Lease {
     Lease {

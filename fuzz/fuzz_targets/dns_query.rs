@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use kvm_manager::dns::query::{self, LocalNames, Plan};
+use kvm_manager::lan::dns::query::{self, LocalNames, Plan};
 
 fn one(data: &[u8]) {
     let local = LocalNames::new(

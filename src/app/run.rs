@@ -17,12 +17,12 @@ use std::time::{Duration, Instant};
 use crate::config::{Config, VNC_PORT};
 use crate::error::{exit, Error};
 use crate::http::{self, webconsole, Phase, Readiness, VmStatus};
+use crate::lan::{Lan, Services};
 use crate::pid1::Pid1;
 use crate::qemu::{self, attach, QemuError};
 use crate::{configdrive, image, net, state};
 
 use super::launch;
-use super::services::Services;
 
 pub async fn run(config: &Config) -> Result<u8, Error> {
     // Before the HTTP server: a second `run` in the same pod is refused as a second owner (exit
@@ -83,17 +83,19 @@ pub async fn run(config: &Config) -> Result<u8, Error> {
             "nat",
             net::apply_nat(&network.plan, &network.nft, pid1.reaper()),
         ),
-        timed("services", Services::start(config, &network.plan)),
+        timed("services", async {
+            Services::start(&Lan::load(config, &network.plan)?).await
+        }),
     );
     let vm = vm?;
-    let services = match nat.map_err(Error::from).and(services) {
+    let services = match nat.map_err(Error::from).and(services.map_err(Error::from)) {
         Ok(services) => services,
         Err(e) => {
             vm.kill().await;
             return Err(e);
         }
     };
-    services.report(&status);
+    report(&services, &status);
     status.set_qmp(Some(vm.qmp.clone()));
     follow_pauses(
         qemu::process::watch_pauses(vm.qmp.clone(), config.pet_dir.clone()),
@@ -122,6 +124,25 @@ pub async fn run(config: &Config) -> Result<u8, Error> {
     status.set_qmp(None);
     drop(services);
     Ok(exit_code(&outcome))
+}
+
+/// Exports the servers' counters and feeds readiness from the lease until the runtime ends.
+fn report(services: &Services, status: &Arc<VmStatus>) {
+    http::metrics::watch_services(
+        services.dhcp().stats_handle(),
+        services.dns().stats_handle(),
+    );
+    http::metrics::watch_spoofed(net::spoof::read_count);
+    let status = Arc::clone(status);
+    let mut leased = services.dhcp().lease_watch();
+    tokio::spawn(async move {
+        loop {
+            status.set_lease(*leased.borrow_and_update());
+            if leased.changed().await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// Feeds the probes and metrics from the pause watcher until qemu's QMP connection closes.

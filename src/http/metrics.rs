@@ -27,8 +27,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::health::Phase;
-use crate::dhcp::DhcpStats;
-use crate::dns::DnsStats;
+use crate::lan::dhcp::DhcpStats;
+use crate::lan::dns::DnsStats;
 use crate::qemu::pause::Pause;
 
 /// One label, `name="value"`.

@@ -1,5 +1,6 @@
 //! Finds what the CNI gave the pod: the uplink (the interface of the IPv4 default route), its
 //! address, prefix and MTU, and the default gateway; and whether `/dev/vhost-net` is usable.
+//! [`device_mtu`] reads any link's MTU from sysfs.
 //!
 //! Read-only: needs no capability. The choice among what the kernel reports is pure
 //! ([`default_route`], [`primary_address`]) and unit-tested.
@@ -42,6 +43,22 @@ pub fn connect() -> Result<Handle, NetError> {
     let (connection, handle, _) = rtnetlink::new_connection().map_err(NetError::Connect)?;
     tokio::spawn(connection);
     Ok(handle)
+}
+
+/// The MTU of `device`, from sysfs.
+pub fn device_mtu(device: &str) -> Result<u32, NetError> {
+    let path = std::path::Path::new("/sys/class/net")
+        .join(device)
+        .join("mtu");
+    let error = |source| NetError::ReadMtu {
+        bridge: device.to_owned(),
+        source,
+    };
+    std::fs::read_to_string(path)
+        .map_err(error)?
+        .trim()
+        .parse()
+        .map_err(|_| error(std::io::ErrorKind::InvalidData.into()))
 }
 
 pub async fn discover() -> Result<PodNet, NetError> {

@@ -5,6 +5,9 @@
 //! - [`plan()`]: config + pod facts + VM MAC → [`NetPlan`] with the complete nft ruleset.
 //! - [`apply()`]: checks capabilities, /dev/net/tun and `nft` first, then bridge and tap (netlink, /dev/net/tun),
 //!   sysctls, and finally our nftables table in one transaction.
+//!
+//! Host plumbing, applied once before the VM needs it; the servers that then live on the
+//! bridge until qemu exits (DHCP, DNS) are [`crate::lan`].
 
 pub mod discover;
 pub mod host;
@@ -80,6 +83,12 @@ pub enum NetError {
     )]
     IpForward {
         path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not read the MTU of bridge {bridge}")]
+    ReadMtu {
+        bridge: String,
         #[source]
         source: std::io::Error,
     },

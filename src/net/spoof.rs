@@ -12,7 +12,7 @@ use nix::sys::socket::{self, sockopt, AddressFamily, MsgFlags, NetlinkAddr, Sock
 use nix::sys::time::TimeVal;
 
 use super::nat::{SPOOFED_COUNTER, TABLE};
-use crate::dhcp::drop_log::LogLimit;
+use crate::lan::drop_log::LogLimit;
 
 // linux/netlink.h, linux/netfilter/nfnetlink.h, linux/netfilter/nf_tables.h.
 const NLMSG_HDRLEN: usize = 16;

@@ -16,8 +16,8 @@ use tokio::sync::Semaphore;
 use super::query::{self, LocalNames, Plan};
 use super::upstream::{Transport, Upstreams};
 use super::DnsStats;
-use crate::dhcp::drop_log::shown;
-use crate::dhcp::{DropLog, LogLimits};
+use crate::lan::drop_log::shown;
+use crate::lan::{DropLog, LogLimits};
 
 pub const PORT: u16 = 53;
 /// Queries relayed at once over UDP; beyond this, new ones are dropped (the VM retries).

@@ -1,13 +1,12 @@
 //! The DNS forwarder for the VM on `VM_GW:53` (UDP and TCP): relays to every nameserver of the
 //! pod's resolv.conf and answers the VM's own hostname locally.
 //!
-//! [`resolv_conf`] reads the pod's resolver settings, [`query`] decides per query (pure),
+//! [`crate::lan::ResolvConf`] holds the pod's resolver settings, [`query`] decides per query (pure),
 //! [`upstream`] relays, [`forwarder`] listens.
 
 pub mod exchange;
 pub mod forwarder;
 pub mod query;
-pub mod resolv_conf;
 pub mod upstream;
 
 use std::sync::atomic::AtomicU64;
@@ -16,9 +15,7 @@ use std::sync::Arc;
 use tokio::task::AbortHandle;
 
 use crate::config::DnsMode;
-use crate::dhcp::{DropLog, LogLimits, ServeConfig};
-
-pub use resolv_conf::{ResolvConf, ResolvConfError};
+use crate::lan::{DropLog, Lan, LogLimits, ResolvConfError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
@@ -75,7 +72,7 @@ impl Drop for DnsServer {
 
 /// Binds `VM_GW:53` (UDP and TCP) on the bridge and serves in tasks of the current runtime.
 /// In `passthrough` mode nothing is bound.
-pub async fn serve(cfg: &ServeConfig) -> Result<DnsServer, DnsError> {
+pub async fn serve(cfg: &Lan) -> Result<DnsServer, DnsError> {
     let stats = Arc::new(DnsStats::default());
     if cfg.dns_mode == DnsMode::Passthrough {
         tracing::info!("DNS_MODE=passthrough; the VM uses the pod's nameservers directly");

@@ -15,9 +15,10 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
 use super::codec;
-use super::drop_log::shown;
 use super::policy::{self, Decision, Destination, Event};
-use super::{DhcpStats, DropLog, Lease, LogLimits};
+use super::{DhcpStats, Lease};
+use crate::lan::drop_log::shown;
+use crate::lan::{DropLog, LogLimits};
 
 pub const SERVER_PORT: u16 = 67;
 pub const CLIENT_PORT: u16 = 68;

@@ -10,8 +10,8 @@ use macaddr::MacAddr6;
 use proptest::prelude::*;
 
 use super::*;
-use crate::dhcp::codec;
-use crate::dhcp::lease::Lease;
+use crate::lan::dhcp::codec;
+use crate::lan::dhcp::lease::Lease;
 
 const VM_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 254, 2);
 const GW: Ipv4Addr = Ipv4Addr::new(192, 168, 254, 1);

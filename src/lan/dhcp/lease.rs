@@ -7,8 +7,8 @@ use std::str::FromStr as _;
 use dhcproto::Name;
 use macaddr::MacAddr6;
 
-use super::ServeConfig;
 use crate::config::DnsMode;
+use crate::lan::Lan;
 
 /// One hour, like dnsmasq: short enough that a changed option reaches the guest soon, long
 /// enough that renewals are no load. T1 and T2 are RFC 2131 §4.4.5's defaults.
@@ -37,7 +37,7 @@ pub struct Lease {
 
 impl Lease {
     /// The lease and the warnings an operator should see about it.
-    pub fn from_config(cfg: &ServeConfig) -> (Self, Vec<String>) {
+    pub fn from_config(cfg: &Lan) -> (Self, Vec<String>) {
         let mut warnings = Vec::new();
         let mut search = Vec::new();
         for domain in &cfg.resolv.search {
@@ -124,10 +124,10 @@ fn search_name(domain: &str) -> Option<Name> {
 mod tests {
     use super::*;
     use crate::config::Hostname;
-    use crate::dns::ResolvConf;
+    use crate::lan::ResolvConf;
 
-    fn config(mode: DnsMode, resolv: &str, hostname: &str) -> ServeConfig {
-        ServeConfig {
+    fn config(mode: DnsMode, resolv: &str, hostname: &str) -> Lan {
+        Lan {
             bridge: "br0".into(),
             vm_ip: Ipv4Addr::new(192, 168, 254, 2),
             vm_gw: Ipv4Addr::new(192, 168, 254, 1),

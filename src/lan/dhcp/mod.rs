@@ -3,43 +3,22 @@
 //!
 //! Three layers, after dhcproto/dora: [`codec`] (bytes ↔ message, size rules), [`policy`]
 //! (message → decision, pure), [`socket`] (UDP 67 bound to the bridge, sending replies).
-//! [`ServeConfig`] is shared with [`crate::dns`].
+//! What it serves is the [`Lan`] of [`crate::lan`].
 
 pub mod codec;
-pub mod drop_log;
 pub mod lease;
 pub mod policy;
 pub mod socket;
 
-use std::net::Ipv4Addr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use macaddr::MacAddr6;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
-use crate::config::{DnsMode, Hostname};
-use crate::dns::ResolvConf;
+use super::Lan;
 
-pub use drop_log::{DropLog, LogLimits};
 pub use lease::Lease;
-
-/// What the DHCP server and the DNS forwarder serve, decided before they start.
-#[derive(Debug, Clone)]
-pub struct ServeConfig {
-    /// The bridge the VM's tap is attached to; it carries `vm_gw`.
-    pub bridge: String,
-    pub vm_ip: Ipv4Addr,
-    pub vm_gw: Ipv4Addr,
-    pub vm_mac: MacAddr6,
-    /// The pod's MTU (option 26).
-    pub mtu: u32,
-    pub hostname: Hostname,
-    pub dns_mode: DnsMode,
-    pub resolv: ResolvConf,
-    pub no_dhcp: bool,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DhcpError {
@@ -52,28 +31,6 @@ pub enum DhcpError {
         #[source]
         source: std::io::Error,
     },
-    #[error("could not read the MTU of bridge {bridge}")]
-    ReadMtu {
-        bridge: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// The MTU of `device`, from sysfs.
-pub fn device_mtu(device: &str) -> Result<u32, DhcpError> {
-    let path = std::path::Path::new("/sys/class/net")
-        .join(device)
-        .join("mtu");
-    let error = |source| DhcpError::ReadMtu {
-        bridge: device.to_owned(),
-        source,
-    };
-    std::fs::read_to_string(path)
-        .map_err(error)?
-        .trim()
-        .parse()
-        .map_err(|_| error(std::io::ErrorKind::InvalidData.into()))
 }
 
 /// Counters for metrics.
@@ -135,7 +92,7 @@ impl Drop for DhcpServer {
 
 /// Binds UDP 67 on the bridge and serves in a task of the current runtime. With `no_dhcp`,
 /// returns a disabled handle without binding anything.
-pub async fn serve(cfg: &ServeConfig) -> Result<DhcpServer, DhcpError> {
+pub async fn serve(cfg: &Lan) -> Result<DhcpServer, DhcpError> {
     let stats = Arc::new(DhcpStats::default());
     let (leased_tx, leased) = watch::channel(false);
     if cfg.no_dhcp {

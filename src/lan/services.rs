@@ -1,0 +1,47 @@
+//! DHCP and DNS for the VM once the bridge exists: the same code behind `run` and `network`,
+//! so the documented `network` subcommand serves exactly what `run` serves.
+
+use super::{dhcp, dns, Lan};
+use crate::net;
+
+/// Why the LAN services could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LanError {
+    #[error(transparent)]
+    Dhcp(#[from] dhcp::DhcpError),
+    #[error(transparent)]
+    Dns(#[from] dns::DnsError),
+}
+
+/// DHCP and DNS for the VM, and the watch on spoofed packets; dropping this stops them.
+#[derive(Debug)]
+pub struct Services {
+    dhcp: dhcp::DhcpServer,
+    dns: dns::DnsServer,
+    spoofed: tokio::task::AbortHandle,
+}
+
+impl Services {
+    pub async fn start(lan: &Lan) -> Result<Self, LanError> {
+        let dhcp = dhcp::serve(lan).await?;
+        let dns = dns::serve(lan).await?;
+        let spoofed = tokio::spawn(net::spoof::watch(lan.vm_ip)).abort_handle();
+        Ok(Self { dhcp, dns, spoofed })
+    }
+
+    /// The DHCP server: its lease for readiness, its counters for metrics.
+    pub fn dhcp(&self) -> &dhcp::DhcpServer {
+        &self.dhcp
+    }
+
+    /// The DNS forwarder: its counters for metrics.
+    pub fn dns(&self) -> &dns::DnsServer {
+        &self.dns
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        self.spoofed.abort();
+    }
+}
