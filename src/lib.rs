@@ -15,6 +15,7 @@ pub mod error;
 pub mod http;
 pub mod image;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod pid1;
 pub mod qemu;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::http::{self, VmStatus};
+use crate::http::VmStatus;
 use crate::{dhcp, dns, net};
 
 /// The pod's resolver configuration (the kubelet writes it).
@@ -43,8 +43,8 @@ impl Services {
 
     /// Exports the servers' counters and feeds readiness from the lease until the runtime ends.
     pub fn report(&self, status: &Arc<VmStatus>) {
-        http::metrics::watch_services(self.dhcp.stats_handle(), self.dns.stats_handle());
-        http::metrics::watch_spoofed(net::spoof::read_count);
+        crate::metrics::watch_services(self.dhcp.stats_handle(), self.dns.stats_handle());
+        crate::metrics::watch_spoofed(net::spoof::read_count);
         let status = Arc::clone(status);
         let mut leased = self.dhcp.lease_watch();
         tokio::spawn(async move {

@@ -11,7 +11,6 @@
 mod connections;
 pub mod health;
 mod listener;
-pub mod metrics;
 pub mod webconsole;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -64,7 +63,7 @@ pub fn router(config: &HttpConfig, status: Arc<VmStatus>) -> Router {
             MAX_PROBE_REQUESTS,
         ));
     Router::new()
-        .route("/metrics", get(metrics::serve))
+        .route("/metrics", get(crate::metrics::serve))
         .merge(webconsole::router(&config.console))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(MAX_REQUESTS))
         .merge(probes)

@@ -26,9 +26,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::health::Phase;
 use crate::dhcp::DhcpStats;
 use crate::dns::DnsStats;
+use crate::http::health::Phase;
 use crate::qemu::pause::Pause;
 
 /// One label, `name="value"`.
@@ -309,7 +309,7 @@ impl Collector for ServiceCounters {
     }
 }
 
-pub(crate) async fn serve() -> impl IntoResponse {
+pub async fn serve() -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
