@@ -1,7 +1,11 @@
 //! Prometheus metrics: one registry for the process, rendered on `/metrics` in the OpenMetrics
-//! text format by the Prometheus project's client (prometheus-client). It keeps no global
-//! recorder and calibrates no clock at start (the `metrics` exporter spun the CPU for 0.6 ms
-//! to 200 ms there, on PID 1's critical path).
+//! text format by the Prometheus project's client (prometheus-client). No clock is calibrated at
+//! start (the `metrics` exporter spun the CPU for 0.6 ms to 200 ms there, on PID 1's critical
+//! path).
+//!
+//! A leaf: it imports nothing of ours, so every area counts into it directly through the
+//! pre-made handles below ([`DHCP`], [`DNS`], [`VM`], [`IMAGE`]); `http/` only renders it.
+//! Every metric is named, described and registered in [`REGISTRY`] alone.
 //!
 //! Names (all prefixed `kvm_manager_`): `phase_seconds{phase}` (how long each start phase
 //! took), `dhcp_packets_total{kind}`, `dhcp_replies_total{kind}` (ack counts leases and
@@ -12,12 +16,10 @@
 //! `spoofed_packets_total` (packets from the VM with a forged source, dropped: the nft counter,
 //! read at each scrape).
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, LazyLock, OnceLock};
+use std::sync::atomic::AtomicU64;
+use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
-use axum::http::header;
-use axum::response::IntoResponse;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -26,132 +28,25 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::dhcp::DhcpStats;
-use crate::dns::DnsStats;
-use crate::http::health::Phase;
-use crate::qemu::pause::Pause;
-
 /// One label, `name="value"`.
 type Label = [(&'static str, String); 1];
-
-/// Every metric this process exports.
-struct Metrics {
-    registry: Registry,
-    starts: Counter,
-    phase_seconds: Family<Label, Gauge<f64, AtomicU64>>,
-    vm_phase: Family<Label, Gauge>,
-    vm_paused: Family<Label, Gauge>,
-    qemu_up: Gauge,
-    guest_shutdowns: Family<Label, Counter>,
-    image_state: Family<Label, Gauge>,
-    image_download_bytes: Counter,
-    dns_upstream_queries: Family<Label, Counter>,
-    dns_upstream_failures: Family<Label, Counter>,
-}
-
-static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
-    let mut registry = Registry::default();
-    let starts = Counter::default();
-    registry.register(
-        "kvm_manager_starts",
-        "Starts of this process (a container restart resets it)",
-        starts.clone(),
-    );
-    let phase_seconds = Family::default();
-    registry.register(
-        "kvm_manager_phase_seconds",
-        "How long each start phase took",
-        phase_seconds.clone(),
-    );
-    let vm_phase = Family::default();
-    registry.register(
-        "kvm_manager_vm_phase",
-        "The VM's phase: 1 for the current one",
-        vm_phase.clone(),
-    );
-    let vm_paused = Family::default();
-    registry.register(
-        "kvm_manager_vm_paused",
-        "Why the VM is paused (no-space, io-error, stopped): 1 for the current reason, all 0 while it runs",
-        vm_paused.clone(),
-    );
-    let qemu_up = Gauge::default();
-    registry.register("kvm_manager_qemu_up", "1 while qemu runs", qemu_up.clone());
-    let guest_shutdowns = Family::default();
-    registry.register(
-        "kvm_manager_guest_shutdowns",
-        "How qemu ended: powered-off, forced or qemu-failed",
-        guest_shutdowns.clone(),
-    );
-    let image_state = Family::default();
-    registry.register(
-        "kvm_manager_image_state",
-        "The base image: 1 for the current state",
-        image_state.clone(),
-    );
-    let image_download_bytes = Counter::default();
-    registry.register(
-        "kvm_manager_image_download_bytes",
-        "Bytes of the base image downloaded by this process",
-        image_download_bytes.clone(),
-    );
-    let dns_upstream_queries = Family::default();
-    registry.register(
-        "kvm_manager_dns_upstream_queries",
-        "Queries forwarded to each pod nameserver",
-        dns_upstream_queries.clone(),
-    );
-    let dns_upstream_failures = Family::default();
-    registry.register(
-        "kvm_manager_dns_upstream_failures",
-        "Forwarded queries a pod nameserver failed or refused",
-        dns_upstream_failures.clone(),
-    );
-    registry.register_collector(Box::new(ServiceCounters));
-    registry.register_collector(Box::new(SpoofedPackets));
-    Metrics {
-        registry,
-        starts,
-        phase_seconds,
-        vm_phase,
-        vm_paused,
-        qemu_up,
-        guest_shutdowns,
-        image_state,
-        image_download_bytes,
-        dns_upstream_queries,
-        dns_upstream_failures,
-    }
-});
-
-/// The running DHCP server's and DNS forwarder's counters, read at each scrape.
-static SERVICES: OnceLock<(Arc<DhcpStats>, Arc<DnsStats>)> = OnceLock::new();
+/// Counters told apart by one label.
+type Counters = Family<Label, Counter>;
+/// Gauges of which one is 1 (the current value of the label) and the others 0.
+type OneHot = Family<Label, Gauge>;
 
 fn label(name: &'static str, value: impl Into<String>) -> Label {
     [(name, value.into())]
 }
 
-/// The `/metrics` body.
-pub fn render() -> String {
-    let mut out = String::new();
-    // Infallible: writing to a String.
-    let _ = prometheus_client::encoding::text::encode(&mut out, &METRICS.registry);
-    out
-}
-
-pub fn start() {
-    METRICS.starts.inc();
-}
-
-pub fn phase_took(phase: &'static str, took: Duration) {
-    METRICS
-        .phase_seconds
-        .get_or_create(&label("phase", phase))
-        .set(took.as_secs_f64());
+/// The `kind="…"` members of `family`, made now: every kind is exported (as 0) before it
+/// first counts.
+fn kinds<const N: usize>(family: &Counters, kinds: [&'static str; N]) -> [Counter; N] {
+    kinds.map(|kind| family.get_or_create(&label("kind", kind)).clone())
 }
 
 /// Sets `family{label=…}` to 1 for `current` and to 0 for every other of `states`.
-fn one_hot(family: &Family<Label, Gauge>, name: &'static str, states: &[&str], current: &str) {
+fn one_hot(family: &OneHot, name: &'static str, states: &[&str], current: &str) {
     for &state in states {
         family
             .get_or_create(&label(name, state))
@@ -159,64 +54,227 @@ fn one_hot(family: &Family<Label, Gauge>, name: &'static str, states: &[&str], c
     }
 }
 
-pub fn set_phase(phase: Phase) {
-    let phases = [
-        Phase::Starting,
-        Phase::Running,
-        Phase::ShuttingDown,
-        Phase::Stopped,
-    ];
-    one_hot(
-        &METRICS.vm_phase,
-        "phase",
-        &phases.map(Phase::name),
-        phase.name(),
+/// The DHCP server's counters.
+#[derive(Debug)]
+pub struct Dhcp {
+    packets: Counters,
+    replies: Counters,
+    pub received: Counter,
+    pub malformed: Counter,
+    pub ignored: Counter,
+    pub offers: Counter,
+    pub acks: Counter,
+    pub naks: Counter,
+}
+
+pub static DHCP: LazyLock<Dhcp> = LazyLock::new(|| {
+    let packets = Counters::default();
+    let replies = Counters::default();
+    let [received, malformed, ignored] = kinds(&packets, ["received", "malformed", "ignored"]);
+    let [offers, acks, naks] = kinds(&replies, ["offer", "ack", "nak"]);
+    Dhcp {
+        packets,
+        replies,
+        received,
+        malformed,
+        ignored,
+        offers,
+        acks,
+        naks,
+    }
+});
+
+/// The DNS forwarder's counters.
+#[derive(Debug)]
+pub struct Dns {
+    queries_family: Counters,
+    failures: Counters,
+    upstream_queries: Counters,
+    upstream_failures: Counters,
+    pub queries: Counter,
+    pub local: Counter,
+    pub forwarded: Counter,
+    pub servfail: Counter,
+    pub malformed: Counter,
+    pub dropped: Counter,
+}
+
+impl Dns {
+    /// A query forwarded to `upstream`.
+    pub fn upstream_query(&self, upstream: &str) {
+        self.upstream_queries
+            .get_or_create(&label("upstream", upstream))
+            .inc();
+    }
+
+    /// A forwarded query that `upstream` failed or refused.
+    pub fn upstream_failure(&self, upstream: &str) {
+        self.upstream_failures
+            .get_or_create(&label("upstream", upstream))
+            .inc();
+    }
+}
+
+pub static DNS: LazyLock<Dns> = LazyLock::new(|| {
+    let queries_family = Counters::default();
+    let failures = Counters::default();
+    let [queries, local, forwarded] = kinds(&queries_family, ["all", "local", "forwarded"]);
+    let [servfail, malformed, dropped] = kinds(&failures, ["servfail", "malformed", "dropped"]);
+    Dns {
+        queries_family,
+        failures,
+        upstream_queries: Counters::default(),
+        upstream_failures: Counters::default(),
+        queries,
+        local,
+        forwarded,
+        servfail,
+        malformed,
+        dropped,
+    }
+});
+
+/// This process and its VM.
+#[derive(Debug, Default)]
+pub struct Vm {
+    pub starts: Counter,
+    pub qemu_up: Gauge,
+    phase_seconds: Family<Label, Gauge<f64, AtomicU64>>,
+    phase: OneHot,
+    paused: OneHot,
+    shutdowns: Counters,
+}
+
+impl Vm {
+    /// Start phase `phase` took `took`.
+    pub fn phase_took(&self, phase: &'static str, took: Duration) {
+        self.phase_seconds
+            .get_or_create(&label("phase", phase))
+            .set(took.as_secs_f64());
+    }
+
+    /// `vm_phase{phase}`: 1 for `current`, 0 for every other of `phases`.
+    pub fn phase(&self, phases: &[&str], current: &str) {
+        one_hot(&self.phase, "phase", phases, current);
+    }
+
+    /// `vm_paused{reason}`: 1 for `current`, 0 for every other of `reasons` (all 0 with `None`).
+    pub fn paused(&self, reasons: &[&str], current: Option<&str>) {
+        one_hot(&self.paused, "reason", reasons, current.unwrap_or(""));
+    }
+
+    /// qemu ended, `how`.
+    pub fn shutdown(&self, how: &'static str) {
+        self.shutdowns.get_or_create(&label("how", how)).inc();
+    }
+}
+
+pub static VM: LazyLock<Vm> = LazyLock::new(Vm::default);
+
+/// The base image.
+#[derive(Debug, Default)]
+pub struct Image {
+    pub download_bytes: Counter,
+    state: OneHot,
+}
+
+impl Image {
+    /// `image_state{state}`: 1 for `current`, 0 for every other of `states`.
+    pub fn state(&self, states: &[&str], current: &str) {
+        one_hot(&self.state, "state", states, current);
+    }
+}
+
+pub static IMAGE: LazyLock<Image> = LazyLock::new(Image::default);
+
+/// Every metric this process exports, registered here and nowhere else (the handles above share
+/// their values with it).
+static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
+    let mut registry = Registry::default();
+    let (vm, image, dhcp, dns) = (&*VM, &*IMAGE, &*DHCP, &*DNS);
+    registry.register(
+        "kvm_manager_starts",
+        "Starts of this process (a container restart resets it)",
+        vm.starts.clone(),
     );
-    METRICS.qemu_up.set(i64::from(matches!(
-        phase,
-        Phase::Running | Phase::ShuttingDown
-    )));
-}
+    registry.register(
+        "kvm_manager_phase_seconds",
+        "How long each start phase took",
+        vm.phase_seconds.clone(),
+    );
+    registry.register(
+        "kvm_manager_vm_phase",
+        "The VM's phase: 1 for the current one",
+        vm.phase.clone(),
+    );
+    registry.register(
+        "kvm_manager_vm_paused",
+        "Why the VM is paused (no-space, io-error, stopped): 1 for the current reason, all 0 while it runs",
+        vm.paused.clone(),
+    );
+    registry.register(
+        "kvm_manager_qemu_up",
+        "1 while qemu runs",
+        vm.qemu_up.clone(),
+    );
+    registry.register(
+        "kvm_manager_guest_shutdowns",
+        "How qemu ended: powered-off, forced or qemu-failed",
+        vm.shutdowns.clone(),
+    );
+    registry.register(
+        "kvm_manager_image_state",
+        "The base image: 1 for the current state",
+        image.state.clone(),
+    );
+    registry.register(
+        "kvm_manager_image_download_bytes",
+        "Bytes of the base image downloaded by this process",
+        image.download_bytes.clone(),
+    );
+    registry.register(
+        "kvm_manager_dns_upstream_queries",
+        "Queries forwarded to each pod nameserver",
+        dns.upstream_queries.clone(),
+    );
+    registry.register(
+        "kvm_manager_dns_upstream_failures",
+        "Forwarded queries a pod nameserver failed or refused",
+        dns.upstream_failures.clone(),
+    );
+    registry.register(
+        "kvm_manager_dhcp_packets",
+        "DHCP packets received from the VM, malformed or ignored",
+        dhcp.packets.clone(),
+    );
+    registry.register(
+        "kvm_manager_dhcp_replies",
+        "DHCP replies sent to the VM (ack counts leases and renewals)",
+        dhcp.replies.clone(),
+    );
+    registry.register(
+        "kvm_manager_dns_queries",
+        "DNS queries from the VM: all, answered locally, forwarded",
+        dns.queries_family.clone(),
+    );
+    registry.register(
+        "kvm_manager_dns_failures",
+        "DNS queries answered SERVFAIL, malformed or dropped",
+        dns.failures.clone(),
+    );
+    registry.register_collector(Box::new(SpoofedPackets));
+    registry
+});
 
-/// `vm_paused{reason}`: 1 for the reason of `pause`, 0 for every other (all 0 with `None`).
-pub fn set_pause(pause: Option<&Pause>) {
-    let current = pause.map_or("", Pause::label);
-    one_hot(&METRICS.vm_paused, "reason", &Pause::LABELS, current);
-}
+/// The OpenMetrics content type of [`render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-pub fn image_state(states: &[&str], current: &str) {
-    one_hot(&METRICS.image_state, "state", states, current);
-}
-
-pub fn image_downloaded(bytes: u64) {
-    METRICS.image_download_bytes.inc_by(bytes);
-}
-
-pub fn dns_upstream_query(upstream: &str) {
-    METRICS
-        .dns_upstream_queries
-        .get_or_create(&label("upstream", upstream))
-        .inc();
-}
-
-pub fn dns_upstream_failure(upstream: &str) {
-    METRICS
-        .dns_upstream_failures
-        .get_or_create(&label("upstream", upstream))
-        .inc();
-}
-
-pub fn guest_shutdown(how: &'static str) {
-    METRICS
-        .guest_shutdowns
-        .get_or_create(&label("how", how))
-        .inc();
-}
-
-/// Exports the counters of the DHCP server and the DNS forwarder of this process (one pair
-/// per process: later calls are ignored).
-pub fn watch_services(dhcp: Arc<DhcpStats>, dns: Arc<DnsStats>) {
-    let _ = SERVICES.set((dhcp, dns));
+/// The `/metrics` body.
+pub fn render() -> String {
+    let mut out = String::new();
+    // Infallible: writing to a String.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &REGISTRY);
+    out
 }
 
 /// Reads the count of spoofed packets the firewall dropped.
@@ -249,85 +307,15 @@ impl Collector for SpoofedPackets {
     }
 }
 
-#[derive(Debug)]
-struct ServiceCounters;
-
-/// A counter family's `kind` label values and their counters.
-type Kinds<'a> = &'a [(&'a str, &'a AtomicU64)];
-
-impl Collector for ServiceCounters {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some((dhcp, dns)) = SERVICES.get() else {
-            return Ok(());
-        };
-        let families: [(&str, &str, Kinds); 4] = [
-            (
-                "kvm_manager_dhcp_packets",
-                "DHCP packets received from the VM, malformed or ignored",
-                &[
-                    ("received", &dhcp.received),
-                    ("malformed", &dhcp.malformed),
-                    ("ignored", &dhcp.ignored),
-                ],
-            ),
-            (
-                "kvm_manager_dhcp_replies",
-                "DHCP replies sent to the VM (ack counts leases and renewals)",
-                &[
-                    ("offer", &dhcp.offers),
-                    ("ack", &dhcp.acks),
-                    ("nak", &dhcp.naks),
-                ],
-            ),
-            (
-                "kvm_manager_dns_queries",
-                "DNS queries from the VM: all, answered locally, forwarded",
-                &[
-                    ("all", &dns.queries),
-                    ("local", &dns.local),
-                    ("forwarded", &dns.forwarded),
-                ],
-            ),
-            (
-                "kvm_manager_dns_failures",
-                "DNS queries answered SERVFAIL, malformed or dropped",
-                &[
-                    ("servfail", &dns.servfail),
-                    ("malformed", &dns.malformed),
-                    ("dropped", &dns.dropped),
-                ],
-            ),
-        ];
-        for (name, help, kinds) in families {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for &(kind, value) in kinds {
-                ConstCounter::new(value.load(Relaxed))
-                    .encode(family.encode_family(&[("kind", kind)])?)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-pub async fn serve() -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        render(),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn counters_and_gauges_render_as_openmetrics() {
-        start();
-        phase_took("overlay", Duration::from_millis(1500));
-        image_state(&["downloading", "ready"], "ready");
+        VM.starts.inc();
+        VM.phase_took("overlay", Duration::from_millis(1500));
+        IMAGE.state(&["downloading", "ready"], "ready");
         let text = render();
         for line in [
             "# TYPE kvm_manager_starts counter",
@@ -343,6 +331,25 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn the_services_count_through_their_handles_and_every_kind_is_exported() {
+        DHCP.acks.inc();
+        DNS.upstream_query("10.96.0.10:53");
+        let text = render();
+        for line in [
+            "# TYPE kvm_manager_dhcp_replies counter",
+            "# HELP kvm_manager_dhcp_replies DHCP replies sent to the VM (ack counts leases and renewals).",
+            "kvm_manager_dhcp_replies_total{kind=\"ack\"} 1",
+            "kvm_manager_dhcp_replies_total{kind=\"nak\"} 0",
+            "kvm_manager_dhcp_packets_total{kind=\"malformed\"} 0",
+            "kvm_manager_dns_queries_total{kind=\"all\"} 0",
+            "kvm_manager_dns_failures_total{kind=\"dropped\"} 0",
+            "kvm_manager_dns_upstream_queries_total{upstream=\"10.96.0.10:53\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
     }
 
     #[test]

@@ -16,7 +16,8 @@ pub const RESOLV_CONF: &str = "/etc/resolv.conf";
 #[derive(Debug)]
 pub struct Services {
     dhcp: dhcp::DhcpServer,
-    dns: dns::DnsServer,
+    /// Only held: dropping it stops the forwarder.
+    _dns: dns::DnsServer,
     spoofed: tokio::task::AbortHandle,
 }
 
@@ -38,13 +39,15 @@ impl Services {
         let dhcp = dhcp::serve(&cfg).await?;
         let dns = dns::serve(&cfg).await?;
         let spoofed = tokio::spawn(net::spoof::watch(plan.vm_ip)).abort_handle();
-        Ok(Self { dhcp, dns, spoofed })
+        Ok(Self {
+            dhcp,
+            _dns: dns,
+            spoofed,
+        })
     }
 
-    /// Exports the servers' counters and feeds readiness from the lease until the runtime ends.
+    /// Feeds readiness from the lease until the runtime ends.
     pub fn report(&self, status: &Arc<VmStatus>) {
-        crate::metrics::watch_services(self.dhcp.stats_handle(), self.dns.stats_handle());
-        crate::metrics::watch_spoofed(net::spoof::read_count);
         let status = Arc::clone(status);
         let mut leased = self.dhcp.lease_watch();
         tokio::spawn(async move {
