@@ -14,6 +14,7 @@ pub mod http;
 pub mod image;
 pub mod lan;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod pid1;
 pub mod qemu;

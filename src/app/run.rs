@@ -20,7 +20,7 @@ use crate::http::{self, webconsole, Phase, Readiness, VmStatus};
 use crate::lan::{Lan, Services};
 use crate::pid1::Pid1;
 use crate::qemu::{self, attach, QemuError};
-use crate::{configdrive, image, net, state};
+use crate::{configdrive, image, metrics, net, state};
 
 use super::launch;
 
@@ -29,7 +29,7 @@ pub async fn run(config: &Config) -> Result<u8, Error> {
     // 8), not as a port already in use, and it changes nothing.
     let _owner = image::owner::acquire(&config.pet_dir, &config.hostname, "run")?;
     let pid1 = Pid1::start()?;
-    http::metrics::start();
+    metrics::VM.starts.inc();
     let readiness = if config.net.no_dhcp {
         Readiness::TcpPort(SocketAddr::from((config.net.vm_ip, config.net.ready_port)))
     } else {
@@ -126,13 +126,8 @@ pub async fn run(config: &Config) -> Result<u8, Error> {
     Ok(exit_code(&outcome))
 }
 
-/// Exports the servers' counters and feeds readiness from the lease until the runtime ends.
+/// Feeds readiness from the lease until the runtime ends.
 fn report(services: &Services, status: &Arc<VmStatus>) {
-    http::metrics::watch_services(
-        services.dhcp().stats_handle(),
-        services.dns().stats_handle(),
-    );
-    http::metrics::watch_spoofed(net::spoof::read_count);
     let status = Arc::clone(status);
     let mut leased = services.dhcp().lease_watch();
     tokio::spawn(async move {
@@ -164,16 +159,16 @@ fn follow_pauses(
 /// Exit 0 when the guest powered off; 7 when it had to be stopped; qemu's code otherwise.
 fn exit_code(outcome: &qemu::process::Outcome) -> u8 {
     if outcome.forced {
-        http::metrics::guest_shutdown("forced");
+        metrics::VM.shutdown("forced");
         tracing::error!(status = %outcome.status, "the guest did not power off in time; qemu was stopped");
         return exit::SHUTDOWN_FORCED;
     }
     if outcome.status.success() {
-        http::metrics::guest_shutdown("powered-off");
+        metrics::VM.shutdown("powered-off");
         tracing::info!("the guest powered off");
         return 0;
     }
-    http::metrics::guest_shutdown("qemu-failed");
+    metrics::VM.shutdown("qemu-failed");
     tracing::error!(status = %outcome.status, stderr = %outcome.stderr.join("\n"), "qemu ended with an error");
     outcome.status.code()
 }
@@ -195,7 +190,7 @@ fn timed_blocking<T>(phase: &'static str, work: impl FnOnce() -> T) -> T {
 }
 
 fn phase_done(phase: &'static str, took: Duration) {
-    http::metrics::phase_took(phase, took);
+    metrics::VM.phase_took(phase, took);
     tracing::info!(
         phase,
         took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),

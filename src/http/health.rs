@@ -73,7 +73,7 @@ pub struct VmStatus {
 
 impl VmStatus {
     pub fn new(readiness: Readiness) -> Self {
-        crate::http::metrics::set_pause(None);
+        crate::metrics::VM.paused(&Pause::LABELS, None);
         Self {
             phase: AtomicU8::new(Phase::Starting as u8),
             lease: AtomicBool::new(false),
@@ -89,7 +89,17 @@ impl VmStatus {
 
     pub fn set_phase(&self, phase: Phase) {
         self.phase.store(phase as u8, Ordering::SeqCst);
-        crate::http::metrics::set_phase(phase);
+        let phases = [
+            Phase::Starting,
+            Phase::Running,
+            Phase::ShuttingDown,
+            Phase::Stopped,
+        ];
+        crate::metrics::VM.phase(&phases.map(Phase::name), phase.name());
+        crate::metrics::VM.qemu_up.set(i64::from(matches!(
+            phase,
+            Phase::Running | Phase::ShuttingDown
+        )));
     }
 
     pub fn set_qmp(&self, qmp: Option<Qmp>) {
@@ -101,7 +111,7 @@ impl VmStatus {
 
     /// Called as the VM pauses (`Some`, with the reason) and runs again (`None`).
     pub fn set_pause(&self, pause: Option<Pause>) {
-        crate::http::metrics::set_pause(pause.as_ref());
+        crate::metrics::VM.paused(&Pause::LABELS, pause.as_ref().map(Pause::label));
         *self
             .pause
             .lock()

@@ -11,7 +11,6 @@
 mod connections;
 pub mod health;
 mod listener;
-pub mod metrics;
 pub mod webconsole;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -64,7 +63,7 @@ pub fn router(config: &HttpConfig, status: Arc<VmStatus>) -> Router {
             MAX_PROBE_REQUESTS,
         ));
     Router::new()
-        .route("/metrics", get(metrics::serve))
+        .route("/metrics", get(metrics))
         .merge(webconsole::router(&config.console))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(MAX_REQUESTS))
         .merge(probes)
@@ -75,6 +74,17 @@ pub fn router(config: &HttpConfig, status: Arc<VmStatus>) -> Router {
             axum::http::StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
+}
+
+/// `/metrics`: renders [`crate::metrics`], which every area counts into.
+async fn metrics() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        crate::metrics::render(),
+    )
 }
 
 /// Binds `0.0.0.0:port` (the pod IP, for the kubelet's probes) and serves in a task.

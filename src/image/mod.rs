@@ -322,7 +322,7 @@ pub async fn ensure_base(image: &ImageConfig) -> Result<PathBuf, ImageError> {
 
 fn image_state(state: &'static str) {
     let states = ["waiting", "downloading", "ready", "failed"];
-    crate::http::metrics::image_state(&states, state);
+    crate::metrics::IMAGE.state(&states, state);
 }
 
 async fn fetch_base(image: &ImageConfig) -> Result<PathBuf, ImageError> {

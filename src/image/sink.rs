@@ -177,7 +177,9 @@ impl Sink {
     /// Appends `chunk` to the partial file, hashes it and unpacks it.
     pub fn feed(&mut self, chunk: &[u8]) -> Result<(), ImageError> {
         self.chunks += 1;
-        crate::http::metrics::image_downloaded(chunk.len() as u64);
+        crate::metrics::IMAGE
+            .download_bytes
+            .inc_by(chunk.len() as u64);
         let taken = lock(&self.tally).budget.take(chunk.len() as u64);
         if let Err(shortage) = taken {
             return Err(self.reserve_error(shortage, false));

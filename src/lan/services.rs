@@ -17,7 +17,8 @@ pub enum LanError {
 #[derive(Debug)]
 pub struct Services {
     dhcp: dhcp::DhcpServer,
-    dns: dns::DnsServer,
+    /// Only held: dropping it stops the forwarder.
+    _dns: dns::DnsServer,
     spoofed: tokio::task::AbortHandle,
 }
 
@@ -26,17 +27,16 @@ impl Services {
         let dhcp = dhcp::serve(lan).await?;
         let dns = dns::serve(lan).await?;
         let spoofed = tokio::spawn(net::spoof::watch(lan.vm_ip)).abort_handle();
-        Ok(Self { dhcp, dns, spoofed })
+        Ok(Self {
+            dhcp,
+            _dns: dns,
+            spoofed,
+        })
     }
 
-    /// The DHCP server: its lease for readiness, its counters for metrics.
+    /// The DHCP server: its lease feeds readiness.
     pub fn dhcp(&self) -> &dhcp::DhcpServer {
         &self.dhcp
-    }
-
-    /// The DNS forwarder: its counters for metrics.
-    pub fn dns(&self) -> &dns::DnsServer {
-        &self.dns
     }
 }
 

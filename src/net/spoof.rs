@@ -125,8 +125,10 @@ pub fn read_count() -> std::io::Result<u64> {
     packets(&answer[..len])
 }
 
-/// Reads the counter every few seconds and warns, at most once a minute, when it grew.
+/// Exports the counter on `/metrics` (read at each scrape), and reads it every few seconds and
+/// warns, at most once a minute, when it grew.
 pub async fn watch(vm_ip: std::net::Ipv4Addr) {
+    crate::metrics::watch_spoofed(read_count);
     let mut limit = LogLimit::new(1, LOG_EVERY);
     let mut failures = LogLimit::new(1, LOG_EVERY);
     let mut reported = 0u64;

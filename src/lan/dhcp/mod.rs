@@ -10,9 +10,6 @@ pub mod lease;
 pub mod policy;
 pub mod socket;
 
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
-
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
@@ -33,21 +30,9 @@ pub enum DhcpError {
     },
 }
 
-/// Counters for metrics.
-#[derive(Debug, Default)]
-pub struct DhcpStats {
-    pub received: AtomicU64,
-    pub malformed: AtomicU64,
-    pub offers: AtomicU64,
-    pub acks: AtomicU64,
-    pub naks: AtomicU64,
-    pub ignored: AtomicU64,
-}
-
 /// A running DHCP server; dropping it stops the server.
 #[derive(Debug)]
 pub struct DhcpServer {
-    stats: Arc<DhcpStats>,
     leased: watch::Receiver<bool>,
     task: Option<AbortHandle>,
 }
@@ -64,11 +49,6 @@ impl DhcpServer {
         if rx.wait_for(|leased| *leased).await.is_err() {
             std::future::pending::<()>().await;
         }
-    }
-
-    /// The counters, shared: `/metrics` reads them at each scrape.
-    pub fn stats_handle(&self) -> Arc<DhcpStats> {
-        Arc::clone(&self.stats)
     }
 
     /// Follows whether the VM holds its lease.
@@ -93,15 +73,10 @@ impl Drop for DhcpServer {
 /// Binds UDP 67 on the bridge and serves in a task of the current runtime. With `no_dhcp`,
 /// returns a disabled handle without binding anything.
 pub async fn serve(cfg: &Lan) -> Result<DhcpServer, DhcpError> {
-    let stats = Arc::new(DhcpStats::default());
     let (leased_tx, leased) = watch::channel(false);
     if cfg.no_dhcp {
         tracing::info!("NO_DHCP is set; not serving DHCP");
-        return Ok(DhcpServer {
-            stats,
-            leased,
-            task: None,
-        });
+        return Ok(DhcpServer { leased, task: None });
     }
     let (lease, warnings) = Lease::from_config(cfg);
     for warning in warnings {
@@ -112,16 +87,9 @@ pub async fn serve(cfg: &Lan) -> Result<DhcpServer, DhcpError> {
         source,
     })?;
     tracing::info!(bridge = %cfg.bridge, vm_ip = %lease.vm_ip, vm_mac = %lease.vm_mac, "serving DHCP");
-    let server = socket::Server::new(
-        socket,
-        cfg.bridge.clone(),
-        lease,
-        Arc::clone(&stats),
-        leased_tx,
-    );
+    let server = socket::Server::new(socket, cfg.bridge.clone(), lease, leased_tx);
     let task = tokio::spawn(server.run()).abort_handle();
     Ok(DhcpServer {
-        stats,
         leased,
         task: Some(task),
     })

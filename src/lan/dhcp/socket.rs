@@ -7,8 +7,6 @@
 use std::collections::HashSet;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
@@ -16,9 +14,10 @@ use tokio::sync::watch;
 
 use super::codec;
 use super::policy::{self, Decision, Destination, Event};
-use super::{DhcpStats, Lease};
+use super::Lease;
 use crate::lan::drop_log::shown;
 use crate::lan::{DropLog, LogLimits};
+use crate::metrics::DHCP;
 
 pub const SERVER_PORT: u16 = 67;
 pub const CLIENT_PORT: u16 = 68;
@@ -45,7 +44,6 @@ pub struct Server {
     socket: UdpSocket,
     bridge: String,
     lease: Lease,
-    stats: Arc<DhcpStats>,
     leased: watch::Sender<bool>,
     malformed: DropLog,
     /// Every per-packet line: a flooding guest must not flood the pod's log.
@@ -58,14 +56,12 @@ impl Server {
         socket: UdpSocket,
         bridge: String,
         lease: Lease,
-        stats: Arc<DhcpStats>,
         leased: watch::Sender<bool>,
     ) -> Self {
         Self {
             socket,
             bridge,
             lease,
-            stats,
             leased,
             malformed: DropLog::new("DHCP"),
             lines: LogLimits::default(),
@@ -87,11 +83,11 @@ impl Server {
                     continue;
                 }
             };
-            self.stats.received.fetch_add(1, Ordering::Relaxed);
+            DHCP.received.inc();
             let request = match codec::decode(&buf[..len]) {
                 Ok(request) => request,
                 Err(e) => {
-                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    DHCP.malformed.inc();
                     self.malformed.dropped(peer, &e);
                     continue;
                 }
@@ -146,18 +142,17 @@ impl Server {
     }
 
     fn note(&mut self, event: &Event) {
-        let stats = &self.stats;
         let vm_ip = self.lease.vm_ip;
         let lines = &mut self.lines;
         match event {
             Event::Offered => {
-                stats.offers.fetch_add(1, Ordering::Relaxed);
+                DHCP.offers.inc();
                 if let Some(suppressed) = lines.admit("offer") {
                     tracing::info!(%vm_ip, suppressed = shown(suppressed), "DHCP offer sent");
                 }
             }
             Event::Acked => {
-                stats.acks.fetch_add(1, Ordering::Relaxed);
+                DHCP.acks.inc();
                 if !*self.leased.borrow() {
                     if let Some(suppressed) = lines.admit("leased") {
                         tracing::info!(%vm_ip, suppressed = shown(suppressed), "the VM took its DHCP lease");
@@ -168,11 +163,11 @@ impl Server {
                 self.leased.send_replace(true);
             }
             Event::Informed => {
-                stats.acks.fetch_add(1, Ordering::Relaxed);
+                DHCP.acks.inc();
                 tracing::debug!("answered a DHCP INFORM");
             }
             Event::Naked { requested } => {
-                stats.naks.fetch_add(1, Ordering::Relaxed);
+                DHCP.naks.inc();
                 if let Some(suppressed) = lines.admit("nak") {
                     tracing::info!(%requested, %vm_ip, suppressed = shown(suppressed), "DHCP NAK: the VM asked for another address");
                 }
@@ -193,7 +188,7 @@ impl Server {
                 self.leased.send_replace(false);
             }
             Event::ForeignMac(mac) => {
-                stats.ignored.fetch_add(1, Ordering::Relaxed);
+                DHCP.ignored.inc();
                 if self.foreign.len() < MAX_FOREIGN_MACS && self.foreign.insert(*mac) {
                     if let Some(suppressed) = lines.admit("foreign") {
                         tracing::warn!(%mac, vm_mac = %self.lease.vm_mac, suppressed = shown(suppressed), "ignoring DHCP from a MAC that is not the VM's (logged once per MAC)");
@@ -201,13 +196,13 @@ impl Server {
                 }
             }
             Event::OtherServer(server) => {
-                stats.ignored.fetch_add(1, Ordering::Relaxed);
+                DHCP.ignored.inc();
                 if let Some(suppressed) = lines.admit("other-server") {
                     tracing::info!(%server, suppressed = shown(suppressed), "the VM chose another DHCP server on the bridge");
                 }
             }
             Event::Ignored(reason) => {
-                stats.ignored.fetch_add(1, Ordering::Relaxed);
+                DHCP.ignored.inc();
                 tracing::debug!(reason, "ignored a DHCP packet");
             }
         }

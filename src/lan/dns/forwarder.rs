@@ -4,7 +4,6 @@
 //! when every upstream failed, never with silence.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,9 +14,9 @@ use tokio::sync::Semaphore;
 
 use super::query::{self, LocalNames, Plan};
 use super::upstream::{Transport, Upstreams};
-use super::DnsStats;
 use crate::lan::drop_log::shown;
 use crate::lan::{DropLog, LogLimits};
+use crate::metrics::DNS;
 
 pub const PORT: u16 = 53;
 /// Queries relayed at once over UDP; beyond this, new ones are dropped (the VM retries).
@@ -33,7 +32,6 @@ const UDP_BUFFER: usize = 4096;
 pub struct Shared {
     pub local: LocalNames,
     pub upstreams: Upstreams,
-    pub stats: Arc<DnsStats>,
     pub malformed: std::sync::Mutex<DropLog>,
     /// Per-query lines (SERVFAIL): a flooding guest must not flood the pod's log.
     pub lines: std::sync::Mutex<LogLimits>,
@@ -59,12 +57,11 @@ pub fn bind_tcp(bridge: &str, ip: Ipv4Addr) -> std::io::Result<TcpListener> {
 
 /// What to send back for one query, or nothing for a packet that is not one.
 async fn answer(shared: &Shared, bytes: &[u8], peer: SocketAddr, tcp: bool) -> Option<Vec<u8>> {
-    let stats = &shared.stats;
-    stats.queries.fetch_add(1, Ordering::Relaxed);
+    DNS.queries.inc();
     let plan = match query::plan(bytes, &shared.local) {
         Ok(plan) => plan,
         Err(e) => {
-            stats.malformed.fetch_add(1, Ordering::Relaxed);
+            DNS.malformed.inc();
             if let Ok(mut log) = shared.malformed.lock() {
                 log.dropped(peer, &e);
             }
@@ -73,7 +70,7 @@ async fn answer(shared: &Shared, bytes: &[u8], peer: SocketAddr, tcp: bool) -> O
     };
     match plan {
         Plan::Answer(bytes) => {
-            stats.local.fetch_add(1, Ordering::Relaxed);
+            DNS.local.inc();
             Some(bytes)
         }
         Plan::Forward { query, max_udp } => {
@@ -84,11 +81,11 @@ async fn answer(shared: &Shared, bytes: &[u8], peer: SocketAddr, tcp: bool) -> O
             };
             match shared.upstreams.resolve(bytes, &query, transport).await {
                 Some(answer) => {
-                    stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                    DNS.forwarded.inc();
                     Some(answer)
                 }
                 None => {
-                    stats.servfail.fetch_add(1, Ordering::Relaxed);
+                    DNS.servfail.inc();
                     let admitted = shared
                         .lines
                         .lock()
@@ -117,7 +114,7 @@ pub async fn serve_udp(socket: UdpSocket, shared: Arc<Shared>) {
             }
         };
         let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
-            shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            DNS.dropped.inc();
             continue;
         };
         let bytes = buf[..len].to_vec();
@@ -145,7 +142,7 @@ pub async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
             }
         };
         let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
-            shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            DNS.dropped.inc();
             continue;
         };
         let shared = Arc::clone(&shared);

@@ -9,7 +9,6 @@ pub mod forwarder;
 pub mod query;
 pub mod upstream;
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use tokio::task::AbortHandle;
@@ -34,30 +33,13 @@ pub enum DnsError {
     ResolvConf(#[from] ResolvConfError),
 }
 
-/// Counters for metrics.
-#[derive(Debug, Default)]
-pub struct DnsStats {
-    pub queries: AtomicU64,
-    pub local: AtomicU64,
-    pub forwarded: AtomicU64,
-    pub servfail: AtomicU64,
-    pub malformed: AtomicU64,
-    pub dropped: AtomicU64,
-}
-
 /// A running forwarder; dropping it stops it.
 #[derive(Debug)]
 pub struct DnsServer {
-    stats: Arc<DnsStats>,
     tasks: Vec<AbortHandle>,
 }
 
 impl DnsServer {
-    /// The counters, shared: `/metrics` reads them at each scrape.
-    pub fn stats_handle(&self) -> Arc<DnsStats> {
-        Arc::clone(&self.stats)
-    }
-
     /// False in `passthrough` mode, where the VM talks to the pod's nameservers directly.
     pub fn enabled(&self) -> bool {
         !self.tasks.is_empty()
@@ -73,13 +55,9 @@ impl Drop for DnsServer {
 /// Binds `VM_GW:53` (UDP and TCP) on the bridge and serves in tasks of the current runtime.
 /// In `passthrough` mode nothing is bound.
 pub async fn serve(cfg: &Lan) -> Result<DnsServer, DnsError> {
-    let stats = Arc::new(DnsStats::default());
     if cfg.dns_mode == DnsMode::Passthrough {
         tracing::info!("DNS_MODE=passthrough; the VM uses the pod's nameservers directly");
-        return Ok(DnsServer {
-            stats,
-            tasks: Vec::new(),
-        });
+        return Ok(DnsServer { tasks: Vec::new() });
     }
     let bind_error = |transport| {
         let (ip, bridge) = (cfg.vm_gw, cfg.bridge.clone());
@@ -107,12 +85,11 @@ pub async fn serve(cfg: &Lan) -> Result<DnsServer, DnsError> {
             cfg.vm_ip,
         ),
         upstreams,
-        stats: Arc::clone(&stats),
         malformed: std::sync::Mutex::new(DropLog::new("DNS")),
         lines: std::sync::Mutex::new(LogLimits::default()),
     });
     tracing::info!(listen = %cfg.vm_gw, upstreams = ?cfg.resolv.nameservers, "serving DNS");
     tasks.push(tokio::spawn(forwarder::serve_udp(udp, Arc::clone(&shared))).abort_handle());
     tasks.push(tokio::spawn(forwarder::serve_tcp(tcp, shared)).abort_handle());
-    Ok(DnsServer { stats, tasks })
+    Ok(DnsServer { tasks })
 }

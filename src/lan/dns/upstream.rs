@@ -91,18 +91,18 @@ impl Upstreams {
                 other => other,
             };
             let upstream = server.to_string();
-            crate::http::metrics::dns_upstream_query(&upstream);
+            crate::metrics::DNS.upstream_query(&upstream);
             match answer {
                 Ok((bytes, message)) => match message.metadata.response_code {
                     // Another server may know better; keep this answer in case none does.
                     ResponseCode::ServFail | ResponseCode::Refused => {
-                        crate::http::metrics::dns_upstream_failure(&upstream);
+                        crate::metrics::DNS.upstream_failure(&upstream);
                         fallback = Some(bytes);
                     }
                     _ => return Some(bytes),
                 },
                 Err(e) => {
-                    crate::http::metrics::dns_upstream_failure(&upstream);
+                    crate::metrics::DNS.upstream_failure(&upstream);
                     tracing::debug!(%server, error = %e, "upstream failed; trying the next");
                 }
             }
