@@ -10,10 +10,10 @@ use clap::Parser as _;
 
 use crate::cli::{Cli, Command};
 use crate::config::{self, Config, Hostname, Needs};
-use crate::error::{render_chain, Error};
+use crate::error::Error;
 use crate::image::{self, owner, ImageError};
 use crate::lan::{Lan, Services};
-use crate::logging::{self, Sink};
+use crate::logging::{self, render_chain, Sink};
 use crate::net;
 use crate::pid1::reaper::{self, Stdio};
 use crate::pid1::{self, Pid1, Pid1Error};
@@ -106,10 +106,7 @@ fn image(config: &Config) -> Result<u8, Error> {
     let runtime = runtime()?;
     let (base, overlay) = runtime.block_on(async {
         let pid1 = Pid1::start()?;
-        std::fs::create_dir_all(&config.pet_dir).map_err(|source| ImageError::CreateDir {
-            dir: config.pet_dir.clone(),
-            source,
-        })?;
+        // PET_DIR exists: the owner lock created it (or failed naming PET_DIR).
         crate::state::load_or_create(&config.pet_dir, &config.hostname, config.net.vm_mac)?;
         // Dropping the download on SIGTERM/SIGINT keeps its partial file for the next start.
         let base = tokio::select! {

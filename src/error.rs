@@ -1,7 +1,6 @@
 //! The top-level error: wraps each module's error, decides the exit code, and is printed once
-//! as a chain by [`crate::app::main`].
-
-use std::fmt::Write as _;
+//! as a chain ([`crate::logging::render_chain`]) by [`crate::app::main`]. It only points down:
+//! it imports every module's error, and only `app` (above it) imports it.
 
 use crate::config::ConfigError;
 use crate::configdrive::ConfigDriveError;
@@ -71,38 +70,104 @@ impl From<LanError> for Error {
 }
 
 impl Error {
+    /// The exit code, decided here for every nested variant: the modules below report what
+    /// went wrong and know no exit-code table (as Firecracker's `main.rs` maps its errors).
+    /// The matches name every variant, so a new one cannot get a code by accident.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) => exit::CONFIG,
-            Error::Log(_) => exit::CONFIG,
-            Error::Dhcp(_) | Error::Dns(_) => exit::NETWORK,
-            Error::Pid1(e) => e.exit_code(),
-            Error::Net(_) => exit::NETWORK,
-            Error::Image(e) => e.exit_code(),
+            Error::Config(_) | Error::Log(_) => exit::CONFIG,
+            Error::Dhcp(_) | Error::Dns(_) | Error::Net(_) | Error::Http(_) => exit::NETWORK,
+            Error::Pid1(e) => pid1_code(e),
+            Error::Image(e) => image_code(e),
             Error::State(_) => exit::IMAGE,
-            Error::Owner(e) => e.exit_code(),
-            Error::Qemu(e) => e.exit_code(),
-            Error::Http(_) => exit::NETWORK,
+            Error::Owner(e) => owner_code(e),
+            Error::Qemu(e) => qemu_code(e),
             Error::ConfigDrive(_) => exit::CONFIG_DRIVE,
         }
     }
 }
 
-/// `error: top\n  caused by: next\n  caused by: root` — each message once.
-pub fn render_chain(error: &dyn std::error::Error) -> String {
-    let mut out = format!("error: {error}");
-    let mut source = error.source();
-    while let Some(cause) = source {
-        // Infallible: writing to a String.
-        let _ = write!(out, "\n  caused by: {cause}");
-        source = cause.source();
+fn pid1_code(error: &Pid1Error) -> u8 {
+    match error {
+        Pid1Error::Spawn { .. } => exit::QEMU_START,
+        Pid1Error::BlockSignals(_)
+        | Pid1Error::SignalFd(_)
+        | Pid1Error::Subreaper(_)
+        | Pid1Error::Runtime(_)
+        | Pid1Error::ReaperGone(_) => exit::INTERNAL,
     }
-    out
+}
+
+fn qemu_code(error: &QemuError) -> u8 {
+    match error {
+        QemuError::EarlyExit { status, .. } if status.code() != 0 => status.code(),
+        QemuError::Sizing(_) => exit::CONFIG,
+        QemuError::Reaper(e) => pid1_code(e),
+        QemuError::NotFound { .. }
+        | QemuError::Spawn { .. }
+        | QemuError::Kvm(_)
+        | QemuError::RuntimeDir { .. }
+        | QemuError::EarlyExit { .. }
+        | QemuError::Qmp(_)
+        | QemuError::Console(_)
+        | QemuError::VncPassword(_) => exit::QEMU_START,
+    }
+}
+
+fn image_code(error: &ImageError) -> u8 {
+    match error {
+        // The shell convention for "killed by a signal".
+        ImageError::Interrupted(signal) => 128u8.wrapping_add(*signal as i32 as u8),
+        ImageError::NoSource { .. }
+        | ImageError::CreateDir { .. }
+        | ImageError::Lock { .. }
+        | ImageError::HttpClient(_)
+        | ImageError::Network { .. }
+        | ImageError::BodyBroken { .. }
+        | ImageError::ServerStatus { .. }
+        | ImageError::ClientStatus { .. }
+        | ImageError::BadRange { .. }
+        | ImageError::ShortBody { .. }
+        | ImageError::Stalled { .. }
+        | ImageError::TooSlow { .. }
+        | ImageError::GaveUp { .. }
+        | ImageError::Reserve { .. }
+        | ImageError::Read { .. }
+        | ImageError::Write { .. }
+        | ImageError::NoSpace { .. }
+        | ImageError::Decompress { .. }
+        | ImageError::Checksum { .. }
+        | ImageError::NotADisk { .. }
+        | ImageError::ExistingInvalid { .. }
+        | ImageError::ExistingChecksum { .. }
+        | ImageError::Rename { .. }
+        | ImageError::Overlay { .. }
+        | ImageError::BackingMismatch { .. }
+        | ImageError::OverlayInUse { .. }
+        | ImageError::Internal(_) => exit::IMAGE,
+    }
+}
+
+fn owner_code(error: &OwnerError) -> u8 {
+    match error {
+        OwnerError::Held { .. } => exit::PET_OWNED,
+        // PET_DIR is the pet's disk: a PET_DIR that cannot be used is a disk problem, in every
+        // subcommand.
+        OwnerError::CreateDir { .. } | OwnerError::Lock { .. } => exit::IMAGE,
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io;
+    use std::path::PathBuf;
+
     use super::*;
+    use crate::config::Hostname;
+    use crate::dns::resolv_conf::ResolvConfError;
+    use crate::logging::render_chain;
+    use crate::qemu::{attach::AttachError, qmp::QmpError};
+    use crate::regular_file::RegularFileError;
 
     #[test]
     fn chain_prints_every_cause_once_in_order() {
@@ -115,5 +180,221 @@ mod tests {
             "error: invalid configuration\n  caused by: IMG_SOURCE (--img-source) is required: set it"
         );
         assert_eq!(err.exit_code(), exit::CONFIG);
+    }
+
+    fn denied() -> io::Error {
+        io::Error::from(io::ErrorKind::PermissionDenied)
+    }
+
+    fn path() -> PathBuf {
+        PathBuf::from("/pet/vm-0")
+    }
+
+    fn spawn_failed(program: &str) -> Pid1Error {
+        Pid1Error::Spawn {
+            program: program.into(),
+            source: denied(),
+        }
+    }
+
+    /// At least one error of every top-level variant, with the nested variants that wrap
+    /// another error of ours (where two messages meet).
+    fn samples() -> Vec<Error> {
+        vec![
+            ConfigError::Missing {
+                var: "IMG_SOURCE",
+                fix: "set it".into(),
+            }
+            .into(),
+            DhcpError::Bind {
+                bridge: "br0".into(),
+                source: denied(),
+            }
+            .into(),
+            DnsError::Bind {
+                ip: std::net::Ipv4Addr::new(192, 168, 254, 1),
+                bridge: "br0".into(),
+                transport: "udp",
+                source: denied(),
+            }
+            .into(),
+            DnsError::ResolvConf(ResolvConfError::Read {
+                path: "/etc/resolv.conf".into(),
+                source: denied(),
+            })
+            .into(),
+            DnsError::ResolvConf(ResolvConfError::Open {
+                path: "/etc/resolv.conf".into(),
+                source: RegularFileError::Open(denied()),
+            })
+            .into(),
+            LogError::Install("already".into()).into(),
+            spawn_failed("/bin/true").into(),
+            Pid1Error::Runtime(denied()).into(),
+            Pid1Error::ReaperGone(7).into(),
+            HttpError::Bind {
+                port: 8080,
+                source: denied(),
+            }
+            .into(),
+            QemuError::Spawn {
+                qemu: "/usr/bin/qemu-system-x86_64".into(),
+                source: denied(),
+            }
+            .into(),
+            QemuError::Reaper(Pid1Error::ReaperGone(7)).into(),
+            QemuError::RuntimeDir {
+                path: "/run/kvm-manager".into(),
+                source: denied(),
+            }
+            .into(),
+            QemuError::Qmp(QmpError::Connect {
+                path: "/run/kvm-manager/qmp.sock".into(),
+                source: denied(),
+            })
+            .into(),
+            QemuError::VncPassword(QmpError::Closed).into(),
+            QemuError::Console(AttachError::Listen {
+                path: "/run/kvm-manager/console.sock".into(),
+                source: denied(),
+            })
+            .into(),
+            NetError::NftSpawn(spawn_failed("nft")).into(),
+            NetError::NftSpawn(Pid1Error::ReaperGone(7)).into(),
+            NetError::Tap {
+                name: "tap0".into(),
+                source: denied(),
+            }
+            .into(),
+            ImageError::CreateDir {
+                dir: "/images".into(),
+                source: denied(),
+            }
+            .into(),
+            ImageError::Overlay {
+                path: path(),
+                source: denied(),
+            }
+            .into(),
+            OwnerError::CreateDir {
+                dir: path(),
+                source: denied(),
+            }
+            .into(),
+            OwnerError::Lock {
+                path: path(),
+                source: denied(),
+            }
+            .into(),
+            StateError::Write {
+                path: path(),
+                source: denied(),
+            }
+            .into(),
+            ConfigDriveError::Write {
+                path: "/run/config-drive.iso".into(),
+                source: denied(),
+            }
+            .into(),
+            ConfigDriveError::BuildIso(hadris_fs::PathError::new(
+                hadris_fs::ErrorKind::InvalidInput,
+                "a sample",
+            ))
+            .into(),
+        ]
+    }
+
+    /// Every run of three words of `message`, lowercased, punctuation and quotes aside, that
+    /// says something: a run that starts with an article names a thing ("the DHCP server"),
+    /// and two levels may name the same thing; they may not say the same ("could not start").
+    fn phrases(message: &str) -> Vec<String> {
+        let words: Vec<String> = message
+            .split(|c: char| c.is_whitespace() || ",;:()\"'.".contains(c))
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect();
+        words
+            .windows(3)
+            .filter(|w| !["the", "a", "an"].contains(&w[0].as_str()))
+            .map(|w| w.join(" "))
+            .collect()
+    }
+
+    #[test]
+    fn no_chain_says_the_same_words_twice_in_a_row() {
+        let samples = samples();
+        let mut covered = std::collections::BTreeSet::new();
+        let mut failures = Vec::new();
+        for error in &samples {
+            // Names every variant: a new one fails to compile until it has a sample.
+            covered.insert(match error {
+                Error::Config(_) => "config",
+                Error::Dhcp(_) => "dhcp",
+                Error::Dns(_) => "dns",
+                Error::Log(_) => "log",
+                Error::Pid1(_) => "pid1",
+                Error::Http(_) => "http",
+                Error::Qemu(_) => "qemu",
+                Error::Net(_) => "net",
+                Error::Image(_) => "image",
+                Error::Owner(_) => "owner",
+                Error::State(_) => "state",
+                Error::ConfigDrive(_) => "config-drive",
+            });
+            let mut levels = vec![error.to_string()];
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                levels.push(cause.to_string());
+                source = cause.source();
+            }
+            for pair in levels.windows(2) {
+                let upper = phrases(&pair[0]);
+                let repeated: Vec<String> = phrases(&pair[1])
+                    .into_iter()
+                    .filter(|p| upper.contains(p))
+                    .collect();
+                if !repeated.is_empty() {
+                    failures.push(format!(
+                        "{repeated:?} twice in a row:\n{}",
+                        render_chain(error)
+                    ));
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        assert_eq!(covered.len(), 12, "a sample of every variant: {covered:?}");
+    }
+
+    #[test]
+    fn an_unusable_pet_dir_is_named_and_exits_3_like_every_disk_problem() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").expect("write");
+        // A directory cannot be made beneath a regular file, not even by root.
+        let pet_dir = file.join("pet");
+        let host = Hostname::parse("vm-0").expect("valid hostname");
+        let err = Error::from(
+            crate::image::owner::acquire(&pet_dir, &host, "run").expect_err("unusable PET_DIR"),
+        );
+        assert_eq!(err.exit_code(), exit::IMAGE);
+        let chain = render_chain(&err);
+        assert!(chain.contains("could not create PET_DIR"), "{chain}");
+        assert!(!chain.contains("RUNTIME_DIR"), "{chain}");
+    }
+
+    #[test]
+    fn a_second_owner_exits_8() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let host = Hostname::parse("vm-0").expect("valid hostname");
+        let _first = crate::image::owner::acquire(dir.path(), &host, "run").expect("first owner");
+        let err = crate::image::owner::acquire(dir.path(), &host, "image").expect_err("second");
+        assert_eq!(Error::from(err).exit_code(), exit::PET_OWNED);
+    }
+
+    #[test]
+    fn a_lost_qemu_is_an_internal_error_not_an_invented_exit_status() {
+        let err = Error::from(QemuError::Reaper(Pid1Error::ReaperGone(7)));
+        assert_eq!(err.exit_code(), exit::INTERNAL);
+        assert!(render_chain(&err).contains("process 7"));
     }
 }

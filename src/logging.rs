@@ -1,7 +1,10 @@
 //! Log output: `tracing` events as text or JSON lines, filtered by `LOG_LEVEL`.
 //!
 //! Long-running subcommands (`run`, `network`) log to stdout, which is the container log;
-//! one-shot subcommands keep stdout for their result and log to stderr.
+//! one-shot subcommands keep stdout for their result and log to stderr. Every error is shown
+//! the same way, as one chain ([`render_chain`]), wherever it is logged or printed.
+
+use std::fmt::Write as _;
 
 use tracing_subscriber::EnvFilter;
 
@@ -13,6 +16,18 @@ pub enum LogError {
     Filter(#[source] tracing_subscriber::filter::ParseError),
     #[error("a global logger is already installed")]
     Install(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// `error: top\n  caused by: next\n  caused by: root` — each message once.
+pub fn render_chain(error: &dyn std::error::Error) -> String {
+    let mut out = format!("error: {error}");
+    let mut source = error.source();
+    while let Some(cause) = source {
+        // Infallible: writing to a String.
+        let _ = write!(out, "\n  caused by: {cause}");
+        source = cause.source();
+    }
+    out
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

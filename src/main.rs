@@ -1,4 +1,5 @@
-//! Thin binary: block signals first (before any thread exists), then hand over to the library.
+//! Thin binary: [`kvm_manager::app::main`] does everything, blocking the signals first of all
+//! (before any thread exists).
 
 use std::process::ExitCode;
 

@@ -109,7 +109,7 @@ pub async fn run(config: &Config) -> Result<u8, Error> {
         vm.console_raw.clone(),
         vm.console_input.clone(),
     ) {
-        tracing::warn!(error = %crate::error::render_chain(&e), "`kvm-manager console` is unavailable");
+        tracing::warn!(error = %crate::logging::render_chain(&e), "`kvm-manager console` is unavailable");
     }
     let stopping = async {
         pid1.shutdown_requested().await;
@@ -123,7 +123,7 @@ pub async fn run(config: &Config) -> Result<u8, Error> {
     status.set_phase(Phase::Stopped);
     status.set_qmp(None);
     drop(services);
-    Ok(exit_code(&outcome))
+    Ok(exit_code(&outcome?))
 }
 
 /// Feeds readiness from the lease until the runtime ends.
@@ -220,12 +220,11 @@ struct Network {
 /// ends the preparation at once, so a broken network does not wait for a download; work
 /// already on a worker thread finishes before the process exits (the runtime waits for it).
 async fn prepare(config: &Config) -> Result<(qemu::args::Launch, Network), Error> {
-    for dir in [&config.pet_dir, &config.runtime_dir] {
-        std::fs::create_dir_all(dir).map_err(|source| QemuError::RuntimeDir {
-            path: dir.clone(),
-            source,
-        })?;
-    }
+    // PET_DIR exists: the owner lock, taken first, created it (or failed naming PET_DIR).
+    std::fs::create_dir_all(&config.runtime_dir).map_err(|source| QemuError::RuntimeDir {
+        path: config.runtime_dir.clone(),
+        source,
+    })?;
     let loaded = state::load(&config.pet_dir, &config.hostname, config.net.vm_mac)?;
     let (mac, state) = (loaded.state.mac(), loaded.state.clone());
 

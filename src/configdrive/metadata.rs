@@ -254,7 +254,7 @@ mod tests {
     fn two_documents_are_rejected() {
         let err = parse_str("a: 1\n---\nb: 2\n").expect_err("two documents");
         assert!(
-            crate::error::render_chain(&err).contains("more than one"),
+            crate::logging::render_chain(&err).contains("more than one"),
             "{err}"
         );
     }

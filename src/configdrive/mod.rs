@@ -84,7 +84,7 @@ pub enum ConfigDriveError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("could not build the config drive ISO")]
+    #[error("the ISO 9660 writer failed")]
     BuildIso(#[source] hadris_fs::PathError),
     #[error("could not write the config drive to {path}; is its directory writable?")]
     Write {

@@ -204,7 +204,7 @@ pub async fn http(
                     url = %url,
                     attempt = attempts.used(),
                     allowed = attempts.allowed(),
-                    error = %crate::error::render_chain(&failed.error),
+                    error = %crate::logging::render_chain(&failed.error),
                     retry_in = %humantime::format_duration(delay),
                     "download attempt failed; will try again"
                 );

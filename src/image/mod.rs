@@ -238,16 +238,6 @@ fn show(bytes: Option<u64>) -> String {
     )
 }
 
-impl ImageError {
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            // The shell convention for "killed by a signal".
-            ImageError::Interrupted(signal) => 128u8.wrapping_add(*signal as i32 as u8),
-            _ => crate::error::exit::IMAGE,
-        }
-    }
-}
-
 /// The hidden temporary files of one base image, beside it in `IMAGE_DIR`.
 #[derive(Debug, Clone)]
 pub struct Temps {

@@ -39,21 +39,21 @@ pub enum OwnerError {
          one owner at a time: stop the other one, or give this pod its own PET_DIR"
     )]
     Held { path: PathBuf, holder: String },
+    #[error(
+        "could not create PET_DIR {dir}; mount a writable volume there or set PET_DIR to a \
+         writable directory"
+    )]
+    CreateDir {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("could not lock {path} (is PET_DIR writable?)")]
     Lock {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-}
-
-impl OwnerError {
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            OwnerError::Held { .. } => crate::error::exit::PET_OWNED,
-            OwnerError::Lock { .. } => crate::error::exit::IMAGE,
-        }
-    }
 }
 
 /// Held while this process owns the pet; released on drop or death.
@@ -84,7 +84,10 @@ pub fn acquire(pet_dir: &Path, hostname: &Hostname, command: &str) -> Result<Pet
         path: path.clone(),
         source,
     };
-    std::fs::create_dir_all(pet_dir).map_err(lock_err)?;
+    std::fs::create_dir_all(pet_dir).map_err(|source| OwnerError::CreateDir {
+        dir: pet_dir.to_owned(),
+        source,
+    })?;
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -142,7 +145,7 @@ mod tests {
         let first = acquire(dir.path(), &host(), "run").expect("first owner");
         let err = acquire(dir.path(), &host(), "image").expect_err("a second owner");
         let message = err.to_string();
-        assert_eq!(err.exit_code(), crate::error::exit::PET_OWNED);
+        // Its exit code (8) is asserted where codes are decided, in `crate::error`.
         assert!(message.contains("vm-0.lock"), "{message}");
         assert!(
             message.contains(&format!("pid={}", std::process::id())),

@@ -118,7 +118,7 @@ impl DropLog {
         };
         tracing::warn!(
             %peer,
-            error = %crate::error::render_chain(reason),
+            error = %crate::logging::render_chain(reason),
             suppressed = shown(suppressed),
             "dropped a malformed {} packet (further drops logged at most every {}s)",
             self.what,

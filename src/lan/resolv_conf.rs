@@ -17,7 +17,7 @@ const DEFAULT_ATTEMPTS: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResolvConfError {
-    #[error("could not open {path}; the pod's DNS configuration is needed for DHCP and DNS")]
+    #[error("{path} is unusable; the pod's DNS configuration is needed for DHCP and DNS")]
     Open {
         path: PathBuf,
         #[source]
@@ -209,7 +209,7 @@ mod tests {
         nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRUSR).unwrap();
         let err = ResolvConf::load(&path).unwrap_err();
         assert!(matches!(err, ResolvConfError::Open { .. }), "{err:?}");
-        let chain = crate::error::render_chain(&err);
+        let chain = crate::logging::render_chain(&err);
         assert!(chain.contains("FIFO"), "{chain}");
     }
 

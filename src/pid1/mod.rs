@@ -52,15 +52,6 @@ pub enum Pid1Error {
     ReaperGone(i32),
 }
 
-impl Pid1Error {
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Pid1Error::Spawn { .. } => crate::error::exit::QEMU_START,
-            _ => crate::error::exit::INTERNAL,
-        }
-    }
-}
-
 /// Raises `RLIMIT_NOFILE`'s soft limit to the hard one; a failure is only worth a warning
 /// (the HTTP server sizes its connection cap on whatever limit is in force).
 pub fn raise_open_files_limit() {

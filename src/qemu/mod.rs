@@ -25,8 +25,11 @@ pub enum QemuError {
     Spawn {
         qemu: PathBuf,
         #[source]
-        source: Pid1Error,
+        source: std::io::Error,
     },
+    /// Supervising qemu failed (the reaper's channel closed before it reported qemu's exit).
+    #[error("lost track of qemu")]
+    Reaper(#[source] Pid1Error),
     #[error(transparent)]
     Kvm(#[from] accel::KvmUnavailable),
     #[error("could not size the VM")]
@@ -45,15 +48,4 @@ pub enum QemuError {
     Console(#[from] attach::AttachError),
     #[error("could not set the VNC password")]
     VncPassword(#[source] qmp::QmpError),
-}
-
-impl QemuError {
-    pub fn exit_code(&self) -> u8 {
-        use crate::error::exit;
-        match self {
-            QemuError::EarlyExit { status, .. } if status.code() != 0 => status.code(),
-            QemuError::Sizing(_) => exit::CONFIG,
-            _ => exit::QEMU_START,
-        }
-    }
 }

@@ -87,10 +87,12 @@ pub async fn start(
                     path: std::env::var("PATH").unwrap_or_default(),
                 }
             }
-            other => QemuError::Spawn {
+            // The program is named once, by QEMU=, not again by the reaper's message.
+            Pid1Error::Spawn { source, .. } => QemuError::Spawn {
                 qemu: program.into(),
-                source: other,
+                source,
             },
+            other => QemuError::Reaper(other),
         })?;
     let pid = spawned.pid;
     let mut exit = spawned.exit;
@@ -129,6 +131,10 @@ pub async fn start(
                 stderr: stderr.snapshot().join("\n"),
             });
         }
+        Err(Connect::ReaperGone) => {
+            let _ = kill(pid, Signal::SIGKILL);
+            return Err(QemuError::Reaper(Pid1Error::ReaperGone(pid.as_raw())));
+        }
         Err(Connect::Failed(e)) => {
             let _ = kill(pid, Signal::SIGKILL);
             let _ = exit.await;
@@ -158,6 +164,8 @@ pub async fn start(
 
 enum Connect {
     Exited(ExitStatus),
+    /// The reaper dropped qemu's exit channel: its exit status is unknown.
+    ReaperGone,
     Failed(super::qmp::QmpError),
 }
 
@@ -169,7 +177,10 @@ async fn connect_qmp(
     loop {
         tokio::select! {
             status = &mut *exit => {
-                return Err(Connect::Exited(status.unwrap_or(ExitStatus::Exited(-1))));
+                return Err(match status {
+                    Ok(status) => Connect::Exited(status),
+                    Err(_) => Connect::ReaperGone,
+                });
             }
             attempt = Qmp::connect(path) => match attempt {
                 Ok(qmp) => return Ok(qmp),
@@ -187,8 +198,13 @@ impl Qemu {
         let _ = (&mut self.exit).await;
     }
 
-    /// Waits until qemu exits; on SIGTERM/SIGINT shuts the guest down gracefully.
-    pub async fn supervise(mut self, pid1: &Pid1, shutdown_timeout: Duration) -> Outcome {
+    /// Waits until qemu exits; on SIGTERM/SIGINT shuts the guest down gracefully. An error
+    /// only when the reaper lost qemu's exit status: no code is made up for it.
+    pub async fn supervise(
+        mut self,
+        pid1: &Pid1,
+        shutdown_timeout: Duration,
+    ) -> Result<Outcome, QemuError> {
         let (status, forced) = tokio::select! {
             status = &mut self.exit => (status, false),
             signal = pid1.shutdown_requested() => {
@@ -196,14 +212,15 @@ impl Qemu {
                 self.graceful(shutdown_timeout).await
             }
         };
-        let status = status.unwrap_or(ExitStatus::Exited(-1));
+        let status =
+            status.map_err(|_| QemuError::Reaper(Pid1Error::ReaperGone(self.pid.as_raw())))?;
         // Let the relays flush the last lines.
         sleep(Duration::from_millis(100)).await;
-        Outcome {
+        Ok(Outcome {
             status,
             forced,
             stderr: self.stderr.snapshot(),
-        }
+        })
     }
 
     async fn graceful(

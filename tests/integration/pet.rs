@@ -336,3 +336,34 @@ fn an_overlay_that_a_qemu_has_open_is_never_grown() {
     );
     assert_eq!(qcow2_size(&overlay), 1 << 30);
 }
+
+/// Issue 18, item 1: a PET_DIR that cannot be created is a PET_DIR problem, exit 3, in `run`
+/// as in `image` (not "could not create RUNTIME_DIR", exit 6), and nothing is started.
+#[test]
+fn an_unusable_pet_dir_is_named_and_exits_3_in_run_and_in_image() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"").expect("write");
+    // No directory can be made beneath a regular file, not even by root.
+    let pet = file.join("pet");
+    for subcommand in ["run", "image"] {
+        let output = Command::new("timeout")
+            .arg("60")
+            .arg(BIN)
+            .arg(subcommand)
+            .env("IMG_SOURCE", "http://127.0.0.1:9/never-fetched.qcow2")
+            .env("IMAGE_DIR", dir.path().join("image"))
+            .env("PET_DIR", &pet)
+            .env("RUNTIME_DIR", dir.path().join("run"))
+            .env("HTTP_PORT", "0")
+            .output()
+            .expect("run kvm-manager");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(3), "{subcommand}: {stderr}");
+        assert!(
+            stderr.contains("could not create PET_DIR"),
+            "{subcommand}: {stderr}"
+        );
+        assert!(!stderr.contains("RUNTIME_DIR"), "{subcommand}: {stderr}");
+    }
+}

@@ -112,7 +112,7 @@ impl Server {
                     }
                     Err(e) => {
                         if let Some(suppressed) = self.lines.admit("encode") {
-                            tracing::error!(error = %crate::error::render_chain(&e), suppressed = shown(suppressed), "could not encode a DHCP reply");
+                            tracing::error!(error = %crate::logging::render_chain(&e), suppressed = shown(suppressed), "could not encode a DHCP reply");
                         }
                     }
                 },

@@ -29,7 +29,8 @@ pub enum DnsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("could not read the pod's resolver configuration")]
+    // Its own message names the file and why it is needed: not said twice.
+    #[error(transparent)]
     ResolvConf(#[from] ResolvConfError),
 }
 
