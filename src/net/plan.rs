@@ -1,5 +1,6 @@
 //! Decides the whole pod-side network of the VM without touching the host: names, addresses,
-//! MTU, the gateway MAC, the ports kept for the pod itself, and the nftables ruleset.
+//! MTU, the gateway MAC and the ports kept for the pod itself. The nftables ruleset is a pure
+//! function of the plan: [`super::ruleset`].
 //!
 //! [`plan`] is pure, so every policy choice (what is DNAT'ed, what is excluded, what is
 //! rejected as overlapping) is unit-tested without root; [`super::apply`] only carries it out.
@@ -10,7 +11,7 @@ use std::net::Ipv4Addr;
 use macaddr::MacAddr6;
 
 use super::discover::PodNet;
-use super::nat;
+use super::ruleset;
 use super::NetError;
 use crate::config::{NetConfig, VNC_PORT};
 
@@ -43,8 +44,6 @@ pub struct NetPlan {
     pub excluded_tcp_ports: Vec<ExcludedPort>,
     /// Whether qemu can use `vhost=on` (`/dev/vhost-net` opens read-write).
     pub vhost_net: bool,
-    /// The complete `nft -f -` input: replaces our table in one transaction.
-    pub ruleset: String,
 }
 
 /// A TCP port that is not forwarded to the VM, and why.
@@ -130,7 +129,7 @@ pub fn plan(net: &NetConfig, pod: &PodNet, vm_mac: MacAddr6) -> Result<NetPlan, 
             reason: "HTTP",
         });
     }
-    let mut plan = NetPlan {
+    Ok(NetPlan {
         uplink: pod.uplink.clone(),
         bridge: BRIDGE.to_owned(),
         bridge_mac: gateway_mac(vm_mac),
@@ -143,10 +142,7 @@ pub fn plan(net: &NetConfig, pod: &PodNet, vm_mac: MacAddr6) -> Result<NetPlan, 
         pod_prefix: pod.pod_prefix,
         excluded_tcp_ports,
         vhost_net: pod.vhost_net,
-        ruleset: String::new(),
-    };
-    plan.ruleset = nat::ruleset(&plan);
-    Ok(plan)
+    })
 }
 
 /// Locally administered unicast, and never equal to `vm_mac` (the last octet differs).
@@ -215,7 +211,7 @@ impl fmt::Display for NetPlan {
             self.pod_ip
         )?;
         writeln!(f, "ruleset:")?;
-        f.write_str(&self.ruleset)
+        f.write_str(&ruleset::ruleset(self))
     }
 }
 
