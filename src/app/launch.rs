@@ -145,8 +145,11 @@ mod tests {
             bridge_mac: MacAddr6::new(0x52, 0x54, 0, 0, 0, 1),
             tap: "kvmtap0".into(),
             mtu: 1450,
-            vm_ip: Ipv4Addr::new(192, 168, 254, 2),
-            vm_gw: Ipv4Addr::new(192, 168, 254, 1),
+            slash30: crate::net::Slash30::new(
+                Ipv4Addr::new(192, 168, 254, 2),
+                Ipv4Addr::new(192, 168, 254, 1),
+            )
+            .expect("a /30"),
             vm_mac: MacAddr6::new(0x52, 0x54, 0, 0, 0, 2),
             pod_ip: Ipv4Addr::new(10, 0, 0, 5),
             pod_prefix: 24,

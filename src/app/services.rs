@@ -26,8 +26,8 @@ impl Services {
         tracing::info!(nameservers = ?resolv.nameservers, search = ?resolv.search, "pod resolver");
         let cfg = dhcp::ServeConfig {
             bridge: plan.bridge.clone(),
-            vm_ip: plan.vm_ip,
-            vm_gw: plan.vm_gw,
+            vm_ip: plan.slash30.vm(),
+            vm_gw: plan.slash30.gw(),
             vm_mac: plan.vm_mac,
             mtu: plan.mtu,
             hostname: config.hostname.clone(),
@@ -37,7 +37,7 @@ impl Services {
         };
         let dhcp = dhcp::serve(&cfg).await?;
         let dns = dns::serve(&cfg).await?;
-        let spoofed = tokio::spawn(net::spoof::watch(plan.vm_ip)).abort_handle();
+        let spoofed = tokio::spawn(net::spoof::watch(plan.slash30.vm())).abort_handle();
         Ok(Self { dhcp, dns, spoofed })
     }
 

@@ -12,6 +12,7 @@ pub mod host;
 pub mod nft;
 pub mod plan;
 pub mod ruleset;
+pub mod slash30;
 pub mod spoof;
 pub mod tap;
 
@@ -20,6 +21,7 @@ use std::path::PathBuf;
 
 pub use discover::{discover, PodNet};
 pub use plan::{plan, ExcludedPort, NetPlan};
+pub use slash30::Slash30;
 
 use crate::pid1::{ExitStatus, Pid1Error, Reaper};
 

@@ -12,6 +12,7 @@ use macaddr::MacAddr6;
 
 use super::discover::PodNet;
 use super::ruleset;
+use super::slash30::Slash30;
 use super::NetError;
 use crate::config::{NetConfig, VNC_PORT};
 
@@ -19,8 +20,6 @@ use crate::config::{NetConfig, VNC_PORT};
 pub const BRIDGE: &str = "kvmbr0";
 /// The persistent tap qemu opens by name.
 pub const TAP: &str = "kvmtap0";
-/// `VM_IP` and `VM_GW` share one /30 (checked by the config).
-pub const VM_PREFIX: u8 = 30;
 
 /// Everything [`super::apply`] does, decided up front.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,9 +33,8 @@ pub struct NetPlan {
     pub tap: String,
     /// Of the bridge and the tap: the pod's MTU, so the guest never sends what the overlay drops.
     pub mtu: u32,
-    pub vm_ip: Ipv4Addr,
-    /// The bridge's address, the guest's router.
-    pub vm_gw: Ipv4Addr,
+    /// The VM's address and the bridge's (the guest's router).
+    pub slash30: Slash30,
     pub vm_mac: MacAddr6,
     pub pod_ip: Ipv4Addr,
     pub pod_prefix: u8,
@@ -96,13 +94,13 @@ impl fmt::Display for Ipv4Net {
 impl NetPlan {
     /// The VM's /30.
     pub fn vm_net(&self) -> Ipv4Net {
-        Ipv4Net::new(self.vm_ip, VM_PREFIX)
+        self.slash30.net()
     }
 }
 
 /// Config + discovered pod facts + the VM's MAC → the plan; rejects address clashes.
 pub fn plan(net: &NetConfig, pod: &PodNet, vm_mac: MacAddr6) -> Result<NetPlan, NetError> {
-    let vm_net = Ipv4Net::new(net.vm_ip, VM_PREFIX);
+    let vm_net = net.slash30.net();
     let pod_net = Ipv4Net::new(pod.pod_ip, pod.pod_prefix);
     if vm_net.overlaps(pod_net) {
         return Err(NetError::Overlap {
@@ -135,8 +133,7 @@ pub fn plan(net: &NetConfig, pod: &PodNet, vm_mac: MacAddr6) -> Result<NetPlan, 
         bridge_mac: gateway_mac(vm_mac),
         tap: TAP.to_owned(),
         mtu: pod.mtu,
-        vm_ip: net.vm_ip,
-        vm_gw: net.vm_gw,
+        slash30: net.slash30,
         vm_mac,
         pod_ip: pod.pod_ip,
         pod_prefix: pod.pod_prefix,
@@ -181,8 +178,8 @@ impl fmt::Display for NetPlan {
             f,
             "bridge:     {} {}/{} mac {} mtu {}",
             self.bridge,
-            self.vm_gw,
-            VM_PREFIX,
+            self.slash30.gw(),
+            Slash30::PREFIX,
             lower_mac(self.bridge_mac),
             self.mtu
         )?;
@@ -194,13 +191,14 @@ impl fmt::Display for NetPlan {
         writeln!(
             f,
             "vm:         {} mac {}",
-            self.vm_ip,
+            self.slash30.vm(),
             lower_mac(self.vm_mac)
         )?;
         writeln!(
             f,
             "dnat:       every protocol to {} and tcp to 127.0.0.1 -> {}",
-            self.pod_ip, self.vm_ip
+            self.pod_ip,
+            self.slash30.vm()
         )?;
         writeln!(f, "exclusions: {exclusions}")?;
         writeln!(

@@ -9,8 +9,11 @@ use crate::net::ruleset::ruleset;
 
 fn net() -> NetConfig {
     NetConfig {
-        vm_ip: Ipv4Addr::new(192, 168, 254, 2),
-        vm_gw: Ipv4Addr::new(192, 168, 254, 1),
+        slash30: crate::net::Slash30::new(
+            Ipv4Addr::new(192, 168, 254, 2),
+            Ipv4Addr::new(192, 168, 254, 1),
+        )
+        .expect("a /30"),
         vm_mac: None,
         no_vnc: false,
         no_dhcp: false,
@@ -61,8 +64,8 @@ fn default_plan_names_addresses_and_mtu() {
     assert_eq!(plan.tap, "kvmtap0");
     assert_eq!(plan.uplink, "eth0");
     assert_eq!(plan.mtu, 1450);
-    assert_eq!(plan.vm_ip, Ipv4Addr::new(192, 168, 254, 2));
-    assert_eq!(plan.vm_gw, Ipv4Addr::new(192, 168, 254, 1));
+    assert_eq!(plan.slash30.vm(), Ipv4Addr::new(192, 168, 254, 2));
+    assert_eq!(plan.slash30.gw(), Ipv4Addr::new(192, 168, 254, 1));
     assert_eq!(plan.pod_ip, Ipv4Addr::new(10, 244, 1, 5));
     assert_eq!(plan.vm_mac, MAC);
     assert!(plan.vhost_net);
@@ -110,8 +113,11 @@ fn nothing_excluded_forwards_every_port() {
 #[test]
 fn custom_addresses_and_port_flow_into_the_ruleset() {
     let config = NetConfig {
-        vm_ip: Ipv4Addr::new(172, 31, 0, 6),
-        vm_gw: Ipv4Addr::new(172, 31, 0, 5),
+        slash30: crate::net::Slash30::new(
+            Ipv4Addr::new(172, 31, 0, 6),
+            Ipv4Addr::new(172, 31, 0, 5),
+        )
+        .expect("a /30"),
         http_port: Some(9000),
         ..net()
     };
@@ -240,8 +246,8 @@ fn printed_plan_lists_bridge_tap_exclusions_and_ruleset() {
 #[test]
 fn the_vm_may_send_only_from_vm_ip_and_forged_sources_are_dropped_and_counted() {
     let plan = planned(&NetConfig {
-        vm_ip: Ipv4Addr::new(10, 9, 8, 2),
-        vm_gw: Ipv4Addr::new(10, 9, 8, 1),
+        slash30: crate::net::Slash30::new(Ipv4Addr::new(10, 9, 8, 2), Ipv4Addr::new(10, 9, 8, 1))
+            .expect("a /30"),
         ..net()
     });
     let text = ruleset(&plan);

@@ -39,7 +39,7 @@ pub const SPOOFED_COUNTER: &str = "spoofed";
 /// The complete `nft -f -` input for `plan`.
 pub fn ruleset(plan: &NetPlan) -> String {
     let pod = plan.pod_ip;
-    let vm = plan.vm_ip;
+    let vm = plan.slash30.vm();
     let bridge = &plan.bridge;
     let uplink = &plan.uplink;
     let ports: Vec<String> = plan
@@ -84,7 +84,7 @@ pub fn ruleset(plan: &NetPlan) -> String {
     line!("\t\ttype nat hook postrouting priority srcnat; policy accept;");
     line!(
         "\t\toifname \"{bridge}\" ip saddr {{ 127.0.0.0/8, {pod} }} snat to {}",
-        plan.vm_gw
+        plan.slash30.gw()
     );
     line!(
         "\t\toifname \"{uplink}\" ip saddr {} snat to {pod}",
