@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{Config, DriveFormat};
 use crate::image::source::DiskFormat;
+use crate::image::BaseImage;
 use crate::net::NetPlan;
 use crate::qemu::accel::{self, KVM_FIX};
 use crate::qemu::args::{Accel, Base, BaseFormat, Launch, Nic, Vnc};
@@ -31,10 +32,17 @@ pub fn qmp_socket(config: &Config) -> PathBuf {
 fn probe_base(path: PathBuf) -> Base {
     let path = std::path::absolute(&path).unwrap_or(path);
     let format = match crate::image::inspect_file(&path) {
-        Ok(Ok(DiskFormat::Raw { .. })) => BaseFormat::Raw,
+        Ok(Ok(format)) => base_format(format),
         _ => BaseFormat::Qcow2,
     };
     Base { path, format }
+}
+
+fn base_format(format: DiskFormat) -> BaseFormat {
+    match format {
+        DiskFormat::Raw { .. } => BaseFormat::Raw,
+        DiskFormat::Qcow2 { .. } => BaseFormat::Qcow2,
+    }
 }
 
 /// What the host says, read once by [`probe`]: everything [`compose`] needs besides the config.
@@ -49,14 +57,22 @@ pub struct Probed {
     pub base: Option<Base>,
 }
 
-/// The IO half of [`decide`]: opens /dev/kvm, reads our cgroup limits and the base's format.
-pub fn probe(config: &Config) -> Result<Probed, QemuError> {
+/// The IO half of [`decide`]: opens /dev/kvm, reads our cgroup limits, and the base's format
+/// unless `run` already decided it (`known`).
+pub fn probe(config: &Config, known: Option<&BaseImage>) -> Result<Probed, QemuError> {
     let (accel, fallback) = accel::resolve(config.vm.accel, Path::new(KVM_DEVICE))?;
+    let base = match known {
+        Some(known) => Some(Base {
+            path: std::path::absolute(&known.path).unwrap_or_else(|_| known.path.clone()),
+            format: base_format(known.format),
+        }),
+        None => config.image.target_path().map(probe_base),
+    };
     Ok(Probed {
         accel,
         fallback,
         limits: sizing::read_own_limits(),
-        base: config.image.target_path().map(probe_base),
+        base,
     })
 }
 
@@ -89,8 +105,13 @@ pub fn compose(
 }
 
 /// Decides everything qemu's command line depends on; logs the choices that were derived.
-pub fn decide(config: &Config, plan: Option<&NetPlan>) -> Result<Launch, QemuError> {
-    let probed = probe(config)?;
+/// `base`: the base image `run` just checked, so that its format is not read twice.
+pub fn decide(
+    config: &Config,
+    plan: Option<&NetPlan>,
+    base: Option<&BaseImage>,
+) -> Result<Launch, QemuError> {
+    let probed = probe(config, base)?;
     if let Some(accel::Fallback(reason)) = &probed.fallback {
         tracing::warn!(
             device = KVM_DEVICE,

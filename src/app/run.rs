@@ -225,8 +225,8 @@ async fn prepare(config: &Config) -> Result<(qemu::args::Launch, Network), Error
             let overlay = timed_blocking("overlay", || {
                 image::ensure_overlay(&base, &overlay_path, disk_size)
             })?;
-            tracing::info!(base = %base.display(), overlay = %overlay.path.display(), virtual_size = overlay.virtual_size, created = overlay.created, "disk ready");
-            Ok::<_, Error>(())
+            tracing::info!(base = %base.path.display(), overlay = %overlay.path.display(), virtual_size = overlay.virtual_size, created = overlay.created, "disk ready");
+            Ok::<_, Error>(base)
         })
         .await
     };
@@ -253,7 +253,7 @@ async fn prepare(config: &Config) -> Result<(qemu::args::Launch, Network), Error
         tracing::info!(bridge = %plan.bridge, tap = %plan.tap, pod_ip = %plan.pod_ip, vm_ip = %plan.slash30.vm(), mtu = plan.mtu, "network links ready");
         Ok::<_, Error>((plan, nft))
     };
-    let ((), (), (), (plan, nft)) = tokio::try_join!(state_saved, disk, drive, network)?;
-    let launch = launch::decide(config, Some(&plan))?;
+    let ((), base, (), (plan, nft)) = tokio::try_join!(state_saved, disk, drive, network)?;
+    let launch = launch::decide(config, Some(&plan), Some(&base))?;
     Ok((launch, Network { plan, nft }))
 }
