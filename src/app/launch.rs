@@ -180,6 +180,19 @@ mod tests {
     }
 
     #[test]
+    fn a_base_run_already_checked_is_not_read_again() {
+        // The file does not exist: read again, it would be named qcow2.
+        let known = BaseImage {
+            path: PathBuf::from("/nonexistent/base.img"),
+            format: DiskFormat::Raw { size: 1 << 20 },
+        };
+        let probed = probe(&config(&["--accel", "tcg"]), Some(&known)).expect("probes");
+        let base = probed.base.expect("a base");
+        assert_eq!(base.format, BaseFormat::Raw);
+        assert_eq!(base.path, PathBuf::from("/nonexistent/base.img"));
+    }
+
+    #[test]
     fn the_container_limits_size_the_vm_unless_vm_cpus_and_vm_memory_say_otherwise() {
         let limits = Limits {
             cpu_millis: Some(2500),
