@@ -117,7 +117,7 @@ fn image(config: &Config) -> Result<u8, Error> {
         Ok::<_, Error>((base, overlay))
     })?;
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}", base.display());
+    let _ = writeln!(out, "{}", base.path.display());
     let _ = writeln!(out, "{}", overlay.path.display());
     Ok(0)
 }
@@ -173,7 +173,7 @@ fn qemu_args(config: &Config) -> Result<u8, Error> {
         let state = crate::state::peek(&config.pet_dir, &config.hostname, config.net.vm_mac)?;
         let pod = net::discover().await?;
         let plan = net::plan(&config.net, &pod, state.mac())?;
-        let launch = launch::decide(config, Some(&plan))?;
+        let launch = launch::decide(config, Some(&plan), None)?;
         let mut out = std::io::stdout().lock();
         for arg in crate::qemu::args::build(&launch) {
             let _ = writeln!(out, "{}", arg.to_string_lossy());

@@ -5,7 +5,6 @@
 //! an operator looking at `kubectl logs` of a crash-looping pod.
 
 use std::fmt;
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -182,8 +181,8 @@ pub enum DnsMode {
 
 #[derive(Debug, Clone)]
 pub struct NetConfig {
-    pub vm_ip: Ipv4Addr,
-    pub vm_gw: Ipv4Addr,
+    /// `VM_IP` and `VM_GW`.
+    pub slash30: crate::net::Slash30,
     pub vm_mac: Option<MacAddr6>,
     pub no_vnc: bool,
     pub no_dhcp: bool,

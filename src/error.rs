@@ -164,7 +164,7 @@ mod tests {
 
     use super::*;
     use crate::config::Hostname;
-    use crate::dns::resolv_conf::ResolvConfError;
+    use crate::lan::resolv_conf::ResolvConfError;
     use crate::logging::render_chain;
     use crate::qemu::{attach::AttachError, qmp::QmpError};
     use crate::regular_file::RegularFileError;

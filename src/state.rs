@@ -8,11 +8,13 @@
 //! pet's [owner lock](crate::image::owner) first, so two racing first starts cannot pick two
 //! instance ids. [`peek`] only reads and needs no lock.
 
+use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use macaddr::MacAddr6;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
 use crate::config::Hostname;
@@ -44,16 +46,47 @@ pub enum StateError {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PetState {
-    /// `aa:bb:cc:dd:ee:ff`, lowercase.
-    pub mac: String,
+    pub mac: Mac,
     /// A UUID, used as the config drive's instance id.
     pub instance_id: String,
 }
 
 impl PetState {
     pub fn mac(&self) -> MacAddr6 {
-        // Written by us from a MacAddr6 and checked on load.
-        self.mac.parse().unwrap_or_else(|_| MacAddr6::nil())
+        self.mac.0
+    }
+}
+
+/// The NIC's MAC, parsed when the file is read: in the file (and the config drive) it is
+/// `aa:bb:cc:dd:ee:ff`, lowercase; a value that is not a MAC makes the file corrupt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mac(pub MacAddr6);
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.to_string().to_ascii_lowercase())
+    }
+}
+
+impl FromStr for Mac {
+    type Err = macaddr::ParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(Mac)
+    }
+}
+
+impl Serialize for Mac {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Mac {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse()
+            .map_err(|_| serde::de::Error::custom(format!("invalid mac {text:?}")))
     }
 }
 
@@ -75,10 +108,6 @@ pub fn remove_temps(pet_dir: &Path, hostname: &Hostname) -> Vec<PathBuf> {
     crate::atomic_file::remove_temps(&path(pet_dir, hostname), crate::atomic_file::TMP)
 }
 
-fn format_mac(mac: MacAddr6) -> String {
-    mac.to_string().to_ascii_lowercase()
-}
-
 /// The stored state, if the file exists; a file that does not parse, or holds an invalid MAC
 /// or an empty instance id, is an error naming it.
 fn read_stored(path: &Path) -> Result<Option<PetState>, StateError> {
@@ -97,8 +126,8 @@ fn read_stored(path: &Path) -> Result<Option<PetState>, StateError> {
         source,
     };
     let state: PetState = serde_json::from_slice(&bytes).map_err(parse_error)?;
-    if state.mac.parse::<MacAddr6>().is_err() || state.instance_id.is_empty() {
-        let invalid = io::Error::other("invalid mac or instance_id");
+    if state.instance_id.is_empty() {
+        let invalid = io::Error::other("empty instance_id");
         return Err(parse_error(serde_json::Error::io(invalid)));
     }
     Ok(Some(state))
@@ -111,14 +140,14 @@ pub fn peek(
     hostname: &Hostname,
     configured: Option<MacAddr6>,
 ) -> Result<PetState, StateError> {
-    let mac = configured.map(format_mac);
+    let mac = configured.map(Mac);
     Ok(match read_stored(&path(pet_dir, hostname))? {
         Some(state) => PetState {
             mac: mac.unwrap_or(state.mac),
             ..state
         },
         None => PetState {
-            mac: mac.unwrap_or_else(|| format_mac(derived_mac(hostname))),
+            mac: mac.unwrap_or(Mac(derived_mac(hostname))),
             instance_id: "(created on first run)".to_owned(),
         },
     })
@@ -165,7 +194,7 @@ pub fn load(
 ) -> Result<Loaded, StateError> {
     let path = path(pet_dir, hostname);
     let stored = read_stored(&path)?;
-    let wanted_mac = configured.map(format_mac);
+    let wanted_mac = configured.map(Mac);
     let state = match stored {
         Some(state) if wanted_mac.as_ref().is_none_or(|m| *m == state.mac) => {
             return Ok(Loaded {
@@ -174,12 +203,12 @@ pub fn load(
             })
         }
         Some(state) => {
-            let mac = wanted_mac.unwrap_or_else(|| state.mac.clone());
+            let mac = wanted_mac.unwrap_or(state.mac);
             tracing::warn!(old = %state.mac, new = %mac, "VM_MAC differs from the stored MAC; the guest will see a new NIC");
             PetState { mac, ..state }
         }
         None => PetState {
-            mac: wanted_mac.unwrap_or_else(|| format_mac(derived_mac(hostname))),
+            mac: wanted_mac.unwrap_or(Mac(derived_mac(hostname))),
             instance_id: uuid::Uuid::new_v4().to_string(),
         },
     };
@@ -261,6 +290,29 @@ mod tests {
         let mac: MacAddr6 = "52:54:00:aa:bb:cc".parse().expect("mac");
         let changed = load(dir.path(), &host("vm-0"), Some(mac)).expect("override");
         assert!(changed.unsaved.is_some(), "a new VM_MAC is written");
+    }
+
+    #[test]
+    fn the_file_keeps_the_mac_as_a_lowercase_string() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mac: MacAddr6 = "52:54:00:AA:BB:CC".parse().expect("mac");
+        load_or_create(dir.path(), &host("vm-0"), Some(mac)).expect("create");
+        let text = std::fs::read_to_string(path(dir.path(), &host("vm-0"))).expect("read");
+        let json: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(json["mac"], "52:54:00:aa:bb:cc");
+        let written = r#"{"mac": "52:54:00:12:34:56", "instance_id": "x"}"#;
+        std::fs::write(path(dir.path(), &host("vm-1")), written).expect("write");
+        let state = load_or_create(dir.path(), &host("vm-1"), None).expect("load");
+        assert_eq!(state.mac(), MacAddr6::new(0x52, 0x54, 0, 0x12, 0x34, 0x56));
+    }
+
+    #[test]
+    fn a_mac_that_is_not_one_makes_the_file_corrupt_instead_of_all_zero() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let written = r#"{"mac": "not a mac", "instance_id": "x"}"#;
+        std::fs::write(path(dir.path(), &host("vm-0")), written).expect("write");
+        let err = peek(dir.path(), &host("vm-0"), None).expect_err("corrupt");
+        assert!(matches!(err, StateError::Parse { .. }), "{err}");
     }
 
     #[test]

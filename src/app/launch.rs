@@ -1,14 +1,16 @@
 //! Composes qemu's [`Launch`] from the config and the decided network plan: accelerator,
 //! size, disks, NIC, VNC and sockets. Shared by `run` and `qemu-args` so they cannot differ.
+//! [`probe`] asks the host (/dev/kvm, cgroups, the base's format); [`compose`] decides, purely.
 
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, DriveFormat};
 use crate::image::source::DiskFormat;
+use crate::image::BaseImage;
 use crate::net::NetPlan;
 use crate::qemu::accel::{self, KVM_FIX};
-use crate::qemu::args::{Base, BaseFormat, Launch, Nic, Vnc};
-use crate::qemu::sizing;
+use crate::qemu::args::{Accel, Base, BaseFormat, Launch, Nic, Vnc};
+use crate::qemu::sizing::{self, Limits};
 use crate::qemu::QemuError;
 
 pub const KVM_DEVICE: &str = "/dev/kvm";
@@ -27,41 +29,66 @@ pub fn qmp_socket(config: &Config) -> PathBuf {
 /// was just checked). A base that is not there yet (`qemu-args` before the first download)
 /// or no longer a disk is named qcow2: qemu then refuses to open anything else, rather than
 /// guessing.
-fn base(path: PathBuf) -> Base {
+fn probe_base(path: PathBuf) -> Base {
     let path = std::path::absolute(&path).unwrap_or(path);
     let format = match crate::image::inspect_file(&path) {
-        Ok(Ok(DiskFormat::Raw { .. })) => BaseFormat::Raw,
+        Ok(Ok(format)) => base_format(format),
         _ => BaseFormat::Qcow2,
     };
     Base { path, format }
 }
 
-/// Decides everything qemu's command line depends on; logs the choices that were derived.
-pub fn decide(config: &Config, plan: Option<&NetPlan>) -> Result<Launch, QemuError> {
-    let (accel, fallback) = accel::resolve(config.vm.accel, Path::new(KVM_DEVICE))?;
-    if let Some(accel::Fallback(reason)) = fallback {
-        tracing::warn!(
-            device = KVM_DEVICE,
-            %reason,
-            "no usable KVM: the VM runs under TCG software emulation, many times slower; {KVM_FIX}"
-        );
+fn base_format(format: DiskFormat) -> BaseFormat {
+    match format {
+        DiskFormat::Raw { .. } => BaseFormat::Raw,
+        DiskFormat::Qcow2 { .. } => BaseFormat::Qcow2,
     }
-    let limits = sizing::read_own_limits();
-    let sizing = sizing::decide(config.vm.cpus, config.vm.memory, limits)?;
-    tracing::info!(
-        cpus = sizing.cpus,
-        memory_mib = sizing.memory_mib,
-        cpu_limit_millis = ?limits.cpu_millis,
-        memory_limit = ?limits.memory,
-        "VM size (VM_CPUS/VM_MEMORY, else the container's limits, else 1 CPU and 1GiB)"
-    );
+}
+
+/// What the host says, read once by [`probe`]: everything [`compose`] needs besides the config.
+#[derive(Debug)]
+pub struct Probed {
+    pub accel: Accel,
+    /// Why `ACCEL=auto` fell back to TCG, for the warning.
+    pub fallback: Option<accel::Fallback>,
+    /// The container's cgroup limits.
+    pub limits: Limits,
+    /// `None` when no image is configured (`qemu-args` without `IMG_TARGET`).
+    pub base: Option<Base>,
+}
+
+/// The IO half of [`decide`]: opens /dev/kvm, reads our cgroup limits, and the base's format
+/// unless `run` already decided it (`known`).
+pub fn probe(config: &Config, known: Option<&BaseImage>) -> Result<Probed, QemuError> {
+    let (accel, fallback) = accel::resolve(config.vm.accel, Path::new(KVM_DEVICE))?;
+    let base = match known {
+        Some(known) => Some(Base {
+            path: std::path::absolute(&known.path).unwrap_or_else(|_| known.path.clone()),
+            format: base_format(known.format),
+        }),
+        None => config.image.target_path().map(probe_base),
+    };
+    Ok(Probed {
+        accel,
+        fallback,
+        limits: sizing::read_own_limits(),
+        base,
+    })
+}
+
+/// The pure half of [`decide`]: config + network plan + host facts → qemu's [`Launch`].
+pub fn compose(
+    config: &Config,
+    plan: Option<&NetPlan>,
+    probed: &Probed,
+) -> Result<Launch, QemuError> {
     Ok(Launch {
         qemu: config.vm.qemu.clone(),
         name: config.hostname.to_string(),
-        accel,
-        sizing,
+        accel: probed.accel,
+        sizing: sizing::decide(config.vm.cpus, config.vm.memory, probed.limits)?,
         disk: config.overlay_path(),
-        base: config.image.target_path().map(base),
+        base: probed.base.clone(),
         config_drive: config_drive_path(config),
         nic: plan.map(|plan| Nic {
             tap: plan.tap.clone(),
@@ -75,4 +102,157 @@ pub fn decide(config: &Config, plan: Option<&NetPlan>) -> Result<Launch, QemuErr
         qmp_socket: qmp_socket(config),
         extra: config.vm.extra_args.clone(),
     })
+}
+
+/// Decides everything qemu's command line depends on; logs the choices that were derived.
+/// `base`: the base image `run` just checked, so that its format is not read twice.
+pub fn decide(
+    config: &Config,
+    plan: Option<&NetPlan>,
+    base: Option<&BaseImage>,
+) -> Result<Launch, QemuError> {
+    let probed = probe(config, base)?;
+    if let Some(accel::Fallback(reason)) = &probed.fallback {
+        tracing::warn!(
+            device = KVM_DEVICE,
+            %reason,
+            "no usable KVM: the VM runs under TCG software emulation, many times slower; {KVM_FIX}"
+        );
+    }
+    let launch = compose(config, plan, &probed)?;
+    tracing::info!(
+        cpus = launch.sizing.cpus,
+        memory_mib = launch.sizing.memory_mib,
+        cpu_limit_millis = ?probed.limits.cpu_millis,
+        memory_limit = ?probed.limits.memory,
+        "VM size (VM_CPUS/VM_MEMORY, else the container's limits, else 1 CPU and 1GiB)"
+    );
+    Ok(launch)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use clap::Parser as _;
+    use macaddr::MacAddr6;
+
+    use super::*;
+    use crate::cli::Cli;
+    use crate::config::{Hostname, Needs};
+    use crate::size::{GIB, MIB};
+
+    fn config(args: &[&str]) -> Config {
+        let mut argv = vec!["kvm-manager"];
+        argv.extend_from_slice(args);
+        let settings = Cli::try_parse_from(argv).expect("valid arguments").settings;
+        let hostname = Hostname::parse("vm-0").expect("valid hostname");
+        Config::from_settings(&settings, hostname, Vec::new(), Needs::Nothing).expect("valid")
+    }
+
+    fn host(limits: Limits) -> Probed {
+        Probed {
+            accel: Accel::Tcg,
+            fallback: None,
+            limits,
+            base: None,
+        }
+    }
+
+    fn plan() -> NetPlan {
+        NetPlan {
+            uplink: "eth0".into(),
+            bridge: "kvmbr0".into(),
+            bridge_mac: MacAddr6::new(0x52, 0x54, 0, 0, 0, 1),
+            tap: "kvmtap0".into(),
+            mtu: 1450,
+            slash30: crate::net::Slash30::new(
+                Ipv4Addr::new(192, 168, 254, 2),
+                Ipv4Addr::new(192, 168, 254, 1),
+            )
+            .expect("a /30"),
+            vm_mac: MacAddr6::new(0x52, 0x54, 0, 0, 0, 2),
+            pod_ip: Ipv4Addr::new(10, 0, 0, 5),
+            pod_prefix: 24,
+            excluded_tcp_ports: Vec::new(),
+            vhost_net: true,
+        }
+    }
+
+    #[test]
+    fn a_base_run_already_checked_is_not_read_again() {
+        // The file does not exist: read again, it would be named qcow2.
+        let known = BaseImage {
+            path: PathBuf::from("/nonexistent/base.img"),
+            format: DiskFormat::Raw { size: 1 << 20 },
+        };
+        let probed = probe(&config(&["--accel", "tcg"]), Some(&known)).expect("probes");
+        let base = probed.base.expect("a base");
+        assert_eq!(base.format, BaseFormat::Raw);
+        assert_eq!(base.path, PathBuf::from("/nonexistent/base.img"));
+    }
+
+    #[test]
+    fn the_container_limits_size_the_vm_unless_vm_cpus_and_vm_memory_say_otherwise() {
+        let limits = Limits {
+            cpu_millis: Some(2500),
+            memory: Some(4 * GIB),
+        };
+        let launch = compose(&config(&[]), None, &host(limits)).expect("composes");
+        assert_eq!(launch.sizing.cpus, 3);
+        assert_eq!(launch.sizing.memory_mib, (4 * GIB - 512 * MIB) / MIB);
+        let launch = compose(
+            &config(&["--vm-cpus", "1", "--vm-memory", "2G"]),
+            None,
+            &host(limits),
+        )
+        .expect("composes");
+        assert_eq!((launch.sizing.cpus, launch.sizing.memory_mib), (1, 2048));
+    }
+
+    #[test]
+    fn a_memory_limit_too_small_for_qemu_is_a_sizing_error() {
+        let tiny = Limits {
+            cpu_millis: None,
+            memory: Some(200 * MIB),
+        };
+        let err = compose(&config(&[]), None, &host(tiny)).expect_err("too small");
+        assert!(matches!(err, QemuError::Sizing(_)), "{err}");
+    }
+
+    #[test]
+    fn the_plan_becomes_the_nic_and_no_vnc_drops_the_display() {
+        let launch = compose(
+            &config(&["--no-vnc"]),
+            Some(&plan()),
+            &host(Limits::default()),
+        )
+        .expect("composes");
+        let nic = launch.nic.expect("a NIC");
+        assert_eq!(nic.tap, "kvmtap0");
+        assert_eq!(nic.mac, MacAddr6::new(0x52, 0x54, 0, 0, 0, 2));
+        assert_eq!(nic.mtu, 1450);
+        assert!(nic.vhost);
+        assert!(launch.vnc.is_none());
+        assert_eq!(launch.accel, Accel::Tcg);
+        assert_eq!(launch.disk, PathBuf::from("/pet/vm-0.qcow2"));
+        assert_eq!(launch.qmp_socket, config(&[]).runtime_dir.join("qmp.sock"));
+    }
+
+    #[test]
+    fn vnc_has_a_password_only_when_vnc_password_is_set_and_the_base_comes_from_the_probe() {
+        let mut probed = host(Limits::default());
+        probed.base = Some(Base {
+            path: PathBuf::from("/images/base.raw"),
+            format: BaseFormat::Raw,
+        });
+        let launch = compose(&config(&[]), None, &probed).expect("composes");
+        assert_eq!(launch.vnc, Some(Vnc { password: false }));
+        assert_eq!(launch.base, probed.base);
+        assert!(launch.nic.is_none());
+        assert_eq!(
+            launch.config_drive,
+            Some(config(&[]).runtime_dir.join("config-drive.iso"))
+        );
+    }
 }

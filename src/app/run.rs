@@ -31,7 +31,10 @@ pub async fn run(config: &Config) -> Result<u8, Error> {
     let pid1 = Pid1::start()?;
     metrics::VM.starts.inc();
     let readiness = if config.net.no_dhcp {
-        Readiness::TcpPort(SocketAddr::from((config.net.vm_ip, config.net.ready_port)))
+        Readiness::TcpPort(SocketAddr::from((
+            config.net.slash30.vm(),
+            config.net.ready_port,
+        )))
     } else {
         Readiness::Lease
     };
@@ -237,8 +240,8 @@ async fn prepare(config: &Config) -> Result<(qemu::args::Launch, Network), Error
             let overlay = timed_blocking("overlay", || {
                 image::ensure_overlay(&base, &overlay_path, disk_size)
             })?;
-            tracing::info!(base = %base.display(), overlay = %overlay.path.display(), virtual_size = overlay.virtual_size, created = overlay.created, "disk ready");
-            Ok::<_, Error>(())
+            tracing::info!(base = %base.path.display(), overlay = %overlay.path.display(), virtual_size = overlay.virtual_size, created = overlay.created, "disk ready");
+            Ok::<_, Error>(base)
         })
         .await
     };
@@ -262,10 +265,10 @@ async fn prepare(config: &Config) -> Result<(qemu::args::Launch, Network), Error
             Ok::<_, Error>((plan, nft))
         })
         .await?;
-        tracing::info!(bridge = %plan.bridge, tap = %plan.tap, pod_ip = %plan.pod_ip, vm_ip = %plan.vm_ip, mtu = plan.mtu, "network links ready");
+        tracing::info!(bridge = %plan.bridge, tap = %plan.tap, pod_ip = %plan.pod_ip, vm_ip = %plan.slash30.vm(), mtu = plan.mtu, "network links ready");
         Ok::<_, Error>((plan, nft))
     };
-    let ((), (), (), (plan, nft)) = tokio::try_join!(state_saved, disk, drive, network)?;
-    let launch = launch::decide(config, Some(&plan))?;
+    let ((), base, (), (plan, nft)) = tokio::try_join!(state_saved, disk, drive, network)?;
+    let launch = launch::decide(config, Some(&plan), Some(&base))?;
     Ok((launch, Network { plan, nft }))
 }

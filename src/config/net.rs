@@ -7,6 +7,7 @@ use macaddr::MacAddr6;
 
 use super::{choice, invalid, non_empty, ConfigError, DnsMode, NetConfig, VNC_PORT};
 use crate::cli::Settings;
+use crate::net::Slash30;
 
 /// The ports of our DNS forwarder and DHCP server on the bridge.
 const DNS_PORT: u16 = 53;
@@ -15,7 +16,7 @@ const DHCP_PORT: u16 = 67;
 pub(super) fn parse_net(settings: &Settings) -> Result<NetConfig, ConfigError> {
     let vm_ip = parse_ipv4("VM_IP", &settings.vm_ip)?;
     let vm_gw = parse_ipv4("VM_GW", &settings.vm_gw)?;
-    check_slash30(vm_ip, vm_gw)?;
+    let slash30 = check_slash30(vm_ip, vm_gw)?;
     let vm_mac = non_empty(&settings.vm_mac).map(parse_mac).transpose()?;
     let dns_mode = choice(
         "DNS_MODE",
@@ -53,8 +54,7 @@ pub(super) fn parse_net(settings: &Settings) -> Result<NetConfig, ConfigError> {
         }
     };
     Ok(NetConfig {
-        vm_ip,
-        vm_gw,
+        slash30,
         vm_mac,
         no_vnc: settings.no_vnc,
         no_dhcp: settings.no_dhcp,
@@ -90,55 +90,9 @@ const SLASH30_FIX: &str = "VM_IP and VM_GW must be the two host addresses of one
      (…1 and …2 of a block starting at a multiple of 4), e.g. VM_GW=192.168.254.1 VM_IP=192.168.254.2";
 
 /// Both addresses must be the two host addresses (offsets 1 and 2) of one /30.
-pub fn check_slash30(vm_ip: Ipv4Addr, vm_gw: Ipv4Addr) -> Result<(), ConfigError> {
-    for (var, addr) in [("VM_IP", vm_ip), ("VM_GW", vm_gw)] {
-        let text = addr.to_string();
-        if addr.is_unspecified() || addr.is_loopback() || addr.is_multicast() || addr.is_broadcast()
-        {
-            return Err(invalid(
-                var,
-                &text,
-                "not a unicast address a NIC can have",
-                SLASH30_FIX,
-            ));
-        }
-        match u32::from(addr) & 3 {
-            0 => {
-                return Err(invalid(
-                    var,
-                    &text,
-                    "the network address of its /30",
-                    SLASH30_FIX,
-                ))
-            }
-            3 => {
-                return Err(invalid(
-                    var,
-                    &text,
-                    "the broadcast address of its /30",
-                    SLASH30_FIX,
-                ))
-            }
-            _ => {}
-        }
-    }
-    if vm_ip == vm_gw {
-        return Err(invalid(
-            "VM_IP",
-            &vm_ip.to_string(),
-            "equal to VM_GW",
-            SLASH30_FIX,
-        ));
-    }
-    if u32::from(vm_ip) & !3 != u32::from(vm_gw) & !3 {
-        return Err(invalid(
-            "VM_IP",
-            &vm_ip.to_string(),
-            format!("not in the /30 of VM_GW={vm_gw}"),
-            SLASH30_FIX,
-        ));
-    }
-    Ok(())
+pub fn check_slash30(vm_ip: Ipv4Addr, vm_gw: Ipv4Addr) -> Result<Slash30, ConfigError> {
+    Slash30::new(vm_ip, vm_gw)
+        .map_err(|e| invalid(e.var, &e.addr.to_string(), e.reason, SLASH30_FIX))
 }
 
 fn parse_mac(raw: &str) -> Result<MacAddr6, ConfigError> {

@@ -1,5 +1,7 @@
 //! Table-driven tests of every validation rule: each error must name the variable.
 
+use std::net::Ipv4Addr;
+
 use clap::Parser;
 
 use super::*;
@@ -22,8 +24,8 @@ fn parse(args: &[&str], needs: Needs) -> Result<Config, ConfigError> {
 #[test]
 fn defaults_are_valid_without_an_image_when_none_is_needed() {
     let config = parse(&[], Needs::Nothing).expect("defaults are valid");
-    assert_eq!(config.net.vm_ip, Ipv4Addr::new(192, 168, 254, 2));
-    assert_eq!(config.net.vm_gw, Ipv4Addr::new(192, 168, 254, 1));
+    assert_eq!(config.net.slash30.vm(), Ipv4Addr::new(192, 168, 254, 2));
+    assert_eq!(config.net.slash30.gw(), Ipv4Addr::new(192, 168, 254, 1));
     assert_eq!(config.net.http_port, Some(8080));
     assert_eq!(config.net.dns_mode, DnsMode::Forward);
     assert_eq!(config.vm.accel, Accel::Auto);
@@ -123,7 +125,7 @@ fn accepts_every_valid_slash30_pairing() {
         ("172.16.0.6", "172.16.0.5"),
     ] {
         let config = parse(&["--vm-ip", ip, "--vm-gw", gw], Needs::Nothing).expect("valid pair");
-        assert_eq!(config.net.vm_ip.to_string(), ip);
+        assert_eq!(config.net.slash30.vm().to_string(), ip);
     }
 }
 

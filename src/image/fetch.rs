@@ -133,6 +133,39 @@ pub fn content_range(value: &str) -> Option<(u64, Option<u64>)> {
     Some((start.trim().parse().ok()?, total.trim().parse().ok()))
 }
 
+/// What a response's status (and `Content-Range`) means for a download that asked to resume
+/// at `offset` (0: the whole file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// 206 starting exactly at `offset`: append; `total` is the whole file's length if known.
+    Resume { total: Option<u64> },
+    /// 200: the whole file from its first byte (a fresh start, or the file changed).
+    Whole,
+    /// 206 for a range we did not ask for: the partial is discarded and the download retried.
+    BadRange,
+    /// 416: our partial no longer fits the file: discarded, and retried.
+    StaleRange,
+    /// 5xx: retried, the partial kept.
+    ServerError,
+    /// Anything else (4xx, a 206 we did not ask for, redirects reqwest did not follow): fatal.
+    Refused,
+}
+
+pub fn classify(status: StatusCode, offset: u64, content_range: Option<&str>) -> Answer {
+    match status {
+        StatusCode::PARTIAL_CONTENT if offset > 0 => {
+            match content_range.and_then(self::content_range) {
+                Some((start, total)) if start == offset => Answer::Resume { total },
+                _ => Answer::BadRange,
+            }
+        }
+        StatusCode::OK => Answer::Whole,
+        StatusCode::RANGE_NOT_SATISFIABLE => Answer::StaleRange,
+        s if s.is_server_error() => Answer::ServerError,
+        _ => Answer::Refused,
+    }
+}
+
 fn client(limits: &FetchLimits) -> Result<Client, ImageError> {
     // Only ring is compiled in; installing it twice (a second call) is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -267,22 +300,13 @@ async fn attempt(
     };
     let status = response.status();
     let final_url = redact_url(response.url());
-    let (resume, total) = match status {
-        StatusCode::PARTIAL_CONTENT if offset > 0 => {
-            let range = response
-                .headers()
-                .get(header::CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(content_range);
-            match range {
-                Some((start, total)) if start == offset => (true, total),
-                _ => {
-                    discard(temps);
-                    return Err(retry(ImageError::BadRange { url: final_url }, true));
-                }
-            }
-        }
-        StatusCode::OK => {
+    let range = response
+        .headers()
+        .get(header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok());
+    let (resume, total) = match classify(status, offset, range) {
+        Answer::Resume { total } => (true, total),
+        Answer::Whole => {
             if offset > 0 {
                 tracing::info!(url = %url, "the server sent the whole file (no range support, or the file changed); starting over");
             }
@@ -291,7 +315,11 @@ async fn attempt(
             save_validator(temps, &validator).map_err(fatal)?;
             (false, total)
         }
-        StatusCode::RANGE_NOT_SATISFIABLE => {
+        Answer::BadRange => {
+            discard(temps);
+            return Err(retry(ImageError::BadRange { url: final_url }, true));
+        }
+        Answer::StaleRange => {
             discard(temps);
             let error = ImageError::ServerStatus {
                 url: final_url,
@@ -299,14 +327,14 @@ async fn attempt(
             };
             return Err(retry(error, true));
         }
-        s if s.is_server_error() => {
+        Answer::ServerError => {
             let error = ImageError::ServerStatus {
                 url: final_url,
                 status,
             };
             return Err(retry(error, false));
         }
-        _ => {
+        Answer::Refused => {
             return Err(fatal(ImageError::ClientStatus {
                 url: final_url,
                 status,
@@ -602,6 +630,48 @@ mod tests {
         );
         assert_eq!(mixed.failed(false), Some(Duration::from_secs(1)));
         assert_eq!(mixed.failed(false), None, "2 + 1 earned");
+    }
+
+    #[test]
+    fn a_206_resumes_only_at_the_offset_we_asked_for() {
+        let partial = StatusCode::PARTIAL_CONTENT;
+        assert_eq!(
+            classify(partial, 100, Some("bytes 100-199/200")),
+            Answer::Resume { total: Some(200) }
+        );
+        assert_eq!(
+            classify(partial, 100, Some("bytes 100-199/*")),
+            Answer::Resume { total: None }
+        );
+        assert_eq!(
+            classify(partial, 100, Some("bytes 0-199/200")),
+            Answer::BadRange
+        );
+        assert_eq!(classify(partial, 100, Some("garbage")), Answer::BadRange);
+        assert_eq!(classify(partial, 100, None), Answer::BadRange);
+        // A range we never asked for is not a download we can use.
+        assert_eq!(classify(partial, 0, Some("bytes 0-9/10")), Answer::Refused);
+    }
+
+    #[test]
+    fn other_statuses_start_over_retry_or_give_up() {
+        assert_eq!(classify(StatusCode::OK, 0, None), Answer::Whole);
+        assert_eq!(classify(StatusCode::OK, 100, None), Answer::Whole);
+        assert_eq!(
+            classify(StatusCode::RANGE_NOT_SATISFIABLE, 100, None),
+            Answer::StaleRange
+        );
+        assert_eq!(
+            classify(StatusCode::SERVICE_UNAVAILABLE, 100, None),
+            Answer::ServerError
+        );
+        assert_eq!(
+            classify(StatusCode::INTERNAL_SERVER_ERROR, 0, None),
+            Answer::ServerError
+        );
+        assert_eq!(classify(StatusCode::NOT_FOUND, 0, None), Answer::Refused);
+        assert_eq!(classify(StatusCode::FORBIDDEN, 100, None), Answer::Refused);
+        assert_eq!(classify(StatusCode::FOUND, 0, None), Answer::Refused);
     }
 
     #[test]

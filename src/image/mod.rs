@@ -301,10 +301,32 @@ pub fn inspect_file(path: &Path) -> Result<Result<DiskFormat, String>, ImageErro
     Ok(source::inspect(&head, len))
 }
 
-/// The base image, fetched if it is not there yet. Returns its path. The gauge
+/// The base image and its format, decided once (when it was checked or downloaded) and handed
+/// to the overlay and to qemu's command line, which never re-read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseImage {
+    pub path: PathBuf,
+    pub format: DiskFormat,
+}
+
+impl BaseImage {
+    /// Reads the format of the image at `path`; an image that is not a disk is refused.
+    pub fn read(path: &Path) -> Result<Self, ImageError> {
+        let format = inspect_file(path)?.map_err(|what| ImageError::ExistingInvalid {
+            path: path.to_path_buf(),
+            what,
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            format,
+        })
+    }
+}
+
+/// The base image, fetched if it is not there yet. Returns it with its format. The gauge
 /// `kvm_manager_image_state{state}` says which of `waiting` (for another pod's download),
 /// `downloading`, `ready` or `failed` it is in.
-pub async fn ensure_base(image: &ImageConfig) -> Result<PathBuf, ImageError> {
+pub async fn ensure_base(image: &ImageConfig) -> Result<BaseImage, ImageError> {
     let result = fetch_base(image).await;
     image_state(if result.is_ok() { "ready" } else { "failed" });
     result
@@ -315,17 +337,23 @@ fn image_state(state: &'static str) {
     crate::metrics::IMAGE.state(&states, state);
 }
 
-async fn fetch_base(image: &ImageConfig) -> Result<PathBuf, ImageError> {
+async fn fetch_base(image: &ImageConfig) -> Result<BaseImage, ImageError> {
     let expected = image.sha256.as_deref();
     let target = match &image.target {
         Some(ImageTarget::Existing(path)) => {
-            return existing(path, expected).await.map(|_| path.clone())
+            return existing(path, expected).await.map(|format| BaseImage {
+                path: path.clone(),
+                format,
+            })
         }
         Some(ImageTarget::Name(name)) => image.dir.join(name),
         None => return Err(ImageError::Internal("no IMG_TARGET".to_owned())),
     };
     if target.is_file() {
-        return existing(&target, expected).await.map(|_| target);
+        return existing(&target, expected).await.map(|format| BaseImage {
+            path: target,
+            format,
+        });
     }
     let source = image.source.as_ref().ok_or_else(|| ImageError::NoSource {
         target: target.clone(),
@@ -338,7 +366,10 @@ async fn fetch_base(image: &ImageConfig) -> Result<PathBuf, ImageError> {
     let _lock = lock::acquire(&target).await?;
     if target.is_file() {
         // Another pod finished while we waited.
-        return existing(&target, expected).await.map(|_| target);
+        return existing(&target, expected).await.map(|format| BaseImage {
+            path: target,
+            format,
+        });
     }
     image_state("downloading");
     let temps = Temps {
@@ -393,15 +424,16 @@ async fn fetch_base(image: &ImageConfig) -> Result<PathBuf, ImageError> {
             }
         }
     };
-    match inspect_file(&finished.image)? {
+    let format = match inspect_file(&finished.image)? {
         Ok(format) => {
-            tracing::info!(image = %source_name, format = format.name(), virtual_size = %ByteSize(format.virtual_size()), "base image is a usable disk")
+            tracing::info!(image = %source_name, format = format.name(), virtual_size = %ByteSize(format.virtual_size()), "base image is a usable disk");
+            format
         }
         Err(what) => {
             fetch::discard(&temps);
             return Err(ImageError::NotADisk { source_name, what });
         }
-    }
+    };
     // Temporary files are 0600; the base image is read by every pod on the volume, whatever
     // its user, and holds nothing a pod could not download itself.
     std::fs::set_permissions(
@@ -429,7 +461,10 @@ async fn fetch_base(image: &ImageConfig) -> Result<PathBuf, ImageError> {
         .await
         .map_err(|e| ImageError::Internal(e.to_string()))?;
     tracing::info!(path = %target.display(), "base image ready");
-    Ok(target)
+    Ok(BaseImage {
+        path: target,
+        format,
+    })
 }
 
 /// A base image that is already there: usable as it is (a disk, self-contained, and the

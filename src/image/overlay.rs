@@ -24,7 +24,7 @@ use imago::qcow2::Qcow2;
 use imago::{FormatAccess, FormatCreateBuilder as _, StorageOpenOptions};
 
 use super::source::DiskFormat;
-use super::{inspect_file, ImageError};
+use super::{BaseImage, ImageError};
 use crate::size::ByteSize;
 
 /// The overlay as it is now.
@@ -143,17 +143,14 @@ pub fn plan(
 
 /// Creates the overlay of `base` at `overlay`, or reuses (and maybe grows) the one there.
 pub fn ensure_overlay(
-    base: &Path,
+    base: &BaseImage,
     overlay: &Path,
     disk_size: Option<ByteSize>,
 ) -> Result<Overlay, ImageError> {
-    let base = std::path::absolute(base).map_err(|source| ImageError::Read {
-        path: base.to_path_buf(),
+    let base_format = base.format;
+    let base = std::path::absolute(&base.path).map_err(|source| ImageError::Read {
+        path: base.path.clone(),
         source,
-    })?;
-    let base_format = inspect_file(&base)?.map_err(|what| ImageError::ExistingInvalid {
-        path: base.clone(),
-        what,
     })?;
     let existing = if overlay.exists() {
         Some(read(overlay)?)
@@ -410,6 +407,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let base = dir.path().join("base.raw");
         std::fs::write(&base, vec![0u8; 1 << 20]).expect("base");
+        let base = BaseImage::read(&base).expect("a disk");
         let overlay = dir.path().join("vm-0.qcow2");
         let first = ensure_overlay(&base, &overlay, None).expect("create");
         assert!(first.created);
@@ -460,6 +458,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let base = dir.path().join("base.raw");
         std::fs::write(&base, vec![0u8; 1 << 20]).expect("base");
+        let base = BaseImage::read(&base).expect("a disk");
         let overlay = dir.path().join("vm-0.qcow2");
         ensure_overlay(&base, &overlay, None).expect("create");
         let before = std::fs::read(&overlay).expect("read");

@@ -56,8 +56,8 @@ impl Lan {
     pub fn new(config: &Config, plan: &NetPlan, resolv: ResolvConf) -> Self {
         Self {
             bridge: plan.bridge.clone(),
-            vm_ip: plan.vm_ip,
-            vm_gw: plan.vm_gw,
+            vm_ip: plan.slash30.vm(),
+            vm_gw: plan.slash30.gw(),
             vm_mac: plan.vm_mac,
             mtu: plan.mtu,
             hostname: config.hostname.clone(),
@@ -105,7 +105,7 @@ mod tests {
         assert_eq!(lan.bridge, plan.bridge);
         assert_eq!(
             (lan.vm_ip, lan.vm_gw, lan.vm_mac, lan.mtu),
-            (plan.vm_ip, plan.vm_gw, mac, 1450)
+            (plan.slash30.vm(), plan.slash30.gw(), mac, 1450)
         );
         assert_eq!(lan.hostname.as_str(), "vm-0");
         assert_eq!(lan.dns_mode, DnsMode::Passthrough);

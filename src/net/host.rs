@@ -14,7 +14,8 @@ use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec};
 
-use super::plan::{NetPlan, VM_PREFIX};
+use super::plan::NetPlan;
+use super::slash30::Slash30;
 use super::{tap, NetError};
 
 const CAP_NET_ADMIN: u32 = 12;
@@ -82,9 +83,9 @@ pub async fn converge_links(handle: &Handle, plan: &NetPlan) -> Result<(), NetEr
     };
     if created {
         // A bridge made just now has no IPv4 address: nothing stale to look for.
-        add_address(handle, bridge, plan.vm_gw).await?;
+        add_address(handle, bridge, plan.slash30.gw()).await?;
     } else {
-        ensure_only_address(handle, bridge, plan.vm_gw).await?;
+        ensure_only_address(handle, bridge, plan.slash30.gw()).await?;
     }
 
     // A tun-kind link is reattached as it is; anything else by that name is removed first.
@@ -204,7 +205,7 @@ async fn ensure_only_address(handle: &Handle, index: u32, gw: Ipv4Addr) -> Resul
             AddressAttribute::Local(ip) => Some(*ip),
             _ => None,
         });
-        if local == Some(IpAddr::V4(gw)) && address.header.prefix_len == VM_PREFIX {
+        if local == Some(IpAddr::V4(gw)) && address.header.prefix_len == Slash30::PREFIX {
             present = true;
             continue;
         }
@@ -229,7 +230,7 @@ async fn ensure_only_address(handle: &Handle, index: u32, gw: Ipv4Addr) -> Resul
 async fn add_address(handle: &Handle, index: u32, gw: Ipv4Addr) -> Result<(), NetError> {
     handle
         .address()
-        .add(index, IpAddr::V4(gw), VM_PREFIX)
+        .add(index, IpAddr::V4(gw), Slash30::PREFIX)
         .execute()
         .await
         .map_err(|source| netlink("add VM_GW to the bridge", source))

@@ -2,7 +2,8 @@
 //! NAT, and apply the plan so that a re-run in the same pod netns changes nothing.
 //!
 //! - [`discover()`]: uplink, pod IP/prefix, MTU, gateway (read-only netlink).
-//! - [`plan()`]: config + pod facts + VM MAC → [`NetPlan`] with the complete nft ruleset.
+//! - [`plan()`]: config + pod facts + VM MAC → [`NetPlan`]; [`ruleset::ruleset`] turns it into
+//!   our nft table's text.
 //! - [`apply()`]: checks capabilities, /dev/net/tun and `nft` first, then bridge and tap (netlink, /dev/net/tun),
 //!   sysctls, and finally our nftables table in one transaction.
 //!
@@ -11,8 +12,10 @@
 
 pub mod discover;
 pub mod host;
-pub mod nat;
+pub mod nft;
 pub mod plan;
+pub mod ruleset;
+pub mod slash30;
 pub mod spoof;
 pub mod tap;
 
@@ -21,6 +24,7 @@ use std::path::PathBuf;
 
 pub use discover::{discover, PodNet};
 pub use plan::{plan, ExcludedPort, NetPlan};
+pub use slash30::Slash30;
 
 use crate::pid1::{ExitStatus, Pid1Error, Reaper};
 
@@ -129,7 +133,7 @@ pub async fn apply_links(plan: &NetPlan) -> Result<std::path::PathBuf, NetError>
     if !std::path::Path::new(tap::TUN_DEVICE).exists() {
         return Err(NetError::NoTunDevice);
     }
-    let nft = nat::find_nft()?;
+    let nft = nft::find_nft()?;
     let handle = discover::connect()?;
     host::converge_links(&handle, plan).await?;
     host::set_sysctls(&plan.bridge)?;
@@ -146,10 +150,11 @@ pub async fn apply_nat(
     // Flushing our table's rules is several times faster than deleting the table (a table
     // deletion waits for an RCU grace period) and converges the same way while our chains keep
     // their hooks; when they do not (a ruleset from another version), delete and recreate.
-    match nat::replace_table(nft, &nat::flushing(&plan.ruleset), reaper).await {
+    let text = ruleset::ruleset(plan);
+    match nft::replace_table(nft, &ruleset::flushing(&text), reaper).await {
         Err(NetError::NftRejected { stderr, .. }) => {
             tracing::debug!(%stderr, "flushing our nft table was refused; replacing it whole");
-            nat::replace_table(nft, &plan.ruleset, reaper).await
+            nft::replace_table(nft, &text, reaper).await
         }
         other => other,
     }

@@ -1,5 +1,6 @@
 //! Decides the whole pod-side network of the VM without touching the host: names, addresses,
-//! MTU, the gateway MAC, the ports kept for the pod itself, and the nftables ruleset.
+//! MTU, the gateway MAC and the ports kept for the pod itself. The nftables ruleset is a pure
+//! function of the plan: [`super::ruleset`].
 //!
 //! [`plan`] is pure, so every policy choice (what is DNAT'ed, what is excluded, what is
 //! rejected as overlapping) is unit-tested without root; [`super::apply`] only carries it out.
@@ -10,7 +11,8 @@ use std::net::Ipv4Addr;
 use macaddr::MacAddr6;
 
 use super::discover::PodNet;
-use super::nat;
+use super::ruleset;
+use super::slash30::Slash30;
 use super::NetError;
 use crate::config::{NetConfig, VNC_PORT};
 
@@ -18,8 +20,6 @@ use crate::config::{NetConfig, VNC_PORT};
 pub const BRIDGE: &str = "kvmbr0";
 /// The persistent tap qemu opens by name.
 pub const TAP: &str = "kvmtap0";
-/// `VM_IP` and `VM_GW` share one /30 (checked by the config).
-pub const VM_PREFIX: u8 = 30;
 
 /// Everything [`super::apply`] does, decided up front.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,9 +33,8 @@ pub struct NetPlan {
     pub tap: String,
     /// Of the bridge and the tap: the pod's MTU, so the guest never sends what the overlay drops.
     pub mtu: u32,
-    pub vm_ip: Ipv4Addr,
-    /// The bridge's address, the guest's router.
-    pub vm_gw: Ipv4Addr,
+    /// The VM's address and the bridge's (the guest's router).
+    pub slash30: Slash30,
     pub vm_mac: MacAddr6,
     pub pod_ip: Ipv4Addr,
     pub pod_prefix: u8,
@@ -43,8 +42,6 @@ pub struct NetPlan {
     pub excluded_tcp_ports: Vec<ExcludedPort>,
     /// Whether qemu can use `vhost=on` (`/dev/vhost-net` opens read-write).
     pub vhost_net: bool,
-    /// The complete `nft -f -` input: replaces our table in one transaction.
-    pub ruleset: String,
 }
 
 /// A TCP port that is not forwarded to the VM, and why.
@@ -97,13 +94,13 @@ impl fmt::Display for Ipv4Net {
 impl NetPlan {
     /// The VM's /30.
     pub fn vm_net(&self) -> Ipv4Net {
-        Ipv4Net::new(self.vm_ip, VM_PREFIX)
+        self.slash30.net()
     }
 }
 
 /// Config + discovered pod facts + the VM's MAC → the plan; rejects address clashes.
 pub fn plan(net: &NetConfig, pod: &PodNet, vm_mac: MacAddr6) -> Result<NetPlan, NetError> {
-    let vm_net = Ipv4Net::new(net.vm_ip, VM_PREFIX);
+    let vm_net = net.slash30.net();
     let pod_net = Ipv4Net::new(pod.pod_ip, pod.pod_prefix);
     if vm_net.overlaps(pod_net) {
         return Err(NetError::Overlap {
@@ -130,23 +127,19 @@ pub fn plan(net: &NetConfig, pod: &PodNet, vm_mac: MacAddr6) -> Result<NetPlan, 
             reason: "HTTP",
         });
     }
-    let mut plan = NetPlan {
+    Ok(NetPlan {
         uplink: pod.uplink.clone(),
         bridge: BRIDGE.to_owned(),
         bridge_mac: gateway_mac(vm_mac),
         tap: TAP.to_owned(),
         mtu: pod.mtu,
-        vm_ip: net.vm_ip,
-        vm_gw: net.vm_gw,
+        slash30: net.slash30,
         vm_mac,
         pod_ip: pod.pod_ip,
         pod_prefix: pod.pod_prefix,
         excluded_tcp_ports,
         vhost_net: pod.vhost_net,
-        ruleset: String::new(),
-    };
-    plan.ruleset = nat::ruleset(&plan);
-    Ok(plan)
+    })
 }
 
 /// Locally administered unicast, and never equal to `vm_mac` (the last octet differs).
@@ -185,8 +178,8 @@ impl fmt::Display for NetPlan {
             f,
             "bridge:     {} {}/{} mac {} mtu {}",
             self.bridge,
-            self.vm_gw,
-            VM_PREFIX,
+            self.slash30.gw(),
+            Slash30::PREFIX,
             lower_mac(self.bridge_mac),
             self.mtu
         )?;
@@ -198,13 +191,14 @@ impl fmt::Display for NetPlan {
         writeln!(
             f,
             "vm:         {} mac {}",
-            self.vm_ip,
+            self.slash30.vm(),
             lower_mac(self.vm_mac)
         )?;
         writeln!(
             f,
             "dnat:       every protocol to {} and tcp to 127.0.0.1 -> {}",
-            self.pod_ip, self.vm_ip
+            self.pod_ip,
+            self.slash30.vm()
         )?;
         writeln!(f, "exclusions: {exclusions}")?;
         writeln!(
@@ -215,7 +209,7 @@ impl fmt::Display for NetPlan {
             self.pod_ip
         )?;
         writeln!(f, "ruleset:")?;
-        f.write_str(&self.ruleset)
+        f.write_str(&ruleset::ruleset(self))
     }
 }
 

@@ -5,11 +5,15 @@ use std::net::Ipv4Addr;
 
 use super::*;
 use crate::config::DnsMode;
+use crate::net::ruleset::ruleset;
 
 fn net() -> NetConfig {
     NetConfig {
-        vm_ip: Ipv4Addr::new(192, 168, 254, 2),
-        vm_gw: Ipv4Addr::new(192, 168, 254, 1),
+        slash30: crate::net::Slash30::new(
+            Ipv4Addr::new(192, 168, 254, 2),
+            Ipv4Addr::new(192, 168, 254, 1),
+        )
+        .expect("a /30"),
         vm_mac: None,
         no_vnc: false,
         no_dhcp: false,
@@ -60,8 +64,8 @@ fn default_plan_names_addresses_and_mtu() {
     assert_eq!(plan.tap, "kvmtap0");
     assert_eq!(plan.uplink, "eth0");
     assert_eq!(plan.mtu, 1450);
-    assert_eq!(plan.vm_ip, Ipv4Addr::new(192, 168, 254, 2));
-    assert_eq!(plan.vm_gw, Ipv4Addr::new(192, 168, 254, 1));
+    assert_eq!(plan.slash30.vm(), Ipv4Addr::new(192, 168, 254, 2));
+    assert_eq!(plan.slash30.gw(), Ipv4Addr::new(192, 168, 254, 1));
     assert_eq!(plan.pod_ip, Ipv4Addr::new(10, 244, 1, 5));
     assert_eq!(plan.vm_mac, MAC);
     assert!(plan.vhost_net);
@@ -71,7 +75,7 @@ fn default_plan_names_addresses_and_mtu() {
 
 #[test]
 fn default_ruleset_matches_golden() {
-    golden("default", &planned(&net()).ruleset);
+    golden("default", &ruleset(&planned(&net())));
 }
 
 #[test]
@@ -81,7 +85,7 @@ fn no_vnc_forwards_5900_to_the_vm() {
         ..net()
     });
     assert_eq!(ports(&plan), [8080]);
-    golden("no_vnc", &plan.ruleset);
+    golden("no_vnc", &ruleset(&plan));
 }
 
 #[test]
@@ -91,10 +95,8 @@ fn http_port_zero_excludes_only_vnc() {
         ..net()
     });
     assert_eq!(ports(&plan), [5900]);
-    assert!(plan
-        .ruleset
-        .contains("ip daddr 10.244.1.5 tcp dport 5900 return\n"));
-    assert!(!plan.ruleset.contains("8080"));
+    assert!(ruleset(&plan).contains("ip daddr 10.244.1.5 tcp dport 5900 return\n"));
+    assert!(!ruleset(&plan).contains("8080"));
 }
 
 #[test]
@@ -105,14 +107,17 @@ fn nothing_excluded_forwards_every_port() {
         ..net()
     });
     assert!(ports(&plan).is_empty());
-    golden("all_ports", &plan.ruleset);
+    golden("all_ports", &ruleset(&plan));
 }
 
 #[test]
 fn custom_addresses_and_port_flow_into_the_ruleset() {
     let config = NetConfig {
-        vm_ip: Ipv4Addr::new(172, 31, 0, 6),
-        vm_gw: Ipv4Addr::new(172, 31, 0, 5),
+        slash30: crate::net::Slash30::new(
+            Ipv4Addr::new(172, 31, 0, 6),
+            Ipv4Addr::new(172, 31, 0, 5),
+        )
+        .expect("a /30"),
         http_port: Some(9000),
         ..net()
     };
@@ -124,12 +129,12 @@ fn custom_addresses_and_port_flow_into_the_ruleset() {
         ..pod()
     };
     let plan = plan(&config, &pod, MAC).expect("a valid plan");
-    golden("custom", &plan.ruleset);
+    golden("custom", &ruleset(&plan));
 }
 
 #[test]
 fn the_ruleset_replaces_only_our_table() {
-    let ruleset = planned(&net()).ruleset;
+    let ruleset = ruleset(&planned(&net()));
     let statements: Vec<&str> = ruleset
         .lines()
         .filter(|l| l.starts_with("table") || l.starts_with("delete") || l.starts_with("flush"))
@@ -146,7 +151,7 @@ fn the_ruleset_replaces_only_our_table() {
 
 #[test]
 fn dnat_is_for_every_protocol_not_only_tcp() {
-    let ruleset = planned(&net()).ruleset;
+    let ruleset = ruleset(&planned(&net()));
     let dnat: Vec<&str> = ruleset
         .lines()
         .map(str::trim)
@@ -241,12 +246,12 @@ fn printed_plan_lists_bridge_tap_exclusions_and_ruleset() {
 #[test]
 fn the_vm_may_send_only_from_vm_ip_and_forged_sources_are_dropped_and_counted() {
     let plan = planned(&NetConfig {
-        vm_ip: Ipv4Addr::new(10, 9, 8, 2),
-        vm_gw: Ipv4Addr::new(10, 9, 8, 1),
+        slash30: crate::net::Slash30::new(Ipv4Addr::new(10, 9, 8, 2), Ipv4Addr::new(10, 9, 8, 1))
+            .expect("a /30"),
         ..net()
     });
-    let chain: Vec<&str> = plan
-        .ruleset
+    let text = ruleset(&plan);
+    let chain: Vec<&str> = text
         .lines()
         .skip_while(|l| !l.contains("chain antispoof"))
         .map(str::trim)
@@ -265,8 +270,8 @@ fn the_vm_may_send_only_from_vm_ip_and_forged_sources_are_dropped_and_counted() 
         ]
     );
     assert!(
-        plan.ruleset.contains("\tcounter spoofed {\n"),
+        ruleset(&plan).contains("\tcounter spoofed {\n"),
         "{}",
-        plan.ruleset
+        ruleset(&plan)
     );
 }

@@ -1,4 +1,4 @@
-//! The count of packets the anti-spoofing chain of our nft table dropped (see [`super::nat`]):
+//! The count of packets the anti-spoofing chain of our nft table dropped (see [`super::ruleset`]):
 //! read over nfnetlink (one request, one answer, no `nft` child per scrape) for `/metrics`,
 //! and watched, so that the log says when the VM forges its source address.
 //!
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::{self, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SockFlag};
 use nix::sys::time::TimeVal;
 
-use super::nat::{SPOOFED_COUNTER, TABLE};
+use super::ruleset::{SPOOFED_COUNTER, TABLE};
 use crate::lan::drop_log::LogLimit;
 
 // linux/netlink.h, linux/netfilter/nfnetlink.h, linux/netfilter/nf_tables.h.

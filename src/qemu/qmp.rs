@@ -221,6 +221,53 @@ impl Drop for Forget<'_> {
     }
 }
 
+/// One line from qemu, classified.
+#[derive(Debug)]
+enum Line {
+    /// An asynchronous event.
+    Event(QmpEvent),
+    /// The answer to the command with this `id`: its `return` value or its `error`.
+    Reply {
+        id: u64,
+        reply: Result<Value, QmpError>,
+    },
+    /// A reply without our `id` (nobody waits for it).
+    NoId,
+    NotJson,
+}
+
+fn classify(line: &str) -> Line {
+    let Ok(message) = serde_json::from_str::<Value>(line) else {
+        return Line::NotJson;
+    };
+    if let Some(event) = message.get("event").and_then(Value::as_str) {
+        return Line::Event(QmpEvent {
+            name: event.to_owned(),
+            data: message.get("data").cloned().unwrap_or(Value::Null),
+        });
+    }
+    let Some(id) = message.get("id").and_then(Value::as_u64) else {
+        return Line::NoId;
+    };
+    let text = |error: &Value, key: &str| {
+        error
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_owned()
+    };
+    let reply = match (message.get("return"), message.get("error")) {
+        (Some(value), _) => Ok(value.clone()),
+        (None, Some(error)) => Err(QmpError::Refused {
+            command: String::new(),
+            class: text(error, "class"),
+            desc: text(error, "desc"),
+        }),
+        (None, None) => Err(QmpError::Protocol(line.to_owned())),
+    };
+    Line::Reply { id, reply }
+}
+
 async fn read_replies(
     mut lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
     pending: Pending,
@@ -231,51 +278,27 @@ async fn read_replies(
             Ok(Some(line)) => line,
             Ok(None) | Err(_) => break,
         };
-        let Ok(message) = serde_json::from_str::<Value>(&line) else {
-            tracing::warn!(%line, "ignoring a QMP line that is not JSON");
-            continue;
-        };
-        if let Some(event) = message.get("event").and_then(Value::as_str) {
-            let data = message.get("data").cloned().unwrap_or(Value::Null);
-            if REPORTED_ELSEWHERE.contains(&event) {
-                tracing::debug!(target: "qemu", event, %data, "QMP event");
-            } else {
-                tracing::info!(target: "qemu", event, %data, "QMP event");
+        match classify(&line) {
+            Line::NotJson => tracing::warn!(%line, "ignoring a QMP line that is not JSON"),
+            Line::NoId => tracing::debug!(%line, "QMP reply without id"),
+            Line::Event(event) => {
+                if REPORTED_ELSEWHERE.contains(&event.name.as_str()) {
+                    tracing::debug!(target: "qemu", event = event.name, data = %event.data, "QMP event");
+                } else {
+                    tracing::info!(target: "qemu", event = event.name, data = %event.data, "QMP event");
+                }
+                // No subscriber is no error.
+                let _ = events.send(event);
             }
-            // No subscriber is no error.
-            let _ = events.send(QmpEvent {
-                name: event.to_owned(),
-                data,
-            });
-            continue;
-        }
-        let Some(id) = message.get("id").and_then(Value::as_u64) else {
-            tracing::debug!(%line, "QMP reply without id");
-            continue;
-        };
-        let reply = match (message.get("return"), message.get("error")) {
-            (Some(value), _) => Ok(value.clone()),
-            (None, Some(error)) => Err(QmpError::Refused {
-                command: String::new(),
-                class: error
-                    .get("class")
-                    .and_then(Value::as_str)
-                    .unwrap_or("?")
-                    .to_owned(),
-                desc: error
-                    .get("desc")
-                    .and_then(Value::as_str)
-                    .unwrap_or("?")
-                    .to_owned(),
-            }),
-            (None, None) => Err(QmpError::Protocol(line.clone())),
-        };
-        let waiter = pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&id);
-        if let Some(waiter) = waiter {
-            let _ = waiter.send(reply);
+            Line::Reply { id, reply } => {
+                let waiter = pending
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&id);
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(reply);
+                }
+            }
         }
     }
     // Wake every waiter: dropping the senders makes them see `Closed`.
@@ -283,4 +306,67 @@ async fn read_replies(
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_carry_their_name_and_data() {
+        let line = r#"{"event": "STOP", "data": {"reason": "io-error"}, "timestamp": {}}"#;
+        let Line::Event(event) = classify(line) else {
+            panic!("an event: {line}");
+        };
+        assert_eq!(event.name, "STOP");
+        assert_eq!(event.data, json!({ "reason": "io-error" }));
+        let Line::Event(event) = classify(r#"{"event": "RESUME"}"#) else {
+            panic!("an event without data");
+        };
+        assert_eq!(event.data, Value::Null);
+    }
+
+    #[test]
+    fn replies_are_routed_by_id_with_their_return_or_error() {
+        match classify(r#"{"return": {"status": "running"}, "id": 7}"#) {
+            Line::Reply {
+                id: 7,
+                reply: Ok(value),
+            } => {
+                assert_eq!(value, json!({ "status": "running" }));
+            }
+            other => panic!("a reply to 7: {other:?}"),
+        }
+        match classify(r#"{"error": {"class": "GenericError", "desc": "no"}, "id": 8}"#) {
+            Line::Reply {
+                id: 8,
+                reply: Err(QmpError::Refused { class, desc, .. }),
+            } => assert_eq!((class.as_str(), desc.as_str()), ("GenericError", "no")),
+            other => panic!("a refusal of 8: {other:?}"),
+        }
+        match classify(r#"{"error": {}, "id": 9}"#) {
+            Line::Reply {
+                reply: Err(QmpError::Refused { class, desc, .. }),
+                ..
+            } => assert_eq!((class.as_str(), desc.as_str()), ("?", "?")),
+            other => panic!("a refusal without words: {other:?}"),
+        }
+        assert!(matches!(
+            classify(r#"{"id": 10}"#),
+            Line::Reply {
+                id: 10,
+                reply: Err(QmpError::Protocol(_))
+            }
+        ));
+    }
+
+    #[test]
+    fn lines_nobody_waits_for_are_told_apart() {
+        assert!(matches!(classify(r#"{"return": {}}"#), Line::NoId));
+        assert!(matches!(
+            classify(r#"{"return": {}, "id": "x"}"#),
+            Line::NoId
+        ));
+        assert!(matches!(classify("not json"), Line::NotJson));
+    }
 }

@@ -17,7 +17,7 @@ pub const RENEW_SECS: u32 = LEASE_SECS / 2;
 pub const REBIND_SECS: u32 = LEASE_SECS / 8 * 7;
 
 /// The /30 shared by `VM_IP` and `VM_GW`.
-pub const NETMASK: Ipv4Addr = Ipv4Addr::new(255, 255, 255, 252);
+pub const NETMASK: Ipv4Addr = crate::net::Slash30::NETMASK;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -91,7 +91,7 @@ impl Lease {
     }
 
     pub fn broadcast(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.vm_ip) | !u32::from(NETMASK))
+        crate::net::slash30::broadcast_of(self.vm_ip)
     }
 }
 

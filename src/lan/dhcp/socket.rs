@@ -31,7 +31,7 @@ pub fn bind(bridge: &str) -> io::Result<UdpSocket> {
     socket.bind_device(Some(bridge.as_bytes()))?;
     // Our broadcast replies loop back into the bridge's input; the mark tells the NAT's
     // anti-spoofing chain that they are ours, not the VM's.
-    crate::net::nat::mark_own(&socket);
+    crate::net::nft::mark_own(&socket);
     socket.set_reuse_address(true)?;
     socket.set_broadcast(true)?;
     socket.set_nonblocking(true)?;

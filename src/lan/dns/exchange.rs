@@ -6,7 +6,7 @@
 //! so only the upstream can answer on it, and an ICMP "port unreachable" shows up as
 //! ECONNREFUSED on that socket: every query waiting on it fails at once, and the caller
 //! fails over immediately instead of waiting out its timeout. The sockets carry
-//! [`crate::net::nat::LOCAL_MARK`], so the NAT leaves them alone.
+//! [`crate::net::ruleset::LOCAL_MARK`], so the NAT leaves them alone.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -50,7 +50,7 @@ impl Exchange {
         for index in 0..POOL {
             let socket = Socket::new(Domain::for_address(server), Type::DGRAM, None)?;
             // A nameserver on the pod IP is ours to ask, not the VM's to answer.
-            crate::net::nat::mark_own(&socket);
+            crate::net::nft::mark_own(&socket);
             socket.bind(&SocketAddr::new(local, 0).into())?;
             socket.connect(&server.into())?;
             socket.set_nonblocking(true)?;

@@ -141,7 +141,7 @@ async fn connect_marked(server: SocketAddr) -> std::io::Result<TcpStream> {
         socket2::Type::STREAM,
         None,
     )?;
-    crate::net::nat::mark_own(&socket);
+    crate::net::nft::mark_own(&socket);
     socket.set_nonblocking(true)?;
     let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
     socket.connect(server).await

@@ -1,4 +1,5 @@
-//! Our nftables table, `ip kvm_manager`: its text (pure) and its atomic replacement.
+//! Our nftables table, `ip kvm_manager`, as text: a pure function of the [`NetPlan`]. [`super::nft`]
+//! hands it to `nft`.
 //!
 //! The ruleset starts with `table …` + `delete table …` and then declares the table again, and
 //! `nft -f -` runs the whole file as one transaction: after a container restart (the pod netns
@@ -22,15 +23,8 @@
 //!   VM's link-local IPv6 address stays usable on the bridge.
 
 use std::fmt::Write as _;
-use std::io::ErrorKind;
-use std::path::{Path, PathBuf};
-
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::plan::NetPlan;
-use super::NetError;
-use crate::pid1::reaper::Stdio;
-use crate::pid1::{Pid1Error, Reaper};
 
 /// Our table: `table ip kvm_manager`.
 pub const TABLE: &str = "kvm_manager";
@@ -42,18 +36,10 @@ pub const LOCAL_MARK: u32 = 0x4b4d;
 /// The named counter of packets from the VM with a forged source address.
 pub const SPOOFED_COUNTER: &str = "spoofed";
 
-/// Marks one of our sockets with [`LOCAL_MARK`]. Needs CAP_NET_ADMIN, which the NAT needs
-/// too; without it (no NAT then) the socket is left unmarked.
-pub fn mark_own(socket: &socket2::Socket) {
-    if let Err(e) = socket.set_mark(LOCAL_MARK) {
-        tracing::debug!(error = %e, "could not mark our socket; it is NAT'ed like any other");
-    }
-}
-
 /// The complete `nft -f -` input for `plan`.
 pub fn ruleset(plan: &NetPlan) -> String {
     let pod = plan.pod_ip;
-    let vm = plan.vm_ip;
+    let vm = plan.slash30.vm();
     let bridge = &plan.bridge;
     let uplink = &plan.uplink;
     let ports: Vec<String> = plan
@@ -98,7 +84,7 @@ pub fn ruleset(plan: &NetPlan) -> String {
     line!("\t\ttype nat hook postrouting priority srcnat; policy accept;");
     line!(
         "\t\toifname \"{bridge}\" ip saddr {{ 127.0.0.0/8, {pod} }} snat to {}",
-        plan.vm_gw
+        plan.slash30.gw()
     );
     line!(
         "\t\toifname \"{uplink}\" ip saddr {} snat to {pod}",
@@ -122,36 +108,6 @@ pub fn ruleset(plan: &NetPlan) -> String {
     out
 }
 
-/// Why `nft` failed, read from its stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NftFailure {
-    NotPermitted,
-    NoNfTables,
-    Rejected,
-}
-
-pub fn classify_failure(stderr: &str) -> NftFailure {
-    if stderr.contains("Operation not permitted") {
-        NftFailure::NotPermitted
-    } else if stderr.contains("Protocol not supported")
-        || stderr.contains("Operation not supported")
-        || stderr.contains("Address family not supported")
-    {
-        NftFailure::NoNfTables
-    } else {
-        NftFailure::Rejected
-    }
-}
-
-/// The `nft` binary on PATH, found before anything is changed.
-pub fn find_nft() -> Result<PathBuf, NetError> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("nft"))
-        .find(|candidate| candidate.is_file())
-        .ok_or(NetError::NftMissing)
-}
-
 /// `ruleset` with its `delete table` turned into `flush table`: the same rules end up in the
 /// table, but existing chains are kept (so their hook and priority must not have changed).
 pub fn flushing(ruleset: &str) -> String {
@@ -160,46 +116,6 @@ pub fn flushing(ruleset: &str) -> String {
         &format!("flush table ip {TABLE}"),
         1,
     )
-}
-
-/// Runs `nft -f -` with `ruleset` on stdin: one atomic transaction.
-pub async fn replace_table(nft: &Path, ruleset: &str, reaper: &Reaper) -> Result<(), NetError> {
-    let mut spawned = reaper
-        .spawn(
-            nft.as_os_str(),
-            &["-f", "-"],
-            [Stdio::Piped, Stdio::Null, Stdio::Piped],
-        )
-        .map_err(|e| match e {
-            Pid1Error::Spawn { source, .. } if source.kind() == ErrorKind::NotFound => {
-                NetError::NftMissing
-            }
-            other => NetError::NftSpawn(other),
-        })?;
-    // A small ruleset: nft reads it all before it writes anything, so this cannot deadlock.
-    let written = match spawned.pipes.stdin.take() {
-        Some(mut stdin) => stdin.write_all(ruleset.as_bytes()).await,
-        None => Err(std::io::Error::other("stdin was not piped")),
-    };
-    let mut stderr = String::new();
-    if let Some(mut pipe) = spawned.pipes.stderr.take() {
-        pipe.read_to_string(&mut stderr)
-            .await
-            .map_err(NetError::NftPipe)?;
-    }
-    let status = spawned
-        .exit
-        .await
-        .map_err(|_| NetError::NftSpawn(Pid1Error::ReaperGone(spawned.pid.as_raw())))?;
-    if status.success() {
-        return written.map_err(NetError::NftPipe);
-    }
-    let stderr = stderr.trim().to_owned();
-    Err(match classify_failure(&stderr) {
-        NftFailure::NotPermitted => NetError::MissingNetAdmin,
-        NftFailure::NoNfTables => NetError::NoNfTables { stderr },
-        NftFailure::Rejected => NetError::NftRejected { status, stderr },
-    })
 }
 
 #[cfg(test)]
@@ -212,26 +128,6 @@ mod tests {
         assert_eq!(
             flushing(full),
             "table ip kvm_manager\nflush table ip kvm_manager\ntable ip kvm_manager {\n}\n"
-        );
-    }
-
-    #[test]
-    fn nft_stderr_is_classified_for_the_operator() {
-        assert_eq!(
-            classify_failure("netlink: Error: cannot open socket: Operation not permitted"),
-            NftFailure::NotPermitted
-        );
-        assert_eq!(
-            classify_failure("Error: Could not process rule: Operation not supported"),
-            NftFailure::NoNfTables
-        );
-        assert_eq!(
-            classify_failure("mnl_socket_open: Protocol not supported"),
-            NftFailure::NoNfTables
-        );
-        assert_eq!(
-            classify_failure("/dev/stdin:3:1-5: Error: syntax error"),
-            NftFailure::Rejected
         );
     }
 }
