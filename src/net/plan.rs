@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use macaddr::MacAddr6;
 
 use super::discover::PodNet;
-use super::ruleset;
+pub use super::slash30::Ipv4Net;
 use super::slash30::Slash30;
 use super::NetError;
 use crate::config::{NetConfig, VNC_PORT};
@@ -49,40 +49,6 @@ pub struct NetPlan {
 pub struct ExcludedPort {
     pub port: u16,
     pub reason: &'static str,
-}
-
-/// An IPv4 network as address + prefix length, for overlap checks and messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ipv4Net {
-    pub addr: Ipv4Addr,
-    pub prefix: u8,
-}
-
-impl Ipv4Net {
-    pub fn new(addr: Ipv4Addr, prefix: u8) -> Self {
-        Self { addr, prefix }
-    }
-
-    fn mask(self) -> u32 {
-        match self.prefix {
-            0 => 0,
-            p => u32::MAX << (32 - u32::from(p.min(32))),
-        }
-    }
-
-    /// The first address of the network.
-    pub fn network(self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.addr) & self.mask())
-    }
-
-    pub fn contains(self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & self.mask() == u32::from(self.network())
-    }
-
-    /// Two prefixes overlap exactly when one contains the other's first address.
-    pub fn overlaps(self, other: Ipv4Net) -> bool {
-        self.contains(other.network()) || other.contains(self.network())
-    }
 }
 
 impl fmt::Display for Ipv4Net {
@@ -207,9 +173,7 @@ impl fmt::Display for NetPlan {
             self.vm_net(),
             self.uplink,
             self.pod_ip
-        )?;
-        writeln!(f, "ruleset:")?;
-        f.write_str(&ruleset::ruleset(self))
+        )
     }
 }
 

@@ -4,8 +4,6 @@
 
 use std::net::Ipv4Addr;
 
-use super::plan::Ipv4Net;
-
 /// Two host addresses of one /30, checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Slash30 {
@@ -88,6 +86,40 @@ fn network_of(addr: Ipv4Addr) -> Ipv4Addr {
 /// The broadcast address of the /30 `addr` is in.
 pub fn broadcast_of(addr: Ipv4Addr) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(addr) | !u32::from(Slash30::NETMASK))
+}
+
+/// An IPv4 network as address + prefix length, for overlap checks and messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Net {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Ipv4Net {
+    pub fn new(addr: Ipv4Addr, prefix: u8) -> Self {
+        Self { addr, prefix }
+    }
+
+    fn mask(self) -> u32 {
+        match self.prefix {
+            0 => 0,
+            p => u32::MAX << (32 - u32::from(p.min(32))),
+        }
+    }
+
+    /// The first address of the network.
+    pub fn network(self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) & self.mask())
+    }
+
+    pub fn contains(self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.network())
+    }
+
+    /// Two prefixes overlap exactly when one contains the other's first address.
+    pub fn overlaps(self, other: Ipv4Net) -> bool {
+        self.contains(other.network()) || other.contains(self.network())
+    }
 }
 
 #[cfg(test)]
