@@ -157,11 +157,7 @@ fn network(config: &Config) -> Result<u8, Error> {
         net::apply(&plan, pid1.reaper()).await?;
         let services = Services::start(&Lan::load(config, &plan)?).await?;
         // The plan is this subcommand's product: stdout, not a log line.
-        let _ = write!(
-            std::io::stdout().lock(),
-            "{plan}ruleset:\n{}",
-            net::ruleset::ruleset(&plan)
-        );
+        let _ = write!(std::io::stdout().lock(), "{}", net::printout(&plan));
         tracing::info!(bridge = %plan.bridge, tap = %plan.tap, "network ready; serving DHCP and DNS until SIGTERM");
         let signal = pid1.shutdown_requested().await;
         tracing::info!(%signal, "shutting down");

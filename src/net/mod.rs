@@ -26,6 +26,11 @@ pub use discover::{discover, PodNet};
 pub use plan::{plan, ExcludedPort, NetPlan};
 pub use slash30::Slash30;
 
+/// What `kvm-manager network` prints: the plan, then the ruleset computed from it.
+pub fn printout(plan: &NetPlan) -> String {
+    format!("{plan}ruleset:\n{}", ruleset::ruleset(plan))
+}
+
 use crate::pid1::{ExitStatus, Pid1Error, Reaper};
 
 const NET_ADMIN_FIX: &str = "add `securityContext: {capabilities: {add: [NET_ADMIN]}}` to the \

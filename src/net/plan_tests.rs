@@ -230,7 +230,7 @@ fn gateway_mac_is_local_unicast_and_differs_from_the_vm() {
 
 #[test]
 fn printed_plan_lists_bridge_tap_exclusions_and_ruleset() {
-    let text = planned(&net()).to_string();
+    let text = crate::net::printout(&planned(&net()));
     for needle in [
         "bridge:     kvmbr0 192.168.254.1/30",
         "tap:        kvmtap0 (vnet_hdr, vhost-net available) mtu 1450",
