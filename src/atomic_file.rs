@@ -13,10 +13,10 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 /// The tag of [`write`]'s and [`write_unsynced`]'s temporary files: `.NAME.tmp<random>`.
-pub const TMP: &str = "tmp";
+pub(crate) const TMP: &str = "tmp";
 
 /// The hidden temporary name used for `path` while it is being written.
-pub fn temp_path(path: &Path, tag: &str) -> PathBuf {
+pub(crate) fn temp_path(path: &Path, tag: &str) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -25,13 +25,13 @@ pub fn temp_path(path: &Path, tag: &str) -> PathBuf {
 }
 
 /// Writes `bytes` to `path` atomically and durably.
-pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     replace(path, bytes, true)
 }
 
 /// Writes `bytes` to `path` atomically (readers see the old or the new file, never a part)
 /// but not durably: for files rebuilt on every start, where a crash costs nothing.
-pub fn write_unsynced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_unsynced(path: &Path, bytes: &[u8]) -> io::Result<()> {
     replace(path, bytes, false)
 }
 
@@ -51,7 +51,7 @@ fn replace(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
 
 /// A new, exclusively created `.NAME.TAG<random>` beside `path`, removed when dropped unless
 /// persisted. Mode 0666 less the umask, as `File::create` would give.
-pub fn unique_temp(path: &Path, tag: &str) -> io::Result<tempfile::NamedTempFile> {
+pub(crate) fn unique_temp(path: &Path, tag: &str) -> io::Result<tempfile::NamedTempFile> {
     tempfile::Builder::new()
         .prefix(&temp_prefix(path, tag))
         .rand_bytes(8)
@@ -61,7 +61,7 @@ pub fn unique_temp(path: &Path, tag: &str) -> io::Result<tempfile::NamedTempFile
 
 /// Removes every `.NAME.TAG*` beside `path` (the temporaries of killed writers); returns what
 /// it removed. Only for a caller that knows nobody else is writing `path`.
-pub fn remove_temps(path: &Path, tag: &str) -> Vec<PathBuf> {
+pub(crate) fn remove_temps(path: &Path, tag: &str) -> Vec<PathBuf> {
     let prefix = temp_prefix(path, tag);
     let Ok(entries) = fs::read_dir(parent(path)) else {
         return Vec::new();
@@ -90,7 +90,7 @@ fn parent(path: &Path) -> &Path {
 }
 
 /// Fsyncs the directory holding `path`, so that a rename into it survives a crash.
-pub fn sync_parent(path: &Path) -> io::Result<()> {
+pub(crate) fn sync_parent(path: &Path) -> io::Result<()> {
     File::open(parent(path))?.sync_all()
 }
 

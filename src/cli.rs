@@ -25,7 +25,7 @@ process was killed by signal N.";
 /// then launches and supervises qemu.
 #[derive(Debug, Parser)]
 #[command(name = "kvm-manager", version, after_help = AFTER_HELP)]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(flatten)]
     pub settings: Settings,
 
@@ -38,7 +38,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Everything (the default): image, network, DHCP/DNS, config drive, then qemu; stays PID 1
     /// until the VM stops.
     Run {

@@ -14,10 +14,10 @@ use crate::cli::Settings;
 use crate::size::ByteSize;
 
 /// Compression suffixes that are stripped from the default `IMG_TARGET`.
-pub const COMPRESSION_SUFFIXES: [&str; 3] = [".xz", ".gz", ".zst"];
+pub(crate) const COMPRESSION_SUFFIXES: [&str; 3] = [".xz", ".gz", ".zst"];
 
 /// The port qemu's VNC server listens on (display :0).
-pub const VNC_PORT: u16 = 5900;
+pub(crate) const VNC_PORT: u16 = 5900;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -253,7 +253,7 @@ pub struct LogConfig {
 }
 
 /// Parses only what logging needs, so that logging can start before anything else fails.
-pub fn parse_log(settings: &Settings) -> Result<LogConfig, ConfigError> {
+pub(crate) fn parse_log(settings: &Settings) -> Result<LogConfig, ConfigError> {
     let format = choice(
         "LOG_FORMAT",
         &settings.log_format,
@@ -346,8 +346,7 @@ mod image;
 mod net;
 mod vm;
 
-pub use image::{redact_url, FetchLimits, ImageAuth, ImageUrl, Reserve};
-pub use net::check_slash30;
+pub(crate) use image::{redact_url, FetchLimits, ImageAuth, ImageUrl, Reserve};
 
 #[cfg(test)]
 mod tests;

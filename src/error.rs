@@ -17,21 +17,21 @@ use crate::qemu::QemuError;
 use crate::state::StateError;
 
 /// Exit codes, documented in the README and in `--help`.
-pub mod exit {
-    pub const INTERNAL: u8 = 1;
-    pub const CONFIG: u8 = 2;
-    pub const IMAGE: u8 = 3;
-    pub const NETWORK: u8 = 4;
-    pub const CONFIG_DRIVE: u8 = 5;
-    pub const QEMU_START: u8 = 6;
+pub(crate) mod exit {
+    pub(crate) const INTERNAL: u8 = 1;
+    pub(crate) const CONFIG: u8 = 2;
+    pub(crate) const IMAGE: u8 = 3;
+    pub(crate) const NETWORK: u8 = 4;
+    pub(crate) const CONFIG_DRIVE: u8 = 5;
+    pub(crate) const QEMU_START: u8 = 6;
     /// The guest ignored the ACPI power button for SHUTDOWN_TIMEOUT; qemu was made to quit.
-    pub const SHUTDOWN_FORCED: u8 = 7;
+    pub(crate) const SHUTDOWN_FORCED: u8 = 7;
     /// Another kvm-manager owns this pet (`PET_DIR/<hostname>.lock`); nothing was changed.
-    pub const PET_OWNED: u8 = 8;
+    pub(crate) const PET_OWNED: u8 = 8;
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("invalid configuration")]
     Config(#[from] ConfigError),
     #[error("the DHCP server failed")]
@@ -73,7 +73,7 @@ impl Error {
     /// The exit code, decided here for every nested variant: the modules below report what
     /// went wrong and know no exit-code table (as Firecracker's `main.rs` maps its errors).
     /// The matches name every variant, so a new one cannot get a code by accident.
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self {
             Error::Config(_) | Error::Log(_) => exit::CONFIG,
             Error::Dhcp(_) | Error::Dns(_) | Error::Net(_) | Error::Http(_) => exit::NETWORK,

@@ -3,22 +3,26 @@
 //! The binary (`src/main.rs`) only calls [`app::main`]. Everything else lives here so that the
 //! deciding half of each area can be unit-tested without root. Only [`app`] sequences phases;
 //! only [`sys`] contains `unsafe`.
+//!
+//! Public: [`app`] (the binary's entry point) and the LAN protocol layers the fuzz targets
+//! drive ([`lan`]); everything else is private to the crate, so the compiler reports what no
+//! one uses (`unreachable_pub`, `dead_code`).
 
 pub mod app;
-pub mod atomic_file;
-pub mod cli;
-pub mod config;
-pub mod configdrive;
-pub mod error;
-pub mod http;
-pub mod image;
+mod atomic_file;
+mod cli;
+mod config;
+mod configdrive;
+mod error;
+mod http;
+mod image;
 pub mod lan;
-pub mod logging;
-pub mod metrics;
-pub mod net;
-pub mod pid1;
-pub mod qemu;
-pub mod regular_file;
-pub mod size;
-pub mod state;
-pub mod sys;
+mod logging;
+mod metrics;
+mod net;
+mod pid1;
+mod qemu;
+mod regular_file;
+mod size;
+mod state;
+mod sys;

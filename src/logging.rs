@@ -11,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{LogConfig, LogFormat};
 
 #[derive(Debug, thiserror::Error)]
-pub enum LogError {
+pub(crate) enum LogError {
     #[error("invalid LOG_LEVEL filter")]
     Filter(#[source] tracing_subscriber::filter::ParseError),
     #[error("a global logger is already installed")]
@@ -19,7 +19,7 @@ pub enum LogError {
 }
 
 /// `error: top\n  caused by: next\n  caused by: root` — each message once.
-pub fn render_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn render_chain(error: &dyn std::error::Error) -> String {
     let mut out = format!("error: {error}");
     let mut source = error.source();
     while let Some(cause) = source {
@@ -31,12 +31,12 @@ pub fn render_chain(error: &dyn std::error::Error) -> String {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sink {
+pub(crate) enum Sink {
     Stdout,
     Stderr,
 }
 
-pub fn init(config: &LogConfig, sink: Sink) -> Result<(), LogError> {
+pub(crate) fn init(config: &LogConfig, sink: Sink) -> Result<(), LogError> {
     let filter = EnvFilter::try_new(&config.level).map_err(LogError::Filter)?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

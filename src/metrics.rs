@@ -56,7 +56,7 @@ fn one_hot(family: &OneHot, name: &'static str, states: &[&str], current: &str) 
 
 /// The DHCP server's counters.
 #[derive(Debug)]
-pub struct Dhcp {
+pub(crate) struct Dhcp {
     packets: Counters,
     replies: Counters,
     pub received: Counter,
@@ -67,7 +67,7 @@ pub struct Dhcp {
     pub naks: Counter,
 }
 
-pub static DHCP: LazyLock<Dhcp> = LazyLock::new(|| {
+pub(crate) static DHCP: LazyLock<Dhcp> = LazyLock::new(|| {
     let packets = Counters::default();
     let replies = Counters::default();
     let [received, malformed, ignored] = kinds(&packets, ["received", "malformed", "ignored"]);
@@ -86,7 +86,7 @@ pub static DHCP: LazyLock<Dhcp> = LazyLock::new(|| {
 
 /// The DNS forwarder's counters.
 #[derive(Debug)]
-pub struct Dns {
+pub(crate) struct Dns {
     queries_family: Counters,
     failures: Counters,
     upstream_queries: Counters,
@@ -101,21 +101,21 @@ pub struct Dns {
 
 impl Dns {
     /// A query forwarded to `upstream`.
-    pub fn upstream_query(&self, upstream: &str) {
+    pub(crate) fn upstream_query(&self, upstream: &str) {
         self.upstream_queries
             .get_or_create(&label("upstream", upstream))
             .inc();
     }
 
     /// A forwarded query that `upstream` failed or refused.
-    pub fn upstream_failure(&self, upstream: &str) {
+    pub(crate) fn upstream_failure(&self, upstream: &str) {
         self.upstream_failures
             .get_or_create(&label("upstream", upstream))
             .inc();
     }
 }
 
-pub static DNS: LazyLock<Dns> = LazyLock::new(|| {
+pub(crate) static DNS: LazyLock<Dns> = LazyLock::new(|| {
     let queries_family = Counters::default();
     let failures = Counters::default();
     let [queries, local, forwarded] = kinds(&queries_family, ["all", "local", "forwarded"]);
@@ -136,7 +136,7 @@ pub static DNS: LazyLock<Dns> = LazyLock::new(|| {
 
 /// This process and its VM.
 #[derive(Debug, Default)]
-pub struct Vm {
+pub(crate) struct Vm {
     pub starts: Counter,
     pub qemu_up: Gauge,
     phase_seconds: Family<Label, Gauge<f64, AtomicU64>>,
@@ -147,45 +147,45 @@ pub struct Vm {
 
 impl Vm {
     /// Start phase `phase` took `took`.
-    pub fn phase_took(&self, phase: &'static str, took: Duration) {
+    pub(crate) fn phase_took(&self, phase: &'static str, took: Duration) {
         self.phase_seconds
             .get_or_create(&label("phase", phase))
             .set(took.as_secs_f64());
     }
 
     /// `vm_phase{phase}`: 1 for `current`, 0 for every other of `phases`.
-    pub fn phase(&self, phases: &[&str], current: &str) {
+    pub(crate) fn phase(&self, phases: &[&str], current: &str) {
         one_hot(&self.phase, "phase", phases, current);
     }
 
     /// `vm_paused{reason}`: 1 for `current`, 0 for every other of `reasons` (all 0 with `None`).
-    pub fn paused(&self, reasons: &[&str], current: Option<&str>) {
+    pub(crate) fn paused(&self, reasons: &[&str], current: Option<&str>) {
         one_hot(&self.paused, "reason", reasons, current.unwrap_or(""));
     }
 
     /// qemu ended, `how`.
-    pub fn shutdown(&self, how: &'static str) {
+    pub(crate) fn shutdown(&self, how: &'static str) {
         self.shutdowns.get_or_create(&label("how", how)).inc();
     }
 }
 
-pub static VM: LazyLock<Vm> = LazyLock::new(Vm::default);
+pub(crate) static VM: LazyLock<Vm> = LazyLock::new(Vm::default);
 
 /// The base image.
 #[derive(Debug, Default)]
-pub struct Image {
+pub(crate) struct Image {
     pub download_bytes: Counter,
     state: OneHot,
 }
 
 impl Image {
     /// `image_state{state}`: 1 for `current`, 0 for every other of `states`.
-    pub fn state(&self, states: &[&str], current: &str) {
+    pub(crate) fn state(&self, states: &[&str], current: &str) {
         one_hot(&self.state, "state", states, current);
     }
 }
 
-pub static IMAGE: LazyLock<Image> = LazyLock::new(Image::default);
+pub(crate) static IMAGE: LazyLock<Image> = LazyLock::new(Image::default);
 
 /// Every metric this process exports, registered here and nowhere else (the handles above share
 /// their values with it).
@@ -267,10 +267,10 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
 });
 
 /// The OpenMetrics content type of [`render`]'s text.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The `/metrics` body.
-pub fn render() -> String {
+pub(crate) fn render() -> String {
     let mut out = String::new();
     // Infallible: writing to a String.
     let _ = prometheus_client::encoding::text::encode(&mut out, &REGISTRY);
@@ -278,13 +278,13 @@ pub fn render() -> String {
 }
 
 /// Reads the count of spoofed packets the firewall dropped.
-pub type SpoofedReader = fn() -> std::io::Result<u64>;
+pub(crate) type SpoofedReader = fn() -> std::io::Result<u64>;
 
 static SPOOFED: OnceLock<SpoofedReader> = OnceLock::new();
 
 /// Exports the firewall's count of dropped spoofed packets, read by `reader` at each scrape
 /// (once per process: later calls are ignored).
-pub fn watch_spoofed(reader: SpoofedReader) {
+pub(crate) fn watch_spoofed(reader: SpoofedReader) {
     let _ = SPOOFED.set(reader);
 }
 

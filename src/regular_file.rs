@@ -88,21 +88,17 @@ impl std::fmt::Display for Kind {
 
 /// An open regular file in blocking mode, and its size when it was opened.
 #[derive(Debug)]
-pub struct RegularFile {
+pub(crate) struct RegularFile {
     file: File,
     len: u64,
 }
 
 impl RegularFile {
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn into_file(self) -> File {
+    pub(crate) fn into_file(self) -> File {
         self.file
     }
 }
@@ -113,7 +109,7 @@ fn read_flags() -> OFlag {
 }
 
 /// Opens `path` (following symlinks anywhere) if it is a regular file.
-pub fn open(path: &Path) -> Result<RegularFile, RegularFileError> {
+pub(crate) fn open(path: &Path) -> Result<RegularFile, RegularFileError> {
     match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags((OFlag::O_NONBLOCK | OFlag::O_NOCTTY).bits())
@@ -132,7 +128,7 @@ pub fn open(path: &Path) -> Result<RegularFile, RegularFileError> {
 
 /// Opens `name` inside the directory `dir` if it is a regular file and every symlink on the
 /// way resolves inside `dir` (absolute links are refused too). `dir` itself is taken as given.
-pub fn open_beneath(dir: &Path, name: &Path) -> Result<RegularFile, RegularFileError> {
+pub(crate) fn open_beneath(dir: &Path, name: &Path) -> Result<RegularFile, RegularFileError> {
     let dir_fd = fcntl::open(
         dir,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,

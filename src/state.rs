@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use crate::config::Hostname;
 
 #[derive(Debug, thiserror::Error)]
-pub enum StateError {
+pub(crate) enum StateError {
     #[error("could not read {path}")]
     Read {
         path: PathBuf,
@@ -45,14 +45,14 @@ pub enum StateError {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PetState {
+pub(crate) struct PetState {
     pub mac: Mac,
     /// A UUID, used as the config drive's instance id.
     pub instance_id: String,
 }
 
 impl PetState {
-    pub fn mac(&self) -> MacAddr6 {
+    pub(crate) fn mac(&self) -> MacAddr6 {
         self.mac.0
     }
 }
@@ -60,7 +60,7 @@ impl PetState {
 /// The NIC's MAC, parsed when the file is read: in the file (and the config drive) it is
 /// `aa:bb:cc:dd:ee:ff`, lowercase; a value that is not a MAC makes the file corrupt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Mac(pub MacAddr6);
+pub(crate) struct Mac(pub MacAddr6);
 
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -93,18 +93,18 @@ impl<'de> Deserialize<'de> for Mac {
 /// A locally administered unicast MAC derived from the hostname: `52:54:00` is qemu's own
 /// prefix, the rest comes from a hash of the hostname, so it is stable even before the state
 /// file exists.
-pub fn derived_mac(hostname: &Hostname) -> MacAddr6 {
+pub(crate) fn derived_mac(hostname: &Hostname) -> MacAddr6 {
     let digest = Sha256::digest(hostname.as_str().as_bytes());
     MacAddr6::new(0x52, 0x54, 0x00, digest[0], digest[1], digest[2])
 }
 
-pub fn path(pet_dir: &Path, hostname: &Hostname) -> PathBuf {
+pub(crate) fn path(pet_dir: &Path, hostname: &Hostname) -> PathBuf {
     pet_dir.join(format!("{hostname}.state.json"))
 }
 
 /// Removes the temporary files of a killed state write; returns what it removed. Only for the
 /// pet's owner.
-pub fn remove_temps(pet_dir: &Path, hostname: &Hostname) -> Vec<PathBuf> {
+pub(crate) fn remove_temps(pet_dir: &Path, hostname: &Hostname) -> Vec<PathBuf> {
     crate::atomic_file::remove_temps(&path(pet_dir, hostname), crate::atomic_file::TMP)
 }
 
@@ -135,7 +135,7 @@ fn read_stored(path: &Path) -> Result<Option<PetState>, StateError> {
 
 /// The state as `run` would see it, without writing anything: the stored state, else what
 /// would be created (with a placeholder instance id). For `qemu-args`.
-pub fn peek(
+pub(crate) fn peek(
     pet_dir: &Path,
     hostname: &Hostname,
     configured: Option<MacAddr6>,
@@ -154,7 +154,7 @@ pub fn peek(
 }
 
 /// Loads the state, creating it on first start. `configured` (VM_MAC) wins over the stored MAC.
-pub fn load_or_create(
+pub(crate) fn load_or_create(
     pet_dir: &Path,
     hostname: &Hostname,
     configured: Option<MacAddr6>,
@@ -166,7 +166,7 @@ pub fn load_or_create(
 
 /// The state this start uses, and whether it still has to be written to `PET_DIR`.
 #[derive(Debug)]
-pub struct Loaded {
+pub(crate) struct Loaded {
     pub state: PetState,
     unsaved: Option<(PathBuf, Vec<u8>)>,
 }
@@ -174,7 +174,7 @@ pub struct Loaded {
 impl Loaded {
     /// Writes the state durably if it is new or changed; nothing otherwise. `run` does this on
     /// a worker thread while it builds the rest, and before qemu starts.
-    pub fn persist(&self) -> Result<(), StateError> {
+    pub(crate) fn persist(&self) -> Result<(), StateError> {
         let Some((path, bytes)) = &self.unsaved else {
             return Ok(());
         };
@@ -187,7 +187,7 @@ impl Loaded {
 
 /// Reads the state and decides it, without writing: a first start gets a new instance id, a
 /// `VM_MAC` different from the stored MAC replaces it.
-pub fn load(
+pub(crate) fn load(
     pet_dir: &Path,
     hostname: &Hostname,
     configured: Option<MacAddr6>,

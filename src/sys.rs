@@ -2,7 +2,7 @@
 //! safely. Each block states why it is sound.
 
 /// Registers a signalfd with tokio's reactor (readable interest only).
-pub fn register_signalfd(
+pub(crate) fn register_signalfd(
     fd: nix::sys::signalfd::SignalFd,
 ) -> std::io::Result<tokio::io::unix::AsyncFd<nix::sys::signalfd::SignalFd>> {
     // SAFETY: `SignalFd` owns its descriptor (an `OwnedFd`) for its whole lifetime and its
@@ -19,7 +19,7 @@ const ATF_COM: libc::c_int = 0x02;
 ///
 /// A DHCP server must unicast an OFFER/ACK to an address the client has not configured yet
 /// (RFC 2131 §4.1): the client cannot answer ARP for it, so the kernel needs the entry first.
-pub fn set_arp_entry(
+pub(crate) fn set_arp_entry(
     fd: &impl std::os::fd::AsRawFd,
     device: &str,
     ip: std::net::Ipv4Addr,
@@ -65,7 +65,7 @@ pub fn set_arp_entry(
 /// The soft default (often 1024) is a convention for programs that use `select()`; our
 /// sockets are polled with epoll, and every HTTP connection from the cluster costs one. qemu
 /// raises its own limit the same way, so children lose nothing they would not take anyway.
-pub fn raise_open_files_limit() -> std::io::Result<(u64, u64)> {
+pub(crate) fn raise_open_files_limit() -> std::io::Result<(u64, u64)> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
@@ -80,7 +80,7 @@ pub fn raise_open_files_limit() -> std::io::Result<(u64, u64)> {
 }
 
 /// The soft limit on open files now in force.
-pub fn open_files_limit() -> std::io::Result<u64> {
+pub(crate) fn open_files_limit() -> std::io::Result<u64> {
     let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
     Ok(soft)
 }
@@ -93,7 +93,7 @@ fn open_files_target(soft: u64, hard: u64, nr_open: u64) -> u64 {
 /// Hands the heap's free pages back to the system (glibc keeps them for reuse otherwise).
 /// Returns whether any memory was released.
 #[cfg(target_env = "gnu")]
-pub fn release_free_memory() -> bool {
+pub(crate) fn release_free_memory() -> bool {
     // SAFETY: malloc_trim only walks and shrinks the allocator's own free lists under its
     // arena locks; it touches no memory we own and takes no pointer from us.
     unsafe { libc::malloc_trim(0) == 1 }

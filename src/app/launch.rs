@@ -13,15 +13,15 @@ use crate::qemu::args::{Accel, Base, BaseFormat, Launch, Nic, Vnc};
 use crate::qemu::sizing::{self, Limits};
 use crate::qemu::QemuError;
 
-pub const KVM_DEVICE: &str = "/dev/kvm";
+pub(super) const KVM_DEVICE: &str = "/dev/kvm";
 
 /// Where `run` writes the config drive.
-pub fn config_drive_path(config: &Config) -> Option<PathBuf> {
+pub(super) fn config_drive_path(config: &Config) -> Option<PathBuf> {
     (config.config_drive.format != DriveFormat::None)
         .then(|| config.runtime_dir.join("config-drive.iso"))
 }
 
-pub fn qmp_socket(config: &Config) -> PathBuf {
+pub(super) fn qmp_socket(config: &Config) -> PathBuf {
     config.runtime_dir.join("qmp.sock")
 }
 
@@ -47,7 +47,7 @@ fn base_format(format: DiskFormat) -> BaseFormat {
 
 /// What the host says, read once by [`probe`]: everything [`compose`] needs besides the config.
 #[derive(Debug)]
-pub struct Probed {
+pub(super) struct Probed {
     pub accel: Accel,
     /// Why `ACCEL=auto` fell back to TCG, for the warning.
     pub fallback: Option<accel::Fallback>,
@@ -59,7 +59,7 @@ pub struct Probed {
 
 /// The IO half of [`decide`]: opens /dev/kvm, reads our cgroup limits, and the base's format
 /// unless `run` already decided it (`known`).
-pub fn probe(config: &Config, known: Option<&BaseImage>) -> Result<Probed, QemuError> {
+pub(super) fn probe(config: &Config, known: Option<&BaseImage>) -> Result<Probed, QemuError> {
     let (accel, fallback) = accel::resolve(config.vm.accel, Path::new(KVM_DEVICE))?;
     let base = match known {
         Some(known) => Some(Base {
@@ -77,7 +77,7 @@ pub fn probe(config: &Config, known: Option<&BaseImage>) -> Result<Probed, QemuE
 }
 
 /// The pure half of [`decide`]: config + network plan + host facts → qemu's [`Launch`].
-pub fn compose(
+pub(super) fn compose(
     config: &Config,
     plan: Option<&NetPlan>,
     probed: &Probed,
@@ -106,7 +106,7 @@ pub fn compose(
 
 /// Decides everything qemu's command line depends on; logs the choices that were derived.
 /// `base`: the base image `run` just checked, so that its format is not read twice.
-pub fn decide(
+pub(super) fn decide(
     config: &Config,
     plan: Option<&NetPlan>,
     base: Option<&BaseImage>,

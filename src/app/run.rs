@@ -24,7 +24,7 @@ use crate::{configdrive, image, metrics, net, state};
 
 use super::launch;
 
-pub async fn run(config: &Config) -> Result<u8, Error> {
+pub(super) async fn run(config: &Config) -> Result<u8, Error> {
     // Before the HTTP server: a second `run` in the same pod is refused as a second owner (exit
     // 8), not as a port already in use, and it changes nothing.
     let _owner = image::owner::acquire(&config.pet_dir, &config.hostname, "run")?;

@@ -84,7 +84,7 @@ fn secret_like(key: &str) -> bool {
 
 /// `url` with `user:password@` and secret-looking query values replaced by `***`. A query
 /// word without a value is an opaque token when it is long (`?AbC123…`), so it goes too.
-pub fn redact_url(url: &Url) -> String {
+pub(crate) fn redact_url(url: &Url) -> String {
     let mut shown = url.clone();
     if !url.username().is_empty() || url.password().is_some() {
         let _ = shown.set_password(None);
@@ -110,7 +110,7 @@ pub fn redact_url(url: &Url) -> String {
 }
 
 /// [`redact_url`] for a value that may not even parse: the user info and the whole query go.
-pub fn redact_raw(raw: &str) -> String {
+pub(super) fn redact_raw(raw: &str) -> String {
     if let Ok(url) = Url::parse(raw) {
         return redact_url(&url);
     }

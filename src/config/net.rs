@@ -90,7 +90,7 @@ const SLASH30_FIX: &str = "VM_IP and VM_GW must be the two host addresses of one
      (…1 and …2 of a block starting at a multiple of 4), e.g. VM_GW=192.168.254.1 VM_IP=192.168.254.2";
 
 /// Both addresses must be the two host addresses (offsets 1 and 2) of one /30.
-pub fn check_slash30(vm_ip: Ipv4Addr, vm_gw: Ipv4Addr) -> Result<Slash30, ConfigError> {
+pub(crate) fn check_slash30(vm_ip: Ipv4Addr, vm_gw: Ipv4Addr) -> Result<Slash30, ConfigError> {
     Slash30::new(vm_ip, vm_gw)
         .map_err(|e| invalid(e.var, &e.addr.to_string(), e.reason, SLASH30_FIX))
 }

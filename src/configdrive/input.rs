@@ -23,23 +23,23 @@ use crate::regular_file::{self, RegularFile, RegularFileError};
 /// The largest user-data or meta-data we copy, 16 MiB. cloud-init itself copes with more,
 /// but the drive is rebuilt on every start and held in memory while it is built; gzip the
 /// user-data if it is larger (cloud-init unpacks gzip).
-pub const MAX_INPUT_BYTES: u64 = 16 * 1024 * 1024;
+pub(crate) const MAX_INPUT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The ConfigMap keys accepted for user-data, in the spellings people use.
-pub const USER_DATA_KEYS: &[&str] = &["user-data", "userdata", "user_data"];
+pub(crate) const USER_DATA_KEYS: &[&str] = &["user-data", "userdata", "user_data"];
 /// The ConfigMap keys accepted for meta-data.
-pub const METADATA_KEYS: &[&str] = &["meta-data", "metadata", "meta_data"];
+pub(crate) const METADATA_KEYS: &[&str] = &["meta-data", "metadata", "meta_data"];
 
 /// An input that was found: the file it came from and its bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Found {
+pub(crate) struct Found {
     pub path: PathBuf,
     pub bytes: Vec<u8>,
 }
 
 /// Reads the input `var` at `path`: the file itself, or in a directory the one key of
 /// `keys` it holds. `None` when the path does not exist or the directory holds none of them.
-pub fn read(
+pub(crate) fn read(
     var: &'static str,
     path: &Path,
     keys: &[&str],

@@ -21,7 +21,7 @@ use crate::atomic_file;
 /// Written into the primary volume descriptor, so `isoinfo -d` says who made the drive.
 const APPLICATION: &str = "KVM-MANAGER";
 
-pub fn encode(layout: &Layout) -> Result<Vec<u8>, ConfigDriveError> {
+pub(crate) fn encode(layout: &Layout) -> Result<Vec<u8>, ConfigDriveError> {
     let tree = tree(layout)?;
     let options = options(layout);
     // Sized up front: growing a multi-megabyte Vec costs copies and page faults.
@@ -37,7 +37,7 @@ pub fn encode(layout: &Layout) -> Result<Vec<u8>, ConfigDriveError> {
 /// without fsync: the drive is rebuilt from the ConfigMaps on every start, so durability would
 /// only cost time (and the drive is in memory anyway: it is at most a few MiB, ConfigMaps and
 /// Secrets are limited to 1 MiB).
-pub fn write(layout: &Layout, path: &Path) -> Result<(), ConfigDriveError> {
+pub(crate) fn write(layout: &Layout, path: &Path) -> Result<(), ConfigDriveError> {
     let bytes = encode(layout)?;
     atomic_file::write_unsynced(path, &bytes).map_err(|source| ConfigDriveError::Write {
         path: path.to_owned(),

@@ -33,14 +33,14 @@ const OPENSTACK_VERSIONS: [&str; 2] = ["2012-08-10", "latest"];
 const NIC: &str = "nic0";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     ConfigDrive,
     NoCloud,
 }
 
 impl Format {
     /// `None` for `CONFIG_DRIVE=none`.
-    pub fn of(format: DriveFormat) -> Option<Self> {
+    pub(crate) fn of(format: DriveFormat) -> Option<Self> {
         match format {
             DriveFormat::ConfigDrive => Some(Self::ConfigDrive),
             DriveFormat::NoCloud => Some(Self::NoCloud),
@@ -49,7 +49,7 @@ impl Format {
     }
 
     /// The volume label cloud-init looks for.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::ConfigDrive => "config-2",
             Self::NoCloud => "cidata",
@@ -59,35 +59,35 @@ impl Format {
 
 /// What the operator gave us.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Inputs {
+pub(crate) struct Inputs {
     pub user_data: Option<Vec<u8>>,
     pub metadata: Metadata,
 }
 
 /// One file of the drive; files with equal bytes share one buffer.
 #[derive(Debug, Clone)]
-pub struct DriveFile {
+pub(crate) struct DriveFile {
     /// Relative, `/`-separated.
     pub path: String,
     pub content: Content,
 }
 
 impl DriveFile {
-    pub fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         // Layout only ever makes in-memory content.
         self.content.as_bytes().unwrap_or_default()
     }
 }
 
 #[derive(Debug, Clone)]
-pub struct Layout {
+pub(crate) struct Layout {
     pub label: &'static str,
     /// Sorted by path.
     pub files: Vec<DriveFile>,
 }
 
 /// Takes `inputs` by value so user-data moves into the layout without a copy of our own.
-pub fn plan(
+pub(crate) fn plan(
     format: Format,
     inputs: Inputs,
     hostname: &Hostname,

@@ -20,7 +20,7 @@ use super::ConfigDriveError;
 
 /// A meta-data value, typed as cloud-init reads it.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Value {
+pub(crate) enum Value {
     Scalar(Scalar),
     Seq(Vec<Value>),
     Map(Mapping),
@@ -35,30 +35,31 @@ impl From<&str> for Value {
 /// A mapping with scalar keys, each once, in the order they first appeared; a repeated key
 /// takes the later value (as a Python dict does).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Mapping(Vec<(Scalar, Value)>);
+pub(crate) struct Mapping(Vec<(Scalar, Value)>);
 
 impl Mapping {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
-    pub fn insert(&mut self, key: Scalar, value: Value) {
+    pub(crate) fn insert(&mut self, key: Scalar, value: Value) {
         match self.0.iter_mut().find(|(k, _)| *k == key) {
             Some(entry) => entry.1 = value,
             None => self.0.push((key, value)),
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&Scalar, &Value)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Scalar, &Value)> {
         self.0.iter().map(|(k, v)| (k, v))
     }
 
     /// The value of the string key `key`.
-    pub fn get(&self, key: &str) -> Option<&Value> {
+    #[cfg(test)]
+    pub(crate) fn get(&self, key: &str) -> Option<&Value> {
         self.iter()
             .find(|(k, _)| matches!(k, Scalar::Str(s) if s == key))
             .map(|(_, v)| v)
@@ -66,9 +67,9 @@ impl Mapping {
 }
 
 /// The keys and values of a meta-data document.
-pub type Metadata = Mapping;
+pub(crate) type Metadata = Mapping;
 
-pub fn parse(path: &Path, bytes: &[u8]) -> Result<Metadata, ConfigDriveError> {
+pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<Metadata, ConfigDriveError> {
     if bytes.trim_ascii().is_empty() {
         return Ok(Metadata::new());
     }

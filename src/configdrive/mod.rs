@@ -7,12 +7,12 @@
 //! atomically. Nothing here reads a clock or a random source: the same inputs and the same
 //! [`PetState`] give the same bytes, so a restarted pod hands the guest an identical drive.
 
-pub mod input;
-pub mod iso;
-pub mod layout;
-pub mod metadata;
-pub mod render;
-pub mod scalar;
+pub(crate) mod input;
+pub(crate) mod iso;
+pub(crate) mod layout;
+pub(crate) mod metadata;
+pub(crate) mod render;
+pub(crate) mod scalar;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -20,11 +20,10 @@ use std::path::{Path, PathBuf};
 use crate::config::{ConfigDriveConfig, Hostname};
 use crate::state::PetState;
 
-pub use input::MAX_INPUT_BYTES;
-pub use layout::{DriveFile, Layout};
+pub(crate) use layout::Layout;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigDriveError {
+pub(crate) enum ConfigDriveError {
     #[error("could not read {var} from {path}; fix its permissions or the volume mount")]
     ReadInput {
         var: &'static str,
@@ -94,8 +93,9 @@ pub enum ConfigDriveError {
     },
 }
 
-/// The ISO for `config`, or `None` for `CONFIG_DRIVE=none`.
-pub fn build(
+/// The ISO for `config`, or `None` for `CONFIG_DRIVE=none` (in memory, for the tests).
+#[cfg(test)]
+fn build(
     config: &ConfigDriveConfig,
     hostname: &Hostname,
     state: &PetState,
@@ -107,7 +107,7 @@ pub fn build(
 
 /// Builds the ISO and writes it to `output` atomically; returns whether a drive was written
 /// (`false` for `CONFIG_DRIVE=none`, which leaves `output` alone).
-pub fn write(
+pub(crate) fn write(
     config: &ConfigDriveConfig,
     hostname: &Hostname,
     state: &PetState,

@@ -15,7 +15,7 @@ use super::metadata::{Mapping, Value};
 use super::scalar::{self, Scalar};
 
 /// Pretty JSON as serde_json prints it (two spaces, sorted keys), ending in a newline.
-pub fn json(map: &Mapping) -> String {
+pub(crate) fn json(map: &Mapping) -> String {
     let mut out = String::new();
     json_map(&mut out, map, 0);
     out.push('\n');
@@ -23,7 +23,7 @@ pub fn json(map: &Mapping) -> String {
 }
 
 /// A block-style YAML document.
-pub fn yaml(map: &Mapping) -> String {
+pub(crate) fn yaml(map: &Mapping) -> String {
     let mut out = String::new();
     if map.is_empty() {
         out.push_str("{}\n");

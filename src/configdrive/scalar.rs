@@ -17,7 +17,7 @@ use timestamp::{is_implicit_timestamp, timestamp};
 
 /// What PyYAML makes of a scalar.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Scalar {
+pub(crate) enum Scalar {
     Null,
     Bool(bool),
     /// Decimal, with a leading `-` when negative: Python's integers have no bound.
@@ -37,7 +37,7 @@ pub enum Scalar {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ScalarError {
+pub(crate) enum ScalarError {
     #[error("{0:?} is not a valid {1} for PyYAML")]
     Invalid(String, &'static str),
     #[error("{0:?} has more than {MAX_DIGITS} digits")]
@@ -46,7 +46,7 @@ pub enum ScalarError {
 
 /// The tags that may be given explicitly (`!!int "12"`), as PyYAML's `SafeConstructor` has them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tag {
+pub(crate) enum Tag {
     Null,
     Bool,
     Int,
@@ -57,7 +57,7 @@ pub enum Tag {
 
 impl Tag {
     /// The suffix of `tag:yaml.org,2002:`.
-    pub fn of(suffix: &str) -> Option<Self> {
+    pub(crate) fn of(suffix: &str) -> Option<Self> {
         Some(match suffix {
             "null" => Self::Null,
             "bool" => Self::Bool,
@@ -72,7 +72,7 @@ impl Tag {
 
 /// Python refuses to convert longer decimal strings (`sys.set_int_max_str_digits`); we stop
 /// there for every base, which also bounds the quadratic conversion below.
-pub const MAX_DIGITS: usize = 4300;
+pub(crate) const MAX_DIGITS: usize = 4300;
 
 /// Whether a plain scalar has the form one implicit resolver takes.
 type Matcher = fn(&str) -> bool;
@@ -87,7 +87,7 @@ const IMPLICIT: [(Matcher, Tag); 5] = [
 ];
 
 /// A plain (unquoted, untagged) scalar.
-pub fn plain(text: &str) -> Result<Scalar, ScalarError> {
+pub(crate) fn plain(text: &str) -> Result<Scalar, ScalarError> {
     match text {
         "<<" => return Ok(Scalar::Merge),
         "=" => return Ok(Scalar::Value),
@@ -100,7 +100,7 @@ pub fn plain(text: &str) -> Result<Scalar, ScalarError> {
 }
 
 /// A scalar of the tag `tag`, as PyYAML's constructor for it builds one.
-pub fn construct(tag: Tag, text: &str) -> Result<Scalar, ScalarError> {
+pub(crate) fn construct(tag: Tag, text: &str) -> Result<Scalar, ScalarError> {
     let invalid = |what| ScalarError::Invalid(text.to_owned(), what);
     match tag {
         Tag::Null => Ok(Scalar::Null),

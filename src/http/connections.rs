@@ -20,29 +20,29 @@ use std::time::{Duration, Instant};
 /// How long a connection may sit with no request in flight (before its first request, or
 /// between keep-alive requests). Clients reconnect when they need to; an idle socket is worth
 /// nothing to us and costs a file descriptor and its buffers.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a request head may take from its first byte to its last. A real client sends it
 /// in one packet; the kubelet's own probe timeout is 1 s.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Open connections at most, whatever the open-files limit allows. Our clients are the
 /// kubelet, Prometheus and a few people, far below this; a flood is better held than churned
 /// (see the module doc), and at this cap it costs at most some 40 MiB (a connection holds an
 /// 8 KiB read buffer once it has sent a byte), handed back when the flood ends.
-pub const MAX_CONNECTIONS: usize = 4096;
+pub(super) const MAX_CONNECTIONS: usize = 4096;
 /// Connections shed at once when the cap is reached, as a share of the cap: one scan of the
 /// table makes room for a burst, instead of one scan per new connection.
 const SHED_SHARE: usize = 32;
 /// The least the cap may be, however low the open-files limit.
 const MIN_CONNECTIONS: usize = 16;
 /// At most one warning about shed connections per this period.
-pub const SHED_LOG_INTERVAL: Duration = Duration::from_secs(10);
+pub(super) const SHED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Freed memory is handed back to the system once open connections fall to a quarter of a peak
 /// at least this high (a flood has ended).
 const TRIM_AFTER_PEAK: usize = 128;
 
 /// The limits one server applies.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(super) struct Limits {
     pub idle: Duration,
     pub header: Duration,
     pub cap: usize,
@@ -50,7 +50,7 @@ pub struct Limits {
 
 impl Limits {
     /// The limits for a process allowed `open_files` descriptors.
-    pub fn for_open_files(open_files: u64) -> Self {
+    pub(super) fn for_open_files(open_files: u64) -> Self {
         Self {
             idle: IDLE_TIMEOUT,
             header: HEADER_TIMEOUT,
@@ -61,14 +61,14 @@ impl Limits {
 
 /// The connection cap for an open-files limit: half of it at most, because the DNS forwarder,
 /// QMP, the console, the image download and the web console's sockets need descriptors too.
-pub fn cap_for(open_files: u64) -> usize {
+pub(super) fn cap_for(open_files: u64) -> usize {
     let half = usize::try_from(open_files / 2).unwrap_or(usize::MAX);
     half.clamp(MIN_CONNECTIONS, MAX_CONNECTIONS)
 }
 
 /// What one connection is doing, as far as closing it is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Activity {
+pub(super) struct Activity {
     /// Requests whose response is not fully sent yet.
     in_flight: u32,
     /// When the current state began: idle since the connection was accepted or its last
@@ -80,7 +80,7 @@ pub struct Activity {
 
 /// Why a connection is closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expiry {
+pub(super) enum Expiry {
     /// Nothing arrived for [`Limits::idle`].
     Idle,
     /// A request head took longer than [`Limits::header`].
@@ -88,7 +88,7 @@ pub enum Expiry {
 }
 
 impl Expiry {
-    pub fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             Expiry::Idle => "idle timeout",
             Expiry::Header => "request header timeout",
@@ -98,7 +98,7 @@ impl Expiry {
 
 /// When to look at a connection again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Check {
+pub(super) enum Check {
     Expired(Expiry),
     /// Nothing to do before this instant.
     At(Instant),
@@ -106,7 +106,7 @@ pub enum Check {
 
 impl Activity {
     /// A connection just accepted: idle, nothing received.
-    pub fn accepted(now: Instant) -> Self {
+    pub(super) fn accepted(now: Instant) -> Self {
         Self {
             in_flight: 0,
             since: now,
@@ -115,14 +115,14 @@ impl Activity {
     }
 
     /// Bytes arrived. While idle, they start a request head and its clock.
-    pub fn bytes_read(&mut self, now: Instant) {
+    pub(super) fn bytes_read(&mut self, now: Instant) {
         if self.in_flight == 0 && self.head_since.is_none() {
             self.head_since = Some(now);
         }
     }
 
     /// A request head was read in full and handed to its handler.
-    pub fn request_started(&mut self, now: Instant) {
+    pub(super) fn request_started(&mut self, now: Instant) {
         if self.in_flight == 0 {
             self.since = now;
         }
@@ -131,7 +131,7 @@ impl Activity {
     }
 
     /// A response was sent in full (or dropped).
-    pub fn response_done(&mut self, now: Instant) {
+    pub(super) fn response_done(&mut self, now: Instant) {
         self.in_flight = self.in_flight.saturating_sub(1);
         if self.in_flight == 0 {
             self.since = now;
@@ -139,7 +139,7 @@ impl Activity {
         }
     }
 
-    pub fn is_idle(&self) -> bool {
+    pub(super) fn is_idle(&self) -> bool {
         self.in_flight == 0
     }
 
@@ -147,7 +147,7 @@ impl Activity {
     ///
     /// The next check is never later than `now + header`: a head that starts after this call
     /// cannot expire before then, so its timeout is never overslept.
-    pub fn check(&self, now: Instant, limits: &Limits) -> Check {
+    pub(super) fn check(&self, now: Instant, limits: &Limits) -> Check {
         let deadline = match (self.in_flight, self.head_since) {
             // A request in flight is bounded by the router's request timeout, not here.
             (1.., _) => None,
@@ -169,13 +169,13 @@ impl Activity {
 }
 
 /// How many connections to close when a new one arrives at the cap.
-pub fn shed_batch(cap: usize) -> usize {
+pub(super) fn shed_batch(cap: usize) -> usize {
     (cap / SHED_SHARE).max(1)
 }
 
 /// The `n` connections to close to make room for new ones: those idle the longest, then, if
 /// that is not enough, those busy the longest.
-pub fn victims<K>(connections: impl IntoIterator<Item = (K, Activity)>, n: usize) -> Vec<K> {
+pub(super) fn victims<K>(connections: impl IntoIterator<Item = (K, Activity)>, n: usize) -> Vec<K> {
     let mut ranked: Vec<((bool, Instant), K)> = connections
         .into_iter()
         .map(|(key, activity)| (activity.shed_rank(), key))
@@ -194,20 +194,20 @@ pub fn victims<K>(connections: impl IntoIterator<Item = (K, Activity)>, n: usize
 /// Rate limit for the warning about shed connections: one line at most per
 /// [`SHED_LOG_INTERVAL`], carrying the count shed since the last line.
 #[derive(Debug, Default)]
-pub struct ShedLog {
+pub(super) struct ShedLog {
     last_line: Option<Instant>,
     pending: u64,
 }
 
 impl ShedLog {
     /// `count` connections were shed; returns the count to log now, if a line is due.
-    pub fn shed(&mut self, now: Instant, count: u64) -> Option<u64> {
+    pub(super) fn shed(&mut self, now: Instant, count: u64) -> Option<u64> {
         self.pending += count;
         self.flush(now)
     }
 
     /// Returns the count shed since the last line, if there is one and a line is due.
-    pub fn flush(&mut self, now: Instant) -> Option<u64> {
+    pub(super) fn flush(&mut self, now: Instant) -> Option<u64> {
         let due = self
             .last_line
             .is_none_or(|last| now.duration_since(last) >= SHED_LOG_INTERVAL);
@@ -224,14 +224,14 @@ impl ShedLog {
 /// glibc keeps freed heap pages for reuse; after thousands of connections' buffers are freed,
 /// they would stay in our RSS for good.
 #[derive(Debug, Default)]
-pub struct TrimPolicy {
+pub(super) struct TrimPolicy {
     peak: usize,
 }
 
 impl TrimPolicy {
     /// `peak` connections were open at most since the last call, `open` are open now: whether
     /// to trim now.
-    pub fn observe(&mut self, peak: usize, open: usize) -> bool {
+    pub(super) fn observe(&mut self, peak: usize, open: usize) -> bool {
         self.peak = self.peak.max(peak).max(open);
         if self.peak >= TRIM_AFTER_PEAK && open.saturating_mul(4) <= self.peak {
             self.peak = open;

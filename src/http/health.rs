@@ -20,7 +20,7 @@ use crate::qemu::qmp::Qmp;
 /// Where the VM is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Preparing image, network, config drive.
     Starting = 0,
     /// qemu is running.
@@ -41,7 +41,7 @@ impl Phase {
         }
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Phase::Starting => "starting",
             Phase::Running => "running",
@@ -53,7 +53,7 @@ impl Phase {
 
 /// How readiness is decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Readiness {
+pub(crate) enum Readiness {
     /// The guest took its DHCP lease.
     Lease,
     /// This guest address answers TCP connections (`NO_DHCP`).
@@ -62,7 +62,7 @@ pub enum Readiness {
 
 /// Shared, lock-light view of the VM for the HTTP handlers.
 #[derive(Debug)]
-pub struct VmStatus {
+pub(crate) struct VmStatus {
     phase: AtomicU8,
     lease: AtomicBool,
     readiness: Readiness,
@@ -72,7 +72,7 @@ pub struct VmStatus {
 }
 
 impl VmStatus {
-    pub fn new(readiness: Readiness) -> Self {
+    pub(crate) fn new(readiness: Readiness) -> Self {
         crate::metrics::VM.paused(&Pause::LABELS, None);
         Self {
             phase: AtomicU8::new(Phase::Starting as u8),
@@ -83,11 +83,11 @@ impl VmStatus {
         }
     }
 
-    pub fn phase(&self) -> Phase {
+    pub(crate) fn phase(&self) -> Phase {
         Phase::from_u8(self.phase.load(Ordering::SeqCst))
     }
 
-    pub fn set_phase(&self, phase: Phase) {
+    pub(crate) fn set_phase(&self, phase: Phase) {
         self.phase.store(phase as u8, Ordering::SeqCst);
         let phases = [
             Phase::Starting,
@@ -102,7 +102,7 @@ impl VmStatus {
         )));
     }
 
-    pub fn set_qmp(&self, qmp: Option<Qmp>) {
+    pub(crate) fn set_qmp(&self, qmp: Option<Qmp>) {
         *self
             .qmp
             .lock()
@@ -110,7 +110,7 @@ impl VmStatus {
     }
 
     /// Called as the VM pauses (`Some`, with the reason) and runs again (`None`).
-    pub fn set_pause(&self, pause: Option<Pause>) {
+    pub(crate) fn set_pause(&self, pause: Option<Pause>) {
         crate::metrics::VM.paused(&Pause::LABELS, pause.as_ref().map(Pause::label));
         *self
             .pause
@@ -126,7 +126,7 @@ impl VmStatus {
     }
 
     /// Called by the DHCP server when the VM's MAC is ACKed its address.
-    pub fn set_lease(&self, held: bool) {
+    pub(crate) fn set_lease(&self, held: bool) {
         self.lease.store(held, Ordering::SeqCst);
     }
 
@@ -138,7 +138,7 @@ impl VmStatus {
     }
 
     /// Liveness: qemu runs the VM (not paused) and answers `query-status`.
-    pub async fn healthy(&self) -> Result<String, String> {
+    pub(crate) async fn healthy(&self) -> Result<String, String> {
         match self.phase() {
             Phase::Running | Phase::ShuttingDown => {}
             phase => return Err(format!("qemu is not running ({})", phase.name())),
@@ -157,7 +157,7 @@ impl VmStatus {
     }
 
     /// Readiness: the guest is up and we are not shutting down.
-    pub async fn ready(&self) -> Result<String, String> {
+    pub(crate) async fn ready(&self) -> Result<String, String> {
         match self.phase() {
             Phase::Running => {}
             phase => return Err(format!("not ready: {}", phase.name())),

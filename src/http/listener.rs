@@ -79,7 +79,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Serves `router` on `listener` until the process ends.
-pub async fn run(listener: TcpListener, router: Router, limits: Limits) {
+pub(super) async fn run(listener: TcpListener, router: Router, limits: Limits) {
     let server = Arc::new(Server {
         limits,
         table: Mutex::new(Table::default()),

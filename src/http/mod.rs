@@ -9,9 +9,9 @@
 //! ([`axum::extract::ConnectInfo`]): the web console admits by it.
 
 mod connections;
-pub mod health;
+pub(crate) mod health;
 mod listener;
-pub mod webconsole;
+pub(crate) mod webconsole;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use std::sync::Arc;
 use axum::routing::get;
 use axum::Router;
 
-pub use health::{Phase, Readiness, VmStatus};
+pub(crate) use health::{Phase, Readiness, VmStatus};
 
 /// Requests handled at once, besides the probes; more wait their turn.
 const MAX_REQUESTS: usize = 32;
@@ -33,7 +33,7 @@ const LISTEN_BACKLOG: u32 = 4096;
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
-pub enum HttpError {
+pub(crate) enum HttpError {
     #[error("could not listen on HTTP_PORT {port} (is another process using it?)")]
     Bind {
         port: u16,
@@ -44,7 +44,7 @@ pub enum HttpError {
 
 /// What the server needs to answer.
 #[derive(Debug, Clone)]
-pub struct HttpConfig {
+pub(crate) struct HttpConfig {
     pub port: u16,
     pub console: webconsole::ConsoleConfig,
 }
@@ -54,7 +54,7 @@ pub(crate) struct AppState {
     status: Arc<VmStatus>,
 }
 
-pub fn router(config: &HttpConfig, status: Arc<VmStatus>) -> Router {
+pub(crate) fn router(config: &HttpConfig, status: Arc<VmStatus>) -> Router {
     let state = AppState { status };
     let probes = Router::new()
         .route("/healthz", get(health::healthz))
@@ -88,7 +88,10 @@ async fn metrics() -> impl axum::response::IntoResponse {
 }
 
 /// Binds `0.0.0.0:port` (the pod IP, for the kubelet's probes) and serves in a task.
-pub async fn serve(config: &HttpConfig, status: Arc<VmStatus>) -> Result<SocketAddr, HttpError> {
+pub(crate) async fn serve(
+    config: &HttpConfig,
+    status: Arc<VmStatus>,
+) -> Result<SocketAddr, HttpError> {
     let bind = |source| HttpError::Bind {
         port: config.port,
         source,

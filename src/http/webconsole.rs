@@ -35,8 +35,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-pub use viewers::MAX_VIEWERS;
-
 const PAGE: &str = include_str!("console.html");
 
 /// WebSocket close code for a viewer we closed (4000-4999: for applications).
@@ -45,7 +43,7 @@ const CLOSE_REPLACED: u16 = 4001;
 
 /// Who may use the console; decided by `VNC_PASSWORD`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
+pub(crate) enum Access {
     /// No password: only peers on the pod's loopback (`kubectl port-forward`).
     Loopback,
     /// VNC authentication guards it: every address.
@@ -54,7 +52,7 @@ pub enum Access {
 
 /// What the console needs.
 #[derive(Debug, Clone)]
-pub struct ConsoleConfig {
+pub(crate) struct ConsoleConfig {
     /// Where the vendored noVNC files are (`core/rfb.js` below it).
     pub novnc_dir: PathBuf,
     /// qemu's VNC server; `None` with `NO_VNC`.
@@ -73,7 +71,7 @@ struct Console {
 }
 
 /// `/`, `/websockify` and `/novnc/…`, behind the access gate.
-pub fn router<S: Clone + Send + Sync + 'static>(config: &ConsoleConfig) -> Router<S> {
+pub(crate) fn router<S: Clone + Send + Sync + 'static>(config: &ConsoleConfig) -> Router<S> {
     let console = Console {
         vnc: config.vnc,
         access: config.access,
@@ -92,7 +90,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(config: &ConsoleConfig) -> Route
 }
 
 /// Logs who can reach the console and how to connect (once, at start).
-pub fn announce(access: Option<Access>, http_port: Option<u16>, vnc_port: u16) {
+pub(crate) fn announce(access: Option<Access>, http_port: Option<u16>, vnc_port: u16) {
     let web = http_port.map_or_else(
         || "no web console (HTTP_PORT=0)".to_owned(),
         |port| format!("web console on port {port}"),

@@ -42,7 +42,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// What makes a partial download resumable: the URL (redacted), the server's validator for
 /// it, and the length it announced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Validator {
+pub(crate) struct Validator {
     pub url: String,
     pub etag: Option<String>,
     pub last_modified: Option<String>,
@@ -68,7 +68,7 @@ impl Validator {
 
     /// The `If-Range` value: a strong ETag (weak ones are not allowed there, RFC 9110
     /// §13.1.5), else the Last-Modified date; `None` when the partial cannot be validated.
-    pub fn if_range(&self) -> Option<&str> {
+    pub(crate) fn if_range(&self) -> Option<&str> {
         self.etag
             .as_deref()
             .filter(|e| !e.starts_with("W/"))
@@ -77,7 +77,7 @@ impl Validator {
 }
 
 /// Delay before retry number `failures` (1-based).
-pub fn backoff(failures: u32) -> Duration {
+pub(crate) fn backoff(failures: u32) -> Duration {
     let factor = 1u32 << failures.saturating_sub(1).min(16);
     FIRST_BACKOFF.saturating_mul(factor).min(MAX_BACKOFF)
 }
@@ -85,7 +85,7 @@ pub fn backoff(failures: u32) -> Duration {
 /// The attempts of one download: `limit` of them, plus one for each failed attempt that made
 /// progress, at most `limit` more — so never more than twice `limit` in all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Attempts {
+pub(crate) struct Attempts {
     limit: u32,
     used: u32,
     earned: u32,
@@ -94,7 +94,7 @@ pub struct Attempts {
 }
 
 impl Attempts {
-    pub fn new(limit: u32) -> Self {
+    pub(crate) fn new(limit: u32) -> Self {
         Self {
             limit,
             used: 0,
@@ -104,7 +104,7 @@ impl Attempts {
     }
 
     /// Counts a failed attempt; the delay before the next one, or `None` when none is left.
-    pub fn failed(&mut self, progressed: bool) -> Option<Duration> {
+    pub(crate) fn failed(&mut self, progressed: bool) -> Option<Duration> {
         self.used += 1;
         if progressed {
             self.earned = (self.earned + 1).min(self.limit);
@@ -115,18 +115,18 @@ impl Attempts {
         (self.used < self.allowed()).then(|| backoff(self.idle))
     }
 
-    pub fn used(&self) -> u32 {
+    pub(crate) fn used(&self) -> u32 {
         self.used
     }
 
     /// Attempts allowed as of now.
-    pub fn allowed(&self) -> u32 {
+    pub(crate) fn allowed(&self) -> u32 {
         self.limit + self.earned
     }
 }
 
 /// The first byte and total length from a `Content-Range: bytes A-B/T` header.
-pub fn content_range(value: &str) -> Option<(u64, Option<u64>)> {
+pub(crate) fn content_range(value: &str) -> Option<(u64, Option<u64>)> {
     let rest = value.trim().strip_prefix("bytes ")?;
     let (range, total) = rest.split_once('/')?;
     let (start, _end) = range.split_once('-')?;
@@ -136,7 +136,7 @@ pub fn content_range(value: &str) -> Option<(u64, Option<u64>)> {
 /// What a response's status (and `Content-Range`) means for a download that asked to resume
 /// at `offset` (0: the whole file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// 206 starting exactly at `offset`: append; `total` is the whole file's length if known.
     Resume { total: Option<u64> },
     /// 200: the whole file from its first byte (a fresh start, or the file changed).
@@ -151,7 +151,7 @@ pub enum Answer {
     Refused,
 }
 
-pub fn classify(status: StatusCode, offset: u64, content_range: Option<&str>) -> Answer {
+pub(crate) fn classify(status: StatusCode, offset: u64, content_range: Option<&str>) -> Answer {
     match status {
         StatusCode::PARTIAL_CONTENT if offset > 0 => {
             match content_range.and_then(self::content_range) {
@@ -212,7 +212,7 @@ fn network(url: &str, source: reqwest::Error) -> ImageError {
 
 /// Downloads `url` into `temps`, resuming what is there, retrying what can be retried, until
 /// it is complete or `limits` say to give up. On failure, what cannot be resumed is removed.
-pub async fn http(
+pub(crate) async fn http(
     url: &ImageUrl,
     temps: &Temps,
     hint: Option<Compression>,
@@ -494,7 +494,7 @@ fn save_validator(temps: &Temps, validator: &Validator) -> Result<(), ImageError
 }
 
 /// Forgets a partial download that cannot be resumed.
-pub fn discard(temps: &Temps) {
+pub(crate) fn discard(temps: &Temps) {
     let meta_temp = crate::atomic_file::temp_path(&temps.meta, "tmp");
     for path in [&temps.part, &temps.meta, &temps.unpacked, &meta_temp] {
         let _ = std::fs::remove_file(path);
@@ -503,7 +503,7 @@ pub fn discard(temps: &Temps) {
 
 /// Before a download: removes what an earlier start left that cannot be resumed (the
 /// unpacked file never can: a resume replays the partial file through the decoder).
-pub fn tidy(temps: &Temps, url: Option<&ImageUrl>) {
+pub(crate) fn tidy(temps: &Temps, url: Option<&ImageUrl>) {
     let _ = std::fs::remove_file(&temps.unpacked);
     if url.and_then(|url| resumable_partial(url, temps)).is_none() {
         discard(temps);
@@ -537,7 +537,7 @@ fn keeps(temps: &Temps, url: Option<&ImageUrl>, error: &ImageError) -> Option<u6
 
 /// After a failed download: removes the unpacked file, and the partial one unless it can be
 /// resumed and is worth it. Returns the bytes kept.
-pub fn abandon(temps: &Temps, url: Option<&ImageUrl>, error: &ImageError) -> Option<u64> {
+pub(crate) fn abandon(temps: &Temps, url: Option<&ImageUrl>, error: &ImageError) -> Option<u64> {
     let _ = std::fs::remove_file(&temps.unpacked);
     let kept = keeps(temps, url, error);
     match kept {
@@ -558,14 +558,14 @@ pub fn abandon(temps: &Temps, url: Option<&ImageUrl>, error: &ImageError) -> Opt
 /// Cleans up after a download that did not finish, also when its future is dropped (SIGTERM):
 /// the unpacked file goes, the partial file stays only when it can be resumed.
 #[derive(Debug)]
-pub struct Leftovers {
+pub(crate) struct Leftovers {
     temps: Temps,
     url: Option<ImageUrl>,
     armed: bool,
 }
 
 impl Leftovers {
-    pub fn new(temps: &Temps, url: Option<&ImageUrl>) -> Self {
+    pub(crate) fn new(temps: &Temps, url: Option<&ImageUrl>) -> Self {
         Self {
             temps: temps.clone(),
             url: url.cloned(),
@@ -574,13 +574,13 @@ impl Leftovers {
     }
 
     /// The download failed with `error`.
-    pub fn abandon(&mut self, error: &ImageError) {
+    pub(crate) fn abandon(&mut self, error: &ImageError) {
         self.armed = false;
         abandon(&self.temps, self.url.as_ref(), error);
     }
 
     /// The download became the base image: nothing is left over.
-    pub fn disarm(&mut self) {
+    pub(crate) fn disarm(&mut self) {
         self.armed = false;
     }
 }

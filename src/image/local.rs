@@ -13,7 +13,7 @@ use super::source::Compression;
 use super::{space, ImageError, Temps};
 
 /// Copies a local file (`file://` or a plain path) through the same sink: hash, unpack.
-pub async fn copy(
+pub(crate) async fn copy(
     path: &Path,
     temps: &Temps,
     hint: Option<Compression>,

@@ -26,17 +26,17 @@ const REMIND: Duration = Duration::from_secs(30);
 
 /// Held while this process owns the base image; released on drop or death.
 #[derive(Debug)]
-pub struct ImageLock {
+pub(crate) struct ImageLock {
     _lock: Flock<File>,
 }
 
 /// `IMAGE_DIR/.<name>.lock` for `IMAGE_DIR/<name>`.
-pub fn path_for(target: &Path) -> PathBuf {
+pub(crate) fn path_for(target: &Path) -> PathBuf {
     crate::atomic_file::temp_path(target, "lock")
 }
 
 /// Takes the lock, waiting (and saying so) while another process holds it.
-pub async fn acquire(target: &Path) -> Result<ImageLock, ImageError> {
+pub(crate) async fn acquire(target: &Path) -> Result<ImageLock, ImageError> {
     let path = path_for(target);
     let lock_err = |source: std::io::Error| ImageError::Lock {
         path: path.clone(),

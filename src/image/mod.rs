@@ -12,17 +12,17 @@
 //!
 //! [`ensure_overlay`]: see [`overlay`].
 
-pub mod fetch;
-pub mod local;
-pub mod lock;
-pub mod overlay;
-pub mod owner;
-pub mod progress;
-pub mod qcow2;
-pub mod sink;
-pub mod source;
-pub mod space;
-pub mod verify;
+pub(crate) mod fetch;
+pub(crate) mod local;
+pub(crate) mod lock;
+pub(crate) mod overlay;
+pub(crate) mod owner;
+pub(crate) mod progress;
+pub(crate) mod qcow2;
+pub(crate) mod sink;
+pub(crate) mod source;
+pub(crate) mod space;
+pub(crate) mod verify;
 
 use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
@@ -32,11 +32,11 @@ use reqwest::StatusCode;
 use crate::config::{ImageConfig, ImageSource, ImageTarget};
 use crate::size::ByteSize;
 
-pub use overlay::{ensure_overlay, Overlay};
+pub(crate) use overlay::ensure_overlay;
 use source::{Compression, DiskFormat};
 
 #[derive(Debug, thiserror::Error)]
-pub enum ImageError {
+pub(crate) enum ImageError {
     #[error(
         "the base image {target} does not exist and IMG_SOURCE is not set; set IMG_SOURCE to \
          its URL"
@@ -240,7 +240,7 @@ fn show(bytes: Option<u64>) -> String {
 
 /// The hidden temporary files of one base image, beside it in `IMAGE_DIR`.
 #[derive(Debug, Clone)]
-pub struct Temps {
+pub(crate) struct Temps {
     pub dir: PathBuf,
     /// The bytes as downloaded (resumable).
     pub part: PathBuf,
@@ -255,7 +255,7 @@ pub struct Temps {
 }
 
 impl Temps {
-    pub fn for_target(target: &Path) -> Self {
+    pub(crate) fn for_target(target: &Path) -> Self {
         let temp = |tag| crate::atomic_file::temp_path(target, tag);
         Self {
             dir: target.parent().map(Path::to_path_buf).unwrap_or_default(),
@@ -268,7 +268,7 @@ impl Temps {
     }
 
     /// A write error, or the out-of-space error when that is what it was.
-    pub fn write_error(&self, path: &Path, source: io::Error) -> ImageError {
+    pub(crate) fn write_error(&self, path: &Path, source: io::Error) -> ImageError {
         if source.kind() == io::ErrorKind::StorageFull {
             ImageError::NoSpace {
                 dir: self.dir.clone(),
@@ -286,7 +286,7 @@ impl Temps {
 }
 
 /// Reads the first bytes and the length of `path` and decides what it is.
-pub fn inspect_file(path: &Path) -> Result<Result<DiskFormat, String>, ImageError> {
+pub(crate) fn inspect_file(path: &Path) -> Result<Result<DiskFormat, String>, ImageError> {
     let read_err = |source| ImageError::Read {
         path: path.to_path_buf(),
         source,
@@ -304,14 +304,15 @@ pub fn inspect_file(path: &Path) -> Result<Result<DiskFormat, String>, ImageErro
 /// The base image and its format, decided once (when it was checked or downloaded) and handed
 /// to the overlay and to qemu's command line, which never re-read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BaseImage {
+pub(crate) struct BaseImage {
     pub path: PathBuf,
     pub format: DiskFormat,
 }
 
 impl BaseImage {
     /// Reads the format of the image at `path`; an image that is not a disk is refused.
-    pub fn read(path: &Path) -> Result<Self, ImageError> {
+    #[cfg(test)]
+    pub(crate) fn read(path: &Path) -> Result<Self, ImageError> {
         let format = inspect_file(path)?.map_err(|what| ImageError::ExistingInvalid {
             path: path.to_path_buf(),
             what,
@@ -326,7 +327,7 @@ impl BaseImage {
 /// The base image, fetched if it is not there yet. Returns it with its format. The gauge
 /// `kvm_manager_image_state{state}` says which of `waiting` (for another pod's download),
 /// `downloading`, `ready` or `failed` it is in.
-pub async fn ensure_base(image: &ImageConfig) -> Result<BaseImage, ImageError> {
+pub(crate) async fn ensure_base(image: &ImageConfig) -> Result<BaseImage, ImageError> {
     let result = fetch_base(image).await;
     image_state(if result.is_ok() { "ready" } else { "failed" });
     result

@@ -29,7 +29,7 @@ use crate::size::ByteSize;
 
 /// The overlay as it is now.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Overlay {
+pub(crate) struct Overlay {
     pub path: PathBuf,
     /// The size the guest sees, in bytes.
     pub virtual_size: u64,
@@ -38,7 +38,7 @@ pub struct Overlay {
 }
 
 /// `PET_DIR/<hostname>.qcow2`.
-pub fn path(pet_dir: &Path, hostname: &crate::config::Hostname) -> PathBuf {
+pub(crate) fn path(pet_dir: &Path, hostname: &crate::config::Hostname) -> PathBuf {
     pet_dir.join(format!("{hostname}.qcow2"))
 }
 
@@ -47,13 +47,13 @@ const CREATING: &str = "creating";
 
 /// Removes the temporary files of killed creations of `overlay`; returns what it removed. Only
 /// for the pet's owner.
-pub fn remove_temps(overlay: &Path) -> Vec<PathBuf> {
+pub(crate) fn remove_temps(overlay: &Path) -> Vec<PathBuf> {
     crate::atomic_file::remove_temps(overlay, CREATING)
 }
 
 /// What an existing overlay records about its backing file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Existing {
+pub(crate) struct Existing {
     pub backing_file: Option<String>,
     pub backing_format: Option<String>,
     pub virtual_size: u64,
@@ -61,7 +61,7 @@ pub struct Existing {
 
 /// What to do with the overlay.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Plan {
+pub(crate) enum Plan {
     Create { size: u64 },
     Reuse { size: u64 },
     Grow { from: u64, to: u64 },
@@ -69,7 +69,7 @@ pub enum Plan {
 
 /// Decides, without IO. `base` is absolute; relative backing names in `existing` are read
 /// relative to `overlay_dir`, as qemu reads them. Warnings are for the log.
-pub fn plan(
+pub(crate) fn plan(
     existing: Option<&Existing>,
     overlay: &Path,
     base: &Path,
@@ -142,7 +142,7 @@ pub fn plan(
 }
 
 /// Creates the overlay of `base` at `overlay`, or reuses (and maybe grows) the one there.
-pub fn ensure_overlay(
+pub(crate) fn ensure_overlay(
     base: &BaseImage,
     overlay: &Path,
     disk_size: Option<ByteSize>,

@@ -33,7 +33,7 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::config::Hostname;
 
 #[derive(Debug, thiserror::Error)]
-pub enum OwnerError {
+pub(crate) enum OwnerError {
     #[error(
         "another kvm-manager owns this pet ({path}): {holder}. A pet (PET_DIR and hostname) has \
          one owner at a time: stop the other one, or give this pod its own PET_DIR"
@@ -58,12 +58,12 @@ pub enum OwnerError {
 
 /// Held while this process owns the pet; released on drop or death.
 #[derive(Debug)]
-pub struct PetLock {
+pub(crate) struct PetLock {
     _lock: Flock<File>,
 }
 
 /// `PET_DIR/<hostname>.lock`.
-pub fn path(pet_dir: &Path, hostname: &Hostname) -> PathBuf {
+pub(crate) fn path(pet_dir: &Path, hostname: &Hostname) -> PathBuf {
     pet_dir.join(format!("{hostname}.lock"))
 }
 
@@ -78,7 +78,11 @@ fn record(hostname: &str, pid: u32, started: SystemTime, command: &str) -> Strin
 /// Takes the pet for `command` (the subcommand, recorded for whoever is refused), creating
 /// `PET_DIR` if needed, then removes the temporary files a killed writer left. Never waits: a
 /// second owner is an error naming the first.
-pub fn acquire(pet_dir: &Path, hostname: &Hostname, command: &str) -> Result<PetLock, OwnerError> {
+pub(crate) fn acquire(
+    pet_dir: &Path,
+    hostname: &Hostname,
+    command: &str,
+) -> Result<PetLock, OwnerError> {
     let path = path(pet_dir, hostname);
     let lock_err = |source: io::Error| OwnerError::Lock {
         path: path.clone(),

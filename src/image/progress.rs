@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use crate::size::MIB;
 
 /// How often a progress line is logged.
-pub const INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const INTERVAL: Duration = Duration::from_secs(5);
 
 /// Counts bytes and says when a line is due.
 #[derive(Debug)]
-pub struct Progress {
+pub(crate) struct Progress {
     total: Option<u64>,
     start_bytes: u64,
     started: Instant,
@@ -21,7 +21,7 @@ pub struct Progress {
 
 /// One progress line.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Report {
+pub(crate) struct Report {
     pub bytes: u64,
     pub total: Option<u64>,
     /// Bytes per second over this attempt (resumed bytes do not count as speed).
@@ -30,7 +30,7 @@ pub struct Report {
 
 impl Progress {
     /// `bytes` already present (a resumed download) of `total` (when the server says).
-    pub fn new(bytes: u64, total: Option<u64>, now: Instant) -> Self {
+    pub(crate) fn new(bytes: u64, total: Option<u64>, now: Instant) -> Self {
         Self {
             total,
             start_bytes: bytes,
@@ -40,7 +40,7 @@ impl Progress {
     }
 
     /// A report when [`INTERVAL`] has passed since the last one.
-    pub fn tick(&mut self, bytes: u64, now: Instant) -> Option<Report> {
+    pub(crate) fn tick(&mut self, bytes: u64, now: Instant) -> Option<Report> {
         if now.duration_since(self.last) < INTERVAL {
             return None;
         }
@@ -48,7 +48,7 @@ impl Progress {
         Some(self.report(bytes, now))
     }
 
-    pub fn report(&self, bytes: u64, now: Instant) -> Report {
+    pub(crate) fn report(&self, bytes: u64, now: Instant) -> Report {
         let secs = now.duration_since(self.started).as_secs_f64();
         let rate = if secs > 0.0 {
             bytes.saturating_sub(self.start_bytes) as f64 / secs
@@ -64,13 +64,13 @@ impl Progress {
 }
 
 impl Report {
-    pub fn percent(&self) -> Option<f64> {
+    pub(crate) fn percent(&self) -> Option<f64> {
         self.total
             .filter(|t| *t > 0)
             .map(|t| self.bytes as f64 * 100.0 / t as f64)
     }
 
-    pub fn eta(&self) -> Option<Duration> {
+    pub(crate) fn eta(&self) -> Option<Duration> {
         let left = self.total?.saturating_sub(self.bytes);
         (self.rate > 0.0).then(|| Duration::from_secs((left as f64 / self.rate).ceil() as u64))
     }
@@ -96,7 +96,7 @@ impl fmt::Display for Report {
 /// Time here is the time spent waiting on the network, given by the caller: the time our own
 /// disk keeps the network reader waiting is the server's due, not its fault.
 #[derive(Debug)]
-pub struct Pace {
+pub(crate) struct Pace {
     min_rate: u64,
     window: Duration,
     /// (time, bytes so far), oldest first, at least `window / SAMPLES` apart.
@@ -107,7 +107,7 @@ const SAMPLES: u32 = 32;
 
 /// Too few bytes arrived over the last window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TooSlow {
+pub(crate) struct TooSlow {
     /// Bytes that arrived during the window.
     pub bytes: u64,
     pub window: Duration,
@@ -115,7 +115,7 @@ pub struct TooSlow {
 
 impl Pace {
     /// `min_rate` in bytes per second (0: no minimum).
-    pub fn new(min_rate: u64, window: Duration) -> Self {
+    pub(crate) fn new(min_rate: u64, window: Duration) -> Self {
         let mut samples = VecDeque::new();
         samples.push_back((Duration::ZERO, 0));
         Self {
@@ -127,7 +127,7 @@ impl Pace {
 
     /// Records that `bytes` had arrived by `at`; fails once a whole window has passed with
     /// fewer than `min_rate × window` bytes in it.
-    pub fn record(&mut self, at: Duration, bytes: u64) -> Result<(), TooSlow> {
+    pub(crate) fn record(&mut self, at: Duration, bytes: u64) -> Result<(), TooSlow> {
         if self.min_rate == 0 {
             return Ok(());
         }

@@ -12,11 +12,11 @@ use crate::size::{ByteSize, TIB};
 /// The largest virtual size a base may have: 64 TiB, the largest block volume the major
 /// clouds offer (EBS, Persistent Disk). A larger disk cannot be backed by any volume a pod
 /// can get, so such a header is broken or hostile (it also makes qemu allocate a huge L1).
-pub const MAX_VIRTUAL_SIZE: u64 = 64 * TIB;
+pub(crate) const MAX_VIRTUAL_SIZE: u64 = 64 * TIB;
 
 /// How many leading bytes the check wants: the header and its extensions, which live in
 /// the first cluster and in practice in its first few hundred bytes.
-pub const HEAD_LEN: usize = 64 * 1024;
+pub(crate) const HEAD_LEN: usize = 64 * 1024;
 
 const V2_HEADER_LEN: usize = 72;
 const V3_MIN_HEADER_LEN: u32 = 104;
@@ -44,7 +44,7 @@ const EXT_CRYPTO: u32 = 0x0537_be77;
 
 /// What a valid, self-contained header says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Header {
+pub(crate) struct Header {
     pub version: u32,
     pub virtual_size: u64,
 }
@@ -78,7 +78,7 @@ fn quoted_name(head: &[u8], offset: u64, len: u64) -> String {
 
 /// Checks a qcow2 header (`head` starts with the magic; `len` is the file's length). The
 /// error says what is wrong, for an operator reading `kubectl logs`.
-pub fn check(head: &[u8], len: u64) -> Result<Header, String> {
+pub(crate) fn check(head: &[u8], len: u64) -> Result<Header, String> {
     if head.len() < V2_HEADER_LEN || len < V2_HEADER_LEN as u64 {
         return Err(format!(
             "a truncated qcow2 image: {len} bytes, less than its header"

@@ -36,7 +36,7 @@ const BUFFER: usize = 256 << 10;
 const WRITEBACK: u64 = 32 << 20;
 
 /// The bytes of one download so far.
-pub struct Sink {
+pub(crate) struct Sink {
     temps: Temps,
     part: BufWriter<File>,
     received: u64,
@@ -64,7 +64,7 @@ struct Tally {
 }
 
 /// Mode of every temporary file: only we may read a download in progress.
-pub const TEMP_MODE: u32 = 0o600;
+pub(crate) const TEMP_MODE: u32 = 0o600;
 
 fn lock(tally: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
     tally.lock().unwrap_or_else(PoisonError::into_inner)
@@ -88,10 +88,9 @@ enum State {
 
 /// A complete download.
 #[derive(Debug)]
-pub struct Finished {
+pub(crate) struct Finished {
     /// Lowercase hex sha256 of the bytes as downloaded.
     pub sha256: String,
-    pub received: u64,
     pub compression: Compression,
     /// The disk image: the partial file itself, or the unpacked file.
     pub image: PathBuf,
@@ -99,7 +98,7 @@ pub struct Finished {
 
 impl Sink {
     /// Starts a new partial file, or (with `resume`) replays the existing one.
-    pub fn open(
+    pub(crate) fn open(
         temps: &Temps,
         hint: Option<Compression>,
         resume: bool,
@@ -170,12 +169,12 @@ impl Sink {
         Ok(sink)
     }
 
-    pub fn received(&self) -> u64 {
+    pub(crate) fn received(&self) -> u64 {
         self.received
     }
 
     /// Appends `chunk` to the partial file, hashes it and unpacks it.
-    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), ImageError> {
+    pub(crate) fn feed(&mut self, chunk: &[u8]) -> Result<(), ImageError> {
         self.chunks += 1;
         crate::metrics::IMAGE
             .download_bytes
@@ -297,7 +296,7 @@ impl Sink {
     }
 
     /// Writes what is buffered to the partial file (for a later resume).
-    pub fn keep_partial(mut self) -> Result<u64, ImageError> {
+    pub(crate) fn keep_partial(mut self) -> Result<u64, ImageError> {
         self.part
             .flush()
             .map_err(|source| self.temps.write_error(&self.temps.part, source))?;
@@ -305,7 +304,7 @@ impl Sink {
     }
 
     /// Ends the stream: checks the compressed stream is complete, fsyncs the result.
-    pub fn finish(mut self) -> Result<Finished, ImageError> {
+    pub(crate) fn finish(mut self) -> Result<Finished, ImageError> {
         let part_err = |temps: &Temps, source| temps.write_error(&temps.part, source);
         self.part.flush().map_err(|e| part_err(&self.temps, e))?;
         self.decide()?;
@@ -333,7 +332,6 @@ impl Sink {
         tracing::info!(image = %self.label, chunks = self.chunks, "downloaded {report}");
         Ok(Finished {
             sha256: hex(&self.hasher.finalize()),
-            received: self.received,
             compression,
             image: match compression {
                 Compression::None => self.temps.part.clone(),
@@ -371,7 +369,7 @@ fn sync(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
 }
 
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

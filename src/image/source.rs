@@ -6,11 +6,11 @@
 use std::fmt;
 
 /// How many leading bytes [`inspect`] wants to see (more is fine, fewer only for short files).
-pub const HEAD_LEN: usize = super::qcow2::HEAD_LEN;
+pub(crate) const HEAD_LEN: usize = super::qcow2::HEAD_LEN;
 
 /// Stream compression, undone while downloading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
+pub(crate) enum Compression {
     None,
     Xz,
     Gzip,
@@ -19,10 +19,10 @@ pub enum Compression {
 
 impl Compression {
     /// Bytes needed to recognise every magic number.
-    pub const MAGIC_LEN: usize = 6;
+    pub(crate) const MAGIC_LEN: usize = 6;
 
     /// From the last path segment of the source (`.xz`, `.gz`, `.zst`).
-    pub fn from_name(name: &str) -> Option<Self> {
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
         if name.ends_with(".xz") {
             Some(Self::Xz)
         } else if name.ends_with(".gz") {
@@ -35,7 +35,7 @@ impl Compression {
     }
 
     /// From the first bytes of the stream; `None` when no compression magic is there.
-    pub fn from_magic(head: &[u8]) -> Self {
+    pub(crate) fn from_magic(head: &[u8]) -> Self {
         if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
             Self::Xz
         } else if head.starts_with(&[0x1f, 0x8b]) {
@@ -61,14 +61,14 @@ impl fmt::Display for Compression {
 
 /// A disk image format qemu can use as a backing file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DiskFormat {
+pub(crate) enum DiskFormat {
     Qcow2 { version: u32, virtual_size: u64 },
     Raw { size: u64 },
 }
 
 impl DiskFormat {
     /// The name qemu uses for it (`backing_fmt`).
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Self::Qcow2 { .. } => "qcow2",
             Self::Raw { .. } => "raw",
@@ -76,7 +76,7 @@ impl DiskFormat {
     }
 
     /// The size the guest sees.
-    pub fn virtual_size(&self) -> u64 {
+    pub(crate) fn virtual_size(&self) -> u64 {
         match *self {
             Self::Qcow2 { virtual_size, .. } => virtual_size,
             Self::Raw { size } => size,
@@ -90,7 +90,7 @@ const SECTOR: u64 = 512;
 /// Decides what a file is from its first bytes (up to [`HEAD_LEN`]) and its length. The error
 /// describes what was received, for an operator who will read it in `kubectl logs`; it never
 /// quotes the bytes (the file may be `/etc/shadow`, or a page with a token in it).
-pub fn inspect(head: &[u8], len: u64) -> Result<DiskFormat, String> {
+pub(crate) fn inspect(head: &[u8], len: u64) -> Result<DiskFormat, String> {
     if len == 0 {
         return Err("an empty file".to_owned());
     }

@@ -15,7 +15,7 @@ use crate::config::Reserve;
 const RECHECK: u64 = 64 << 20;
 
 /// Bytes free for us on `dir`'s filesystem and the filesystem's size; `None` when unknown.
-pub fn stat(dir: &Path) -> Option<(u64, u64)> {
+pub(crate) fn stat(dir: &Path) -> Option<(u64, u64)> {
     let stat = statvfs(dir).ok()?;
     let unit = stat.fragment_size();
     Some((
@@ -25,7 +25,7 @@ pub fn stat(dir: &Path) -> Option<(u64, u64)> {
 }
 
 /// The reserve in bytes on `dir`'s filesystem (a percentage needs its size; unknown: 0).
-pub fn reserve_bytes(dir: &Path, reserve: Reserve) -> u64 {
+pub(crate) fn reserve_bytes(dir: &Path, reserve: Reserve) -> u64 {
     match reserve {
         Reserve::Bytes(bytes) => bytes,
         Reserve::Percent(_) => stat(dir).map_or(0, |(_, size)| reserve.bytes_of(size)),
@@ -33,12 +33,12 @@ pub fn reserve_bytes(dir: &Path, reserve: Reserve) -> u64 {
 }
 
 /// Fails when `dir`'s filesystem has fewer than `needed` bytes free plus the reserve.
-pub fn check(dir: &Path, needed: u64) -> Result<(), ImageError> {
+pub(crate) fn check(dir: &Path, needed: u64) -> Result<(), ImageError> {
     check_keeping(dir, needed, 0)
 }
 
 /// [`check`], keeping `reserve` bytes free.
-pub fn check_keeping(dir: &Path, needed: u64, reserve: u64) -> Result<(), ImageError> {
+pub(crate) fn check_keeping(dir: &Path, needed: u64, reserve: u64) -> Result<(), ImageError> {
     let Some((available, _)) = stat(dir) else {
         // Not knowing is no reason to refuse; a real shortage still ends in ENOSPC.
         return Ok(());
@@ -56,14 +56,14 @@ pub fn check_keeping(dir: &Path, needed: u64, reserve: u64) -> Result<(), ImageE
 
 /// Writing more would take the reserve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shortage {
+pub(crate) struct Shortage {
     pub available: u64,
     pub reserve: u64,
 }
 
 /// How many more bytes may be written before the free space must be read again.
 #[derive(Debug)]
-pub struct Budget {
+pub(crate) struct Budget {
     dir: PathBuf,
     reserve: u64,
     /// Bytes we may still write without looking (as of the last look).
@@ -72,7 +72,7 @@ pub struct Budget {
 }
 
 impl Budget {
-    pub fn new(dir: &Path, reserve: u64) -> Self {
+    pub(crate) fn new(dir: &Path, reserve: u64) -> Self {
         Self {
             dir: dir.to_path_buf(),
             reserve,
@@ -82,13 +82,13 @@ impl Budget {
     }
 
     /// Accounts for writing `n` more bytes; refuses when they would take the reserve.
-    pub fn take(&mut self, n: u64) -> Result<(), Shortage> {
+    pub(crate) fn take(&mut self, n: u64) -> Result<(), Shortage> {
         let dir = self.dir.clone();
         self.take_with(n, || stat(&dir).map(|(available, _)| available))
     }
 
     /// [`Budget::take`] with the free space read by `available` (for tests).
-    pub fn take_with(
+    pub(crate) fn take_with(
         &mut self,
         n: u64,
         available: impl FnOnce() -> Option<u64>,

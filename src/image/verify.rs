@@ -27,7 +27,7 @@ use super::ImageError;
 /// The identity of a file: if none of these changed, neither did its bytes (short of a
 /// deliberate forgery by someone who can already write `IMAGE_DIR`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Identity {
+pub(crate) struct Identity {
     pub dev: u64,
     pub ino: u64,
     pub size: u64,
@@ -38,7 +38,7 @@ pub struct Identity {
 }
 
 impl Identity {
-    pub fn of(meta: &Metadata) -> Self {
+    pub(crate) fn of(meta: &Metadata) -> Self {
         Self {
             dev: meta.dev(),
             ino: meta.ino(),
@@ -53,7 +53,7 @@ impl Identity {
 
 /// What `.NAME.verified` holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
+pub(crate) struct Record {
     /// Lowercase hex sha256 of the file as stored.
     pub sha256: String,
     /// Lowercase hex sha256 of the bytes as downloaded (what `IMG_SHA256` names).
@@ -63,7 +63,7 @@ pub struct Record {
 
 /// The outcome of checking a stored base against `IMG_SHA256`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// The digest matches; `cheap` when the record answered without reading the file.
     Verified { cheap: bool },
     /// The digest differs: `actual` is the best knowledge of what the file is.
@@ -71,7 +71,7 @@ pub enum Verdict {
 }
 
 /// Where the record of `base` lives.
-pub fn record_path(base: &Path) -> PathBuf {
+pub(crate) fn record_path(base: &Path) -> PathBuf {
     let name = base
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -80,7 +80,11 @@ pub fn record_path(base: &Path) -> PathBuf {
 }
 
 /// Decides from the record alone, when it still describes the file. `None`: hash the file.
-pub fn by_record(record: Option<&Record>, now: &Identity, expected: &str) -> Option<Verdict> {
+pub(crate) fn by_record(
+    record: Option<&Record>,
+    now: &Identity,
+    expected: &str,
+) -> Option<Verdict> {
     let record = record.filter(|r| r.identity == *now)?;
     // IMG_SHA256 may name the download or, for a compressed one, the image as stored.
     Some(
@@ -97,7 +101,11 @@ pub fn by_record(record: Option<&Record>, now: &Identity, expected: &str) -> Opt
 /// Decides after hashing the file (`stored` is its digest). A stale record still vouches for
 /// the download a file came from when the file's bytes are those it recorded (only its
 /// identity changed: a copy, a `touch`).
-pub fn by_digest(record: Option<&Record>, stored: &str, expected: &str) -> (Verdict, String) {
+pub(crate) fn by_digest(
+    record: Option<&Record>,
+    stored: &str,
+    expected: &str,
+) -> (Verdict, String) {
     if stored == expected {
         return (Verdict::Verified { cheap: false }, stored.to_owned());
     }
@@ -122,13 +130,13 @@ pub fn by_digest(record: Option<&Record>, stored: &str, expected: &str) -> (Verd
 
 /// The record beside `base`, if there is a readable one (anything else counts as none: the
 /// file is then hashed, which is always safe).
-pub fn load(base: &Path) -> Option<Record> {
+pub(crate) fn load(base: &Path) -> Option<Record> {
     let bytes = std::fs::read(record_path(base)).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 
 /// Writes the record atomically (a unique temporary name, fsynced, renamed), mode 0600.
-pub fn save(base: &Path, record: &Record) -> io::Result<()> {
+pub(crate) fn save(base: &Path, record: &Record) -> io::Result<()> {
     let path = record_path(base);
     let temp = crate::atomic_file::temp_path(
         &path,
@@ -158,13 +166,13 @@ pub fn save(base: &Path, record: &Record) -> io::Result<()> {
 }
 
 /// The identity of `path` now.
-pub fn identity(path: &Path) -> io::Result<Identity> {
+pub(crate) fn identity(path: &Path) -> io::Result<Identity> {
     Ok(Identity::of(&std::fs::metadata(path)?))
 }
 
 /// Hashes `path`, logging progress for a big file. Returns the digest and the identity the
 /// file had throughout, or `None` for the identity when it changed while being read.
-pub fn hash(path: &Path) -> io::Result<(String, Option<Identity>)> {
+pub(crate) fn hash(path: &Path) -> io::Result<(String, Option<Identity>)> {
     let mut file = File::open(path)?;
     let before = Identity::of(&file.metadata()?);
     let mut progress = Progress::new(0, Some(before.size), Instant::now());
@@ -188,7 +196,7 @@ pub fn hash(path: &Path) -> io::Result<(String, Option<Identity>)> {
 
 /// Checks a stored base against `IMG_SHA256`: by its verification record when the file is
 /// unchanged since, else by hashing it (and recording the result).
-pub fn existing(path: &Path, expected: &str) -> Result<(), ImageError> {
+pub(crate) fn existing(path: &Path, expected: &str) -> Result<(), ImageError> {
     let read_err = |source| ImageError::Read {
         path: path.to_path_buf(),
         source,
@@ -240,7 +248,7 @@ fn save_record(path: &Path, record: &Record) {
 /// Records the digest of a base just downloaded, so that the next start verifies it
 /// cheaply. A compressed download is stored unpacked: the stored file is hashed once here,
 /// but only when `IMG_SHA256` pins the image (else no start will ask).
-pub fn record_download(target: &Path, finished: &Finished, pinned: bool) {
+pub(crate) fn record_download(target: &Path, finished: &Finished, pinned: bool) {
     let stored = if finished.compression == Compression::None {
         identity(target).map(|id| Some((finished.sha256.clone(), Some(id))))
     } else if pinned {

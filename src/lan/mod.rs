@@ -75,7 +75,7 @@ mod tests {
     use super::*;
     use crate::cli::Cli;
     use crate::config::Needs;
-    use crate::net::PodNet;
+    use crate::net::discover::PodNet;
 
     #[test]
     fn the_lan_serves_the_plans_addresses_and_the_configs_choices() {

@@ -1,6 +1,5 @@
 //! Finds what the CNI gave the pod: the uplink (the interface of the IPv4 default route), its
 //! address, prefix and MTU, and the default gateway; and whether `/dev/vhost-net` is usable.
-//! [`device_mtu`] reads any link's MTU from sysfs.
 //!
 //! Read-only: needs no capability. The choice among what the kernel reports is pure
 //! ([`default_route`], [`primary_address`]) and unit-tested.
@@ -20,7 +19,7 @@ use super::NetError;
 
 /// The pod's network as the CNI set it up.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodNet {
+pub(crate) struct PodNet {
     pub uplink: String,
     pub uplink_index: u32,
     pub pod_ip: Ipv4Addr,
@@ -33,35 +32,19 @@ pub struct PodNet {
 
 /// The default route's interface index and gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DefaultRoute {
+pub(crate) struct DefaultRoute {
     pub oif: u32,
     pub gateway: Option<Ipv4Addr>,
 }
 
 /// Opens a netlink connection whose driver runs on the current tokio runtime.
-pub fn connect() -> Result<Handle, NetError> {
+pub(crate) fn connect() -> Result<Handle, NetError> {
     let (connection, handle, _) = rtnetlink::new_connection().map_err(NetError::Connect)?;
     tokio::spawn(connection);
     Ok(handle)
 }
 
-/// The MTU of `device`, from sysfs.
-pub fn device_mtu(device: &str) -> Result<u32, NetError> {
-    let path = std::path::Path::new("/sys/class/net")
-        .join(device)
-        .join("mtu");
-    let error = |source| NetError::ReadMtu {
-        bridge: device.to_owned(),
-        source,
-    };
-    std::fs::read_to_string(path)
-        .map_err(error)?
-        .trim()
-        .parse()
-        .map_err(|_| error(std::io::ErrorKind::InvalidData.into()))
-}
-
-pub async fn discover() -> Result<PodNet, NetError> {
+pub(crate) async fn discover() -> Result<PodNet, NetError> {
     let handle = connect()?;
     let routes: Vec<RouteMessage> = handle
         .route()
@@ -136,7 +119,7 @@ pub async fn discover() -> Result<PodNet, NetError> {
 }
 
 /// The main table's IPv4 default route with the lowest metric.
-pub fn default_route(routes: &[RouteMessage]) -> Option<DefaultRoute> {
+pub(crate) fn default_route(routes: &[RouteMessage]) -> Option<DefaultRoute> {
     routes
         .iter()
         .filter(|r| {
@@ -176,7 +159,7 @@ fn table_of(route: &RouteMessage) -> u32 {
 }
 
 /// The first IPv4 address that is not a secondary one.
-pub fn primary_address(addresses: &[AddressMessage]) -> Option<(Ipv4Addr, u8)> {
+pub(crate) fn primary_address(addresses: &[AddressMessage]) -> Option<(Ipv4Addr, u8)> {
     addresses
         .iter()
         .filter(|a| {

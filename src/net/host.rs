@@ -21,7 +21,7 @@ use super::{tap, NetError};
 const CAP_NET_ADMIN: u32 = 12;
 
 /// Fails early, before anything changes, when CAP_NET_ADMIN is missing.
-pub fn require_net_admin() -> Result<(), NetError> {
+pub(crate) fn require_net_admin() -> Result<(), NetError> {
     let status =
         std::fs::read_to_string("/proc/self/status").map_err(|source| NetError::Sysctl {
             path: PathBuf::from("/proc/self/status"),
@@ -34,7 +34,7 @@ pub fn require_net_admin() -> Result<(), NetError> {
 }
 
 /// The `CapEff:` mask of a `/proc/<pid>/status` text.
-pub fn effective_caps(status: &str) -> Option<u64> {
+pub(crate) fn effective_caps(status: &str) -> Option<u64> {
     status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
@@ -42,7 +42,7 @@ pub fn effective_caps(status: &str) -> Option<u64> {
 }
 
 /// Bridge, addresses, tap, sysctls — in that order.
-pub async fn converge_links(handle: &Handle, plan: &NetPlan) -> Result<(), NetError> {
+pub(crate) async fn converge_links(handle: &Handle, plan: &NetPlan) -> Result<(), NetError> {
     let bridge = ensure_kind(handle, &plan.bridge, InfoKind::Bridge).await?;
     let mac = plan.bridge_mac.as_bytes().to_vec();
     let (bridge, created) = match bridge {
@@ -238,7 +238,7 @@ async fn add_address(handle: &Handle, index: u32, gw: Ipv4Addr) -> Result<(), Ne
 
 /// `net.ipv4.ip_forward=1` (required) and `route_localnet=1` on the bridge (needed only for
 /// port-forwards to 127.0.0.1, so a read-only /proc/sys there is a warning).
-pub fn set_sysctls(bridge: &str) -> Result<(), NetError> {
+pub(crate) fn set_sysctls(bridge: &str) -> Result<(), NetError> {
     let forward = PathBuf::from("/proc/sys/net/ipv4/ip_forward");
     write_sysctl(&forward).map_err(|source| NetError::IpForward {
         path: forward.clone(),

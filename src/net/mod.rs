@@ -10,24 +10,24 @@
 //! Host plumbing, applied once before the VM needs it; the servers that then live on the
 //! bridge until qemu exits (DHCP, DNS) are [`crate::lan`].
 
-pub mod discover;
-pub mod host;
-pub mod nft;
-pub mod plan;
-pub mod ruleset;
-pub mod slash30;
-pub mod spoof;
-pub mod tap;
+pub(crate) mod discover;
+pub(crate) mod host;
+pub(crate) mod nft;
+pub(crate) mod plan;
+pub(crate) mod ruleset;
+pub(crate) mod slash30;
+pub(crate) mod spoof;
+pub(crate) mod tap;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-pub use discover::{discover, PodNet};
-pub use plan::{plan, ExcludedPort, NetPlan};
-pub use slash30::Slash30;
+pub(crate) use discover::discover;
+pub(crate) use plan::{plan, NetPlan};
+pub(crate) use slash30::Slash30;
 
 /// What `kvm-manager network` prints: the plan, then the ruleset computed from it.
-pub fn printout(plan: &NetPlan) -> String {
+pub(crate) fn printout(plan: &NetPlan) -> String {
     format!("{plan}ruleset:\n{}", ruleset::ruleset(plan))
 }
 
@@ -37,7 +37,7 @@ const NET_ADMIN_FIX: &str = "add `securityContext: {capabilities: {add: [NET_ADM
      container (or run it privileged)";
 
 #[derive(Debug, thiserror::Error)]
-pub enum NetError {
+pub(crate) enum NetError {
     #[error("could not open a netlink socket")]
     Connect(#[source] std::io::Error),
     #[error("could not {op}")]
@@ -95,12 +95,6 @@ pub enum NetError {
         #[source]
         source: std::io::Error,
     },
-    #[error("could not read the MTU of bridge {bridge}")]
-    ReadMtu {
-        bridge: String,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("could not read {path}")]
     Sysctl {
         path: PathBuf,
@@ -126,14 +120,14 @@ pub enum NetError {
 
 /// Applies `plan`: every step converges, so running it again in the same netns is a no-op.
 /// `reaper` runs `nft` (PID 1's reaper owns every child's exit status).
-pub async fn apply(plan: &NetPlan, reaper: &Reaper) -> Result<(), NetError> {
+pub(crate) async fn apply(plan: &NetPlan, reaper: &Reaper) -> Result<(), NetError> {
     let nft = apply_links(plan).await?;
     apply_nat(plan, &nft, reaper).await
 }
 
 /// The links half of [`apply`]: checks what the NAT will need (so that nothing is changed when
 /// it cannot work), then bridge, address, tap, MTU and sysctls. Returns the `nft` to use.
-pub async fn apply_links(plan: &NetPlan) -> Result<std::path::PathBuf, NetError> {
+pub(crate) async fn apply_links(plan: &NetPlan) -> Result<std::path::PathBuf, NetError> {
     host::require_net_admin()?;
     if !std::path::Path::new(tap::TUN_DEVICE).exists() {
         return Err(NetError::NoTunDevice);
@@ -147,7 +141,7 @@ pub async fn apply_links(plan: &NetPlan) -> Result<std::path::PathBuf, NetError>
 
 /// The NAT half of [`apply`]: our nft table, in one transaction. `run` starts qemu while this
 /// runs: the guest sends its first packet seconds after qemu starts.
-pub async fn apply_nat(
+pub(crate) async fn apply_nat(
     plan: &NetPlan,
     nft: &std::path::Path,
     reaper: &Reaper,

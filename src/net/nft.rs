@@ -13,7 +13,7 @@ use crate::pid1::{Pid1Error, Reaper};
 
 /// Marks one of our sockets with [`LOCAL_MARK`]. Needs CAP_NET_ADMIN, which the NAT needs
 /// too; without it (no NAT then) the socket is left unmarked.
-pub fn mark_own(socket: &socket2::Socket) {
+pub(crate) fn mark_own(socket: &socket2::Socket) {
     if let Err(e) = socket.set_mark(LOCAL_MARK) {
         tracing::debug!(error = %e, "could not mark our socket; it is NAT'ed like any other");
     }
@@ -21,13 +21,13 @@ pub fn mark_own(socket: &socket2::Socket) {
 
 /// Why `nft` failed, read from its stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NftFailure {
+pub(crate) enum NftFailure {
     NotPermitted,
     NoNfTables,
     Rejected,
 }
 
-pub fn classify_failure(stderr: &str) -> NftFailure {
+pub(crate) fn classify_failure(stderr: &str) -> NftFailure {
     if stderr.contains("Operation not permitted") {
         NftFailure::NotPermitted
     } else if stderr.contains("Protocol not supported")
@@ -41,7 +41,7 @@ pub fn classify_failure(stderr: &str) -> NftFailure {
 }
 
 /// The `nft` binary on PATH, found before anything is changed.
-pub fn find_nft() -> Result<PathBuf, NetError> {
+pub(crate) fn find_nft() -> Result<PathBuf, NetError> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .map(|dir| dir.join("nft"))
@@ -50,7 +50,11 @@ pub fn find_nft() -> Result<PathBuf, NetError> {
 }
 
 /// Runs `nft -f -` with `ruleset` on stdin: one atomic transaction.
-pub async fn replace_table(nft: &Path, ruleset: &str, reaper: &Reaper) -> Result<(), NetError> {
+pub(crate) async fn replace_table(
+    nft: &Path,
+    ruleset: &str,
+    reaper: &Reaper,
+) -> Result<(), NetError> {
     let mut spawned = reaper
         .spawn(
             nft.as_os_str(),

@@ -11,15 +11,15 @@ use std::net::Ipv4Addr;
 use macaddr::MacAddr6;
 
 use super::discover::PodNet;
-pub use super::slash30::Ipv4Net;
+pub(crate) use super::slash30::Ipv4Net;
 use super::slash30::Slash30;
 use super::NetError;
 use crate::config::{NetConfig, VNC_PORT};
 
 /// The bridge the tap (and anything else, e.g. a test's veth) is plugged into.
-pub const BRIDGE: &str = "kvmbr0";
+pub(crate) const BRIDGE: &str = "kvmbr0";
 /// The persistent tap qemu opens by name.
-pub const TAP: &str = "kvmtap0";
+pub(crate) const TAP: &str = "kvmtap0";
 
 /// Everything [`super::apply`] does, decided up front.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +65,7 @@ impl NetPlan {
 }
 
 /// Config + discovered pod facts + the VM's MAC → the plan; rejects address clashes.
-pub fn plan(net: &NetConfig, pod: &PodNet, vm_mac: MacAddr6) -> Result<NetPlan, NetError> {
+pub(crate) fn plan(net: &NetConfig, pod: &PodNet, vm_mac: MacAddr6) -> Result<NetPlan, NetError> {
     let vm_net = net.slash30.net();
     let pod_net = Ipv4Net::new(pod.pod_ip, pod.pod_prefix);
     if vm_net.overlaps(pod_net) {

@@ -27,17 +27,17 @@ use std::fmt::Write as _;
 use super::plan::NetPlan;
 
 /// Our table: `table ip kvm_manager`.
-pub const TABLE: &str = "kvm_manager";
+pub(crate) const TABLE: &str = "kvm_manager";
 
 /// Packets from sockets with this `SO_MARK` are never NAT'ed: kvm-manager's own traffic, e.g.
 /// the DNS forwarder's queries to a resolver on 127.0.0.1 (set by [`mark_own`]).
-pub const LOCAL_MARK: u32 = 0x4b4d;
+pub(crate) const LOCAL_MARK: u32 = 0x4b4d;
 
 /// The named counter of packets from the VM with a forged source address.
-pub const SPOOFED_COUNTER: &str = "spoofed";
+pub(crate) const SPOOFED_COUNTER: &str = "spoofed";
 
 /// The complete `nft -f -` input for `plan`.
-pub fn ruleset(plan: &NetPlan) -> String {
+pub(crate) fn ruleset(plan: &NetPlan) -> String {
     let pod = plan.pod_ip;
     let vm = plan.slash30.vm();
     let bridge = &plan.bridge;
@@ -110,7 +110,7 @@ pub fn ruleset(plan: &NetPlan) -> String {
 
 /// `ruleset` with its `delete table` turned into `flush table`: the same rules end up in the
 /// table, but existing chains are kept (so their hook and priority must not have changed).
-pub fn flushing(ruleset: &str) -> String {
+pub(crate) fn flushing(ruleset: &str) -> String {
     ruleset.replacen(
         &format!("delete table ip {TABLE}"),
         &format!("flush table ip {TABLE}"),

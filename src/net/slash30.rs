@@ -84,7 +84,7 @@ fn network_of(addr: Ipv4Addr) -> Ipv4Addr {
 }
 
 /// The broadcast address of the /30 `addr` is in.
-pub fn broadcast_of(addr: Ipv4Addr) -> Ipv4Addr {
+pub(crate) fn broadcast_of(addr: Ipv4Addr) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(addr) | !u32::from(Slash30::NETMASK))
 }
 

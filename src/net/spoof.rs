@@ -47,7 +47,7 @@ fn push_attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
 }
 
 /// `NFT_MSG_GETOBJ` for our counter in `table ip kvm_manager`.
-pub fn request(seq: u32) -> Vec<u8> {
+pub(crate) fn request(seq: u32) -> Vec<u8> {
     let mut body = vec![NFPROTO_IPV4, 0, 0, 0];
     push_attr(&mut body, NFTA_OBJ_TABLE, format!("{TABLE}\0").as_bytes());
     push_attr(
@@ -80,7 +80,7 @@ fn attrs(mut bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
 
 /// The packet count in the kernel's answer to [`request`]; an error answer (no such table or
 /// counter: `ENOENT`) as that error.
-pub fn packets(answer: &[u8]) -> std::io::Result<u64> {
+pub(crate) fn packets(answer: &[u8]) -> std::io::Result<u64> {
     let invalid = || std::io::Error::from(std::io::ErrorKind::InvalidData);
     let header = answer.get(..NLMSG_HDRLEN).ok_or_else(invalid)?;
     let len = usize::try_from(u32::from_ne_bytes([
@@ -109,7 +109,7 @@ pub fn packets(answer: &[u8]) -> std::io::Result<u64> {
 }
 
 /// Packets dropped so far because of a forged source (our table must exist).
-pub fn read_count() -> std::io::Result<u64> {
+pub(crate) fn read_count() -> std::io::Result<u64> {
     let fd = socket::socket(
         AddressFamily::Netlink,
         socket::SockType::Raw,
@@ -127,7 +127,7 @@ pub fn read_count() -> std::io::Result<u64> {
 
 /// Exports the counter on `/metrics` (read at each scrape), and reads it every few seconds and
 /// warns, at most once a minute, when it grew.
-pub async fn watch(vm_ip: std::net::Ipv4Addr) {
+pub(crate) async fn watch(vm_ip: std::net::Ipv4Addr) {
     crate::metrics::watch_spoofed(read_count);
     let mut limit = LogLimit::new(1, LOG_EVERY);
     let mut failures = LogLimit::new(1, LOG_EVERY);

@@ -14,10 +14,10 @@ use tun_rs::{DeviceBuilder, Layer};
 
 use super::NetError;
 
-pub const TUN_DEVICE: &str = "/dev/net/tun";
+pub(crate) const TUN_DEVICE: &str = "/dev/net/tun";
 
 /// Creates the tap `name`, or attaches to it if it exists, and leaves it persistent.
-pub fn ensure_persistent(name: &str) -> Result<(), NetError> {
+pub(crate) fn ensure_persistent(name: &str) -> Result<(), NetError> {
     // tun-rs would mknod a missing node, which a container cannot do (or must not); say what
     // the operator has to change instead.
     if !Path::new(TUN_DEVICE).exists() {

@@ -19,9 +19,9 @@
 //!    ([`raise_open_files_limit`]): the pod IP is open to the whole cluster, and every
 //!    connection to our HTTP server costs a descriptor.
 
-pub mod reaper;
-pub mod signals;
-pub mod supervisor;
+pub(crate) mod reaper;
+pub(crate) mod signals;
+pub(crate) mod supervisor;
 
 use std::fmt;
 use std::io;
@@ -29,11 +29,11 @@ use std::path::PathBuf;
 
 use nix::sys::signal::Signal;
 
-pub use reaper::Reaper;
-pub use supervisor::Pid1;
+pub(crate) use reaper::Reaper;
+pub(crate) use supervisor::Pid1;
 
 #[derive(Debug, thiserror::Error)]
-pub enum Pid1Error {
+pub(crate) enum Pid1Error {
     #[error("could not block signals")]
     BlockSignals(#[source] nix::Error),
     #[error("could not open a signalfd")]
@@ -54,7 +54,7 @@ pub enum Pid1Error {
 
 /// Raises `RLIMIT_NOFILE`'s soft limit to the hard one; a failure is only worth a warning
 /// (the HTTP server sizes its connection cap on whatever limit is in force).
-pub fn raise_open_files_limit() {
+pub(crate) fn raise_open_files_limit() {
     match crate::sys::raise_open_files_limit() {
         Ok((before, after)) => {
             tracing::debug!(before, after, "open-files limit (RLIMIT_NOFILE)");
@@ -67,14 +67,14 @@ pub fn raise_open_files_limit() {
 
 /// How a child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitStatus {
+pub(crate) enum ExitStatus {
     Exited(i32),
     Signaled(Signal),
 }
 
 impl ExitStatus {
     /// The code a shell would report: the exit code, or 128 + the signal number.
-    pub fn code(self) -> u8 {
+    pub(crate) fn code(self) -> u8 {
         match self {
             // Exit codes are 0..=255 by construction (the kernel keeps 8 bits).
             ExitStatus::Exited(code) => (code & 0xff) as u8,
@@ -82,7 +82,7 @@ impl ExitStatus {
         }
     }
 
-    pub fn success(self) -> bool {
+    pub(crate) fn success(self) -> bool {
         self == ExitStatus::Exited(0)
     }
 }

@@ -38,7 +38,7 @@ use super::{ExitStatus, Pid1Error};
 
 /// Where one of a child's standard streams goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stdio {
+pub(crate) enum Stdio {
     /// Ours.
     Inherit,
     /// `/dev/null`.
@@ -49,7 +49,7 @@ pub enum Stdio {
 
 /// Our ends of a child's streams spawned as [`Stdio::Piped`].
 #[derive(Debug, Default)]
-pub struct Pipes {
+pub(crate) struct Pipes {
     pub stdin: Option<pipe::Sender>,
     pub stdout: Option<pipe::Receiver>,
     pub stderr: Option<pipe::Receiver>,
@@ -57,7 +57,7 @@ pub struct Pipes {
 
 /// The environment a child starts with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Env {
+pub(crate) enum Env {
     /// Only [`CHILD_ENV`], from ours: for every program kvm-manager runs itself.
     Minimal,
     /// All of ours: for the `supervise` test hook, which runs what its caller gives.
@@ -66,10 +66,10 @@ pub enum Env {
 
 /// The variables a child keeps, when we have them: where to find programs, how to render
 /// text and time, and where to put temporary files (qemu's `-snapshot` and `g_get_tmp_dir`).
-pub const CHILD_ENV: [&str; 5] = ["PATH", "LANG", "LC_ALL", "TZ", "TMPDIR"];
+pub(crate) const CHILD_ENV: [&str; 5] = ["PATH", "LANG", "LC_ALL", "TZ", "TMPDIR"];
 
 /// Of `vars` (ours), the ones a child started with `env` gets.
-pub fn child_env(
+pub(crate) fn child_env(
     vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
     env: Env,
 ) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
@@ -80,7 +80,7 @@ pub fn child_env(
 
 /// A child started through the reaper.
 #[derive(Debug)]
-pub struct Spawned {
+pub(crate) struct Spawned {
     pub pid: Pid,
     /// Resolves once when the reaper collects the child.
     pub exit: oneshot::Receiver<ExitStatus>,
@@ -88,12 +88,12 @@ pub struct Spawned {
 }
 
 #[derive(Debug, Default)]
-pub struct Reaper {
+pub(crate) struct Reaper {
     watched: Mutex<HashMap<Pid, oneshot::Sender<ExitStatus>>>,
 }
 
 impl Reaper {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
@@ -101,7 +101,7 @@ impl Reaper {
     /// environment ([`Env::Minimal`]) and `stdio` for its stdin, stdout and stderr, and
     /// watches its exit. Our pipe ends are registered with the tokio runtime, so this runs
     /// inside one.
-    pub fn spawn(
+    pub(crate) fn spawn(
         &self,
         program: &OsStr,
         args: &[impl AsRef<OsStr>],
@@ -111,7 +111,7 @@ impl Reaper {
     }
 
     /// [`Reaper::spawn`] with the environment chosen by `env`.
-    pub fn spawn_with(
+    pub(crate) fn spawn_with(
         &self,
         program: &OsStr,
         args: &[impl AsRef<OsStr>],
@@ -130,7 +130,7 @@ impl Reaper {
     }
 
     /// Collects every child that has exited; returns how many there were.
-    pub fn reap(&self) -> usize {
+    pub(crate) fn reap(&self) -> usize {
         let mut watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
         let mut reaped = 0;
         loop {

@@ -10,7 +10,7 @@ use super::Pid1Error;
 
 /// What PID 1 does with a signal it consumes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// A child changed state: reap.
     Reap,
     /// Start the graceful shutdown path.
@@ -21,7 +21,7 @@ pub enum Action {
 
 /// Every signal PID 1 consumes, with its action. Synchronous signals (SIGSEGV, SIGBUS, …)
 /// and SIGKILL/SIGSTOP are not here: they cannot be consumed from a queue.
-pub const HANDLED: [(Signal, Action); 7] = [
+pub(crate) const HANDLED: [(Signal, Action); 7] = [
     (Signal::SIGCHLD, Action::Reap),
     (Signal::SIGTERM, Action::Shutdown),
     (Signal::SIGINT, Action::Shutdown),
@@ -31,12 +31,12 @@ pub const HANDLED: [(Signal, Action); 7] = [
     (Signal::SIGWINCH, Action::Forward),
 ];
 
-pub fn action(signal: Signal) -> Option<Action> {
+pub(crate) fn action(signal: Signal) -> Option<Action> {
     HANDLED.iter().find(|(s, _)| *s == signal).map(|(_, a)| *a)
 }
 
 /// [`HANDLED`] as a set.
-pub fn handled_set() -> SigSet {
+pub(crate) fn handled_set() -> SigSet {
     let mut set = SigSet::empty();
     for (signal, _) in HANDLED {
         set.add(signal);
@@ -45,19 +45,19 @@ pub fn handled_set() -> SigSet {
 }
 
 /// Blocks every handled signal in the calling thread. Call it before any thread starts.
-pub fn block() -> Result<(), Pid1Error> {
+pub(crate) fn block() -> Result<(), Pid1Error> {
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&handled_set()), None).map_err(Pid1Error::BlockSignals)
 }
 
 /// The handled signals, read from a non-blocking signalfd registered with tokio.
 #[derive(Debug)]
-pub struct SignalStream {
+pub(crate) struct SignalStream {
     fd: AsyncFd<SignalFd>,
 }
 
 impl SignalStream {
     /// Must be called inside a tokio runtime, after [`block`].
-    pub fn open() -> Result<Self, Pid1Error> {
+    pub(crate) fn open() -> Result<Self, Pid1Error> {
         let fd = SignalFd::with_flags(
             &handled_set(),
             SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
@@ -68,7 +68,7 @@ impl SignalStream {
     }
 
     /// The next signal. Several deliveries of one standard signal may arrive as one.
-    pub async fn next(&mut self) -> io::Result<Signal> {
+    pub(crate) async fn next(&mut self) -> io::Result<Signal> {
         loop {
             let mut guard = self.fd.readable().await?;
             match guard.get_inner().read_signal() {

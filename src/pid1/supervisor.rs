@@ -14,7 +14,7 @@ use super::{ExitStatus, Pid1Error};
 
 /// Handle to the PID-1 machinery; cheap to share by reference.
 #[derive(Debug)]
-pub struct Pid1 {
+pub(crate) struct Pid1 {
     reaper: Arc<Reaper>,
     main_child: Arc<AtomicI32>,
     shutdown: watch::Receiver<Option<Signal>>,
@@ -23,7 +23,7 @@ pub struct Pid1 {
 impl Pid1 {
     /// Starts the signal loop. Call inside the tokio runtime, after
     /// [`super::signals::block`] ran on the main thread.
-    pub fn start() -> Result<Self, Pid1Error> {
+    pub(crate) fn start() -> Result<Self, Pid1Error> {
         if nix::unistd::getpid().as_raw() != 1 {
             nix::sys::prctl::set_child_subreaper(true).map_err(Pid1Error::Subreaper)?;
         }
@@ -44,18 +44,18 @@ impl Pid1 {
         })
     }
 
-    pub fn reaper(&self) -> &Reaper {
+    pub(crate) fn reaper(&self) -> &Reaper {
         &self.reaper
     }
 
     /// The process that receives forwarded signals (SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH).
-    pub fn set_main_child(&self, pid: Option<Pid>) {
+    pub(crate) fn set_main_child(&self, pid: Option<Pid>) {
         self.main_child
             .store(pid.map_or(0, Pid::as_raw), Ordering::SeqCst);
     }
 
     /// Resolves with the signal that asked for shutdown (SIGTERM or SIGINT).
-    pub async fn shutdown_requested(&self) -> Signal {
+    pub(crate) async fn shutdown_requested(&self) -> Signal {
         let mut rx = self.shutdown.clone();
         let requested = rx.wait_for(Option::is_some).await.map(|signal| *signal);
         match requested {
@@ -67,7 +67,7 @@ impl Pid1 {
 
     /// Runs `spawned` as the main child until it exits. On SIGTERM/SIGINT the signal is
     /// passed on; after `grace` the child is killed.
-    pub async fn supervise(
+    pub(crate) async fn supervise(
         &self,
         spawned: Spawned,
         grace: Duration,
@@ -90,7 +90,7 @@ impl Pid1 {
 }
 
 /// Waits `grace` for the child to exit, then SIGKILLs it and waits for the reaper.
-pub async fn stop_within(
+pub(crate) async fn stop_within(
     pid: Pid,
     grace: Duration,
     exit: &mut oneshot::Receiver<ExitStatus>,

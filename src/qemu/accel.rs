@@ -8,13 +8,14 @@ use super::args::Accel;
 use crate::config;
 
 /// What the operator should change when /dev/kvm is missing.
-pub const KVM_FIX: &str = "give the pod /dev/kvm (the chart requests the devices.kubevirt.io/kvm \
+pub(crate) const KVM_FIX: &str =
+    "give the pod /dev/kvm (the chart requests the devices.kubevirt.io/kvm \
      resource, or set privileged: true) on a node with hardware virtualization, or set ACCEL=tcg \
      (software emulation, much slower)";
 
 #[derive(Debug, thiserror::Error)]
 #[error("ACCEL=kvm, but {device} cannot be opened; {KVM_FIX}", device = device.display())]
-pub struct KvmUnavailable {
+pub(crate) struct KvmUnavailable {
     pub device: std::path::PathBuf,
     #[source]
     pub source: io::Error,
@@ -22,11 +23,11 @@ pub struct KvmUnavailable {
 
 /// Why `auto` fell back to TCG, for a warning.
 #[derive(Debug)]
-pub struct Fallback(pub io::Error);
+pub(crate) struct Fallback(pub io::Error);
 
 /// Decides the accelerator. `auto` falls back to TCG (with the reason) when `device` does
 /// not open read-write.
-pub fn resolve(
+pub(crate) fn resolve(
     requested: config::Accel,
     device: &Path,
 ) -> Result<(Accel, Option<Fallback>), KvmUnavailable> {

@@ -25,14 +25,14 @@ use super::sizing::Sizing;
 
 /// Resolved accelerator (`ACCEL=auto` already decided).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accel {
+pub(crate) enum Accel {
     Kvm,
     Tcg,
 }
 
 /// The VM's NIC: our tap.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Nic {
+pub(crate) struct Nic {
     pub tap: String,
     pub mac: MacAddr6,
     pub mtu: u32,
@@ -41,7 +41,7 @@ pub struct Nic {
 
 /// Everything the command line depends on.
 #[derive(Debug, Clone)]
-pub struct Launch {
+pub(crate) struct Launch {
     pub qemu: PathBuf,
     pub name: String,
     pub accel: Accel,
@@ -61,13 +61,13 @@ pub struct Launch {
 
 /// The base image: its path and the format qemu must open it with (never probed).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Base {
+pub(crate) struct Base {
     pub path: PathBuf,
     pub format: BaseFormat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BaseFormat {
+pub(crate) enum BaseFormat {
     Qcow2,
     Raw,
 }
@@ -82,7 +82,7 @@ impl BaseFormat {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Vnc {
+pub(crate) struct Vnc {
     /// Require a password (set later over QMP); also decides where VNC listens.
     pub password: bool,
 }
@@ -99,7 +99,7 @@ impl Vnc {
 }
 
 /// Escapes a value inside a qemu `key=value,…` option: a comma is written twice.
-pub fn escape(value: &str) -> String {
+pub(crate) fn escape(value: &str) -> String {
     value.replace(',', ",,")
 }
 
@@ -108,7 +108,7 @@ fn path_value(path: &Path) -> String {
 }
 
 /// The argv, program first.
-pub fn build(launch: &Launch) -> Vec<OsString> {
+pub(crate) fn build(launch: &Launch) -> Vec<OsString> {
     let mut args: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| args.extend(items.iter().map(|s| (*s).to_owned()));
 

@@ -19,12 +19,12 @@ use tokio::sync::{broadcast, mpsc, Semaphore};
 use super::console::Ring;
 
 /// The detach key: Ctrl-].
-pub const DETACH: u8 = 0x1d;
+pub(crate) const DETACH: u8 = 0x1d;
 /// Concurrent attached sessions.
 const MAX_SESSIONS: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
-pub enum AttachError {
+pub(crate) enum AttachError {
     #[error("could not listen on the console socket {path}")]
     Listen {
         path: PathBuf,
@@ -41,12 +41,12 @@ pub enum AttachError {
     Io(#[source] io::Error),
 }
 
-pub fn socket_path(runtime_dir: &Path) -> PathBuf {
+pub(crate) fn socket_path(runtime_dir: &Path) -> PathBuf {
     runtime_dir.join("console.sock")
 }
 
 /// Serves the console socket in a task until the runtime ends.
-pub fn serve(
+pub(crate) fn serve(
     path: &Path,
     ring: Arc<Ring>,
     raw: broadcast::Sender<Vec<u8>>,
@@ -134,7 +134,7 @@ impl Drop for RawTerminal {
 }
 
 /// Attaches this terminal to the console at `path` until Ctrl-] or the VM goes away.
-pub fn attach(path: &Path) -> Result<(), AttachError> {
+pub(crate) fn attach(path: &Path) -> Result<(), AttachError> {
     let stream = StdUnixStream::connect(path).map_err(|source| AttachError::Connect {
         path: path.to_owned(),
         source,

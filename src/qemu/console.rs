@@ -16,20 +16,20 @@ const FLUSH_AFTER: Duration = Duration::from_millis(300);
 
 /// The last lines of some output, bounded by a line count.
 #[derive(Debug)]
-pub struct Ring {
+pub(crate) struct Ring {
     lines: Mutex<VecDeque<String>>,
     capacity: usize,
 }
 
 impl Ring {
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             lines: Mutex::new(VecDeque::with_capacity(capacity)),
             capacity,
         }
     }
 
-    pub fn push(&self, line: String) {
+    pub(crate) fn push(&self, line: String) {
         let mut lines = self
             .lines
             .lock()
@@ -40,7 +40,7 @@ impl Ring {
         lines.push_back(line);
     }
 
-    pub fn snapshot(&self) -> Vec<String> {
+    pub(crate) fn snapshot(&self) -> Vec<String> {
         self.lines
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -52,7 +52,7 @@ impl Ring {
 
 /// Which log an output stream goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
+pub(crate) enum Stream {
     /// The guest's serial console (qemu's stdout).
     Guest,
     /// qemu's own messages (its stderr).
@@ -61,7 +61,7 @@ pub enum Stream {
 
 /// Relays `reader` line by line into the log and `ring` until EOF; raw chunks also go to
 /// `raw` (attached `kvm-manager console` sessions), when given.
-pub async fn pump(
+pub(crate) async fn pump(
     mut reader: impl AsyncRead + Unpin,
     stream: Stream,
     ring: &Ring,

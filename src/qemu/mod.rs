@@ -1,20 +1,20 @@
 //! qemu: the command line (pure), the process and its supervision, QMP, the console.
 
-pub mod accel;
-pub mod args;
-pub mod attach;
-pub mod console;
-pub mod pause;
-pub mod process;
-pub mod qmp;
-pub mod sizing;
+pub(crate) mod accel;
+pub(crate) mod args;
+pub(crate) mod attach;
+pub(crate) mod console;
+pub(crate) mod pause;
+pub(crate) mod process;
+pub(crate) mod qmp;
+pub(crate) mod sizing;
 
 use std::path::PathBuf;
 
 use crate::pid1::{ExitStatus, Pid1Error};
 
 #[derive(Debug, thiserror::Error)]
-pub enum QemuError {
+pub(crate) enum QemuError {
     #[error(
         "QEMU={qemu}: not found (searched PATH={path}); install qemu-system-x86 in the image or \
          set QEMU to the binary's path (RHEL-style images: /usr/libexec/qemu-kvm)",

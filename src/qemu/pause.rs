@@ -19,9 +19,9 @@ use serde_json::Value;
 /// refcount tables; qemu first retries the writes it held back) rather than pausing again at
 /// once; small enough to be reached on a small volume. If the guest fills it again, the
 /// backoff below spaces the attempts.
-pub const RESUME_FREE: u64 = 32 << 20;
+pub(crate) const RESUME_FREE: u64 = 32 << 20;
 /// How often the free space is looked at while paused for lack of it (one `statvfs`).
-pub const POLL_EVERY: Duration = Duration::from_secs(2);
+pub(crate) const POLL_EVERY: Duration = Duration::from_secs(2);
 /// A VM that pauses again within this time after we resumed it counts as a failed attempt.
 const STABLE: Duration = Duration::from_secs(60);
 /// The wait after the first failed attempt, doubled after each further one, up to the cap.
@@ -30,7 +30,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 /// What qemu told us, reduced to what the decision needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
+pub(crate) enum Event {
     /// `BLOCK_IO_ERROR`.
     DiskError {
         device: String,
@@ -58,7 +58,7 @@ pub enum Event {
 
 impl Event {
     /// Reads a QMP event (`{"event": name, "data": data}`).
-    pub fn from_qmp(name: &str, data: &Value) -> Self {
+    pub(crate) fn from_qmp(name: &str, data: &Value) -> Self {
         let text = |key: &str| data.get(key).and_then(Value::as_str).unwrap_or("");
         match name {
             "BLOCK_IO_ERROR" => {
@@ -84,7 +84,7 @@ impl Event {
 
 /// Why the VM is paused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Pause {
+pub(crate) enum Pause {
     /// qemu stopped on ENOSPC: the pet volume is full. Resumed once space is back.
     NoSpace { device: String },
     /// qemu stopped on another I/O error. Not resumed: it would fail the same way.
@@ -99,10 +99,10 @@ pub enum Pause {
 
 impl Pause {
     /// Every value of [`Pause::label`], for a metric that shows all of them.
-    pub const LABELS: [&'static str; 3] = ["no-space", "io-error", "stopped"];
+    pub(crate) const LABELS: [&'static str; 3] = ["no-space", "io-error", "stopped"];
 
     /// A short name for metrics.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             Pause::NoSpace { .. } => "no-space",
             Pause::IoError { .. } => "io-error",
@@ -140,7 +140,7 @@ impl fmt::Display for Pause {
 
 /// What changed, for the watcher to report.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     Paused(Pause),
     Resumed,
     /// An I/O error qemu passed on to the guest (its policy is not to stop): the VM runs on.
@@ -153,7 +153,7 @@ pub enum Change {
 
 /// What to do after looking at the free space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Send `cont`: this is attempt number `attempt` since the VM last ran steadily.
     Resume {
         attempt: u32,
@@ -163,7 +163,7 @@ pub enum Decision {
 
 /// The pause state of one VM.
 #[derive(Debug, Default)]
-pub struct Pauses {
+pub(crate) struct Pauses {
     current: Option<Pause>,
     /// The cause a `BLOCK_IO_ERROR` announced, waiting for the `STOP` that follows it.
     cause: Option<Pause>,
@@ -176,16 +176,16 @@ pub struct Pauses {
 
 impl Pauses {
     /// Why the VM is paused, if it is.
-    pub fn current(&self) -> Option<&Pause> {
+    pub(crate) fn current(&self) -> Option<&Pause> {
         self.current.as_ref()
     }
 
     /// True while the free space decides: the VM is paused for lack of it.
-    pub fn watching_space(&self) -> bool {
+    pub(crate) fn watching_space(&self) -> bool {
         matches!(self.current, Some(Pause::NoSpace { .. }))
     }
 
-    pub fn on_event(&mut self, event: Event, now: Instant) -> Option<Change> {
+    pub(crate) fn on_event(&mut self, event: Event, now: Instant) -> Option<Change> {
         match event {
             Event::DiskError {
                 device,
@@ -267,7 +267,7 @@ impl Pauses {
     }
 
     /// Decides, from the pet volume's free space (`None`: unknown), whether to resume now.
-    pub fn on_free_space(&mut self, free: Option<u64>, now: Instant) -> Decision {
+    pub(crate) fn on_free_space(&mut self, free: Option<u64>, now: Instant) -> Decision {
         if !self.watching_space() || self.retry_at.is_some_and(|at| now < at) {
             return Decision::Wait;
         }

@@ -34,7 +34,7 @@ const QMP_WAIT: Duration = Duration::from_secs(30);
 
 /// A started qemu.
 #[derive(Debug)]
-pub struct Qemu {
+pub(crate) struct Qemu {
     pub pid: Pid,
     pub qmp: Qmp,
     pub console: Arc<Ring>,
@@ -48,7 +48,7 @@ pub struct Qemu {
 
 /// How qemu ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub status: ExitStatus,
     /// The guest did not power off in time: qemu was told to quit, or killed.
     pub forced: bool,
@@ -57,7 +57,7 @@ pub struct Outcome {
 }
 
 /// Spawns qemu with `argv` (program first) and connects to its QMP socket.
-pub async fn start(
+pub(crate) async fn start(
     pid1: &Pid1,
     argv: &[OsString],
     qmp_socket: &Path,
@@ -193,14 +193,14 @@ async fn connect_qmp(
 
 impl Qemu {
     /// Stops qemu at once, for a start that failed after it (the guest has not booted yet).
-    pub async fn kill(mut self) {
+    pub(crate) async fn kill(mut self) {
         let _ = kill(self.pid, Signal::SIGKILL);
         let _ = (&mut self.exit).await;
     }
 
     /// Waits until qemu exits; on SIGTERM/SIGINT shuts the guest down gracefully. An error
     /// only when the reaper lost qemu's exit status: no code is made up for it.
-    pub async fn supervise(
+    pub(crate) async fn supervise(
         mut self,
         pid1: &Pid1,
         shutdown_timeout: Duration,
@@ -259,7 +259,7 @@ impl Qemu {
 /// pause and resume (log, and the returned channel, which the probes and metrics follow) and,
 /// while the VM is paused for lack of space, looks at `pet_dir`'s free space every
 /// [`pause::POLL_EVERY`] and sends `cont` when [`Pauses`] decides so.
-pub fn watch_pauses(qmp: Qmp, pet_dir: PathBuf) -> watch::Receiver<Option<Pause>> {
+pub(crate) fn watch_pauses(qmp: Qmp, pet_dir: PathBuf) -> watch::Receiver<Option<Pause>> {
     let (tx, rx) = watch::channel(None);
     let mut events = qmp.events();
     tokio::spawn(async move {

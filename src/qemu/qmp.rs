@@ -27,7 +27,7 @@ const EVENT_BACKLOG: usize = 256;
 const REPORTED_ELSEWHERE: [&str; 3] = ["BLOCK_IO_ERROR", "STOP", "RESUME"];
 
 #[derive(Debug, thiserror::Error)]
-pub enum QmpError {
+pub(crate) enum QmpError {
     #[error("could not connect to qemu's QMP socket {path}")]
     Connect {
         path: PathBuf,
@@ -52,7 +52,7 @@ pub enum QmpError {
 
 /// An asynchronous message from qemu.
 #[derive(Debug, Clone, PartialEq)]
-pub struct QmpEvent {
+pub(crate) struct QmpEvent {
     pub name: String,
     pub data: Value,
 }
@@ -61,7 +61,7 @@ type Pending = Arc<std::sync::Mutex<HashMap<u64, oneshot::Sender<Result<Value, Q
 
 /// A connected, negotiated QMP session.
 #[derive(Debug, Clone)]
-pub struct Qmp {
+pub(crate) struct Qmp {
     writer: Arc<Mutex<OwnedWriteHalf>>,
     pending: Pending,
     next_id: Arc<AtomicU64>,
@@ -71,7 +71,7 @@ pub struct Qmp {
 
 impl Qmp {
     /// Connects to `path`, reads the greeting and leaves negotiation mode.
-    pub async fn connect(path: &Path) -> Result<Self, QmpError> {
+    pub(crate) async fn connect(path: &Path) -> Result<Self, QmpError> {
         let stream = UnixStream::connect(path)
             .await
             .map_err(|source| QmpError::Connect {
@@ -104,7 +104,7 @@ impl Qmp {
     }
 
     /// qemu's events from now on, until its QMP connection closes.
-    pub fn events(&self) -> broadcast::Receiver<QmpEvent> {
+    pub(crate) fn events(&self) -> broadcast::Receiver<QmpEvent> {
         match self.events.upgrade() {
             Some(sender) => sender.subscribe(),
             // Already closed: a receiver whose sender is gone says so at once.
@@ -113,7 +113,7 @@ impl Qmp {
     }
 
     /// Runs `command` and returns its `return` value, or fails after [`DEADLINE`].
-    pub async fn execute(
+    pub(crate) async fn execute(
         &self,
         command: &str,
         arguments: Option<Value>,
@@ -164,16 +164,16 @@ impl Qmp {
     }
 
     /// Presses the ACPI power button.
-    pub async fn system_powerdown(&self) -> Result<(), QmpError> {
+    pub(crate) async fn system_powerdown(&self) -> Result<(), QmpError> {
         self.execute("system_powerdown", None).await.map(drop)
     }
 
     /// Asks qemu to exit now (the guest gets no say).
-    pub async fn quit(&self) -> Result<(), QmpError> {
+    pub(crate) async fn quit(&self) -> Result<(), QmpError> {
         self.execute("quit", None).await.map(drop)
     }
 
-    pub async fn set_vnc_password(&self, password: &str) -> Result<(), QmpError> {
+    pub(crate) async fn set_vnc_password(&self, password: &str) -> Result<(), QmpError> {
         self.execute(
             "set_password",
             Some(json!({ "protocol": "vnc", "password": password })),
@@ -183,12 +183,12 @@ impl Qmp {
     }
 
     /// Continues a paused VM (qemu first retries the disk requests it held back).
-    pub async fn cont(&self) -> Result<(), QmpError> {
+    pub(crate) async fn cont(&self) -> Result<(), QmpError> {
         self.execute("cont", None).await.map(drop)
     }
 
     /// The drives whose I/O status is `nospace` (qemu stopped on ENOSPC writing them).
-    pub async fn drives_out_of_space(&self) -> Result<Vec<String>, QmpError> {
+    pub(crate) async fn drives_out_of_space(&self) -> Result<Vec<String>, QmpError> {
         let reply = self.execute("query-block", None).await?;
         Ok(reply
             .as_array()
@@ -202,7 +202,7 @@ impl Qmp {
     }
 
     /// `running`, `paused`, `shutdown`, … as qemu reports it.
-    pub async fn status(&self) -> Result<String, QmpError> {
+    pub(crate) async fn status(&self) -> Result<String, QmpError> {
         let reply = self.execute("query-status", None).await?;
         Ok(reply
             .get("status")

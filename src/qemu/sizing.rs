@@ -12,7 +12,7 @@ use crate::size::{ByteSize, GIB, MIB};
 
 /// Limits found; `None` means unlimited or unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// CPU quota in thousandths of a CPU.
     pub cpu_millis: Option<u64>,
     pub memory: Option<u64>,
@@ -20,21 +20,21 @@ pub struct Limits {
 
 /// What the VM gets, and why (for the log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Sizing {
+pub(crate) struct Sizing {
     pub cpus: u32,
     pub memory_mib: u64,
 }
 
 /// Without a limit: one CPU and 1 GiB, as the contract says.
-pub const DEFAULT_MEMORY: u64 = GIB;
+pub(crate) const DEFAULT_MEMORY: u64 = GIB;
 /// Memory kept for qemu itself (device emulation, caches, our own process): an eighth of the
 /// limit, at least 192 MiB and at most 2 GiB.
-pub fn qemu_overhead(limit: u64) -> u64 {
+pub(crate) fn qemu_overhead(limit: u64) -> u64 {
     (limit / 8).clamp(192 * MIB, 2 * GIB)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SizingError {
+pub(crate) enum SizingError {
     #[error(
         "the container's memory limit ({limit}) leaves less than 64MiB for the guest after \
          qemu's own {overhead}; raise resources.limits.memory or set VM_MEMORY"
@@ -43,7 +43,7 @@ pub enum SizingError {
 }
 
 /// Decides the VM size: explicit settings win, then limits, then the defaults.
-pub fn decide(
+pub(crate) fn decide(
     cpus: Option<u32>,
     memory: Option<ByteSize>,
     limits: Limits,
@@ -81,7 +81,7 @@ pub fn decide(
 
 /// Reads the limits below `root` (normally `/sys/fs/cgroup`) for the process whose
 /// `/proc/<pid>/cgroup` text is `self_cgroup`.
-pub fn read_limits(root: &Path, self_cgroup: &str) -> Limits {
+pub(crate) fn read_limits(root: &Path, self_cgroup: &str) -> Limits {
     let v2_path = self_cgroup.lines().find_map(|l| l.strip_prefix("0::"));
     let v1_path = |controller: &str| {
         self_cgroup.lines().find_map(|line| {
@@ -115,7 +115,7 @@ pub fn read_limits(root: &Path, self_cgroup: &str) -> Limits {
 }
 
 /// Reads this process's limits from the real cgroup filesystem.
-pub fn read_own_limits() -> Limits {
+pub(crate) fn read_own_limits() -> Limits {
     let self_cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     read_limits(Path::new("/sys/fs/cgroup"), &self_cgroup)
 }

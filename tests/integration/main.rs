@@ -5,6 +5,8 @@
 
 // Skips are announced on stderr, loudly, by design.
 #![allow(clippy::print_stderr)]
+// A test binary has no public interface: its helpers are `pub` for its own modules.
+#![allow(unreachable_pub)]
 
 mod configdrive;
 mod dhcp;

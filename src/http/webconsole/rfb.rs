@@ -13,7 +13,7 @@
 /// How a client's security handshake will look: qemu offers exactly one type, decided by
 /// whether `VNC_PASSWORD` is set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Auth {
+pub(super) enum Auth {
     /// Security type None (1): nothing after the type.
     None,
     /// VNC authentication (2): a 16-byte response to the challenge.
@@ -38,7 +38,7 @@ enum State {
 
 /// Feed it every byte the viewer sends, in order; it says when input went by.
 #[derive(Debug)]
-pub struct InputScanner {
+pub(super) struct InputScanner {
     auth: Auth,
     state: State,
     /// Bytes of the current unit not yet complete.
@@ -89,7 +89,7 @@ fn message_size(buf: &[u8]) -> Size {
 }
 
 impl InputScanner {
-    pub fn new(auth: Auth) -> Self {
+    pub(super) fn new(auth: Auth) -> Self {
         Self {
             auth,
             state: State::Version,
@@ -98,12 +98,12 @@ impl InputScanner {
     }
 
     /// Whether nothing more will be recognised as input.
-    pub fn lost(&self) -> bool {
+    pub(super) fn lost(&self) -> bool {
         self.state == State::Lost
     }
 
     /// Consumes `bytes`; true when they completed at least one input message.
-    pub fn feed(&mut self, mut bytes: &[u8]) -> bool {
+    pub(super) fn feed(&mut self, mut bytes: &[u8]) -> bool {
         let mut input = false;
         while !bytes.is_empty() && self.state != State::Lost {
             let want = match self.state {

@@ -12,7 +12,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 /// Concurrent web-console viewers.
-pub const MAX_VIEWERS: usize = 8;
+pub(crate) const MAX_VIEWERS: usize = 8;
 
 #[derive(Debug)]
 struct Slot {
@@ -30,13 +30,13 @@ struct Slots {
 
 /// The slots, shared by every request.
 #[derive(Debug, Clone, Default)]
-pub struct Viewers {
+pub(super) struct Viewers {
     slots: Arc<Mutex<Slots>>,
 }
 
 /// A viewer's slot; dropping it frees the slot.
 #[derive(Debug)]
-pub struct Seat {
+pub(super) struct Seat {
     id: u64,
     viewers: Viewers,
     /// Resolves when a newer viewer took this slot.
@@ -45,7 +45,7 @@ pub struct Seat {
 
 /// What [`Viewers::join`] did.
 #[derive(Debug)]
-pub struct Joined {
+pub(super) struct Joined {
     pub seat: Seat,
     /// How long the viewer that had to leave had sent no input.
     pub evicted_idle: Option<std::time::Duration>,
@@ -57,7 +57,7 @@ impl Viewers {
     }
 
     /// Takes a slot at `now`, evicting the longest-idle viewer when all are taken.
-    pub fn join(&self, now: Instant) -> Joined {
+    pub(super) fn join(&self, now: Instant) -> Joined {
         let mut slots = self.lock();
         let mut evicted_idle = None;
         if slots.taken.len() >= MAX_VIEWERS {
@@ -91,14 +91,14 @@ impl Viewers {
     }
 
     /// Viewers holding a slot.
-    pub fn count(&self) -> usize {
+    pub(super) fn count(&self) -> usize {
         self.lock().taken.len()
     }
 }
 
 impl Seat {
     /// The viewer sent input at `now`.
-    pub fn input(&self, now: Instant) {
+    pub(super) fn input(&self, now: Instant) {
         if let Some(slot) = self
             .viewers
             .lock()
