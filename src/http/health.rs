@@ -125,7 +125,7 @@ impl VmStatus {
             .clone()
     }
 
-    /// Called by the DHCP server when the VM's MAC is ACKed its address.
+    /// Fed by `run` from the DHCP server's lease watch: true once the VM's MAC holds its address.
     pub(crate) fn set_lease(&self, held: bool) {
         self.lease.store(held, Ordering::SeqCst);
     }
