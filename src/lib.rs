@@ -26,3 +26,5 @@ mod regular_file;
 mod size;
 mod state;
 mod sys;
+#[cfg(test)]
+mod test_support;

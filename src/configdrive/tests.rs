@@ -7,8 +7,6 @@ use super::input::tests::config_map;
 use super::*;
 use crate::config::DriveFormat;
 
-const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/configdrive/golden");
-
 fn host() -> Hostname {
     Hostname::parse("vm-0").expect("valid hostname")
 }
@@ -54,14 +52,9 @@ fn render(layout: &Layout) -> String {
     out
 }
 
-/// Compares with `golden/<name>.txt`; `UPDATE_GOLDEN=1` rewrites it instead.
+/// Compares with `tests/golden/configdrive/<name>.txt`; `UPDATE_GOLDEN=1` rewrites it.
 fn assert_golden(name: &str, actual: &str) {
-    let path = Path::new(GOLDEN).join(format!("{name}.txt"));
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, actual).expect("update golden file");
-    }
-    let expected = std::fs::read_to_string(&path).expect("golden file (UPDATE_GOLDEN=1 makes it)");
-    assert_eq!(actual, expected, "layout differs from {}", path.display());
+    crate::test_support::assert_golden("configdrive", &format!("{name}.txt"), actual);
 }
 
 #[test]

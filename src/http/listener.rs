@@ -239,18 +239,11 @@ async fn serve_connection(
 ) {
     // Until its first byte, a connection is only a socket: no hyper state, no buffers.
     loop {
-        let wake = match conn.activity().check(Instant::now(), &limits) {
-            Check::At(wake) => wake,
-            Check::Expired(why) => {
-                tracing::debug!(%peer, reason = why.as_str(), "HTTP: connection closed");
-                return;
-            }
+        let Some(wake) = next_wake(&conn, &limits, peer) else {
+            return;
         };
         tokio::select! {
-            () = conn.close.notified() => {
-                tracing::debug!(%peer, "HTTP: connection shed");
-                return;
-            }
+            () = shed(&conn, peer) => return,
             ready = stream.readable() => {
                 if ready.is_err() {
                     return;
@@ -273,19 +266,11 @@ async fn serve_connection(
     let connection = http.serve_connection(io, service).with_upgrades();
     let mut connection = std::pin::pin!(connection);
     loop {
-        let now = Instant::now();
-        let wake = match conn.activity().check(now, &limits) {
-            Check::At(wake) => wake,
-            Check::Expired(why) => {
-                tracing::debug!(%peer, reason = why.as_str(), "HTTP: connection closed");
-                return;
-            }
+        let Some(wake) = next_wake(&conn, &limits, peer) else {
+            return;
         };
         tokio::select! {
-            () = conn.close.notified() => {
-                tracing::debug!(%peer, "HTTP: connection shed");
-                return;
-            }
+            () = shed(&conn, peer) => return,
             result = connection.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(%peer, error = %e, "HTTP: connection ended");
@@ -294,6 +279,27 @@ async fn serve_connection(
             }
             () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
         }
+    }
+}
+
+/// When to look at the connection again, or `None` (logged) when it has expired.
+fn next_wake(conn: &Conn, limits: &Limits, peer: SocketAddr) -> Option<Instant> {
+    match conn.activity().check(Instant::now(), limits) {
+        Check::At(wake) => Some(wake),
+        Check::Expired(why) => {
+            tracing::debug!(%peer, reason = why.as_str(), "HTTP: connection closed");
+            None
+        }
+    }
+}
+
+/// Resolves (logged) when the connection is shed to make room for others.
+/// The wait starts here, when `select!` builds its branches, not at the first poll.
+fn shed(conn: &Conn, peer: SocketAddr) -> impl std::future::Future<Output = ()> + '_ {
+    let notified = conn.close.notified();
+    async move {
+        notified.await;
+        tracing::debug!(%peer, "HTTP: connection shed");
     }
 }
 

@@ -75,7 +75,7 @@ mod tests {
     use super::*;
     use crate::cli::Cli;
     use crate::config::Needs;
-    use crate::net::discover::PodNet;
+    use crate::net::plan::tests::{pod, MAC};
 
     #[test]
     fn the_lan_serves_the_plans_addresses_and_the_configs_choices() {
@@ -86,17 +86,7 @@ mod tests {
         let hostname = Hostname::parse("vm-0").expect("valid hostname");
         let config = Config::from_settings(&settings, hostname, Vec::new(), Needs::Nothing)
             .expect("valid configuration");
-        let pod = PodNet {
-            uplink: "eth0".into(),
-            uplink_index: 2,
-            pod_ip: Ipv4Addr::new(10, 244, 1, 5),
-            pod_prefix: 24,
-            mtu: 1450,
-            gateway: Some(Ipv4Addr::new(10, 244, 1, 1)),
-            vhost_net: true,
-        };
-        let mac = MacAddr6::new(0x52, 0x54, 0x00, 0x12, 0x34, 0x56);
-        let plan = crate::net::plan(&config.net, &pod, mac).expect("a valid plan");
+        let plan = crate::net::plan(&config.net, &pod(), MAC).expect("a valid plan");
         let lan = Lan::new(
             &config,
             &plan,
@@ -105,7 +95,7 @@ mod tests {
         assert_eq!(lan.bridge, plan.bridge);
         assert_eq!(
             (lan.vm_ip, lan.vm_gw, lan.vm_mac, lan.mtu),
-            (plan.slash30.vm(), plan.slash30.gw(), mac, 1450)
+            (plan.slash30.vm(), plan.slash30.gw(), MAC, 1450)
         );
         assert_eq!(lan.hostname.as_str(), "vm-0");
         assert_eq!(lan.dns_mode, DnsMode::Passthrough);

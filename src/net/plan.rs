@@ -178,5 +178,4 @@ impl fmt::Display for NetPlan {
 }
 
 #[cfg(test)]
-#[path = "plan_tests.rs"]
-mod tests;
+pub(crate) mod tests;

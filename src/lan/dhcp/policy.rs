@@ -235,5 +235,4 @@ fn destination(request: &Message, reply: &Message, nak: bool) -> Destination {
 }
 
 #[cfg(test)]
-#[path = "policy/tests.rs"]
 mod tests;

@@ -137,5 +137,4 @@ fn encode(message: &Message) -> Vec<u8> {
 }
 
 #[cfg(test)]
-#[path = "query/tests.rs"]
 mod tests;

@@ -5,22 +5,14 @@ use std::path::PathBuf;
 
 use super::*;
 use crate::qemu::sizing;
+use crate::test_support::assert_golden;
 
 fn golden(name: &str, argv: &[OsString]) {
     let text: String = argv
         .iter()
         .map(|a| format!("{}\n", a.to_string_lossy()))
         .collect();
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden/qemu-args")
-        .join(format!("{name}.txt"));
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        std::fs::write(&path, &text).expect("write golden");
-    }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 creates it)", path.display()));
-    assert_eq!(text, want, "argv differs from {}", path.display());
+    assert_golden("qemu-args", &format!("{name}.txt"), &text);
 }
 
 fn base() -> Launch {

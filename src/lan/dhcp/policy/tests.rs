@@ -56,6 +56,12 @@ fn reply_of(d: Decision) -> (Message, Destination, Event) {
     }
 }
 
+/// Where a reply goes when the VM already has its address (renewing, INFORM): its IP, no ARP.
+const UNICAST_TO_VM_IP: Destination = Destination::Unicast {
+    ip: VM_IP,
+    mac: None,
+};
+
 #[test]
 fn offers_vm_ip_with_pod_mtu_and_all_options_when_no_list_is_sent() {
     let (offer, to, event) = reply_of(decide(&lease(), &request(MessageType::Discover, MAC)));
@@ -152,13 +158,7 @@ fn acks_selecting_init_reboot_renewing_and_rebinding() {
     }
     let (ack, to, _) = reply_of(decide(&lease(), &renewing));
     assert_eq!(ack.ciaddr(), VM_IP);
-    assert_eq!(
-        to,
-        Destination::Unicast {
-            ip: VM_IP,
-            mac: None
-        }
-    );
+    assert_eq!(to, UNICAST_TO_VM_IP);
 }
 
 #[test]
@@ -200,13 +200,7 @@ fn answers_inform_without_address_or_lease_times() {
     assert_eq!(ack.yiaddr(), Ipv4Addr::UNSPECIFIED);
     assert!(ack.opts().get(OptionCode::AddressLeaseTime).is_none());
     assert!(ack.opts().get(OptionCode::Renewal).is_none());
-    assert_eq!(
-        to,
-        Destination::Unicast {
-            ip: VM_IP,
-            mac: None
-        }
-    );
+    assert_eq!(to, UNICAST_TO_VM_IP);
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! The plan and its ruleset, decided without root. Golden rulesets live in `golden/`;
+//! The plan and its ruleset, decided without root. Golden rulesets live in `tests/golden/net/`;
 //! `UPDATE_GOLDEN=1 cargo test --lib net::` rewrites them (review the diff).
 
 use std::net::Ipv4Addr;
@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 use super::*;
 use crate::config::DnsMode;
 use crate::net::ruleset::ruleset;
+use crate::test_support::assert_golden;
 
 fn net() -> NetConfig {
     NetConfig {
@@ -23,7 +24,8 @@ fn net() -> NetConfig {
     }
 }
 
-fn pod() -> PodNet {
+/// A typical pod's network (also the LAN's tests use it).
+pub(crate) fn pod() -> PodNet {
     PodNet {
         uplink: "eth0".into(),
         uplink_index: 2,
@@ -35,22 +37,15 @@ fn pod() -> PodNet {
     }
 }
 
-const MAC: MacAddr6 = MacAddr6::new(0x52, 0x54, 0x00, 0x12, 0x34, 0x56);
+pub(crate) const MAC: MacAddr6 = MacAddr6::new(0x52, 0x54, 0x00, 0x12, 0x34, 0x56);
 
 fn planned(net: &NetConfig) -> NetPlan {
     plan(net, &pod(), MAC).expect("a valid plan")
 }
 
-/// Compares `actual` with `golden/<name>.nft`, or rewrites the file under `UPDATE_GOLDEN`.
+/// Compares `actual` with `tests/golden/net/<name>.nft`.
 fn golden(name: &str, actual: &str) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("src/net/golden")
-        .join(format!("{name}.nft"));
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, actual).expect("write the golden file");
-    }
-    let expected = std::fs::read_to_string(&path).expect("read the golden file");
-    assert_eq!(actual, expected, "{} differs", path.display());
+    assert_golden("net", &format!("{name}.nft"), actual);
 }
 
 fn ports(plan: &NetPlan) -> Vec<u16> {
