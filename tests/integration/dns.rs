@@ -69,6 +69,22 @@ fn add_node_address(net: &VmNet, address: &str) {
     ]);
 }
 
+/// Starts the pod after giving the node one more address, `.{host}` on its subnet; `resolv`
+/// writes the pod's resolv.conf from that address and the node's own.
+fn start_with_node_address(host: u8, resolv: impl FnOnce(&str, &str) -> String) -> (VmNet, String) {
+    let extra = std::cell::RefCell::new(String::new());
+    let net = VmNet::start_with(|pod| {
+        let prefix = pod.node_ip.rsplit_once('.').expect("dotted quad").0;
+        let address = format!("{prefix}.{host}");
+        let text = resolv(&address, &pod.node_ip);
+        *extra.borrow_mut() = address;
+        Some(text)
+    });
+    let extra = extra.into_inner();
+    add_node_address(&net, &extra);
+    (net, extra)
+}
+
 fn dig(net: &VmNet, args: &[&str]) -> Output {
     Command::new("ip")
         .args([
@@ -165,17 +181,9 @@ fn fails_over_to_the_next_nameserver() {
         return;
     }
     // First a node address where nothing listens (port unreachable), then the live one.
-    let dead = std::cell::RefCell::new(String::new());
-    let net = VmNet::start_with(|pod| {
-        let prefix = pod.node_ip.rsplit_once('.').expect("dotted quad").0;
-        *dead.borrow_mut() = format!("{prefix}.9");
-        Some(format!(
-            "search default.svc.cluster.local\nnameserver {prefix}.9\nnameserver {}\n",
-            pod.node_ip
-        ))
+    let (net, _dead) = start_with_node_address(9, |dead, node_ip| {
+        format!("search default.svc.cluster.local\nnameserver {dead}\nnameserver {node_ip}\n")
     });
-    let dead = dead.into_inner();
-    add_node_address(&net, &dead);
     vm_with_address(&net);
     let _dnsmasq = cluster_dns(&net);
     let out = dig(&net, &["+short", NAME]);
@@ -226,14 +234,7 @@ fn answers_servfail_in_time_when_the_upstream_is_silent() {
         return;
     }
     // The nameserver is a node address whose packets the node drops: no answer, no ICMP.
-    let silent = std::cell::RefCell::new(String::new());
-    let net = VmNet::start_with(|pod| {
-        let prefix = pod.node_ip.rsplit_once('.').expect("dotted quad").0;
-        *silent.borrow_mut() = format!("{prefix}.8");
-        Some(format!("nameserver {prefix}.8\n"))
-    });
-    let silent = silent.into_inner();
-    add_node_address(&net, &silent);
+    let (net, silent) = start_with_node_address(8, |silent, _| format!("nameserver {silent}\n"));
     let rules = format!(
         "table inet kmdhcp {{ chain input {{ type filter hook input priority 0; ip daddr {silent} drop; }}; }}\n"
     );
