@@ -6,13 +6,7 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
-use crate::support::require_root;
-use crate::vmnet::{describe, VmNet, HOSTNAME, MTU, VM_GW, VM_IP, VM_MAC};
-
-/// The pod with `network` serving it, or `None` (said loudly) where the test cannot run.
-fn started(test: &str) -> Option<VmNet> {
-    require_root(test).then(VmNet::start)
-}
+use crate::vmnet::{describe, started, VmNet, HOSTNAME, MTU, VM_GW, VM_IP, VM_MAC};
 
 /// One client run's own directory: `$STATE` for its files, and the resolv.conf it writes.
 struct Scratch {

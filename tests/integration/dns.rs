@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::pod::run;
 use crate::support::{require_root, Running};
-use crate::vmnet::{describe, VmNet, HOSTNAME, VM_GW, VM_IP};
+use crate::vmnet::{describe, started, VmNet, HOSTNAME, VM_GW, VM_IP};
 
 const NAME: &str = "www.kvmtest.example";
 const ANSWER: &str = "10.77.0.5";
@@ -153,12 +153,11 @@ fn big_answer(net: &VmNet, transport: &str) -> (String, String) {
 
 #[test]
 fn resolves_cluster_names_over_udp_and_tcp_and_serves_servfail_when_upstream_is_down() {
-    if !require_root(
+    let Some(net) = started(
         "resolves_cluster_names_over_udp_and_tcp_and_serves_servfail_when_upstream_is_down",
-    ) {
+    ) else {
         return;
-    }
-    let net = VmNet::start();
+    };
     vm_with_address(&net);
     let mut dnsmasq = cluster_dns(&net);
     assert_resolves_over_udp_and_tcp(&net);
@@ -192,10 +191,9 @@ fn fails_over_to_the_next_nameserver() {
 
 #[test]
 fn answers_the_vms_own_hostname_locally() {
-    if !require_root("answers_the_vms_own_hostname_locally") {
+    let Some(net) = started("answers_the_vms_own_hostname_locally") else {
         return;
-    }
-    let net = VmNet::start();
+    };
     vm_with_address(&net);
     for name in [
         HOSTNAME.to_owned(),
@@ -208,10 +206,9 @@ fn answers_the_vms_own_hostname_locally() {
 
 #[test]
 fn listens_on_vm_gw_only() {
-    if !require_root("listens_on_vm_gw_only") {
+    let Some(net) = started("listens_on_vm_gw_only") else {
         return;
-    }
-    let net = VmNet::start();
+    };
     let out = net.pod.exec("ss").args(["-Hlnut"]).output().expect("ss");
     let sockets = String::from_utf8_lossy(&out.stdout);
     let port53: Vec<&str> = sockets.lines().filter(|l| l.contains(":53 ")).collect();
