@@ -44,6 +44,14 @@ impl Scratch {
     }
 }
 
+/// Starts the pod (see `started`) and runs `script` in the VM's namespace in a fresh `Scratch`.
+fn client_in_vm(test: &str, script: &str) -> Option<(VmNet, Scratch, Output)> {
+    let net = started(test)?;
+    let scratch = Scratch::new();
+    let out = scratch.in_vm(&net, script);
+    Some((net, scratch, out))
+}
+
 const SEARCH: &str = "search default.svc.cluster.local svc.cluster.local cluster.local";
 
 /// The `search` line with trailing dots removed (dhclient writes absolute names).
@@ -215,14 +223,12 @@ dhclient -4 -x -pf "$STATE/pid" eth0 || true"#,
 
 #[test]
 fn dhclient_applies_address_route_and_mtu() {
-    let Some(net) = started("dhclient_applies_address_route_and_mtu") else {
+    let Some((net, scratch, out)) = client_in_vm(
+        "dhclient_applies_address_route_and_mtu",
+        r#"dhclient -4 -1 -lf "$STATE/leases" -pf "$STATE/pid" eth0"#,
+    ) else {
         return;
     };
-    let scratch = Scratch::new();
-    let out = scratch.in_vm(
-        &net,
-        r#"dhclient -4 -1 -lf "$STATE/leases" -pf "$STATE/pid" eth0"#,
-    );
     assert!(out.status.success(), "dhclient failed:\n{}", describe(&out));
     let resolv_conf = scratch.read("resolv.conf");
     assert_applied(&net, &resolv_conf, "dhclient", MtuOn::Link);
@@ -230,15 +236,13 @@ fn dhclient_applies_address_route_and_mtu() {
 
 #[test]
 fn dhcpcd_gets_the_lease_and_sets_the_hostname() {
-    let Some(net) = started("dhcpcd_gets_the_lease_and_sets_the_hostname") else {
-        return;
-    };
-    let scratch = Scratch::new();
-    let out = scratch.in_vm(
-        &net,
+    let Some((net, scratch, out)) = client_in_vm(
+        "dhcpcd_gets_the_lease_and_sets_the_hostname",
         r#"dhcpcd --ipv4only --oneshot --noarp --timeout 20 eth0
 hostname"#,
-    );
+    ) else {
+        return;
+    };
     assert!(out.status.success(), "dhcpcd failed:\n{}", describe(&out));
     let resolv_conf = scratch.read("resolv.conf");
     assert_applied(&net, &resolv_conf, "dhcpcd", MtuOn::Routes);
@@ -279,15 +283,13 @@ fn a_client_with_another_mac_gets_no_lease() {
 
 #[test]
 fn udhcpc_asking_for_broadcast_replies_gets_the_lease() {
-    let Some(net) = started("udhcpc_asking_for_broadcast_replies_gets_the_lease") else {
+    // -B sets the BROADCAST flag: RFC 2131 §4.1 sends the OFFER and ACK to 255.255.255.255.
+    let Some((_net, _scratch, out)) = client_in_vm(
+        "udhcpc_asking_for_broadcast_replies_gets_the_lease",
+        "exec busybox udhcpc -B -n -q -f -i eth0 -t 3 -T 1 -s /bin/true",
+    ) else {
         return;
     };
-    let scratch = Scratch::new();
-    // -B sets the BROADCAST flag: RFC 2131 §4.1 sends the OFFER and ACK to 255.255.255.255.
-    let out = scratch.in_vm(
-        &net,
-        "exec busybox udhcpc -B -n -q -f -i eth0 -t 3 -T 1 -s /bin/true",
-    );
     assert!(
         out.status.success(),
         "no lease with broadcast replies:\n{}",
