@@ -108,6 +108,11 @@ fn assert_applied(net: &VmNet, resolv_conf: &str, client: &str, mtu_on: MtuOn) {
     );
 }
 
+/// Asserts that `text`, which `what` names, contains `needle`.
+fn assert_contains(text: &str, needle: &str, what: &str) {
+    assert!(text.contains(needle), "{what}:\n{text}");
+}
+
 /// The udhcpc script: records each event's environment, applies the lease like Debian's
 /// default.script would (Debian ships it in a separate package).
 const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
@@ -156,14 +161,8 @@ test -f "$STATE/renew""#,
     let resolv_conf = scratch.read("resolv.conf");
     assert_applied(&net, &resolv_conf, "udhcpc", MtuOn::Link);
     let bound = scratch.read("bound");
-    assert!(
-        bound.contains(&format!("hostname={HOSTNAME}")),
-        "hostname option:\n{bound}"
-    );
-    assert!(
-        bound.contains("domain=default.svc.cluster.local"),
-        "domain option:\n{bound}"
-    );
+    assert_contains(&bound, &format!("hostname={HOSTNAME}"), "hostname option");
+    assert_contains(&bound, "domain=default.svc.cluster.local", "domain option");
     let renew = scratch.read("renew");
     assert!(renew.contains(&format!("ip={VM_IP}")), "renewal:\n{renew}");
     net.server
@@ -188,29 +187,26 @@ dhclient -4 -x -pf "$STATE/pid" eth0 || true"#,
     );
     assert!(out.status.success(), "dhclient failed:\n{}", describe(&out));
     let log = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        log.contains("DHCPREQUEST for 192.168.254.2"),
-        "no second request:\n{log}"
-    );
+    assert_contains(&log, "DHCPREQUEST for 192.168.254.2", "no second request");
     // dhclient -x removed the address; its lease file and resolv.conf record what it applied.
     let leases = scratch.read("leases");
-    assert!(
-        leases.contains(&format!("option host-name \"{HOSTNAME}\"")),
-        "hostname option:\n{leases}"
+    assert_contains(
+        &leases,
+        &format!("option host-name \"{HOSTNAME}\""),
+        "hostname option",
     );
-    assert!(
-        leases.contains(&format!("option interface-mtu {MTU}")),
-        "mtu option:\n{leases}"
+    assert_contains(
+        &leases,
+        &format!("option interface-mtu {MTU}"),
+        "mtu option",
     );
-    assert!(
-        leases.contains("option domain-search \"default.svc.cluster.local.\""),
-        "search option:\n{leases}"
+    assert_contains(
+        &leases,
+        "option domain-search \"default.svc.cluster.local.\"",
+        "search option",
     );
     let resolv_conf = scratch.read("resolv.conf");
-    assert!(
-        resolv_conf.contains(&format!("nameserver {VM_GW}")),
-        "resolv.conf:\n{resolv_conf}"
-    );
+    assert_contains(&resolv_conf, &format!("nameserver {VM_GW}"), "resolv.conf");
     assert_eq!(
         search_line(&resolv_conf),
         SEARCH,
