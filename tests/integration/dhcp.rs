@@ -403,7 +403,7 @@ fn a_restart_of_network_in_the_same_pod_converges_with_the_same_lease_and_no_dup
     let scratch = Scratch::new();
     let lease = |net: &VmNet| {
         let out = scratch.in_vm(
-            &net,
+            net,
             "exec busybox udhcpc -n -q -f -i eth0 -t 5 -T 2 -s /bin/true",
         );
         assert!(out.status.success(), "no lease: {}", describe(&out));
