@@ -2,10 +2,55 @@
 //! simulated pod, asserting what each client applied: address, default route, resolv.conf, MTU and
 //! the hostname option.
 
+use std::path::PathBuf;
+use std::process::Output;
 use std::time::Duration;
 
-use crate::support::require_root;
-use crate::vmnet::{describe, VmNet, HOSTNAME, MTU, VM_GW, VM_IP, VM_MAC};
+use crate::vmnet::{describe, started, VmNet, HOSTNAME, MTU, VM_GW, VM_IP, VM_MAC};
+
+/// One client run's own directory: `$STATE` for its files, and the resolv.conf it writes.
+struct Scratch {
+    dir: tempfile::TempDir,
+    resolv: PathBuf,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let resolv = dir.path().join("resolv.conf");
+        std::fs::write(&resolv, "").expect("resolv.conf");
+        Self { dir, resolv }
+    }
+
+    /// Runs `script` in `vm_ns` with this resolv.conf and `$STATE` set to this directory.
+    fn run(&self, net: &VmNet, vm_ns: &str, script: &str, env: &[(&str, &str)]) -> Output {
+        let state = self.dir.path().to_str().expect("utf-8 path");
+        let env: Vec<(&str, &str)> = [("STATE", state)]
+            .into_iter()
+            .chain(env.iter().copied())
+            .collect();
+        net.in_vm(vm_ns, &self.resolv, script, &env)
+    }
+
+    /// Runs `script` in the VM's namespace with nothing but `$STATE` added.
+    fn in_vm(&self, net: &VmNet, script: &str) -> Output {
+        self.run(net, net.vm_ns(), script, &[])
+    }
+
+    /// A file the client wrote here (its resolv.conf, lease file or recorded events).
+    fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name))
+            .unwrap_or_else(|e| panic!("read {name}: {e}"))
+    }
+}
+
+/// Starts the pod (see `started`) and runs `script` in the VM's namespace in a fresh `Scratch`.
+fn client_in_vm(test: &str, script: &str) -> Option<(VmNet, Scratch, Output)> {
+    let net = started(test)?;
+    let scratch = Scratch::new();
+    let out = scratch.in_vm(&net, script);
+    Some((net, scratch, out))
+}
 
 const SEARCH: &str = "search default.svc.cluster.local svc.cluster.local cluster.local";
 
@@ -63,6 +108,11 @@ fn assert_applied(net: &VmNet, resolv_conf: &str, client: &str, mtu_on: MtuOn) {
     );
 }
 
+/// Asserts that `text`, which `what` names, contains `needle`.
+fn assert_contains(text: &str, needle: &str, what: &str) {
+    assert!(text.contains(needle), "{what}:\n{text}");
+}
+
 /// The udhcpc script: records each event's environment, applies the lease like Debian's
 /// default.script would (Debian ships it in a separate package).
 const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
@@ -80,23 +130,20 @@ esac
 
 #[test]
 fn udhcpc_gets_the_lease_with_every_option_and_renews_it() {
-    if !require_root("udhcpc_gets_the_lease_with_every_option_and_renews_it") {
+    let Some(mut net) = started("udhcpc_gets_the_lease_with_every_option_and_renews_it") else {
         return;
-    }
-    let mut net = VmNet::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let script = dir.path().join("script");
+    };
+    let scratch = Scratch::new();
+    let script = scratch.dir.path().join("script");
     std::fs::write(&script, UDHCPC_SCRIPT).expect("write script");
     std::process::Command::new("chmod")
         .arg("+x")
         .arg(&script)
         .status()
         .expect("chmod");
-    let resolv = dir.path().join("resolv.conf");
-    std::fs::write(&resolv, "").expect("resolv.conf");
-    let out = net.in_vm(
+    let out = scratch.run(
+        &net,
         net.vm_ns(),
-        &resolv,
         r#"busybox udhcpc -f -i eth0 -s "$SCRIPT" -O mtu -O search -O hostname -t 5 -T 2 &
 pid=$!
 for i in $(seq 100); do [ -f "$STATE/bound" ] && break; sleep 0.1; done
@@ -104,28 +151,19 @@ kill -USR1 $pid
 for i in $(seq 100); do [ -f "$STATE/renew" ] && break; sleep 0.1; done
 kill $pid
 test -f "$STATE/renew""#,
-        &[
-            ("SCRIPT", script.to_str().expect("utf-8 path")),
-            ("STATE", dir.path().to_str().expect("utf-8 path")),
-        ],
+        &[("SCRIPT", script.to_str().expect("utf-8 path"))],
     );
     assert!(
         out.status.success(),
         "udhcpc did not bind and renew:\n{}",
         describe(&out)
     );
-    let resolv_conf = std::fs::read_to_string(&resolv).expect("read resolv.conf");
+    let resolv_conf = scratch.read("resolv.conf");
     assert_applied(&net, &resolv_conf, "udhcpc", MtuOn::Link);
-    let bound = std::fs::read_to_string(dir.path().join("bound")).expect("bound env");
-    assert!(
-        bound.contains(&format!("hostname={HOSTNAME}")),
-        "hostname option:\n{bound}"
-    );
-    assert!(
-        bound.contains("domain=default.svc.cluster.local"),
-        "domain option:\n{bound}"
-    );
-    let renew = std::fs::read_to_string(dir.path().join("renew")).expect("renew env");
+    let bound = scratch.read("bound");
+    assert_contains(&bound, &format!("hostname={HOSTNAME}"), "hostname option");
+    assert_contains(&bound, "domain=default.svc.cluster.local", "domain option");
+    let renew = scratch.read("renew");
     assert!(renew.contains(&format!("ip={VM_IP}")), "renewal:\n{renew}");
     net.server
         .wait_for_line("the VM took its DHCP lease", Duration::from_secs(5));
@@ -135,48 +173,40 @@ test -f "$STATE/renew""#,
 
 #[test]
 fn dhclient_gets_the_lease_and_gets_it_again_after_a_restart() {
-    if !require_root("dhclient_gets_the_lease_and_gets_it_again_after_a_restart") {
+    let Some(mut net) = started("dhclient_gets_the_lease_and_gets_it_again_after_a_restart") else {
         return;
-    }
-    let mut net = VmNet::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let resolv = dir.path().join("resolv.conf");
-    std::fs::write(&resolv, "").expect("resolv.conf");
+    };
+    let scratch = Scratch::new();
     // The second run starts from the saved lease: INIT-REBOOT (REQUEST with the old address).
-    let out = net.in_vm(
-        net.vm_ns(),
-        &resolv,
+    let out = scratch.in_vm(
+        &net,
         r#"dhclient -4 -1 -v -lf "$STATE/leases" -pf "$STATE/pid" eth0
 dhclient -4 -x -pf "$STATE/pid" eth0 || true
 dhclient -4 -1 -v -lf "$STATE/leases" -pf "$STATE/pid" eth0
 dhclient -4 -x -pf "$STATE/pid" eth0 || true"#,
-        &[("STATE", dir.path().to_str().expect("utf-8 path"))],
     );
     assert!(out.status.success(), "dhclient failed:\n{}", describe(&out));
     let log = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        log.contains("DHCPREQUEST for 192.168.254.2"),
-        "no second request:\n{log}"
-    );
+    assert_contains(&log, "DHCPREQUEST for 192.168.254.2", "no second request");
     // dhclient -x removed the address; its lease file and resolv.conf record what it applied.
-    let leases = std::fs::read_to_string(dir.path().join("leases")).expect("lease file");
-    assert!(
-        leases.contains(&format!("option host-name \"{HOSTNAME}\"")),
-        "hostname option:\n{leases}"
+    let leases = scratch.read("leases");
+    assert_contains(
+        &leases,
+        &format!("option host-name \"{HOSTNAME}\""),
+        "hostname option",
     );
-    assert!(
-        leases.contains(&format!("option interface-mtu {MTU}")),
-        "mtu option:\n{leases}"
+    assert_contains(
+        &leases,
+        &format!("option interface-mtu {MTU}"),
+        "mtu option",
     );
-    assert!(
-        leases.contains("option domain-search \"default.svc.cluster.local.\""),
-        "search option:\n{leases}"
+    assert_contains(
+        &leases,
+        "option domain-search \"default.svc.cluster.local.\"",
+        "search option",
     );
-    let resolv_conf = std::fs::read_to_string(&resolv).expect("read resolv.conf");
-    assert!(
-        resolv_conf.contains(&format!("nameserver {VM_GW}")),
-        "resolv.conf:\n{resolv_conf}"
-    );
+    let resolv_conf = scratch.read("resolv.conf");
+    assert_contains(&resolv_conf, &format!("nameserver {VM_GW}"), "resolv.conf");
     assert_eq!(
         search_line(&resolv_conf),
         SEARCH,
@@ -189,42 +219,28 @@ dhclient -4 -x -pf "$STATE/pid" eth0 || true"#,
 
 #[test]
 fn dhclient_applies_address_route_and_mtu() {
-    if !require_root("dhclient_applies_address_route_and_mtu") {
-        return;
-    }
-    let net = VmNet::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let resolv = dir.path().join("resolv.conf");
-    std::fs::write(&resolv, "").expect("resolv.conf");
-    let out = net.in_vm(
-        net.vm_ns(),
-        &resolv,
+    let Some((net, scratch, out)) = client_in_vm(
+        "dhclient_applies_address_route_and_mtu",
         r#"dhclient -4 -1 -lf "$STATE/leases" -pf "$STATE/pid" eth0"#,
-        &[("STATE", dir.path().to_str().expect("utf-8 path"))],
-    );
+    ) else {
+        return;
+    };
     assert!(out.status.success(), "dhclient failed:\n{}", describe(&out));
-    let resolv_conf = std::fs::read_to_string(&resolv).expect("read resolv.conf");
+    let resolv_conf = scratch.read("resolv.conf");
     assert_applied(&net, &resolv_conf, "dhclient", MtuOn::Link);
 }
 
 #[test]
 fn dhcpcd_gets_the_lease_and_sets_the_hostname() {
-    if !require_root("dhcpcd_gets_the_lease_and_sets_the_hostname") {
-        return;
-    }
-    let net = VmNet::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let resolv = dir.path().join("resolv.conf");
-    std::fs::write(&resolv, "").expect("resolv.conf");
-    let out = net.in_vm(
-        net.vm_ns(),
-        &resolv,
+    let Some((net, scratch, out)) = client_in_vm(
+        "dhcpcd_gets_the_lease_and_sets_the_hostname",
         r#"dhcpcd --ipv4only --oneshot --noarp --timeout 20 eth0
 hostname"#,
-        &[],
-    );
+    ) else {
+        return;
+    };
     assert!(out.status.success(), "dhcpcd failed:\n{}", describe(&out));
-    let resolv_conf = std::fs::read_to_string(&resolv).expect("read resolv.conf");
+    let resolv_conf = scratch.read("resolv.conf");
     assert_applied(&net, &resolv_conf, "dhcpcd", MtuOn::Routes);
     let stdout = String::from_utf8_lossy(&out.stdout);
     // dhcpcd's hostname hook joins option 12 and option 15 into an FQDN.
@@ -239,17 +255,14 @@ hostname"#,
 
 #[test]
 fn a_client_with_another_mac_gets_no_lease() {
-    if !require_root("a_client_with_another_mac_gets_no_lease") {
+    let Some(mut net) = started("a_client_with_another_mac_gets_no_lease") else {
         return;
-    }
-    let mut net = VmNet::start();
+    };
     let stranger = net.add_vm("x", "52:54:00:00:00:99");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let resolv = dir.path().join("resolv.conf");
-    std::fs::write(&resolv, "").expect("resolv.conf");
-    let out = net.in_vm(
+    let scratch = Scratch::new();
+    let out = scratch.run(
+        &net,
         &stranger,
-        &resolv,
         "exec busybox udhcpc -n -q -f -i eth0 -t 2 -T 1 -s /bin/true",
         &[],
     );
@@ -266,20 +279,13 @@ fn a_client_with_another_mac_gets_no_lease() {
 
 #[test]
 fn udhcpc_asking_for_broadcast_replies_gets_the_lease() {
-    if !require_root("udhcpc_asking_for_broadcast_replies_gets_the_lease") {
-        return;
-    }
-    let net = VmNet::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let resolv = dir.path().join("resolv.conf");
-    std::fs::write(&resolv, "").expect("resolv.conf");
     // -B sets the BROADCAST flag: RFC 2131 §4.1 sends the OFFER and ACK to 255.255.255.255.
-    let out = net.in_vm(
-        net.vm_ns(),
-        &resolv,
+    let Some((_net, _scratch, out)) = client_in_vm(
+        "udhcpc_asking_for_broadcast_replies_gets_the_lease",
         "exec busybox udhcpc -B -n -q -f -i eth0 -t 3 -T 1 -s /bin/true",
-        &[],
-    );
+    ) else {
+        return;
+    };
     assert!(
         out.status.success(),
         "no lease with broadcast replies:\n{}",
@@ -317,17 +323,16 @@ for _ in range(count):
 
 #[test]
 fn a_flood_of_valid_discovers_logs_a_few_lines_and_the_count_left_out() {
-    if !require_root("a_flood_of_valid_discovers_logs_a_few_lines_and_the_count_left_out") {
+    let Some(mut net) =
+        started("a_flood_of_valid_discovers_logs_a_few_lines_and_the_count_left_out")
+    else {
         return;
-    }
-    let mut net = VmNet::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let resolv = dir.path().join("resolv.conf");
-    std::fs::write(&resolv, "").expect("resolv.conf");
+    };
+    let scratch = Scratch::new();
     let flood = |count: &str| {
-        let out = net.in_vm(
+        let out = scratch.run(
+            &net,
             net.vm_ns(),
-            &resolv,
             r#"exec python3 -c "$FLOOD" "$MAC" "$COUNT""#,
             &[("FLOOD", DISCOVERS), ("MAC", VM_MAC), ("COUNT", count)],
         );
@@ -390,21 +395,16 @@ fn rules(net: &VmNet) -> Vec<String> {
 
 #[test]
 fn a_restart_of_network_in_the_same_pod_converges_with_the_same_lease_and_no_duplicate_rule() {
-    if !require_root(
+    let Some(mut net) = started(
         "a_restart_of_network_in_the_same_pod_converges_with_the_same_lease_and_no_duplicate_rule",
-    ) {
+    ) else {
         return;
-    }
-    let mut net = VmNet::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let resolv = dir.path().join("resolv.conf");
-    std::fs::write(&resolv, "").expect("resolv.conf");
+    };
+    let scratch = Scratch::new();
     let lease = |net: &VmNet| {
-        let out = net.in_vm(
-            net.vm_ns(),
-            &resolv,
+        let out = scratch.in_vm(
+            net,
             "exec busybox udhcpc -n -q -f -i eth0 -t 5 -T 2 -s /bin/true",
-            &[],
         );
         assert!(out.status.success(), "no lease: {}", describe(&out));
         String::from_utf8_lossy(&out.stderr).into_owned()

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::pod::run;
 use crate::support::{require_root, Running};
-use crate::vmnet::{describe, VmNet, HOSTNAME, VM_GW, VM_IP};
+use crate::vmnet::{describe, started, VmNet, HOSTNAME, VM_GW, VM_IP};
 
 const NAME: &str = "www.kvmtest.example";
 const ANSWER: &str = "10.77.0.5";
@@ -55,6 +55,36 @@ fn vm_with_address(net: &VmNet) {
     ]);
 }
 
+/// Gives the node one more address, `address`, on its link to the pod.
+fn add_node_address(net: &VmNet, address: &str) {
+    run(&[
+        "ip",
+        "-n",
+        &net.pod.node_ns,
+        "addr",
+        "add",
+        &format!("{address}/32"),
+        "dev",
+        &format!("{}n", net.pod.tag),
+    ]);
+}
+
+/// Starts the pod after giving the node one more address, `.{host}` on its subnet; `resolv`
+/// writes the pod's resolv.conf from that address and the node's own.
+fn start_with_node_address(host: u8, resolv: impl FnOnce(&str, &str) -> String) -> (VmNet, String) {
+    let extra = std::cell::RefCell::new(String::new());
+    let net = VmNet::start_with(|pod| {
+        let prefix = pod.node_ip.rsplit_once('.').expect("dotted quad").0;
+        let address = format!("{prefix}.{host}");
+        let text = resolv(&address, &pod.node_ip);
+        *extra.borrow_mut() = address;
+        Some(text)
+    });
+    let extra = extra.into_inner();
+    add_node_address(&net, &extra);
+    (net, extra)
+}
+
 fn dig(net: &VmNet, args: &[&str]) -> Output {
     Command::new("ip")
         .args([
@@ -76,18 +106,10 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[test]
-fn resolves_cluster_names_over_udp_and_tcp_and_serves_servfail_when_upstream_is_down() {
-    if !require_root(
-        "resolves_cluster_names_over_udp_and_tcp_and_serves_servfail_when_upstream_is_down",
-    ) {
-        return;
-    }
-    let net = VmNet::start();
-    vm_with_address(&net);
-    let mut dnsmasq = cluster_dns(&net);
+/// `NAME` resolves to `ANSWER` over UDP and over TCP.
+fn assert_resolves_over_udp_and_tcp(net: &VmNet) {
     for transport in ["+notcp", "+tcp"] {
-        let out = dig(&net, &[transport, "+short", NAME]);
+        let out = dig(net, &[transport, "+short", NAME]);
         assert_eq!(
             stdout(&out).trim(),
             ANSWER,
@@ -95,12 +117,25 @@ fn resolves_cluster_names_over_udp_and_tcp_and_serves_servfail_when_upstream_is_
             describe(&out)
         );
     }
-    // The upstream truncates at 512 bytes; the forwarder retries over TCP and the whole answer
-    // fits the 4096 bytes dig accepts, so it arrives over UDP without TC (+ignore: no retry).
+}
+
+/// Asking for `NAME` gets SERVFAIL.
+fn assert_servfail(net: &VmNet) {
+    let out = dig(net, &[NAME]);
+    assert!(
+        stdout(&out).contains("status: SERVFAIL"),
+        "{}",
+        describe(&out)
+    );
+}
+
+/// Asks for the TXT record larger than 512 bytes over `transport` with room for all of it
+/// (+ignore: no retry on TC); returns dig's output and its `;; flags:` line.
+fn big_answer(net: &VmNet, transport: &str) -> (String, String) {
     let out = dig(
-        &net,
+        net,
         &[
-            "+notcp",
+            transport,
             "+ignore",
             "+bufsize=4096",
             "TXT",
@@ -111,7 +146,24 @@ fn resolves_cluster_names_over_udp_and_tcp_and_serves_servfail_when_upstream_is_
     let flags = text
         .lines()
         .find(|l| l.starts_with(";; flags:"))
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .to_owned();
+    (text, flags)
+}
+
+#[test]
+fn resolves_cluster_names_over_udp_and_tcp_and_serves_servfail_when_upstream_is_down() {
+    let Some(net) = started(
+        "resolves_cluster_names_over_udp_and_tcp_and_serves_servfail_when_upstream_is_down",
+    ) else {
+        return;
+    };
+    vm_with_address(&net);
+    let mut dnsmasq = cluster_dns(&net);
+    assert_resolves_over_udp_and_tcp(&net);
+    // The upstream truncates at 512 bytes; the forwarder retries over TCP and the whole answer
+    // fits the 4096 bytes dig accepts, so it arrives over UDP without TC (+ignore: no retry).
+    let (text, flags) = big_answer(&net, "+notcp");
     assert!(!flags.contains(" tc"), "still truncated: {text}");
     assert!(
         flags.contains("ANSWER: 12,"),
@@ -119,12 +171,7 @@ fn resolves_cluster_names_over_udp_and_tcp_and_serves_servfail_when_upstream_is_
     );
     let _ = dnsmasq.child.kill();
     let _ = dnsmasq.wait(Duration::from_secs(5));
-    let out = dig(&net, &[NAME]);
-    assert!(
-        stdout(&out).contains("status: SERVFAIL"),
-        "{}",
-        describe(&out)
-    );
+    assert_servfail(&net);
 }
 
 #[test]
@@ -133,26 +180,9 @@ fn fails_over_to_the_next_nameserver() {
         return;
     }
     // First a node address where nothing listens (port unreachable), then the live one.
-    let dead = std::cell::RefCell::new(String::new());
-    let net = VmNet::start_with(|pod| {
-        let prefix = pod.node_ip.rsplit_once('.').expect("dotted quad").0;
-        *dead.borrow_mut() = format!("{prefix}.9");
-        Some(format!(
-            "search default.svc.cluster.local\nnameserver {prefix}.9\nnameserver {}\n",
-            pod.node_ip
-        ))
+    let (net, _dead) = start_with_node_address(9, |dead, node_ip| {
+        format!("search default.svc.cluster.local\nnameserver {dead}\nnameserver {node_ip}\n")
     });
-    let dead = dead.into_inner();
-    run(&[
-        "ip",
-        "-n",
-        &net.pod.node_ns,
-        "addr",
-        "add",
-        &format!("{dead}/32"),
-        "dev",
-        &format!("{}n", net.pod.tag),
-    ]);
     vm_with_address(&net);
     let _dnsmasq = cluster_dns(&net);
     let out = dig(&net, &["+short", NAME]);
@@ -161,10 +191,9 @@ fn fails_over_to_the_next_nameserver() {
 
 #[test]
 fn answers_the_vms_own_hostname_locally() {
-    if !require_root("answers_the_vms_own_hostname_locally") {
+    let Some(net) = started("answers_the_vms_own_hostname_locally") else {
         return;
-    }
-    let net = VmNet::start();
+    };
     vm_with_address(&net);
     for name in [
         HOSTNAME.to_owned(),
@@ -177,10 +206,9 @@ fn answers_the_vms_own_hostname_locally() {
 
 #[test]
 fn listens_on_vm_gw_only() {
-    if !require_root("listens_on_vm_gw_only") {
+    let Some(net) = started("listens_on_vm_gw_only") else {
         return;
-    }
-    let net = VmNet::start();
+    };
     let out = net.pod.exec("ss").args(["-Hlnut"]).output().expect("ss");
     let sockets = String::from_utf8_lossy(&out.stdout);
     let port53: Vec<&str> = sockets.lines().filter(|l| l.contains(":53 ")).collect();
@@ -203,23 +231,7 @@ fn answers_servfail_in_time_when_the_upstream_is_silent() {
         return;
     }
     // The nameserver is a node address whose packets the node drops: no answer, no ICMP.
-    let silent = std::cell::RefCell::new(String::new());
-    let net = VmNet::start_with(|pod| {
-        let prefix = pod.node_ip.rsplit_once('.').expect("dotted quad").0;
-        *silent.borrow_mut() = format!("{prefix}.8");
-        Some(format!("nameserver {prefix}.8\n"))
-    });
-    let silent = silent.into_inner();
-    run(&[
-        "ip",
-        "-n",
-        &net.pod.node_ns,
-        "addr",
-        "add",
-        &format!("{silent}/32"),
-        "dev",
-        &format!("{}n", net.pod.tag),
-    ]);
+    let (net, silent) = start_with_node_address(8, |silent, _| format!("nameserver {silent}\n"));
     let rules = format!(
         "table inet kmdhcp {{ chain input {{ type filter hook input priority 0; ip daddr {silent} drop; }}; }}\n"
     );
@@ -241,12 +253,7 @@ fn answers_servfail_in_time_when_the_upstream_is_silent() {
     assert!(status.expect("run nft").success(), "nft failed");
     vm_with_address(&net);
     // dig waits 6 s; the forwarder gives up well before and says so.
-    let out = dig(&net, &[NAME]);
-    assert!(
-        stdout(&out).contains("status: SERVFAIL"),
-        "{}",
-        describe(&out)
-    );
+    assert_servfail(&net);
 }
 
 #[test]
@@ -261,32 +268,10 @@ fn a_nameserver_on_127_0_0_1_in_the_pod_answers_over_udp_and_tcp() {
     });
     vm_with_address(&net);
     let _dnsmasq = dnsmasq(net.pod.exec("dnsmasq"), "127.0.0.1");
-    for transport in ["+notcp", "+tcp"] {
-        let out = dig(&net, &[transport, "+short", NAME]);
-        assert_eq!(
-            stdout(&out).trim(),
-            ANSWER,
-            "{transport}: {}",
-            describe(&out)
-        );
-    }
+    assert_resolves_over_udp_and_tcp(&net);
     // Truncated over UDP at 512 bytes: the forwarder asks 127.0.0.1 again over TCP.
     for transport in ["+tcp", "+notcp"] {
-        let out = dig(
-            &net,
-            &[
-                transport,
-                "+ignore",
-                "+bufsize=4096",
-                "TXT",
-                "big.kvmtest.example",
-            ],
-        );
-        let text = stdout(&out);
-        let flags = text
-            .lines()
-            .find(|l| l.starts_with(";; flags:"))
-            .unwrap_or_default();
+        let (text, flags) = big_answer(&net, transport);
         assert!(
             flags.contains("ANSWER: 12,") && !flags.contains(" tc"),
             "{transport}: not the whole answer over TCP from 127.0.0.1: {text}"

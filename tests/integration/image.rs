@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use self::server::{File, Route, Server};
-use crate::support::{Running, BIN};
+use crate::support::{names_in, Running, BIN};
 
 const T: Duration = Duration::from_secs(60);
 const DISK: usize = 4 << 20;
@@ -133,15 +133,6 @@ fn qemu(program: &str, args: &[&str]) -> String {
         + &String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{program} {args:?}: {text}");
     text
-}
-
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .expect("ls")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 #[test]

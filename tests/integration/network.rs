@@ -7,7 +7,7 @@ mod topology;
 use std::path::Path;
 
 use crate::support::{require_root, BIN};
-use topology::{must, Daemon, Topology, NODE_IP, POD_IP, T, VM_IP};
+use topology::{add_address, must, Daemon, Topology, NODE_IP, POD_IP, T, VM_IP};
 
 #[test]
 fn tcp_udp_and_icmp_to_the_pod_ip_reach_the_vm_and_vnc_stays_in_the_pod() {
@@ -308,16 +308,7 @@ fn a_wrong_bridge_and_tap_left_behind_are_corrected() {
     must(&[
         "ip", "-n", pod, "link", "add", "kvmbr0", "mtu", "1300", "type", "bridge",
     ]);
-    must(&[
-        "ip",
-        "-n",
-        pod,
-        "addr",
-        "add",
-        "10.77.0.1/24",
-        "dev",
-        "kvmbr0",
-    ]);
+    add_address(pod, "10.77.0.1/24", "kvmbr0");
     must(&[
         "ip", "-n", pod, "link", "add", "kvmtap0", "type", "veth", "peer", "name", "stale",
     ]);

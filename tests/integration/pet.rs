@@ -9,7 +9,7 @@ use std::process::Command;
 use nix::sys::signal::{kill, Signal};
 
 use crate::pod::Pod;
-use crate::support::{require_root, Running, BIN};
+use crate::support::{names_in, require_root, Running, BIN};
 use crate::vm::{field, guest_image, http_get, pid1, Cluster, BOOT, T};
 
 /// "Another kvm-manager owns this pet".
@@ -19,15 +19,6 @@ const OWNED: i32 = 8;
 fn qcow2_size(path: &Path) -> u64 {
     let bytes = std::fs::read(path).expect("read the overlay");
     u64::from_be_bytes(bytes[24..32].try_into().expect("8 bytes"))
-}
-
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .expect("ls")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 fn instance_id(pet: &Path, hostname: &str) -> String {

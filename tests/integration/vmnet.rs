@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use crate::pod::{run, Pod};
-use crate::support::Running;
+use crate::support::{require_root, Running};
 
 pub const VM_IP: &str = "192.168.254.2";
 pub const VM_GW: &str = "192.168.254.1";
@@ -16,6 +16,11 @@ pub const VM_MAC: &str = "52:54:00:ab:cd:01";
 pub const BRIDGE: &str = "kvmbr0";
 pub const MTU: &str = "1450";
 pub const HOSTNAME: &str = "vm-0";
+
+/// The pod with `network` serving it, or `None` (said loudly) where the test cannot run.
+pub fn started(test: &str) -> Option<VmNet> {
+    require_root(test).then(VmNet::start)
+}
 
 pub struct VmNet {
     pub pod: Pod,

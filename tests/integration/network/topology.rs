@@ -57,6 +57,11 @@ pub fn must(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Adds `cidr` to `dev` in namespace `ns`.
+pub fn add_address(ns: &str, cidr: &str, dev: &str) {
+    must(&["ip", "-n", ns, "addr", "add", cidr, "dev", dev]);
+}
+
 /// node ↔ pod ↔ VM namespaces; deleted (with everything in them) on drop.
 pub struct Topology {
     pub node: String,
@@ -84,43 +89,16 @@ impl Topology {
             "ip", "-n", pod, "link", "add", "eth0", "mtu", "1450", "type", "veth", "peer", "name",
             "eth0", "netns", node, "mtu", "1450",
         ]);
-        must(&[
-            "ip",
-            "-n",
-            pod,
-            "addr",
-            "add",
-            &format!("{POD_IP}/24"),
-            "dev",
-            "eth0",
-        ]);
+        add_address(pod, &format!("{POD_IP}/24"), "eth0");
         must(&["ip", "-n", pod, "link", "set", "eth0", "up"]);
-        must(&[
-            "ip",
-            "-n",
-            node,
-            "addr",
-            "add",
-            &format!("{NODE_IP}/24"),
-            "dev",
-            "eth0",
-        ]);
+        add_address(node, &format!("{NODE_IP}/24"), "eth0");
         must(&["ip", "-n", node, "link", "set", "eth0", "up"]);
         must(&["ip", "-n", pod, "route", "add", "default", "via", NODE_IP]);
         must(&[
             "ip", "-n", vm, "link", "add", "eth0", "address", VM_MAC, "mtu", "1450", "type",
             "veth", "peer", "name", "vmport", "netns", pod, "mtu", "1450",
         ]);
-        must(&[
-            "ip",
-            "-n",
-            vm,
-            "addr",
-            "add",
-            &format!("{VM_IP}/30"),
-            "dev",
-            "eth0",
-        ]);
+        add_address(vm, &format!("{VM_IP}/30"), "eth0");
         must(&["ip", "-n", vm, "link", "set", "eth0", "up"]);
         must(&[
             "ip",
