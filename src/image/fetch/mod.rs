@@ -17,9 +17,6 @@
 //! Credentials (`user:password@` in the URL, or `IMG_AUTH_FILE`) travel only in the
 //! Authorization header, which reqwest drops on a redirect to another host, port or scheme.
 
-use std::fs::{OpenOptions, Permissions};
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::time::{Duration, Instant};
 
 use reqwest::header::{self, HeaderMap};
@@ -27,10 +24,15 @@ use reqwest::{Client, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use super::progress::Pace;
-use super::sink::{Finished, Sink, TEMP_MODE};
+use super::sink::{Finished, Sink};
 use super::source::Compression;
 use super::{ImageError, Temps};
 use crate::config::{redact_url, FetchLimits, ImageAuth, ImageUrl};
+
+mod resume;
+
+pub(crate) use resume::{discard, tidy, Leftovers};
+use resume::{keeps, resumable, resumable_partial, save_validator};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -244,7 +246,7 @@ pub(crate) async fn http(
                 tokio::time::sleep(delay).await;
             }
             None => {
-                // What is kept is decided (and done) by [`abandon`], with the same rule.
+                // What is kept is decided (and done) by [`resume::abandon`], with the same rule.
                 let kept = match keeps(temps, Some(url), &failed.error) {
                     Some(bytes) => {
                         format!("the partial file ({bytes} bytes) is kept and resumed on the next start")
@@ -447,150 +449,6 @@ enum Stop {
     Network(reqwest::Error),
     Stalled,
     TooSlow(super::progress::TooSlow),
-}
-
-/// The validator of a partial download of `url` that can be resumed, and its length so far:
-/// the server named a length and a validator for it, and it is not complete yet.
-fn resumable_partial(url: &ImageUrl, temps: &Temps) -> Option<(u64, Validator)> {
-    let len = std::fs::metadata(&temps.part).map_or(0, |m| m.len());
-    let validator = std::fs::read(&temps.meta)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice::<Validator>(&bytes).ok())
-        .filter(|v| v.url == url.to_string())?;
-    let length = validator.length?;
-    (len > 0 && len < length && validator.if_range().is_some()).then_some((len, validator))
-}
-
-/// The offset and validator to resume from; 0 and `None` to start over.
-fn resumable(url: &ImageUrl, temps: &Temps) -> (u64, Option<Validator>) {
-    match resumable_partial(url, temps) {
-        Some((len, validator)) => (len, Some(validator)),
-        None => (0, None),
-    }
-}
-
-/// Writes the validator: 0600 (it names the URL, if only redacted), atomically.
-fn save_validator(temps: &Temps, validator: &Validator) -> Result<(), ImageError> {
-    let bytes = serde_json::to_vec(validator).map_err(|e| ImageError::Internal(e.to_string()))?;
-    // We hold the image lock: a fixed temporary name cannot collide.
-    let temp = crate::atomic_file::temp_path(&temps.meta, "tmp");
-    let written = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(TEMP_MODE)
-            .open(&temp)?;
-        file.set_permissions(Permissions::from_mode(TEMP_MODE))?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, &temps.meta)?;
-        crate::atomic_file::sync_parent(&temps.meta)
-    })();
-    written.map_err(|source| {
-        let _ = std::fs::remove_file(&temp);
-        temps.write_error(&temps.meta, source)
-    })
-}
-
-/// Forgets a partial download that cannot be resumed.
-pub(crate) fn discard(temps: &Temps) {
-    let meta_temp = crate::atomic_file::temp_path(&temps.meta, "tmp");
-    for path in [&temps.part, &temps.meta, &temps.unpacked, &meta_temp] {
-        let _ = std::fs::remove_file(path);
-    }
-}
-
-/// Before a download: removes what an earlier start left that cannot be resumed (the
-/// unpacked file never can: a resume replays the partial file through the decoder).
-pub(crate) fn tidy(temps: &Temps, url: Option<&ImageUrl>) {
-    let _ = std::fs::remove_file(&temps.unpacked);
-    if url.and_then(|url| resumable_partial(url, temps)).is_none() {
-        discard(temps);
-    }
-}
-
-/// Whether a download that ended with `error` is worth resuming later: not when the bytes
-/// themselves were the problem (corrupt, not a disk, a bomb), nor after a 4xx.
-fn worth_resuming(error: &ImageError) -> bool {
-    match error {
-        ImageError::GaveUp { last, .. } => worth_resuming(last),
-        ImageError::Reserve { unpacked, .. } => unpacked.is_none(),
-        ImageError::Network { .. }
-        | ImageError::ServerStatus { .. }
-        | ImageError::ShortBody { .. }
-        | ImageError::BodyBroken { .. }
-        | ImageError::Stalled { .. }
-        | ImageError::TooSlow { .. }
-        | ImageError::NoSpace { .. }
-        | ImageError::Interrupted(_) => true,
-        _ => false,
-    }
-}
-
-/// The bytes of the partial download that [`abandon`] keeps after `error`.
-fn keeps(temps: &Temps, url: Option<&ImageUrl>, error: &ImageError) -> Option<u64> {
-    url.filter(|_| worth_resuming(error))
-        .and_then(|url| resumable_partial(url, temps))
-        .map(|(len, _)| len)
-}
-
-/// After a failed download: removes the unpacked file, and the partial one unless it can be
-/// resumed and is worth it. Returns the bytes kept.
-pub(crate) fn abandon(temps: &Temps, url: Option<&ImageUrl>, error: &ImageError) -> Option<u64> {
-    let _ = std::fs::remove_file(&temps.unpacked);
-    let kept = keeps(temps, url, error);
-    match kept {
-        Some(bytes) => {
-            tracing::info!(
-                bytes,
-                "the partial download is kept for the next start to resume"
-            )
-        }
-        None => {
-            discard(temps);
-            tracing::info!("the partial download was removed (it cannot be resumed)");
-        }
-    }
-    kept
-}
-
-/// Cleans up after a download that did not finish, also when its future is dropped (SIGTERM):
-/// the unpacked file goes, the partial file stays only when it can be resumed.
-#[derive(Debug)]
-pub(crate) struct Leftovers {
-    temps: Temps,
-    url: Option<ImageUrl>,
-    armed: bool,
-}
-
-impl Leftovers {
-    pub(crate) fn new(temps: &Temps, url: Option<&ImageUrl>) -> Self {
-        Self {
-            temps: temps.clone(),
-            url: url.cloned(),
-            armed: true,
-        }
-    }
-
-    /// The download failed with `error`.
-    pub(crate) fn abandon(&mut self, error: &ImageError) {
-        self.armed = false;
-        abandon(&self.temps, self.url.as_ref(), error);
-    }
-
-    /// The download became the base image: nothing is left over.
-    pub(crate) fn disarm(&mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for Leftovers {
-    fn drop(&mut self) {
-        if self.armed {
-            tidy(&self.temps, self.url.as_ref());
-        }
-    }
 }
 
 #[cfg(test)]
