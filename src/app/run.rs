@@ -19,6 +19,7 @@ use crate::error::{exit, Error};
 use crate::http::{self, webconsole, Phase, Readiness, VmStatus};
 use crate::lan::{Lan, Services};
 use crate::pid1::Pid1;
+use crate::qemu::process::Qemu;
 use crate::qemu::{self, attach, QemuError};
 use crate::{configdrive, image, metrics, net, state};
 
@@ -30,6 +31,23 @@ pub(super) async fn run(config: &Config) -> Result<u8, Error> {
     let _owner = image::owner::acquire(&config.pet_dir, &config.hostname, "run")?;
     let pid1 = Pid1::start()?;
     metrics::VM.starts.inc();
+    let status = serve_http(config).await?;
+
+    // Dropping `prepare` on SIGTERM cancels a download; its partial file stays for resume.
+    let (launch, network) = tokio::select! {
+        prepared = prepare(config) => prepared?,
+        signal = pid1.shutdown_requested() => {
+            tracing::info!(%signal, "stopping before the VM started");
+            return Ok(128u8.wrapping_add(signal as i32 as u8));
+        }
+    };
+
+    let (vm, services) = start(config, &pid1, &launch, &network).await?;
+    supervise(config, &pid1, vm, services, &status).await
+}
+
+/// The probes (503 while we prepare) and the web console, when HTTP_PORT is set.
+async fn serve_http(config: &Config) -> Result<Arc<VmStatus>, Error> {
     let readiness = if config.net.no_dhcp {
         Readiness::TcpPort(SocketAddr::from((
             config.net.slash30.vm(),
@@ -57,30 +75,29 @@ pub(super) async fn run(config: &Config) -> Result<u8, Error> {
         http::serve(&http_config, Arc::clone(&status)).await?;
     }
     webconsole::announce(console_access, config.net.http_port, VNC_PORT);
+    Ok(status)
+}
 
-    // Dropping `prepare` on SIGTERM cancels a download; its partial file stays for resume.
-    let (launch, network) = tokio::select! {
-        prepared = prepare(config) => prepared?,
-        signal = pid1.shutdown_requested() => {
-            tracing::info!(%signal, "stopping before the VM started");
-            return Ok(128u8.wrapping_add(signal as i32 as u8));
-        }
-    };
-
-    let argv = qemu::args::build(&launch);
+/// Starts qemu while the NAT is applied and DHCP and DNS start: its disk, config drive, tap
+/// and bridge (all qemu needs) are ready, and the guest sends its first packet seconds later.
+/// A failure of either stops qemu again.
+async fn start(
+    config: &Config,
+    pid1: &Pid1,
+    launch: &qemu::args::Launch,
+    network: &Network,
+) -> Result<(Qemu, Services), Error> {
+    let argv = qemu::args::build(launch);
     let password = config
         .vm
         .vnc_password
         .as_ref()
         .filter(|_| !config.net.no_vnc)
         .map(|s| s.0.as_str());
-    // qemu starts while the NAT is applied and DHCP and DNS start: its disk, config drive, tap
-    // and bridge (all qemu needs) are ready, and the guest sends its first packet seconds
-    // later. A failure of either stops qemu again.
     let (vm, nat, services) = tokio::join!(
         timed(
             "qemu-start",
-            qemu::process::start(&pid1, &argv, &launch.qmp_socket, password),
+            qemu::process::start(pid1, &argv, &launch.qmp_socket, password),
         ),
         timed(
             "nat",
@@ -91,18 +108,30 @@ pub(super) async fn run(config: &Config) -> Result<u8, Error> {
         }),
     );
     let vm = vm?;
-    let services = match nat.map_err(Error::from).and(services.map_err(Error::from)) {
-        Ok(services) => services,
+    match nat.map_err(Error::from).and(services.map_err(Error::from)) {
+        Ok(services) => Ok((vm, services)),
         Err(e) => {
             vm.kill().await;
-            return Err(e);
+            Err(e)
         }
-    };
-    report(&services, &status);
+    }
+}
+
+/// The running VM: the probes and metrics follow the lease and pauses, `kvm-manager console`
+/// attaches, and a SIGTERM starts the shutdown ladder; returns the exit code once qemu is gone.
+/// DHCP and DNS serve until then.
+async fn supervise(
+    config: &Config,
+    pid1: &Pid1,
+    vm: Qemu,
+    services: Services,
+    status: &Arc<VmStatus>,
+) -> Result<u8, Error> {
+    report(&services, status);
     status.set_qmp(Some(vm.qmp.clone()));
     follow_pauses(
         qemu::process::watch_pauses(vm.qmp.clone(), config.pet_dir.clone()),
-        &status,
+        status,
     );
     status.set_phase(Phase::Running);
     let console_socket = attach::socket_path(&config.runtime_dir);
@@ -120,7 +149,7 @@ pub(super) async fn run(config: &Config) -> Result<u8, Error> {
         std::future::pending::<()>().await;
     };
     let outcome = tokio::select! {
-        outcome = vm.supervise(&pid1, config.vm.shutdown_timeout) => outcome,
+        outcome = vm.supervise(pid1, config.vm.shutdown_timeout) => outcome,
         () = stopping => unreachable!("pending() never completes"),
     };
     status.set_phase(Phase::Stopped);
