@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 use crate::cli::{Cli, Command};
-use crate::config::{self, Config, Hostname, Needs};
+use crate::config::{self, Config, Hostname, ImageTarget};
 use crate::error::Error;
 use crate::image::{self, owner, ImageError};
 use crate::lan::{Lan, Services};
@@ -59,30 +59,41 @@ fn run(cli: Cli) -> Result<u8, Error> {
     pid1::raise_open_files_limit();
 
     let hostname = Hostname::from_system()?;
-    let (needs, extra) = match &command {
-        Command::Run { qemu_extra } => (Needs::Image, qemu_extra.clone()),
-        Command::QemuArgs { qemu_extra } => (Needs::Nothing, qemu_extra.clone()),
-        Command::Image => (Needs::Image, Vec::new()),
-        _ => (Needs::Nothing, Vec::new()),
+    let settings = &cli.settings;
+    // `run` and `image` need a base image: they get its target as a value, not an `Option`.
+    let config = |extra| Config::from_settings(settings, hostname.clone(), extra).map(warned);
+    let with_image = |extra| {
+        Config::with_image(settings, hostname.clone(), extra)
+            .map(|(config, target)| (warned(config), target))
     };
-    let config = Config::from_settings(&cli.settings, hostname, extra, needs)?;
-    for warning in &config.warnings {
-        tracing::warn!("{warning}");
-    }
-
     match command {
-        Command::Run { .. } => runtime()?.block_on(run::run(&config)),
-        Command::Image => image(&config),
-        Command::Network => network(&config),
-        Command::ConfigDrive { output } => config_drive(&config, &output),
-        Command::QemuArgs { .. } => qemu_args(&config),
-        Command::Supervise { command } => supervise(&config, command),
+        Command::Run { qemu_extra } => {
+            let (config, target) = with_image(qemu_extra)?;
+            runtime()?.block_on(run::run(&config, &target))
+        }
+        Command::Image => {
+            let (config, target) = with_image(Vec::new())?;
+            image(&config, &target)
+        }
+        Command::Network => network(&config(Vec::new())?),
+        Command::ConfigDrive { output } => config_drive(&config(Vec::new())?, &output),
+        Command::QemuArgs { qemu_extra } => qemu_args(&config(qemu_extra)?),
+        Command::Supervise { command } => supervise(&config(Vec::new())?, command),
         Command::Console => {
+            let config = config(Vec::new())?;
             crate::qemu::attach::attach(&crate::qemu::attach::socket_path(&config.runtime_dir))
                 .map_err(crate::qemu::QemuError::from)?;
             Ok(0)
         }
     }
+}
+
+/// Logs the settings that were accepted but are questionable, once, before anything runs.
+fn warned(config: Config) -> Config {
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    config
 }
 
 /// Builds the config drive at `output` and prints its path (nothing for `CONFIG_DRIVE=none`).
@@ -100,7 +111,7 @@ fn config_drive(config: &Config, output: &std::path::Path) -> Result<u8, Error> 
 }
 
 /// `kvm-manager image`: the base image and the pet overlay; prints both paths.
-fn image(config: &Config) -> Result<u8, Error> {
+fn image(config: &Config, target: &ImageTarget) -> Result<u8, Error> {
     // First: beside a running VM (`kubectl exec`), this is refused before anything changes.
     let _owner = owner::acquire(&config.pet_dir, &config.hostname, "image")?;
     let runtime = runtime()?;
@@ -110,7 +121,7 @@ fn image(config: &Config) -> Result<u8, Error> {
         crate::state::load_or_create(&config.pet_dir, &config.hostname, config.net.vm_mac)?;
         // Dropping the download on SIGTERM/SIGINT keeps its partial file for the next start.
         let base = tokio::select! {
-            base = image::ensure_base(&config.image) => base?,
+            base = image::ensure_base(&config.image, target) => base?,
             signal = pid1.shutdown_requested() => return Err(ImageError::Interrupted(signal).into()),
         };
         let overlay = image::ensure_overlay(&base, &config.overlay_path(), config.vm.disk_size)?;

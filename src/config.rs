@@ -5,7 +5,7 @@
 //! an operator looking at `kubectl logs` of a crash-looping pod.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use macaddr::MacAddr6;
@@ -66,6 +66,9 @@ fn invalid(
 pub struct Config {
     pub hostname: Hostname,
     pub image: ImageConfig,
+    /// `None` only when neither `IMG_SOURCE` nor `IMG_TARGET` is set; `run` and `image` get
+    /// theirs from [`Config::with_image`] as a value, never as an `Option`.
+    pub image_target: Option<ImageTarget>,
     pub pet_dir: PathBuf,
     pub runtime_dir: PathBuf,
     /// The noVNC client served by the web console.
@@ -76,13 +79,6 @@ pub struct Config {
     pub log: LogConfig,
     /// Accepted but questionable settings, logged once logging is up.
     pub warnings: Vec<String>,
-}
-
-/// Which subcommand asks: `run` and `image` need a base image, the others do not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Needs {
-    Image,
-    Nothing,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,28 +145,27 @@ pub enum ImageTarget {
     Existing(PathBuf),
 }
 
+impl ImageTarget {
+    /// Where the base image lives (or will live).
+    pub fn path(&self, image_dir: &Path) -> PathBuf {
+        match self {
+            Self::Name(name) => image_dir.join(name),
+            Self::Existing(path) => path.clone(),
+        }
+    }
+}
+
+/// How a base image is had: where from, its digest, where it goes, how a download gives up.
+/// Which file it is, the [`ImageTarget`], is apart: `run` and `image` must have one.
 #[derive(Debug, Clone)]
 pub struct ImageConfig {
     pub source: Option<ImageSource>,
-    /// `None` only when neither `IMG_SOURCE` nor `IMG_TARGET` is set and nothing needs them.
-    pub target: Option<ImageTarget>,
     /// Lowercase hex.
     pub sha256: Option<String>,
     pub dir: PathBuf,
     /// From `IMG_AUTH_FILE`.
     pub auth: Option<ImageAuth>,
     pub fetch: FetchLimits,
-}
-
-impl ImageConfig {
-    /// Where the base image lives (or will live).
-    pub fn target_path(&self) -> Option<PathBuf> {
-        match &self.target {
-            Some(ImageTarget::Name(name)) => Some(self.dir.join(name)),
-            Some(ImageTarget::Existing(path)) => Some(path.clone()),
-            None => None,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,15 +267,38 @@ pub(crate) fn parse_log(settings: &Settings) -> Result<LogConfig, ConfigError> {
 }
 
 impl Config {
+    /// For the subcommands that need no base image: `IMG_TARGET` may be unset.
     pub fn from_settings(
         settings: &Settings,
         hostname: Hostname,
         extra_args: Vec<String>,
-        needs: Needs,
     ) -> Result<Self, ConfigError> {
+        let (config, ()) = Self::parse(settings, hostname, extra_args, |_, _| Ok(()))?;
+        Ok(config)
+    }
+
+    /// For `run` and `image`, which need a base image: the config and the image's target,
+    /// which either exists or can be fetched from `IMG_SOURCE`.
+    pub fn with_image(
+        settings: &Settings,
+        hostname: Hostname,
+        extra_args: Vec<String>,
+    ) -> Result<(Self, ImageTarget), ConfigError> {
+        Self::parse(settings, hostname, extra_args, image::needed_target)
+    }
+
+    /// Parses every setting in a fixed order (the first error wins); `needed` decides about
+    /// the image's target right after the image settings are parsed.
+    fn parse<T>(
+        settings: &Settings,
+        hostname: Hostname,
+        extra_args: Vec<String>,
+        needed: impl FnOnce(&ImageConfig, Option<&ImageTarget>) -> Result<T, ConfigError>,
+    ) -> Result<(Self, T), ConfigError> {
         let mut warnings = Vec::new();
         let log = parse_log(settings)?;
-        let image = image::parse_image(settings, needs)?;
+        let (image, image_target) = image::parse_image(settings)?;
+        let needed = needed(&image, image_target.as_ref())?;
         let net = net::parse_net(settings)?;
         let vm = vm::parse_vm(settings, extra_args)?;
         if let (Some(_), true) = (&vm.vnc_password, net.no_vnc) {
@@ -299,9 +317,10 @@ impl Config {
             userdata: settings.userdata.clone(),
             metadata: settings.metadata.clone(),
         };
-        Ok(Self {
+        let config = Self {
             hostname,
             image,
+            image_target,
             pet_dir: settings.pet_dir.clone(),
             runtime_dir: settings.runtime_dir.clone(),
             novnc_dir: settings.novnc_dir.clone(),
@@ -310,7 +329,8 @@ impl Config {
             config_drive,
             log,
             warnings,
-        })
+        };
+        Ok((config, needed))
     }
 
     /// `PET_DIR/<hostname>.qcow2`.

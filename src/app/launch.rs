@@ -66,7 +66,10 @@ pub(super) fn probe(config: &Config, known: Option<&BaseImage>) -> Result<Probed
             path: std::path::absolute(&known.path).unwrap_or_else(|_| known.path.clone()),
             format: base_format(known.format),
         }),
-        None => config.image.target_path().map(probe_base),
+        None => config
+            .image_target
+            .as_ref()
+            .map(|target| probe_base(target.path(&config.image.dir))),
     };
     Ok(Probed {
         accel,
@@ -139,7 +142,7 @@ mod tests {
 
     use super::*;
     use crate::cli::Cli;
-    use crate::config::{Hostname, Needs};
+    use crate::config::Hostname;
     use crate::size::{GIB, MIB};
 
     fn config(args: &[&str]) -> Config {
@@ -147,7 +150,7 @@ mod tests {
         argv.extend_from_slice(args);
         let settings = Cli::try_parse_from(argv).expect("valid arguments").settings;
         let hostname = Hostname::parse("vm-0").expect("valid hostname");
-        Config::from_settings(&settings, hostname, Vec::new(), Needs::Nothing).expect("valid")
+        Config::from_settings(&settings, hostname, Vec::new()).expect("valid")
     }
 
     fn host(limits: Limits) -> Probed {

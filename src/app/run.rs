@@ -14,7 +14,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, VNC_PORT};
+use crate::config::{Config, ImageTarget, VNC_PORT};
 use crate::error::{exit, Error};
 use crate::http::{self, webconsole, Phase, Readiness, VmStatus};
 use crate::lan::{Lan, Services};
@@ -25,7 +25,7 @@ use crate::{configdrive, image, metrics, net, state};
 
 use super::launch;
 
-pub(super) async fn run(config: &Config) -> Result<u8, Error> {
+pub(super) async fn run(config: &Config, target: &ImageTarget) -> Result<u8, Error> {
     // Before the HTTP server: a second `run` in the same pod is refused as a second owner (exit
     // 8), not as a port already in use, and it changes nothing.
     let _owner = image::owner::acquire(&config.pet_dir, &config.hostname, "run")?;
@@ -35,7 +35,7 @@ pub(super) async fn run(config: &Config) -> Result<u8, Error> {
 
     // Dropping `prepare` on SIGTERM cancels a download; its partial file stays for resume.
     let (launch, network) = tokio::select! {
-        prepared = prepare(config) => prepared?,
+        prepared = prepare(config, target) => prepared?,
         signal = pid1.shutdown_requested() => {
             tracing::info!(%signal, "stopping before the VM started");
             return Ok(128u8.wrapping_add(signal as i32 as u8));
@@ -251,7 +251,10 @@ struct Network {
 /// overlap); the config drive (on a third); the bridge and the tap (here). The first failure
 /// ends the preparation at once, so a broken network does not wait for a download; work
 /// already on a worker thread finishes before the process exits (the runtime waits for it).
-async fn prepare(config: &Config) -> Result<(qemu::args::Launch, Network), Error> {
+async fn prepare(
+    config: &Config,
+    target: &ImageTarget,
+) -> Result<(qemu::args::Launch, Network), Error> {
     // PET_DIR exists: the owner lock, taken first, created it (or failed naming PET_DIR).
     std::fs::create_dir_all(&config.runtime_dir).map_err(|source| QemuError::RuntimeDir {
         path: config.runtime_dir.clone(),
@@ -262,7 +265,7 @@ async fn prepare(config: &Config) -> Result<(qemu::args::Launch, Network), Error
 
     let state_saved = on_worker(move || loaded.persist().map_err(Error::from));
     let disk = async {
-        let base = timed("image", image::ensure_base(&config.image)).await?;
+        let base = timed("image", image::ensure_base(&config.image, target)).await?;
         let overlay_path = config.overlay_path();
         let disk_size = config.vm.disk_size;
         on_worker(move || {

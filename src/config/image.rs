@@ -13,7 +13,7 @@ use std::time::Duration;
 use url::Url;
 
 use super::{
-    invalid, non_empty, ConfigError, ImageConfig, ImageSource, ImageTarget, Needs, Secret,
+    invalid, non_empty, ConfigError, ImageConfig, ImageSource, ImageTarget, Secret,
     COMPRESSION_SUFFIXES,
 };
 use crate::cli::Settings;
@@ -187,7 +187,10 @@ pub struct FetchLimits {
     pub reserve: Reserve,
 }
 
-pub(super) fn parse_image(settings: &Settings, needs: Needs) -> Result<ImageConfig, ConfigError> {
+/// The image settings and the target, `None` when neither `IMG_SOURCE` nor `IMG_TARGET` is set.
+pub(super) fn parse_image(
+    settings: &Settings,
+) -> Result<(ImageConfig, Option<ImageTarget>), ConfigError> {
     let source = non_empty(&settings.img_source)
         .map(parse_source)
         .transpose()?;
@@ -223,31 +226,38 @@ pub(super) fn parse_image(settings: &Settings, needs: Needs) -> Result<ImageConf
     }
     let fetch = parse_fetch_limits(settings)?;
 
-    if needs == Needs::Image && source.is_none() {
-        let existing = match &target {
-            Some(ImageTarget::Existing(_)) => true,
-            Some(ImageTarget::Name(name)) => settings.image_dir.join(name).is_file(),
-            None => false,
-        };
-        if !existing {
-            return Err(ConfigError::Missing {
-                var: "IMG_SOURCE",
-                fix: format!(
-                    "set it to the http(s) URL or path of a qcow2 or raw base image, or set \
-                     IMG_TARGET to an image that already exists in IMAGE_DIR ({})",
-                    settings.image_dir.display()
-                ),
-            });
-        }
-    }
-    Ok(ImageConfig {
+    let image = ImageConfig {
         source,
-        target,
         sha256,
         dir: settings.image_dir.clone(),
         auth,
         fetch,
-    })
+    };
+    Ok((image, target))
+}
+
+/// The target of a base image that is needed (`run`, `image`): one that exists, or one that
+/// `IMG_SOURCE` can fill.
+pub(super) fn needed_target(
+    image: &ImageConfig,
+    target: Option<&ImageTarget>,
+) -> Result<ImageTarget, ConfigError> {
+    match target {
+        // With a source, the target is always set (IMG_TARGET or the source's file name).
+        Some(target) if image.source.is_some() => Ok(target.clone()),
+        Some(target @ ImageTarget::Existing(_)) => Ok(target.clone()),
+        Some(target @ ImageTarget::Name(name)) if image.dir.join(name).is_file() => {
+            Ok(target.clone())
+        }
+        _ => Err(ConfigError::Missing {
+            var: "IMG_SOURCE",
+            fix: format!(
+                "set it to the http(s) URL or path of a qcow2 or raw base image, or set \
+                 IMG_TARGET to an image that already exists in IMAGE_DIR ({})",
+                image.dir.display()
+            ),
+        }),
+    }
 }
 
 fn parse_source(raw: &str) -> Result<ImageSource, ConfigError> {

@@ -16,14 +16,20 @@ fn settings(args: &[&str]) -> Settings {
         .settings
 }
 
-fn parse(args: &[&str], needs: Needs) -> Result<Config, ConfigError> {
+fn parse(args: &[&str]) -> Result<Config, ConfigError> {
     let hostname = Hostname::parse("vm-0").expect("valid hostname");
-    Config::from_settings(&settings(args), hostname, Vec::new(), needs)
+    Config::from_settings(&settings(args), hostname, Vec::new())
+}
+
+/// As `run` and `image` parse: the base image's target is needed.
+fn with_image(args: &[&str]) -> Result<(Config, ImageTarget), ConfigError> {
+    let hostname = Hostname::parse("vm-0").expect("valid hostname");
+    Config::with_image(&settings(args), hostname, Vec::new())
 }
 
 #[test]
 fn defaults_are_valid_without_an_image_when_none_is_needed() {
-    let config = parse(&[], Needs::Nothing).expect("defaults are valid");
+    let config = parse(&[]).expect("defaults are valid");
     assert_eq!(config.net.slash30.vm(), Ipv4Addr::new(192, 168, 254, 2));
     assert_eq!(config.net.slash30.gw(), Ipv4Addr::new(192, 168, 254, 1));
     assert_eq!(config.net.http_port, Some(8080));
@@ -33,7 +39,7 @@ fn defaults_are_valid_without_an_image_when_none_is_needed() {
     assert_eq!(config.vm.console_idle_timeout, Duration::from_secs(15 * 60));
     assert_eq!(config.config_drive.format, DriveFormat::ConfigDrive);
     assert_eq!(config.overlay_path(), PathBuf::from("/pet/vm-0.qcow2"));
-    assert!(config.image.target.is_none());
+    assert!(config.image_target.is_none());
 }
 
 #[test]
@@ -91,7 +97,7 @@ fn every_bad_value_is_rejected_naming_its_variable() {
         (&["--console-idle-timeout", "2days"], "CONSOLE_IDLE_TIMEOUT"),
     ];
     for (args, var) in cases {
-        let err = parse(args, Needs::Nothing).expect_err(&format!("{args:?} must be rejected"));
+        let err = parse(args).expect_err(&format!("{args:?} must be rejected"));
         let message = err.to_string();
         assert!(
             message.starts_with(var),
@@ -111,9 +117,9 @@ fn every_bad_value_is_rejected_naming_its_variable() {
 
 #[test]
 fn error_names_the_bad_value_but_never_the_vnc_password() {
-    let err = parse(&["--vm-ip", "192.168.254.6"], Needs::Nothing).expect_err("other /30");
+    let err = parse(&["--vm-ip", "192.168.254.6"]).expect_err("other /30");
     assert!(err.to_string().contains("\"192.168.254.6\""), "{err}");
-    let err = parse(&["--vnc-password", "s3cretpassword"], Needs::Nothing).expect_err("too long");
+    let err = parse(&["--vnc-password", "s3cretpassword"]).expect_err("too long");
     assert!(!err.to_string().contains("s3cretpassword"), "{err}");
 }
 
@@ -124,20 +130,20 @@ fn accepts_every_valid_slash30_pairing() {
         ("10.9.8.1", "10.9.8.2"),
         ("172.16.0.6", "172.16.0.5"),
     ] {
-        let config = parse(&["--vm-ip", ip, "--vm-gw", gw], Needs::Nothing).expect("valid pair");
+        let config = parse(&["--vm-ip", ip, "--vm-gw", gw]).expect("valid pair");
         assert_eq!(config.net.slash30.vm().to_string(), ip);
     }
 }
 
 #[test]
 fn image_is_required_for_run_and_image_only() {
-    let err = parse(&[], Needs::Image).expect_err("no image source");
+    let err = with_image(&[]).expect_err("no image source");
     assert!(
         err.to_string()
             .starts_with("IMG_SOURCE (--img-source) is required"),
         "{err}"
     );
-    parse(&[], Needs::Nothing).expect("network and qemu-args need no image");
+    parse(&[]).expect("network and qemu-args need no image");
 }
 
 #[test]
@@ -146,23 +152,14 @@ fn an_existing_image_needs_no_source() {
     let image = dir.path().join("base.qcow2");
     std::fs::write(&image, b"QFI\xfb").expect("write");
     let absolute = image.to_str().expect("utf-8 temp path");
-    let config = parse(&["--img-target", absolute], Needs::Image).expect("existing absolute path");
-    assert_eq!(
-        config.image.target,
-        Some(ImageTarget::Existing(image.clone()))
-    );
+    let (_, target) = with_image(&["--img-target", absolute]).expect("existing absolute path");
+    assert_eq!(target, ImageTarget::Existing(image.clone()));
     let dir_arg = dir.path().to_str().expect("utf-8 temp path");
-    let config = parse(
-        &["--image-dir", dir_arg, "--img-target", "base.qcow2"],
-        Needs::Image,
-    )
-    .expect("existing name in IMAGE_DIR");
-    assert_eq!(config.image.target_path(), Some(image));
-    let err = parse(
-        &["--image-dir", dir_arg, "--img-target", "other.qcow2"],
-        Needs::Image,
-    )
-    .expect_err("missing name in IMAGE_DIR");
+    let (config, target) = with_image(&["--image-dir", dir_arg, "--img-target", "base.qcow2"])
+        .expect("existing name in IMAGE_DIR");
+    assert_eq!(target.path(&config.image.dir), image);
+    let err = with_image(&["--image-dir", dir_arg, "--img-target", "other.qcow2"])
+        .expect_err("missing name in IMAGE_DIR");
     assert!(err.to_string().starts_with("IMG_SOURCE"), "{err}");
 }
 
@@ -181,23 +178,19 @@ fn target_defaults_to_the_last_segment_minus_compression() {
         ("file:///srv/images/cirros.img.gz", "cirros.img"),
         ("/srv/images/cirros.img", "cirros.img"),
     ] {
-        let config = parse(&["--img-source", source], Needs::Image).expect("valid source");
-        assert_eq!(
-            config.image.target,
-            Some(ImageTarget::Name(want.into())),
-            "{source}"
-        );
+        let (_, target) = with_image(&["--img-source", source]).expect("valid source");
+        assert_eq!(target, ImageTarget::Name(want.into()), "{source}");
     }
 }
 
 #[test]
 fn source_kinds_are_typed() {
-    let config = parse(&["--img-source", "file:///srv/a.qcow2"], Needs::Image).expect("file url");
+    let (config, _) = with_image(&["--img-source", "file:///srv/a.qcow2"]).expect("file url");
     assert_eq!(
         config.image.source,
         Some(ImageSource::Path("/srv/a.qcow2".into()))
     );
-    let config = parse(&["--img-source", "https://h.invalid/a.qcow2"], Needs::Image).expect("url");
+    let (config, _) = with_image(&["--img-source", "https://h.invalid/a.qcow2"]).expect("url");
     assert!(matches!(config.image.source, Some(ImageSource::Url(_))));
 }
 
@@ -205,39 +198,36 @@ fn source_kinds_are_typed() {
 fn sha256_is_normalised_to_lowercase_hex() {
     let upper = "AB".repeat(32);
     let prefixed = format!("sha256:{upper}");
-    let config = parse(&["--img-sha256", &prefixed], Needs::Nothing).expect("valid digest");
+    let config = parse(&["--img-sha256", &prefixed]).expect("valid digest");
     assert_eq!(config.image.sha256, Some("ab".repeat(32)));
 }
 
 #[test]
 fn typed_values_parse() {
-    let config = parse(
-        &[
-            "--vm-mac",
-            "52-54-00-AB-CD-EF",
-            "--vm-cpus",
-            "4",
-            "--vm-memory",
-            "1536",
-            "--vm-disk-size",
-            "20Gi",
-            "--shutdown-timeout",
-            "90",
-            "--http-port",
-            "0",
-            "--accel",
-            "TCG",
-            "--dns-mode",
-            "passthrough",
-            "--config-drive",
-            "nocloud",
-            "--log-format",
-            "json",
-            "--no-vnc",
-            "--no-dhcp",
-        ],
-        Needs::Nothing,
-    )
+    let config = parse(&[
+        "--vm-mac",
+        "52-54-00-AB-CD-EF",
+        "--vm-cpus",
+        "4",
+        "--vm-memory",
+        "1536",
+        "--vm-disk-size",
+        "20Gi",
+        "--shutdown-timeout",
+        "90",
+        "--http-port",
+        "0",
+        "--accel",
+        "TCG",
+        "--dns-mode",
+        "passthrough",
+        "--config-drive",
+        "nocloud",
+        "--log-format",
+        "json",
+        "--no-vnc",
+        "--no-dhcp",
+    ])
     .expect("all valid");
     assert_eq!(
         config.net.vm_mac.map(|m| m.to_string()),
@@ -253,7 +243,7 @@ fn typed_values_parse() {
     assert_eq!(config.config_drive.format, DriveFormat::NoCloud);
     assert_eq!(config.log.format, LogFormat::Json);
     assert!(config.net.no_vnc && config.net.no_dhcp);
-    parse(&["--http-port", "5900", "--no-vnc"], Needs::Nothing).expect("5900 is free with NO_VNC");
+    parse(&["--http-port", "5900", "--no-vnc"]).expect("5900 is free with NO_VNC");
 }
 
 #[test]

@@ -124,8 +124,11 @@ impl BaseImage {
 /// The base image, fetched if it is not there yet. Returns it with its format. The gauge
 /// `kvm_manager_image_state{state}` says which of `waiting` (for another pod's download),
 /// `downloading`, `ready` or `failed` it is in.
-pub(crate) async fn ensure_base(image: &ImageConfig) -> Result<BaseImage, ImageError> {
-    let result = fetch_base(image).await;
+pub(crate) async fn ensure_base(
+    image: &ImageConfig,
+    target: &ImageTarget,
+) -> Result<BaseImage, ImageError> {
+    let result = fetch_base(image, target).await;
     image_state(if result.is_ok() { "ready" } else { "failed" });
     result
 }
@@ -135,17 +138,16 @@ fn image_state(state: &'static str) {
     crate::metrics::IMAGE.state(&states, state);
 }
 
-async fn fetch_base(image: &ImageConfig) -> Result<BaseImage, ImageError> {
+async fn fetch_base(image: &ImageConfig, target: &ImageTarget) -> Result<BaseImage, ImageError> {
     let expected = image.sha256.as_deref();
-    let target = match &image.target {
-        Some(ImageTarget::Existing(path)) => {
+    let target = match target {
+        ImageTarget::Existing(path) => {
             return existing(path, expected).await.map(|format| BaseImage {
                 path: path.clone(),
                 format,
             })
         }
-        Some(ImageTarget::Name(name)) => image.dir.join(name),
-        None => return Err(ImageError::Internal("no IMG_TARGET".to_owned())),
+        ImageTarget::Name(name) => image.dir.join(name),
     };
     if target.is_file() {
         return existing(&target, expected).await.map(|format| BaseImage {

@@ -74,7 +74,6 @@ mod tests {
 
     use super::*;
     use crate::cli::Cli;
-    use crate::config::Needs;
     use crate::net::plan::tests::{pod, MAC};
 
     #[test]
@@ -84,8 +83,8 @@ mod tests {
                 .expect("valid arguments")
                 .settings;
         let hostname = Hostname::parse("vm-0").expect("valid hostname");
-        let config = Config::from_settings(&settings, hostname, Vec::new(), Needs::Nothing)
-            .expect("valid configuration");
+        let config =
+            Config::from_settings(&settings, hostname, Vec::new()).expect("valid configuration");
         let plan = crate::net::plan(&config.net, &pod(), MAC).expect("a valid plan");
         let lan = Lan::new(
             &config,
