@@ -11,53 +11,12 @@ pub(super) fn parse_vm(
     settings: &Settings,
     extra_args: Vec<String>,
 ) -> Result<VmConfig, ConfigError> {
-    let cpus = non_empty(&settings.vm_cpus)
-        .map(|raw| match raw.parse::<u32>() {
-            Ok(n @ 1..=1024) => Ok(n),
-            _ => Err(invalid(
-                "VM_CPUS",
-                raw,
-                "not a whole number from 1 to 1024",
-                "e.g. VM_CPUS=2, or unset it to follow the container's CPU limit",
-            )),
-        })
-        .transpose()?;
+    let cpus = non_empty(&settings.vm_cpus).map(parse_cpus).transpose()?;
     let memory = non_empty(&settings.vm_memory)
-        .map(|raw| {
-            const FIX: &str =
-                "e.g. VM_MEMORY=2Gi, or unset it to follow the container's memory limit";
-            let size = ByteSize::parse(raw, Some(MIB))
-                .map_err(|e| invalid("VM_MEMORY", raw, e.to_string(), FIX))?;
-            if size.bytes() < 64 * MIB {
-                Err(invalid(
-                    "VM_MEMORY",
-                    raw,
-                    "less than 64MiB (a bare number means MiB)",
-                    FIX,
-                ))
-            } else if !size.bytes().is_multiple_of(MIB) {
-                Err(invalid("VM_MEMORY", raw, "not a whole number of MiB", FIX))
-            } else {
-                Ok(size)
-            }
-        })
+        .map(parse_memory)
         .transpose()?;
     let disk_size = non_empty(&settings.vm_disk_size)
-        .map(|raw| {
-            const FIX: &str = "e.g. VM_DISK_SIZE=20Gi (it only ever grows the disk), or unset it";
-            let size = ByteSize::parse(raw, None)
-                .map_err(|e| invalid("VM_DISK_SIZE", raw, e.to_string(), FIX))?;
-            if size.bytes() < MIB || !size.bytes().is_multiple_of(512) {
-                Err(invalid(
-                    "VM_DISK_SIZE",
-                    raw,
-                    "not a multiple of 512 bytes of at least 1MiB",
-                    FIX,
-                ))
-            } else {
-                Ok(size)
-            }
-        })
+        .map(parse_disk_size)
         .transpose()?;
     let accel = choice(
         "ACCEL",
@@ -68,21 +27,9 @@ pub(super) fn parse_vm(
             ("tcg", Accel::Tcg),
         ],
     )?;
-    let vnc_password =
-        match non_empty(&settings.vnc_password) {
-            Some(p) if p.len() > 8 => return Err(ConfigError::Invalid {
-                var: "VNC_PASSWORD",
-                value: "(hidden)".to_owned(),
-                reason: format!(
-                    "{} characters long, but VNC authentication uses at most 8",
-                    p.len()
-                ),
-                fix: "use a password of at most 8 characters (and keep VNC off the public network)"
-                    .to_owned(),
-            }),
-            Some(p) => Some(Secret(p.to_owned())),
-            None => None,
-        };
+    let vnc_password = non_empty(&settings.vnc_password)
+        .map(parse_vnc_password)
+        .transpose()?;
     let shutdown_timeout = parse_timeout("SHUTDOWN_TIMEOUT", &settings.shutdown_timeout)?;
     let console_idle_timeout =
         parse_timeout("CONSOLE_IDLE_TIMEOUT", &settings.console_idle_timeout)?;
@@ -105,6 +52,69 @@ pub(super) fn parse_vm(
         console_idle_timeout,
         extra_args,
     })
+}
+
+fn parse_cpus(raw: &str) -> Result<u32, ConfigError> {
+    match raw.parse::<u32>() {
+        Ok(n @ 1..=1024) => Ok(n),
+        _ => Err(invalid(
+            "VM_CPUS",
+            raw,
+            "not a whole number from 1 to 1024",
+            "e.g. VM_CPUS=2, or unset it to follow the container's CPU limit",
+        )),
+    }
+}
+
+fn parse_memory(raw: &str) -> Result<ByteSize, ConfigError> {
+    const FIX: &str = "e.g. VM_MEMORY=2Gi, or unset it to follow the container's memory limit";
+    let size = ByteSize::parse(raw, Some(MIB))
+        .map_err(|e| invalid("VM_MEMORY", raw, e.to_string(), FIX))?;
+    if size.bytes() < 64 * MIB {
+        Err(invalid(
+            "VM_MEMORY",
+            raw,
+            "less than 64MiB (a bare number means MiB)",
+            FIX,
+        ))
+    } else if !size.bytes().is_multiple_of(MIB) {
+        Err(invalid("VM_MEMORY", raw, "not a whole number of MiB", FIX))
+    } else {
+        Ok(size)
+    }
+}
+
+fn parse_disk_size(raw: &str) -> Result<ByteSize, ConfigError> {
+    const FIX: &str = "e.g. VM_DISK_SIZE=20Gi (it only ever grows the disk), or unset it";
+    let size =
+        ByteSize::parse(raw, None).map_err(|e| invalid("VM_DISK_SIZE", raw, e.to_string(), FIX))?;
+    if size.bytes() < MIB || !size.bytes().is_multiple_of(512) {
+        Err(invalid(
+            "VM_DISK_SIZE",
+            raw,
+            "not a multiple of 512 bytes of at least 1MiB",
+            FIX,
+        ))
+    } else {
+        Ok(size)
+    }
+}
+
+/// The value is a secret: the error says how long it is, never what it is.
+fn parse_vnc_password(raw: &str) -> Result<Secret, ConfigError> {
+    if raw.len() > 8 {
+        return Err(ConfigError::Invalid {
+            var: "VNC_PASSWORD",
+            value: "(hidden)".to_owned(),
+            reason: format!(
+                "{} characters long, but VNC authentication uses at most 8",
+                raw.len()
+            ),
+            fix: "use a password of at most 8 characters (and keep VNC off the public network)"
+                .to_owned(),
+        });
+    }
+    Ok(Secret(raw.to_owned()))
 }
 
 /// `30s`, `2m`, `1m30s`, or a bare number of seconds.
