@@ -176,6 +176,17 @@ async fn fetch_base(image: &ImageConfig, target: &ImageTarget) -> Result<BaseIma
         reserve: space::reserve_bytes(&image.dir, image.fetch.reserve),
         ..Temps::for_target(&target)
     };
+    download(image, source, target, &temps).await
+}
+
+/// Fetches `source` to its temporary files, shows it is the image `IMG_SHA256` names and a
+/// disk, and renames it to `target` (under the cross-pod lock, which the caller holds).
+async fn download(
+    image: &ImageConfig,
+    source: &ImageSource,
+    target: PathBuf,
+    temps: &Temps,
+) -> Result<BaseImage, ImageError> {
     let (source_name, hint) = describe(source);
     let url = match source {
         ImageSource::Url(url) => Some(url),
@@ -183,15 +194,51 @@ async fn fetch_base(image: &ImageConfig, target: &ImageTarget) -> Result<BaseIma
     };
     // What an earlier start left and cannot be resumed goes first; what this one leaves
     // goes when it fails or is interrupted (SIGTERM drops this future).
-    fetch::tidy(&temps, url);
-    let mut leftovers = fetch::Leftovers::new(&temps, url);
+    fetch::tidy(temps, url);
+    let mut leftovers = fetch::Leftovers::new(temps, url);
+    let finished = fetch_checked(image, source, temps, &source_name, hint, &mut leftovers).await?;
+    let format = match inspect_file(&finished.image)? {
+        Ok(format) => {
+            tracing::info!(image = %source_name, format = format.name(), virtual_size = %ByteSize(format.virtual_size()), "base image is a usable disk");
+            format
+        }
+        Err(what) => {
+            fetch::discard(temps);
+            return Err(ImageError::NotADisk { source_name, what });
+        }
+    };
+    install(&finished.image, &target, temps)?;
+    fetch::discard(temps);
+    leftovers.disarm();
+    let pinned = image.sha256.is_some();
+    let recorded = target.clone();
+    tokio::task::spawn_blocking(move || verify::record_download(&recorded, &finished, pinned))
+        .await
+        .map_err(|e| ImageError::Internal(e.to_string()))?;
+    tracing::info!(path = %target.display(), "base image ready");
+    Ok(BaseImage {
+        path: target,
+        format,
+    })
+}
+
+/// The fetched file, with the digest `IMG_SHA256` names when it names one. A mismatch is
+/// fetched once more from scratch, then refused.
+async fn fetch_checked(
+    image: &ImageConfig,
+    source: &ImageSource,
+    temps: &Temps,
+    source_name: &str,
+    hint: Option<Compression>,
+    leftovers: &mut fetch::Leftovers,
+) -> Result<sink::Finished, ImageError> {
     let mut clean_retry = image.sha256.is_some();
-    let finished = loop {
+    loop {
         let fetched = match source {
             ImageSource::Url(url) => {
-                fetch::http(url, &temps, hint, &image.fetch, image.auth.as_ref()).await
+                fetch::http(url, temps, hint, &image.fetch, image.auth.as_ref()).await
             }
-            ImageSource::Path(path) => local::copy(path, &temps, hint).await,
+            ImageSource::Path(path) => local::copy(path, temps, hint).await,
         };
         let finished = match fetched {
             Ok(finished) => finished,
@@ -203,16 +250,16 @@ async fn fetch_base(image: &ImageConfig, target: &ImageTarget) -> Result<BaseIma
         match &image.sha256 {
             None => {
                 tracing::info!(image = %source_name, sha256 = %finished.sha256, "downloaded; set IMG_SHA256 to this digest to pin the image");
-                break finished;
+                return Ok(finished);
             }
             Some(expected) if *expected == finished.sha256 => {
                 tracing::info!(image = %source_name, sha256 = %finished.sha256, "checksum verified");
-                break finished;
+                return Ok(finished);
             }
             Some(expected) => {
-                fetch::discard(&temps);
+                fetch::discard(temps);
                 let mismatch = ImageError::Checksum {
-                    source_name: source_name.clone(),
+                    source_name: source_name.to_owned(),
                     expected: expected.clone(),
                     actual: finished.sha256.clone(),
                 };
@@ -223,47 +270,30 @@ async fn fetch_base(image: &ImageConfig, target: &ImageTarget) -> Result<BaseIma
                 tracing::warn!("{mismatch}; downloading once more from scratch");
             }
         }
-    };
-    let format = match inspect_file(&finished.image)? {
-        Ok(format) => {
-            tracing::info!(image = %source_name, format = format.name(), virtual_size = %ByteSize(format.virtual_size()), "base image is a usable disk");
-            format
-        }
-        Err(what) => {
-            fetch::discard(&temps);
-            return Err(ImageError::NotADisk { source_name, what });
-        }
-    };
+    }
+}
+
+/// Puts the finished file in place as the base image: readable by all, renamed, the rename
+/// fsynced.
+fn install(finished: &Path, target: &Path, temps: &Temps) -> Result<(), ImageError> {
     // Temporary files are 0600; the base image is read by every pod on the volume, whatever
     // its user, and holds nothing a pod could not download itself.
     std::fs::set_permissions(
-        &finished.image,
+        finished,
         std::os::unix::fs::PermissionsExt::from_mode(0o644),
     )
     .map_err(|source| ImageError::Write {
-        path: finished.image.clone(),
+        path: finished.to_path_buf(),
         source,
     })?;
-    std::fs::rename(&finished.image, &target).map_err(|source| ImageError::Rename {
-        from: finished.image.clone(),
-        to: target.clone(),
+    std::fs::rename(finished, target).map_err(|source| ImageError::Rename {
+        from: finished.to_path_buf(),
+        to: target.to_path_buf(),
         source,
     })?;
-    crate::atomic_file::sync_parent(&target).map_err(|source| ImageError::Write {
+    crate::atomic_file::sync_parent(target).map_err(|source| ImageError::Write {
         path: temps.dir.clone(),
         source,
-    })?;
-    fetch::discard(&temps);
-    leftovers.disarm();
-    let pinned = image.sha256.is_some();
-    let recorded = target.clone();
-    tokio::task::spawn_blocking(move || verify::record_download(&recorded, &finished, pinned))
-        .await
-        .map_err(|e| ImageError::Internal(e.to_string()))?;
-    tracing::info!(path = %target.display(), "base image ready");
-    Ok(BaseImage {
-        path: target,
-        format,
     })
 }
 

@@ -7,6 +7,8 @@
 //!
 //! Layout: QEMU `docs/interop/qcow2.txt`. Pure functions over the first bytes and the length.
 
+mod tables;
+
 use crate::size::{ByteSize, TIB};
 
 /// The largest virtual size a base may have: 64 TiB, the largest block volume the major
@@ -22,11 +24,6 @@ const V2_HEADER_LEN: usize = 72;
 const V3_MIN_HEADER_LEN: u32 = 104;
 const MIN_CLUSTER_BITS: u32 = 9;
 const MAX_CLUSTER_BITS: u32 = 21;
-/// qemu's `QCOW_MAX_L1_SIZE` (bytes) and `QCOW_MAX_REFTABLE_SIZE` (bytes).
-const MAX_L1_BYTES: u64 = 32 << 20;
-const MAX_REFTABLE_BYTES: u64 = 8 << 20;
-/// qemu's `QCOW_MAX_SNAPSHOTS`.
-const MAX_SNAPSHOTS: u32 = 65536;
 const MAX_BACKING_NAME: u32 = 1023;
 
 /// Incompatible feature bits (`incompatible_features`, header bytes 72..80).
@@ -79,6 +76,41 @@ fn quoted_name(head: &[u8], offset: u64, len: u64) -> String {
 /// Checks a qcow2 header (`head` starts with the magic; `len` is the file's length). The
 /// error says what is wrong, for an operator reading `kubectl logs`.
 pub(crate) fn check(head: &[u8], len: u64) -> Result<Header, String> {
+    let layout = layout(head, len)?;
+    check_features(head, layout.header_len, layout.incompatible)?;
+    if be32(head, 32) != 0 {
+        return Err("an encrypted qcow2 image; a base image must not be encrypted".to_owned());
+    }
+    check_backing(head)?;
+    let virtual_size = be64(head, 24);
+    check_extensions(head, len, layout.header_len, layout.cluster)?;
+    if virtual_size > MAX_VIRTUAL_SIZE {
+        return Err(format!(
+            "a qcow2 image of virtual size {} ({virtual_size} bytes), above the limit of {} \
+             (the largest block volume clouds offer): a broken or hostile header",
+            ByteSize(virtual_size),
+            ByteSize(MAX_VIRTUAL_SIZE)
+        ));
+    }
+    tables::check(head, len, &layout, virtual_size)?;
+    Ok(Header {
+        version: layout.version,
+        virtual_size,
+    })
+}
+
+/// The header's shape, read by [`layout`] before anything else can be.
+struct Layout {
+    version: u32,
+    /// Bytes per cluster.
+    cluster: u64,
+    header_len: u64,
+    /// `incompatible_features` (0 for version 2).
+    incompatible: u64,
+}
+
+/// The version, the cluster size and the header's length, each within what qemu accepts.
+fn layout(head: &[u8], len: u64) -> Result<Layout, String> {
     if head.len() < V2_HEADER_LEN || len < V2_HEADER_LEN as u64 {
         return Err(format!(
             "a truncated qcow2 image: {len} bytes, less than its header"
@@ -98,34 +130,41 @@ pub(crate) fn check(head: &[u8], len: u64) -> Result<Header, String> {
         ));
     }
     let cluster = 1u64 << cluster_bits;
-    let (header_len, incompatible) = if version == 2 {
-        (V2_HEADER_LEN as u64, 0)
-    } else {
-        if head.len() < V3_MIN_HEADER_LEN as usize {
-            return Err(format!(
-                "a truncated qcow2 image: {len} bytes, less than its header"
-            ));
-        }
-        let header_len = be32(head, 100);
-        if header_len < V3_MIN_HEADER_LEN || u64::from(header_len) > cluster {
-            return Err(format!(
-                "a corrupt qcow2 header: header_length {header_len}"
-            ));
-        }
-        let refcount_order = be32(head, 96);
-        if refcount_order > 6 {
-            return Err(format!(
-                "a corrupt qcow2 header: refcount_order {refcount_order}"
-            ));
-        }
-        (u64::from(header_len), be64(head, 72))
-    };
-
-    check_features(head, header_len, incompatible)?;
-    if be32(head, 32) != 0 {
-        return Err("an encrypted qcow2 image; a base image must not be encrypted".to_owned());
+    if version == 2 {
+        return Ok(Layout {
+            version,
+            cluster,
+            header_len: V2_HEADER_LEN as u64,
+            incompatible: 0,
+        });
     }
+    if head.len() < V3_MIN_HEADER_LEN as usize {
+        return Err(format!(
+            "a truncated qcow2 image: {len} bytes, less than its header"
+        ));
+    }
+    let header_len = be32(head, 100);
+    if header_len < V3_MIN_HEADER_LEN || u64::from(header_len) > cluster {
+        return Err(format!(
+            "a corrupt qcow2 header: header_length {header_len}"
+        ));
+    }
+    let refcount_order = be32(head, 96);
+    if refcount_order > 6 {
+        return Err(format!(
+            "a corrupt qcow2 header: refcount_order {refcount_order}"
+        ));
+    }
+    Ok(Layout {
+        version,
+        cluster,
+        header_len: u64::from(header_len),
+        incompatible: be64(head, 72),
+    })
+}
 
+/// A backing file is another file qemu would open as part of the disk: refused.
+fn check_backing(head: &[u8]) -> Result<(), String> {
     let backing_offset = be64(head, 8);
     let backing_len = be32(head, 16);
     if backing_offset != 0 || backing_len != 0 {
@@ -139,79 +178,7 @@ pub(crate) fn check(head: &[u8], len: u64) -> Result<Header, String> {
              self-contained (flatten it with `qemu-img convert -O qcow2`)"
         ));
     }
-
-    let virtual_size = be64(head, 24);
-    check_extensions(head, len, header_len, cluster)?;
-    if virtual_size > MAX_VIRTUAL_SIZE {
-        return Err(format!(
-            "a qcow2 image of virtual size {} ({virtual_size} bytes), above the limit of {} \
-             (the largest block volume clouds offer): a broken or hostile header",
-            ByteSize(virtual_size),
-            ByteSize(MAX_VIRTUAL_SIZE)
-        ));
-    }
-
-    // One L1 entry maps one L2 table, which maps cluster/8 clusters (cluster/16 with
-    // extended L2 entries).
-    let l2_entry = if incompatible & INCOMPAT_EXTL2 != 0 {
-        16
-    } else {
-        8
-    };
-    let per_l1_entry = cluster * (cluster / l2_entry);
-    let l1_needed = virtual_size.div_ceil(per_l1_entry);
-    let l1_size = u64::from(be32(head, 36));
-    let l1_offset = be64(head, 40);
-    if l1_size < l1_needed {
-        return Err(format!(
-            "a corrupt qcow2 header: its L1 table has {l1_size} entries, but its virtual size \
-             of {} needs {l1_needed}",
-            ByteSize(virtual_size)
-        ));
-    }
-    check_table(
-        "L1 table",
-        l1_offset,
-        l1_size * 8,
-        MAX_L1_BYTES,
-        cluster,
-        len,
-    )?;
-
-    let refcount_offset = be64(head, 48);
-    let refcount_clusters = u64::from(be32(head, 56));
-    if refcount_offset == 0 || refcount_clusters == 0 {
-        return Err("a corrupt qcow2 header: it has no refcount table".to_owned());
-    }
-    check_table(
-        "refcount table",
-        refcount_offset,
-        refcount_clusters * cluster,
-        MAX_REFTABLE_BYTES,
-        cluster,
-        len,
-    )?;
-
-    let snapshots = be32(head, 60);
-    let snapshots_offset = be64(head, 64);
-    if snapshots > MAX_SNAPSHOTS {
-        return Err(format!("a corrupt qcow2 header: {snapshots} snapshots"));
-    }
-    if snapshots > 0 {
-        // Each entry is at least 40 bytes; the exact size needs the table itself.
-        check_table(
-            "snapshot table",
-            snapshots_offset,
-            u64::from(snapshots) * 40,
-            u64::MAX,
-            cluster,
-            len,
-        )?;
-    }
-    Ok(Header {
-        version,
-        virtual_size,
-    })
+    Ok(())
 }
 
 fn check_features(head: &[u8], header_len: u64, incompatible: u64) -> Result<(), String> {
@@ -290,39 +257,6 @@ fn check_extensions(head: &[u8], len: u64, header_len: u64, cluster: u64) -> Res
             _ => {}
         }
         at += 8 + ext_len.next_multiple_of(8);
-    }
-    Ok(())
-}
-
-/// A table must start on a cluster boundary, stay under qemu's size limit and lie within
-/// the file.
-fn check_table(
-    name: &str,
-    offset: u64,
-    bytes: u64,
-    max: u64,
-    cluster: u64,
-    len: u64,
-) -> Result<(), String> {
-    if bytes > max {
-        return Err(format!(
-            "a corrupt qcow2 header: its {name} is too large ({bytes} bytes)"
-        ));
-    }
-    if bytes == 0 {
-        return Ok(());
-    }
-    if offset == 0 || !offset.is_multiple_of(cluster) {
-        return Err(format!(
-            "a corrupt qcow2 header: its {name} offset {offset} is not a cluster boundary"
-        ));
-    }
-    let end = offset.saturating_add(bytes);
-    if end > len {
-        return Err(format!(
-            "a truncated qcow2 image: its {name} ends at byte {end} but the file has only \
-             {len} bytes"
-        ));
     }
     Ok(())
 }
