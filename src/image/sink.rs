@@ -10,16 +10,16 @@
 //! bomb stops there, with the sizes it reached. Both files are mode 0600 (they may be private
 //! images fetched with credentials); the base image is opened up when it is renamed into place.
 
+mod unpack;
+
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use async_compression::tokio::write::{GzipDecoder, XzDecoder, ZstdDecoder};
 use futures_util::FutureExt as _;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
@@ -28,6 +28,7 @@ use super::progress::Progress;
 use super::source::Compression;
 use super::space::{self, Budget, Shortage};
 use super::{ImageError, Temps};
+use unpack::{lock, Tally};
 
 const BUFFER: usize = 256 << 10;
 /// Every this many bytes, writeback of the partial file is started, so that the final fsync
@@ -53,22 +54,8 @@ pub(crate) struct Sink {
     total: Option<u64>,
 }
 
-/// Shared by both files of one download: what may still be written, and what the unpacked
-/// file holds (counted where the decoder writes it).
-#[derive(Debug)]
-struct Tally {
-    budget: Budget,
-    unpacked: u64,
-    /// Set when the decoder's write was refused for the reserve.
-    shortage: Option<Shortage>,
-}
-
 /// Mode of every temporary file: only we may read a download in progress.
 pub(crate) const TEMP_MODE: u32 = 0o600;
-
-fn lock(tally: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
-    tally.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 impl std::fmt::Debug for Sink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -236,7 +223,7 @@ impl Sink {
         match &mut self.state {
             State::Plain => Ok(()),
             State::Unpacking(compression, decoder) => {
-                let result = unpack(*compression, decoder.as_mut(), chunk, &self.temps);
+                let result = unpack::unpack(*compression, decoder.as_mut(), chunk, &self.temps);
                 self.refused_for_reserve(result)
             }
             State::Undecided(head) => {
@@ -257,30 +244,11 @@ impl Sink {
         };
         self.state = State::Plain;
         let compression = self.hint.unwrap_or_else(|| Compression::from_magic(&head));
-        let open = || {
-            OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(TEMP_MODE)
-                .open(&self.temps.unpacked)
-                .and_then(|out| {
-                    out.set_permissions(Permissions::from_mode(TEMP_MODE))?;
-                    Ok(Immediate {
-                        out: BufWriter::with_capacity(BUFFER, out),
-                        tally: Arc::clone(&self.tally),
-                    })
-                })
-                .map_err(|source| self.temps.write_error(&self.temps.unpacked, source))
-        };
-        let mut decoder: Pin<Box<dyn AsyncWrite + Send>> = match compression {
-            Compression::None => return Ok(()),
-            Compression::Xz => Box::pin(XzDecoder::new(open()?)),
-            Compression::Gzip => Box::pin(GzipDecoder::new(open()?)),
-            Compression::Zstd => Box::pin(ZstdDecoder::new(open()?)),
+        let Some(mut decoder) = unpack::decoder(compression, &self.temps, &self.tally)? else {
+            return Ok(());
         };
         tracing::info!(image = %self.label, %compression, "unpacking while downloading");
-        let result = unpack(compression, decoder.as_mut(), &head, &self.temps);
+        let result = unpack::unpack(compression, decoder.as_mut(), &head, &self.temps);
         self.refused_for_reserve(result)?;
         self.state = State::Unpacking(compression, decoder);
         Ok(())
@@ -313,7 +281,7 @@ impl Sink {
                 let done = decoder.shutdown().now_or_never().unwrap_or_else(|| {
                     Err(io::Error::other("the decoder waited on a synchronous file"))
                 });
-                let done = done.map_err(|source| decode_error(compression, source));
+                let done = done.map_err(|source| unpack::decode_error(compression, source));
                 self.refused_for_reserve(done)?;
                 drop(decoder);
                 sync(&self.temps.unpacked)
@@ -341,30 +309,6 @@ impl Sink {
     }
 }
 
-fn unpack(
-    compression: Compression,
-    decoder: Pin<&mut (dyn AsyncWrite + Send)>,
-    chunk: &[u8],
-    temps: &Temps,
-) -> Result<(), ImageError> {
-    let mut decoder = decoder;
-    let written = decoder
-        .write_all(chunk)
-        .now_or_never()
-        .unwrap_or_else(|| Err(io::Error::other("the decoder waited on a synchronous file")));
-    written.map_err(|source| match source.kind() {
-        io::ErrorKind::StorageFull => temps.write_error(&temps.unpacked, source),
-        _ => decode_error(compression, source),
-    })
-}
-
-fn decode_error(compression: Compression, source: io::Error) -> ImageError {
-    ImageError::Decompress {
-        compression,
-        source,
-    }
-}
-
 fn sync(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
 }
@@ -373,94 +317,5 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A file as an `AsyncWrite` that never waits: the decoders are async-only, and we drive them
-/// on a blocking thread where a plain `write` is exactly right. Each write is taken from the
-/// budget first, so a bomb stops within one buffer of the reserve.
-struct Immediate {
-    out: BufWriter<File>,
-    tally: Arc<Mutex<Tally>>,
-}
-
-impl AsyncWrite for Immediate {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let mut tally = lock(&this.tally);
-        if let Err(shortage) = tally.budget.take(buf.len() as u64) {
-            tally.shortage = Some(shortage);
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::StorageFull,
-                "IMAGE_DIR_RESERVE reached",
-            )));
-        }
-        let written = this.out.write(buf);
-        if let Ok(n) = written {
-            tally.unpacked += n as u64;
-        }
-        Poll::Ready(written)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(self.out.flush())
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(self.out.flush())
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use async_compression::tokio::write::XzEncoder;
-
-    fn xz(data: &[u8]) -> Vec<u8> {
-        let mut encoder = XzEncoder::new(Vec::new());
-        let done = async {
-            encoder.write_all(data).await?;
-            encoder.shutdown().await
-        };
-        done.now_or_never().expect("in memory").expect("encode");
-        encoder.into_inner()
-    }
-
-    fn temps(dir: &Path) -> Temps {
-        Temps::for_target(&dir.join("disk.raw"))
-    }
-
-    #[test]
-    fn a_resumed_compressed_download_replays_the_partial_file() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let temps = temps(dir.path());
-        let data: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
-        let packed = xz(&data);
-        let (first, rest) = packed.split_at(packed.len() / 2);
-
-        let mut sink = Sink::open(&temps, None, false, None, "t").expect("open");
-        sink.feed(first).expect("feed");
-        assert_eq!(sink.keep_partial().expect("keep"), first.len() as u64);
-
-        let mut sink = Sink::open(&temps, None, true, None, "t").expect("resume");
-        assert_eq!(sink.received(), first.len() as u64);
-        sink.feed(rest).expect("feed");
-        let finished = sink.finish().expect("finish");
-        assert_eq!(finished.compression, Compression::Xz, "found by magic");
-        assert_eq!(finished.sha256, hex(&Sha256::digest(&packed)));
-        assert_eq!(std::fs::read(&finished.image).expect("unpacked"), data);
-    }
-
-    #[test]
-    fn a_compressed_stream_cut_short_is_an_error() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let data = vec![7u8; 100_000];
-        let packed = xz(&data);
-        let mut sink =
-            Sink::open(&temps(dir.path()), Some(Compression::Xz), false, None, "t").expect("open");
-        sink.feed(&packed[..packed.len() - 10]).expect("feed");
-        let err = sink.finish().expect_err("truncated");
-        assert!(matches!(err, ImageError::Decompress { .. }), "{err:?}");
-    }
-}
+mod tests;
