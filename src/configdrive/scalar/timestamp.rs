@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::{digit, Cursor};
+use super::cursor::{digit, Cursor};
 
 /// The date-only form needs two-digit month and day to resolve implicitly; a time may have
 /// one-digit ones (the constructor accepts either when tagged).
