@@ -11,10 +11,10 @@ use topology::{add_address, must, Daemon, Topology, NODE_IP, POD_IP, T, VM_IP};
 
 #[test]
 fn tcp_udp_and_icmp_to_the_pod_ip_reach_the_vm_and_vnc_stays_in_the_pod() {
-    if !require_root("tcp_udp_and_icmp_to_the_pod_ip_reach_the_vm") {
+    let Some(topo) = Topology::for_test("tcp_udp_and_icmp_to_the_pod_ip_reach_the_vm", "fwd")
+    else {
         return;
-    }
-    let topo = Topology::new("fwd");
+    };
     let daemon = topo.up(&[]);
     for needle in [
         "bridge:     kvmbr0 192.168.254.1/30",
@@ -40,15 +40,7 @@ fn tcp_udp_and_icmp_to_the_pod_ip_reach_the_vm_and_vnc_stays_in_the_pod() {
     }
 
     // The pod itself ignores echo requests, so an answer can only come from the VM.
-    must(&[
-        "ip",
-        "netns",
-        "exec",
-        &topo.pod,
-        "sysctl",
-        "-qw",
-        "net.ipv4.icmp_echo_ignore_all=1",
-    ]);
+    topo.sysctl("net.ipv4.icmp_echo_ignore_all=1");
     let ping = topo.exec(
         &topo.node,
         &["busybox", "ping", "-c", "1", "-W", "5", POD_IP],
@@ -106,10 +98,9 @@ fn tcp_udp_and_icmp_to_the_pod_ip_reach_the_vm_and_vnc_stays_in_the_pod() {
 
 #[test]
 fn no_vnc_forwards_tcp_5900_to_the_vm() {
-    if !require_root("no_vnc_forwards_tcp_5900_to_the_vm") {
+    let Some(topo) = Topology::for_test("no_vnc_forwards_tcp_5900_to_the_vm", "novnc") else {
         return;
-    }
-    let topo = Topology::new("novnc");
+    };
     let _daemon = topo.up(&[("NO_VNC", "1"), ("HTTP_PORT", "0")]);
     let mut server = topo.serve(&topo.vm, "tcp", "0.0.0.0", 5900);
     let answer = topo.call(&topo.node, "tcp", POD_IP, 5900);
@@ -168,10 +159,12 @@ fn strip(value: &mut serde_json::Value, noise: &dyn Fn(&str) -> bool) {
 
 #[test]
 fn restarts_after_sigkill_leave_links_addresses_and_rules_identical() {
-    if !require_root("restarts_after_sigkill_leave_links_addresses_and_rules_identical") {
+    let Some(topo) = Topology::for_test(
+        "restarts_after_sigkill_leave_links_addresses_and_rules_identical",
+        "restart",
+    ) else {
         return;
-    }
-    let topo = Topology::new("restart");
+    };
     let first = topo.up(&[]);
     drop(first);
     let reference = snapshot(&topo);
@@ -218,10 +211,12 @@ fn fails(topo: &Topology, env: &[(&str, &str)], wrapper: &[&str]) -> String {
 
 #[test]
 fn missing_cap_net_admin_names_the_security_context_setting() {
-    if !require_root("missing_cap_net_admin_names_the_security_context_setting") {
+    let Some(topo) = Topology::for_test(
+        "missing_cap_net_admin_names_the_security_context_setting",
+        "nocap",
+    ) else {
         return;
-    }
-    let topo = Topology::new("nocap");
+    };
     let output = fails(
         &topo,
         &[],
@@ -238,16 +233,14 @@ fn missing_cap_net_admin_names_the_security_context_setting() {
         output.contains("capabilities: {add: [NET_ADMIN]}"),
         "{output}"
     );
-    let links = must(&["ip", "-n", &topo.pod, "link"]);
-    assert!(!links.contains("kvmbr0"), "nothing may be created: {links}");
+    topo.assert_nothing_created();
 }
 
 #[test]
 fn missing_default_route_is_reported() {
-    if !require_root("missing_default_route_is_reported") {
+    let Some(topo) = Topology::for_test("missing_default_route_is_reported", "noroute") else {
         return;
-    }
-    let topo = Topology::new("noroute");
+    };
     must(&["ip", "-n", &topo.pod, "route", "del", "default"]);
     let output = fails(&topo, &[], &[]);
     assert!(output.contains("no IPv4 default route"), "{output}");
@@ -255,10 +248,11 @@ fn missing_default_route_is_reported() {
 
 #[test]
 fn vm_subnet_overlapping_the_pod_subnet_is_refused() {
-    if !require_root("vm_subnet_overlapping_the_pod_subnet_is_refused") {
+    let Some(topo) =
+        Topology::for_test("vm_subnet_overlapping_the_pod_subnet_is_refused", "overlap")
+    else {
         return;
-    }
-    let topo = Topology::new("overlap");
+    };
     let output = fails(
         &topo,
         &[("VM_IP", "10.99.0.6"), ("VM_GW", "10.99.0.5")],
@@ -288,22 +282,23 @@ fn missing_dev_net_tun_names_the_device_plugin_or_privileged() {
 
 #[test]
 fn missing_nft_binary_names_the_package_and_changes_nothing() {
-    if !require_root("missing_nft_binary_names_the_package_and_changes_nothing") {
+    let Some(topo) = Topology::for_test(
+        "missing_nft_binary_names_the_package_and_changes_nothing",
+        "nonft",
+    ) else {
         return;
-    }
-    let topo = Topology::new("nonft");
+    };
     let output = fails(&topo, &[], &["env", "PATH=/nonexistent"]);
     assert!(output.contains("`nft` binary was not found"), "{output}");
-    let links = must(&["ip", "-n", &topo.pod, "link"]);
-    assert!(!links.contains("kvmbr0"), "nothing may be created: {links}");
+    topo.assert_nothing_created();
 }
 
 #[test]
 fn a_wrong_bridge_and_tap_left_behind_are_corrected() {
-    if !require_root("a_wrong_bridge_and_tap_left_behind_are_corrected") {
+    let Some(topo) = Topology::for_test("a_wrong_bridge_and_tap_left_behind_are_corrected", "fix")
+    else {
         return;
-    }
-    let topo = Topology::new("fix");
+    };
     let pod = topo.pod.as_str();
     must(&[
         "ip", "-n", pod, "link", "add", "kvmbr0", "mtu", "1300", "type", "bridge",
@@ -361,24 +356,16 @@ while True:
 
 #[test]
 fn packets_from_the_vm_with_a_forged_source_are_dropped_and_counted_while_its_own_flow() {
-    if !require_root(
+    let Some(topo) = Topology::for_test(
         "packets_from_the_vm_with_a_forged_source_are_dropped_and_counted_while_its_own_flow",
-    ) {
+        "spoof",
+    ) else {
         return;
-    }
-    let topo = Topology::new("spoof");
+    };
     let mut daemon = topo.up(&[]);
     // The kernel's reverse-path filter is off in many pods: the drop must be ours.
     for conf in ["all", "default", "kvmbr0"] {
-        must(&[
-            "ip",
-            "netns",
-            "exec",
-            &topo.pod,
-            "sysctl",
-            "-qw",
-            &format!("net.ipv4.conf.{conf}.rp_filter=0"),
-        ]);
+        topo.sysctl(&format!("net.ipv4.conf.{conf}.rp_filter=0"));
     }
     let mut listener = {
         let mut command = std::process::Command::new("ip");

@@ -6,7 +6,7 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use crate::support::{Running, BIN};
+use crate::support::{require_root, Running, BIN};
 
 pub const T: Duration = Duration::from_secs(20);
 pub const NODE_IP: &str = "10.99.0.1";
@@ -111,6 +111,23 @@ impl Topology {
             "192.168.254.1",
         ]);
         topo
+    }
+
+    /// The topology of a test that needs root (namespaces): `None`, after a loud skip,
+    /// without it. The prologue of every network test.
+    pub fn for_test(test: &str, tag: &str) -> Option<Self> {
+        require_root(test).then(|| Self::new(tag))
+    }
+
+    /// `sysctl -w SETTING` (`key=value`) in the pod's namespace.
+    pub fn sysctl(&self, setting: &str) {
+        must(&["ip", "netns", "exec", &self.pod, "sysctl", "-qw", setting]);
+    }
+
+    /// A network phase that failed changed nothing: no bridge in the pod.
+    pub fn assert_nothing_created(&self) {
+        let links = must(&["ip", "-n", &self.pod, "link"]);
+        assert!(!links.contains("kvmbr0"), "nothing may be created: {links}");
     }
 
     /// `kvm-manager network` in the pod netns (plus `wrapper` before it, e.g. capsh).
