@@ -9,20 +9,14 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::pod::Pod;
-use crate::support::require_root;
-use crate::vm::{field, http_get, pid1, Cluster, BOOT, DNS_ANSWER, T, USERDATA};
+use crate::vm::{field, http_get, pid1, stop, Cluster, BOOT, DNS_ANSWER, T, USERDATA};
 
 fn tcp_exchange(pod: &Pod, port: u16, send: &str) -> String {
     let script = format!(
         "import socket; s = socket.create_connection(('{}', {port}), 5); s.settimeout(5); s.sendall(b'''{send}'''); s.shutdown(socket.SHUT_WR);\nout = b''\nwhile True:\n    d = s.recv(4096)\n    if not d: break\n    out += d\n    if len(out) > 12 and b'GET' not in b'''{send}''': break\nprint(out.decode(errors='replace'))",
         pod.pod_ip
     );
-    let out = pod
-        .node("python3")
-        .args(["-c", &script])
-        .output()
-        .expect("python3 client");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    node_python(pod, &script)
 }
 
 fn udp_echo(pod: &Pod, port: u16, payload: &str) -> String {
@@ -30,12 +24,17 @@ fn udp_echo(pod: &Pod, port: u16, payload: &str) -> String {
         "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)\nfor _ in range(5):\n    s.sendto(b'{payload}', ('{}', {port}))\n    try:\n        print(s.recvfrom(2048)[0].decode()); break\n    except socket.timeout: pass",
         pod.pod_ip
     );
+    node_python(pod, &script).trim().to_owned()
+}
+
+/// What a Python client `script` run on the node prints.
+fn node_python(pod: &Pod, script: &str) -> String {
     let out = pod
         .node("python3")
-        .args(["-c", &script])
+        .args(["-c", script])
         .output()
         .expect("python3 client");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn nft_rules(pod: &Pod) -> usize {
@@ -52,13 +51,11 @@ fn nft_rules(pod: &Pod) -> usize {
 
 #[test]
 fn a_real_guest_boots_sees_its_lease_drive_and_dns_serves_the_pod_ip_and_powers_off_on_sigterm() {
-    if !require_root("a_real_guest_boots_…") {
+    let Some(cluster) = Cluster::for_test("a_real_guest_boots_…", "kme", "vm-e2e") else {
         return;
-    }
-    let cluster = Cluster::new("kme", "vm-e2e");
+    };
     let pod = &cluster.pod;
-    let mut vm = cluster.start(&[]);
-    vm.wait_for_line("KVMTEST READY", BOOT);
+    let mut vm = cluster.boot(&[]);
 
     let lease = vm.wait_for_line("KVMTEST lease", T);
     assert_eq!(field(&lease, "ip"), "192.168.254.2", "{lease}");
@@ -133,13 +130,11 @@ fn a_real_guest_boots_sees_its_lease_drive_and_dns_serves_the_pod_ip_and_powers_
 
 #[test]
 fn a_container_restart_keeps_the_disk_mac_and_lease_and_duplicates_no_rule() {
-    if !require_root("a_container_restart_…") {
+    let Some(cluster) = Cluster::for_test("a_container_restart_…", "kmr", "vm-restart") else {
         return;
-    }
-    let cluster = Cluster::new("kmr", "vm-restart");
+    };
     let pod = &cluster.pod;
-    let mut first = cluster.start(&[]);
-    first.wait_for_line("KVMTEST READY", BOOT);
+    let mut first = cluster.boot(&[]);
     let boot1: u32 = field(&first.wait_for_line("KVMTEST boot", T), "count")
         .parse()
         .expect("count");
@@ -156,8 +151,7 @@ fn a_container_restart_keeps_the_disk_mac_and_lease_and_duplicates_no_rule() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let mut second = cluster.start(&[]);
-    second.wait_for_line("KVMTEST READY", BOOT);
+    let mut second = cluster.boot(&[]);
     let boot2: u32 = field(&second.wait_for_line("KVMTEST boot", T), "count")
         .parse()
         .expect("count");
@@ -176,41 +170,36 @@ fn a_container_restart_keeps_the_disk_mac_and_lease_and_duplicates_no_rule() {
         "same MAC across restarts"
     );
     assert_eq!(nft_rules(pod), rules1, "no duplicated nft rule");
-    kill(pid1(&second), Signal::SIGTERM).expect("SIGTERM");
-    assert_eq!(second.wait(T).code(), Some(0), "{}", second.output());
+    stop(&mut second);
     assert!(pod.pids().is_empty(), "processes left: {:?}", pod.pids());
 }
 
 #[test]
 fn no_vnc_hands_port_5900_to_the_guest() {
-    if !require_root("no_vnc_hands_port_5900_to_the_guest") {
+    let Some(cluster) = Cluster::for_test("no_vnc_hands_port_5900_to_the_guest", "kmv", "vm-novnc")
+    else {
         return;
-    }
-    let cluster = Cluster::new("kmv", "vm-novnc");
-    let mut vm = cluster.start(&[("NO_VNC", "1")]);
-    vm.wait_for_line("KVMTEST READY", BOOT);
+    };
+    let mut vm = cluster.boot(&[("NO_VNC", "1")]);
     let banner = tcp_exchange(&cluster.pod, 5900, "");
     assert!(
         banner.contains("kvmtest hostname=vm-novnc"),
         "the guest's listener expected, got {banner:?}"
     );
-    kill(pid1(&vm), Signal::SIGTERM).expect("SIGTERM");
-    assert_eq!(vm.wait(T).code(), Some(0), "{}", vm.output());
+    stop(&mut vm);
 }
 
 #[test]
 fn a_guest_that_ignores_acpi_is_quit_after_the_timeout() {
-    if !require_root("a_guest_that_ignores_acpi_is_quit_after_the_timeout") {
+    let Some(cluster) = Cluster::for_test(
+        "a_guest_that_ignores_acpi_is_quit_after_the_timeout",
+        "kma",
+        "vm-stubborn",
+    ) else {
         return;
-    }
-    let cluster = Cluster::new("kma", "vm-stubborn");
-    std::fs::write(
-        cluster.pod.path("userdata").join("user-data"),
-        "# kvmtest.ignore_acpi=1\n",
-    )
-    .expect("user-data");
-    let mut vm = cluster.start(&[("SHUTDOWN_TIMEOUT", "6s")]);
-    vm.wait_for_line("KVMTEST READY", BOOT);
+    };
+    cluster.user_data("# kvmtest.ignore_acpi=1\n");
+    let mut vm = cluster.boot(&[("SHUTDOWN_TIMEOUT", "6s")]);
     kill(pid1(&vm), Signal::SIGTERM).expect("SIGTERM");
     vm.wait_for_line("KVMTEST powerdown ignored", T);
     assert_eq!(
@@ -229,10 +218,13 @@ fn a_guest_that_ignores_acpi_is_quit_after_the_timeout() {
 
 #[test]
 fn killing_qemu_ends_kvm_manager_promptly_with_an_error() {
-    if !require_root("killing_qemu_ends_kvm_manager_promptly_with_an_error") {
+    let Some(cluster) = Cluster::for_test(
+        "killing_qemu_ends_kvm_manager_promptly_with_an_error",
+        "kmk",
+        "vm-killed",
+    ) else {
         return;
-    }
-    let cluster = Cluster::new("kmk", "vm-killed");
+    };
     let mut vm = cluster.start(&[]);
     let line = vm.wait_for_line("qemu started", BOOT);
     let qemu: i32 = field(&line, "pid").parse().expect("pid");
@@ -273,12 +265,13 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 #[test]
 fn a_nat_that_fails_beside_qemu_start_stops_qemu_and_exits_with_the_network_code() {
-    if !require_root("a_nat_that_fails_beside_qemu_start_…") {
-        return;
-    }
     // qemu starts while the NAT is applied; an `nft` that refuses the ruleset must not leave a
     // VM running without its NAT.
-    let cluster = Cluster::new("kmn", "vm-nonat");
+    let Some(cluster) =
+        Cluster::for_test("a_nat_that_fails_beside_qemu_start_…", "kmn", "vm-nonat")
+    else {
+        return;
+    };
     let fake = cluster.pod.path("fake-bin");
     std::fs::create_dir_all(&fake).expect("mkdir");
     let nft = fake.join("nft");
@@ -324,12 +317,15 @@ fn failed_beside_qemu(
 
 #[test]
 fn dhcp_or_dns_that_cannot_start_beside_qemu_stops_qemu_and_exits_with_the_network_code() {
-    if !require_root("dhcp_or_dns_that_cannot_start_beside_qemu_…") {
-        return;
-    }
     // DHCP and DNS start while qemu starts; a forwarder that cannot bind (another process in
     // the pod holds UDP port 53 on every address) must not leave a VM running without it.
-    let cluster = Cluster::new("kms", "vm-nodns");
+    let Some(cluster) = Cluster::for_test(
+        "dhcp_or_dns_that_cannot_start_beside_qemu_…",
+        "kms",
+        "vm-nodns",
+    ) else {
+        return;
+    };
     let mut squatter = cluster
         .pod
         .exec("python3")

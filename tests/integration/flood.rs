@@ -7,12 +7,11 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::pod::Pod;
-use crate::support::{require_root, Running};
-use crate::vm::{http_get, pid1, Cluster, BOOT, T};
+use crate::support::Running;
+use crate::vm::{http_get, pid1, stop, Cluster, BOOT, T};
 
 const FLOOD_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/integration/flood.py");
 /// The soft open-files limit a container usually starts with; the hard one stays ours.
@@ -34,13 +33,7 @@ fn hard_nofile() -> u64 {
 /// `kvm-manager run` with the test guest, under the open-files limits `soft`:`hard` (a
 /// container runtime's are typically 1024 under a much higher hard limit).
 fn start_like_a_container(cluster: &Cluster, soft: u64, hard: u64) -> Running {
-    let env = [
-        ("IMG_SOURCE", cluster.image_url.as_str()),
-        ("ACCEL", "tcg"),
-        ("VM_MEMORY", "256"),
-        ("SHUTDOWN_TIMEOUT", "30s"),
-    ];
-    let inner = cluster.pod.kvm_manager_command(&["run"], &env);
+    let inner = cluster.pod.kvm_manager_command(&["run"], &cluster.env(&[]));
     let mut command = Command::new("prlimit");
     command
         .arg(format!("--nofile={soft}:{hard}"))
@@ -152,18 +145,16 @@ fn assert_probes_answered(report: &serde_json::Value, seconds: u64) {
     );
 }
 
-fn stop(vm: &mut Running) {
-    kill(pid1(vm), Signal::SIGTERM).expect("SIGTERM");
-    assert_eq!(vm.wait(T).code(), Some(0), "{}", vm.output());
-}
-
 #[test]
 fn a_flood_of_idle_and_slowloris_connections_from_another_pod_leaves_healthz_answering_and_memory_returned(
 ) {
-    if !require_root("a_flood_of_idle_and_slowloris_connections_…") {
+    let Some(cluster) = Cluster::for_test(
+        "a_flood_of_idle_and_slowloris_connections_…",
+        "kmf",
+        "vm-flood",
+    ) else {
         return;
-    }
-    let cluster = Cluster::new("kmf", "vm-flood");
+    };
     let pod = &cluster.pod;
     let hard = hard_nofile();
     assert!(
@@ -213,10 +204,13 @@ fn a_flood_of_idle_and_slowloris_connections_from_another_pod_leaves_healthz_ans
 
 #[test]
 fn at_the_connection_cap_idle_connections_are_shed_for_new_ones_and_it_is_logged_rate_limited() {
-    if !require_root("at_the_connection_cap_idle_connections_are_shed_…") {
+    let Some(cluster) = Cluster::for_test(
+        "at_the_connection_cap_idle_connections_are_shed_…",
+        "kmc",
+        "vm-cap",
+    ) else {
         return;
-    }
-    let cluster = Cluster::new("kmc", "vm-cap");
+    };
     let pod = &cluster.pod;
     // 256 open files: a cap of 128 connections (half the limit).
     let mut vm = start_like_a_container(&cluster, 256, 256);
@@ -248,10 +242,13 @@ fn at_the_connection_cap_idle_connections_are_shed_for_new_ones_and_it_is_logged
 
 #[test]
 fn slow_request_heads_and_idle_connections_are_closed_but_a_web_console_viewer_is_not() {
-    if !require_root("slow_request_heads_and_idle_connections_are_closed_…") {
+    let Some(cluster) = Cluster::for_test(
+        "slow_request_heads_and_idle_connections_are_closed_…",
+        "kml",
+        "vm-linger",
+    ) else {
         return;
-    }
-    let cluster = Cluster::new("kml", "vm-linger");
+    };
     let pod = &cluster.pod;
     let mut vm = cluster.start(&[]);
     wait_until_healthy(&cluster, &mut vm);

@@ -12,8 +12,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::pod::Pod;
-use crate::support::{require_root, BIN};
-use crate::vm::{guest_image, http_get, pid1, Cluster, BOOT, T};
+use crate::support::BIN;
+use crate::vm::{guest_image, http_get, pid1, stop, Cluster, BOOT, T};
 
 const HERE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/integration");
 
@@ -267,16 +267,15 @@ fn block_dhcp(pod: &Pod, block: bool) {
 
 #[test]
 fn probes_metrics_console_and_web_console_follow_the_vm_from_booting_to_stopped() {
-    if !require_root("probes_metrics_console_and_web_console_follow_the_vm_…") {
+    let Some(cluster) = Cluster::for_test(
+        "probes_metrics_console_and_web_console_follow_the_vm_…",
+        "kmh",
+        "vm-http",
+    ) else {
         return;
-    }
-    let cluster = Cluster::new("kmh", "vm-http");
+    };
     let pod = &cluster.pod;
-    std::fs::write(
-        pod.path("userdata").join("user-data"),
-        "# kvmtest.ignore_acpi=1\n",
-    )
-    .expect("user-data");
+    cluster.user_data("# kvmtest.ignore_acpi=1\n");
     cluster.close_gate();
     block_dhcp(pod, true);
     let novnc = novnc_dir();
@@ -427,10 +426,13 @@ fn probes_metrics_console_and_web_console_follow_the_vm_from_booting_to_stopped(
 
 #[test]
 fn with_no_dhcp_readiness_follows_the_guest_port_and_vnc_password_guards_the_web_console() {
-    if !require_root("with_no_dhcp_readiness_follows_the_guest_port_…") {
+    let Some(cluster) = Cluster::for_test(
+        "with_no_dhcp_readiness_follows_the_guest_port_…",
+        "kmp",
+        "vm-port",
+    ) else {
         return;
-    }
-    let cluster = Cluster::new("kmp", "vm-port");
+    };
     let pod = &cluster.pod;
     let novnc = novnc_dir();
     let mut vm = cluster.start(&[
@@ -497,17 +499,19 @@ fn with_no_dhcp_readiness_follows_the_guest_port_and_vnc_password_guards_the_web
 
     let _ = dnsmasq.kill();
     let _ = dnsmasq.wait();
-    nix::sys::signal::kill(pid1(&vm), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-    assert_eq!(vm.wait(T).code(), Some(0), "{}", vm.output());
+    stop(&mut vm);
 }
 
 #[test]
 fn without_a_password_the_console_answers_only_through_port_forward_and_idle_viewers_cannot_hold_it(
 ) {
-    if !require_root("without_a_password_the_console_answers_only_through_port_forward_…") {
+    let Some(cluster) = Cluster::for_test(
+        "without_a_password_the_console_answers_only_through_port_forward_…",
+        "kml",
+        "vm-loop",
+    ) else {
         return;
-    }
-    let cluster = Cluster::new("kml", "vm-loop");
+    };
     let pod = &cluster.pod;
     let novnc = novnc_dir();
     let mut vm = cluster.start(&[

@@ -6,11 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-
 use crate::pod::Pod;
-use crate::support::{require_root, Running};
-use crate::vm::{field, http_get, pid1, Cluster, BOOT, T};
+use crate::support::Running;
+use crate::vm::{field, http_get, pid1, stop, Cluster, BOOT, T};
 
 /// The pet volume, and how much of it the filler takes: about 16 MiB stay free for the
 /// overlay, less than the guest writes (40 MiB) and less than kvm-manager's resume threshold
@@ -45,27 +43,19 @@ fn start_on_a_small_pet_volume(cluster: &Cluster) -> Running {
         r#"mount -t tmpfs -o size={VOLUME_MIB}m kvmtest-pet "$PET_DIR"
 dd if=/dev/zero of="$PET_DIR/filler" bs=1M count={FILLER_MIB} status=none"#
     );
-    let env = [
-        ("IMG_SOURCE", cluster.image_url.as_str()),
-        ("ACCEL", "tcg"),
-        ("VM_MEMORY", "256"),
-        ("SHUTDOWN_TIMEOUT", "30s"),
-    ];
-    cluster.pod.kvm_manager_after(&setup, &["run"], &env)
+    cluster
+        .pod
+        .kvm_manager_after(&setup, &["run"], &cluster.env(&[]))
 }
 
 #[test]
 fn a_full_pet_volume_pauses_the_vm_turns_the_probes_503_and_it_resumes_once_space_is_freed() {
-    if !require_root("a_full_pet_volume_pauses_the_vm_…") {
+    let Some(cluster) = Cluster::for_test("a_full_pet_volume_pauses_the_vm_…", "kmf", "vm-full")
+    else {
         return;
-    }
-    let cluster = Cluster::new("kmf", "vm-full");
+    };
     let pod = &cluster.pod;
-    std::fs::write(
-        pod.path("userdata").join("user-data"),
-        format!("#cloud-config\n# kvmtest.write={WRITE_MIB}\n"),
-    )
-    .expect("user-data");
+    cluster.user_data(&format!("#cloud-config\n# kvmtest.write={WRITE_MIB}\n"));
     let mut vm = start_on_a_small_pet_volume(&cluster);
     vm.wait_for_line("KVMTEST READY", BOOT);
     let (code, body) = poll_http(pod, "/readyz", |code, _| code == 200);
@@ -133,6 +123,5 @@ fn a_full_pet_volume_pauses_the_vm_turns_the_probes_503_and_it_resumes_once_spac
         "{metrics}"
     );
 
-    kill(pid1(&vm), Signal::SIGTERM).expect("SIGTERM to PID 1");
-    assert_eq!(vm.wait(T).code(), Some(0), "{}", vm.output());
+    stop(&mut vm);
 }

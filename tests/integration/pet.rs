@@ -6,11 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use nix::sys::signal::{kill, Signal};
-
 use crate::pod::Pod;
 use crate::support::{names_in, require_root, Running, BIN};
-use crate::vm::{field, guest_image, http_get, pid1, Cluster, BOOT, T};
+use crate::vm::{field, guest_image, http_get, pid1, stop, Cluster, BOOT, T};
 
 /// "Another kvm-manager owns this pet".
 const OWNED: i32 = 8;
@@ -49,16 +47,12 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 
 #[test]
 fn a_second_run_and_an_exec_image_beside_a_running_vm_exit_8_and_the_guest_keeps_writing() {
-    if !require_root("a_second_run_and_an_exec_image_…") {
+    let Some(cluster) = Cluster::for_test("a_second_run_and_an_exec_image_…", "kmpo", "vm-pet")
+    else {
         return;
-    }
-    let cluster = Cluster::new("kmpo", "vm-pet");
+    };
     let pod = &cluster.pod;
-    std::fs::write(
-        pod.path("userdata").join("user-data"),
-        "#cloud-config\n# kvmtest.write=8\n",
-    )
-    .expect("user-data");
+    cluster.user_data("#cloud-config\n# kvmtest.write=8\n");
     let mut vm = cluster.start(&[]);
     vm.wait_for_line("KVMTEST write mib=1", BOOT);
 
@@ -136,8 +130,7 @@ fn a_second_run_and_an_exec_image_beside_a_running_vm_exit_8_and_the_guest_keeps
         .collect();
     assert_eq!(holders, [pid1(&vm).to_string()], "holders of {lock:?}");
 
-    kill(pid1(&vm), Signal::SIGTERM).expect("SIGTERM to PID 1");
-    assert_eq!(vm.wait(T).code(), Some(0), "{}", vm.output());
+    stop(&mut vm);
     let check = Command::new("qemu-img")
         .args(["check", "-q"])
         .arg(&overlay)

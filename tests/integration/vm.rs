@@ -7,10 +7,11 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::pod::Pod;
-use crate::support::Running;
+use crate::support::{require_root, Running};
 
 /// The image server: `python3 -c GATED_SERVER ADDRESS DIRECTORY GATE` serves DIRECTORY on
 /// ADDRESS:8000, answering each GET only while the file GATE exists.
@@ -142,7 +143,20 @@ impl Cluster {
         panic!("the image server did not come up");
     }
 
-    pub fn start(&self, extra: &[(&str, &str)]) -> Running {
+    /// The cluster of a test that needs root (PID namespaces): `None`, after a loud skip,
+    /// without it. The prologue of every end-to-end test.
+    pub fn for_test(test: &str, prefix: &str, hostname: &str) -> Option<Self> {
+        require_root(test).then(|| Self::new(prefix, hostname))
+    }
+
+    /// The guest's user-data, in place of [`USERDATA`] (`# kvmtest.…` switches the test
+    /// guest's behaviour, tests/guest/README.md).
+    pub fn user_data(&self, text: &str) {
+        std::fs::write(self.pod.path("userdata").join("user-data"), text).expect("user-data");
+    }
+
+    /// The environment of `kvm-manager run` with the test guest, then `extra` (which wins).
+    pub fn env<'a>(&'a self, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
         let mut env = vec![
             ("IMG_SOURCE", self.image_url.as_str()),
             ("ACCEL", "tcg"),
@@ -150,8 +164,26 @@ impl Cluster {
             ("SHUTDOWN_TIMEOUT", "30s"),
         ];
         env.extend_from_slice(extra);
-        self.pod.kvm_manager(&["run"], &env)
+        env
     }
+
+    pub fn start(&self, extra: &[(&str, &str)]) -> Running {
+        self.pod.kvm_manager(&["run"], &self.env(extra))
+    }
+
+    /// [`Cluster::start`], then waits until the guest has booted in full: it watches its
+    /// power button from then on, so a SIGTERM ends it cleanly.
+    pub fn boot(&self, extra: &[(&str, &str)]) -> Running {
+        let mut vm = self.start(extra);
+        vm.wait_for_line("KVMTEST READY", BOOT);
+        vm
+    }
+}
+
+/// SIGTERM to the pod's PID 1: the guest powers off and kvm-manager exits 0.
+pub fn stop(vm: &mut Running) {
+    kill(pid1(vm), Signal::SIGTERM).expect("SIGTERM to PID 1");
+    assert_eq!(vm.wait(T).code(), Some(0), "{}", vm.output());
 }
 
 impl Drop for Cluster {
