@@ -6,8 +6,9 @@
 //! (a float needs a dot), `yes`/`on` are booleans while `y`/`n` are strings, `1:20` is 80.
 //! So the tag of a plain scalar comes from PyYAML's own implicit resolvers
 //! (`yaml/resolver.py`, in its order: bool, float, int, merge, null, timestamp, value), and
-//! the value from its constructors (`yaml/constructor.py`, `SafeConstructor`), transcribed
-//! here as one table of small matchers. Quoted and block scalars are strings unless tagged.
+//! the value from its constructors (`yaml/constructor.py`, `SafeConstructor`), transcribed:
+//! the resolvers as one table of small matchers ([`resolver`]), the constructors here and in
+//! [`integer`] and [`timestamp`]. Quoted and block scalars are strings unless tagged.
 
 mod cursor;
 mod integer;
