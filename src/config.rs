@@ -362,14 +362,15 @@ fn non_empty(value: &Option<String>) -> Option<&str> {
     value.as_deref().map(str::trim).filter(|v| !v.is_empty())
 }
 
+mod auth;
 mod fetch_limits;
 mod image;
 mod net;
 mod url;
 mod vm;
 
+pub(crate) use auth::ImageAuth;
 pub(crate) use fetch_limits::{FetchLimits, Reserve};
-pub(crate) use image::ImageAuth;
 pub(crate) use url::{redact_url, ImageUrl};
 
 #[cfg(test)]

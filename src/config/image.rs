@@ -1,37 +1,18 @@
 //! `IMG_SOURCE`, `IMG_TARGET`, `IMG_SHA256`: where the base image comes from and where it goes;
-//! `IMG_AUTH_FILE`: how we prove we may fetch it. The URL's redaction is in [`super::url`],
-//! the download's limits in [`super::fetch_limits`].
+//! `IMG_AUTH_FILE` is read by [`super::auth`], the URL's redaction is in [`super::url`], the
+//! download's limits are in [`super::fetch_limits`].
 
-use std::fmt;
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use url::Url;
 
+use super::auth::read_auth_file;
 use super::fetch_limits::parse_fetch_limits;
 use super::url::{redact_raw, ImageUrl};
 use super::{
-    invalid, non_empty, ConfigError, ImageConfig, ImageSource, ImageTarget, Secret,
-    COMPRESSION_SUFFIXES,
+    invalid, non_empty, ConfigError, ImageConfig, ImageSource, ImageTarget, COMPRESSION_SUFFIXES,
 };
 use crate::cli::Settings;
-use crate::size::ByteSize;
-
-/// How the image server learns who we are (from `IMG_AUTH_FILE`).
-#[derive(Clone, PartialEq, Eq)]
-pub enum ImageAuth {
-    Bearer(Secret),
-    Basic { user: String, password: Secret },
-}
-
-impl fmt::Debug for ImageAuth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Bearer(_) => "Bearer(***)",
-            Self::Basic { .. } => "Basic(***)",
-        })
-    }
-}
 
 /// The image settings and the target, `None` when neither `IMG_SOURCE` nor `IMG_TARGET` is set.
 pub(super) fn parse_image(
@@ -131,61 +112,6 @@ fn parse_source(raw: &str) -> Result<ImageSource, ConfigError> {
     }
 }
 
-/// Largest `IMG_AUTH_FILE` read: a token or `user:password` is far smaller.
-const AUTH_FILE_MAX: u64 = 64 << 10;
-
-/// Reads `IMG_AUTH_FILE`: a bearer token, or `user:password` for basic authentication (a
-/// bearer token has no `:`, RFC 6750 §2.1). Opened without blocking (a FIFO must not hang the
-/// start) and only when it is a regular file (a Secret's key is a symlink to one: followed).
-fn read_auth_file(path: &Path) -> Result<ImageAuth, ConfigError> {
-    let shown = path.display().to_string();
-    let fail = |reason: String| {
-        invalid(
-            "IMG_AUTH_FILE",
-            &shown,
-            reason,
-            "mount a Secret key holding a bearer token or user:password and point \
-             IMG_AUTH_FILE at it, or unset it",
-        )
-    };
-    let opened = crate::regular_file::open(path).map_err(|e| match e {
-        crate::regular_file::RegularFileError::Open(io) => fail(format!("cannot open it ({io})")),
-        other => fail(other.to_string()),
-    })?;
-    let len = opened.len();
-    let mut file = opened.into_file();
-    if len > AUTH_FILE_MAX {
-        return Err(fail(format!(
-            "{} bytes, more than a credential ({} at most)",
-            len,
-            ByteSize(AUTH_FILE_MAX)
-        )));
-    }
-    let mut bytes = Vec::new();
-    (&mut file)
-        .take(AUTH_FILE_MAX)
-        .read_to_end(&mut bytes)
-        .map_err(|e| fail(format!("cannot read it ({e})")))?;
-    // Never quote the content: it is the secret.
-    let text = String::from_utf8(bytes).map_err(|_| fail("not UTF-8 text".to_owned()))?;
-    let text = text.trim();
-    if text.is_empty() {
-        return Err(fail("it is empty".to_owned()));
-    }
-    if text.chars().any(char::is_control) {
-        return Err(fail(
-            "it holds more than one line or control characters".to_owned(),
-        ));
-    }
-    Ok(match text.split_once(':') {
-        Some((user, password)) => ImageAuth::Basic {
-            user: user.to_owned(),
-            password: Secret(password.to_owned()),
-        },
-        None => ImageAuth::Bearer(Secret(text.to_owned())),
-    })
-}
-
 /// The last path segment of the source, minus a compression suffix.
 fn default_target(source: &ImageSource) -> Result<String, ConfigError> {
     let (raw, segment) = match source {
@@ -271,36 +197,5 @@ fn parse_sha256(raw: &str) -> Result<String, ConfigError> {
             format!("expected 64 hex digits, got {} characters", hex.len()),
             "paste the output of `sha256sum` for the file as downloaded, or unset it",
         ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_auth_file_holds_a_bearer_token_or_user_and_password() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("cred");
-        std::fs::write(&path, "tok.en-1\n").expect("write");
-        assert_eq!(
-            read_auth_file(&path).expect("token"),
-            ImageAuth::Bearer(Secret("tok.en-1".into()))
-        );
-        std::fs::write(&path, "bob:pa:ss").expect("write");
-        assert_eq!(
-            read_auth_file(&path).expect("basic"),
-            ImageAuth::Basic {
-                user: "bob".into(),
-                password: Secret("pa:ss".into())
-            }
-        );
-        for bad in ["", "\n", "two\nlines"] {
-            std::fs::write(&path, bad).expect("write");
-            let err = read_auth_file(&path).expect_err(bad).to_string();
-            assert!(!err.contains("two"), "never quoted: {err}");
-        }
-        let err = read_auth_file(dir.path()).expect_err("a directory");
-        assert!(err.to_string().contains("not a regular file"), "{err}");
     }
 }
