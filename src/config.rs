@@ -363,6 +363,7 @@ fn non_empty(value: &Option<String>) -> Option<&str> {
 }
 
 mod auth;
+mod duration;
 mod fetch_limits;
 mod image;
 mod net;

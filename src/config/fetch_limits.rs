@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::{invalid, ConfigError};
+use super::{duration, invalid, ConfigError};
 use crate::cli::Settings;
 use crate::size::ByteSize;
 
@@ -86,13 +86,8 @@ pub(super) fn parse_fetch_limits(settings: &Settings) -> Result<FetchLimits, Con
 /// `30s`, `2m`, or a bare number of seconds; more than zero, at most a day.
 fn parse_duration(var: &'static str, raw: &str) -> Result<Duration, ConfigError> {
     const FIX: &str = "use a duration like 60s or 2m (a bare number means seconds)";
-    let trimmed = raw.trim();
-    let duration = match trimmed.parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => humantime::parse_duration(trimmed)
-            .map_err(|e| invalid(var, raw, format!("not a duration ({e})"), FIX))?,
-    };
-    if duration.is_zero() || duration > Duration::from_secs(24 * 3600) {
+    let duration = duration::parse(var, raw, FIX)?;
+    if duration.is_zero() || duration > duration::DAY {
         return Err(invalid(var, raw, "not between 1ms and a day", FIX));
     }
     Ok(duration)

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{choice, invalid, non_empty, Accel, ConfigError, Secret, VmConfig};
+use super::{choice, duration, invalid, non_empty, Accel, ConfigError, Secret, VmConfig};
 use crate::cli::Settings;
 use crate::size::{ByteSize, MIB};
 
@@ -120,13 +120,8 @@ fn parse_vnc_password(raw: &str) -> Result<Secret, ConfigError> {
 /// `30s`, `2m`, `1m30s`, or a bare number of seconds.
 fn parse_timeout(var: &'static str, raw: &str) -> Result<Duration, ConfigError> {
     const FIX: &str = "use a duration like 25s or 2m (a bare number means seconds)";
-    let trimmed = raw.trim();
-    let duration = match trimmed.parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => humantime::parse_duration(trimmed)
-            .map_err(|e| invalid(var, raw, format!("not a duration ({e})"), FIX))?,
-    };
-    if duration > Duration::from_secs(24 * 3600) {
+    let duration = duration::parse(var, raw, FIX)?;
+    if duration > duration::DAY {
         return Err(invalid(var, raw, "longer than a day", FIX));
     }
     Ok(duration)
