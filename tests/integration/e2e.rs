@@ -51,7 +51,7 @@ fn nft_rules(pod: &Pod) -> usize {
 
 #[test]
 fn a_real_guest_boots_sees_its_lease_drive_and_dns_serves_the_pod_ip_and_powers_off_on_sigterm() {
-    let Some(cluster) = Cluster::for_test("a_real_guest_boots_…", "kme", "vm-e2e") else {
+    let Some(cluster) = Cluster::for_test("kme", "vm-e2e") else {
         return;
     };
     let pod = &cluster.pod;
@@ -130,7 +130,7 @@ fn a_real_guest_boots_sees_its_lease_drive_and_dns_serves_the_pod_ip_and_powers_
 
 #[test]
 fn a_container_restart_keeps_the_disk_mac_and_lease_and_duplicates_no_rule() {
-    let Some(cluster) = Cluster::for_test("a_container_restart_…", "kmr", "vm-restart") else {
+    let Some(cluster) = Cluster::for_test("kmr", "vm-restart") else {
         return;
     };
     let pod = &cluster.pod;
@@ -176,8 +176,7 @@ fn a_container_restart_keeps_the_disk_mac_and_lease_and_duplicates_no_rule() {
 
 #[test]
 fn no_vnc_hands_port_5900_to_the_guest() {
-    let Some(cluster) = Cluster::for_test("no_vnc_hands_port_5900_to_the_guest", "kmv", "vm-novnc")
-    else {
+    let Some(cluster) = Cluster::for_test("kmv", "vm-novnc") else {
         return;
     };
     let mut vm = cluster.boot(&[("NO_VNC", "1")]);
@@ -191,11 +190,7 @@ fn no_vnc_hands_port_5900_to_the_guest() {
 
 #[test]
 fn a_guest_that_ignores_acpi_is_quit_after_the_timeout() {
-    let Some(cluster) = Cluster::for_test(
-        "a_guest_that_ignores_acpi_is_quit_after_the_timeout",
-        "kma",
-        "vm-stubborn",
-    ) else {
+    let Some(cluster) = Cluster::for_test("kma", "vm-stubborn") else {
         return;
     };
     cluster.user_data("# kvmtest.ignore_acpi=1\n");
@@ -218,11 +213,7 @@ fn a_guest_that_ignores_acpi_is_quit_after_the_timeout() {
 
 #[test]
 fn killing_qemu_ends_kvm_manager_promptly_with_an_error() {
-    let Some(cluster) = Cluster::for_test(
-        "killing_qemu_ends_kvm_manager_promptly_with_an_error",
-        "kmk",
-        "vm-killed",
-    ) else {
+    let Some(cluster) = Cluster::for_test("kmk", "vm-killed") else {
         return;
     };
     let mut vm = cluster.start(&[]);
@@ -267,9 +258,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 fn a_nat_that_fails_beside_qemu_start_stops_qemu_and_exits_with_the_network_code() {
     // qemu starts while the NAT is applied; an `nft` that refuses the ruleset must not leave a
     // VM running without its NAT.
-    let Some(cluster) =
-        Cluster::for_test("a_nat_that_fails_beside_qemu_start_…", "kmn", "vm-nonat")
-    else {
+    let Some(cluster) = Cluster::for_test("kmn", "vm-nonat") else {
         return;
     };
     let fake = cluster.pod.path("fake-bin");
@@ -319,11 +308,7 @@ fn failed_beside_qemu(
 fn dhcp_or_dns_that_cannot_start_beside_qemu_stops_qemu_and_exits_with_the_network_code() {
     // DHCP and DNS start while qemu starts; a forwarder that cannot bind (another process in
     // the pod holds UDP port 53 on every address) must not leave a VM running without it.
-    let Some(cluster) = Cluster::for_test(
-        "dhcp_or_dns_that_cannot_start_beside_qemu_…",
-        "kms",
-        "vm-nodns",
-    ) else {
+    let Some(cluster) = Cluster::for_test("kms", "vm-nodns") else {
         return;
     };
     let mut squatter = cluster

@@ -148,11 +148,7 @@ fn assert_probes_answered(report: &serde_json::Value, seconds: u64) {
 #[test]
 fn a_flood_of_idle_and_slowloris_connections_from_another_pod_leaves_healthz_answering_and_memory_returned(
 ) {
-    let Some(cluster) = Cluster::for_test(
-        "a_flood_of_idle_and_slowloris_connections_…",
-        "kmf",
-        "vm-flood",
-    ) else {
+    let Some(cluster) = Cluster::for_test("kmf", "vm-flood") else {
         return;
     };
     let pod = &cluster.pod;
@@ -204,11 +200,7 @@ fn a_flood_of_idle_and_slowloris_connections_from_another_pod_leaves_healthz_ans
 
 #[test]
 fn at_the_connection_cap_idle_connections_are_shed_for_new_ones_and_it_is_logged_rate_limited() {
-    let Some(cluster) = Cluster::for_test(
-        "at_the_connection_cap_idle_connections_are_shed_…",
-        "kmc",
-        "vm-cap",
-    ) else {
+    let Some(cluster) = Cluster::for_test("kmc", "vm-cap") else {
         return;
     };
     let pod = &cluster.pod;
@@ -242,11 +234,7 @@ fn at_the_connection_cap_idle_connections_are_shed_for_new_ones_and_it_is_logged
 
 #[test]
 fn slow_request_heads_and_idle_connections_are_closed_but_a_web_console_viewer_is_not() {
-    let Some(cluster) = Cluster::for_test(
-        "slow_request_heads_and_idle_connections_are_closed_…",
-        "kml",
-        "vm-linger",
-    ) else {
+    let Some(cluster) = Cluster::for_test("kml", "vm-linger") else {
         return;
     };
     let pod = &cluster.pod;

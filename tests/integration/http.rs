@@ -267,11 +267,7 @@ fn block_dhcp(pod: &Pod, block: bool) {
 
 #[test]
 fn probes_metrics_console_and_web_console_follow_the_vm_from_booting_to_stopped() {
-    let Some(cluster) = Cluster::for_test(
-        "probes_metrics_console_and_web_console_follow_the_vm_…",
-        "kmh",
-        "vm-http",
-    ) else {
+    let Some(cluster) = Cluster::for_test("kmh", "vm-http") else {
         return;
     };
     let pod = &cluster.pod;
@@ -426,11 +422,7 @@ fn probes_metrics_console_and_web_console_follow_the_vm_from_booting_to_stopped(
 
 #[test]
 fn with_no_dhcp_readiness_follows_the_guest_port_and_vnc_password_guards_the_web_console() {
-    let Some(cluster) = Cluster::for_test(
-        "with_no_dhcp_readiness_follows_the_guest_port_…",
-        "kmp",
-        "vm-port",
-    ) else {
+    let Some(cluster) = Cluster::for_test("kmp", "vm-port") else {
         return;
     };
     let pod = &cluster.pod;
@@ -505,11 +497,7 @@ fn with_no_dhcp_readiness_follows_the_guest_port_and_vnc_password_guards_the_web
 #[test]
 fn without_a_password_the_console_answers_only_through_port_forward_and_idle_viewers_cannot_hold_it(
 ) {
-    let Some(cluster) = Cluster::for_test(
-        "without_a_password_the_console_answers_only_through_port_forward_…",
-        "kml",
-        "vm-loop",
-    ) else {
+    let Some(cluster) = Cluster::for_test("kml", "vm-loop") else {
         return;
     };
     let pod = &cluster.pod;

@@ -11,8 +11,7 @@ use topology::{add_address, must, Daemon, Topology, NODE_IP, POD_IP, T, VM_IP};
 
 #[test]
 fn tcp_udp_and_icmp_to_the_pod_ip_reach_the_vm_and_vnc_stays_in_the_pod() {
-    let Some(topo) = Topology::for_test("tcp_udp_and_icmp_to_the_pod_ip_reach_the_vm", "fwd")
-    else {
+    let Some(topo) = Topology::for_test("fwd") else {
         return;
     };
     let daemon = topo.up(&[]);
@@ -98,7 +97,7 @@ fn tcp_udp_and_icmp_to_the_pod_ip_reach_the_vm_and_vnc_stays_in_the_pod() {
 
 #[test]
 fn no_vnc_forwards_tcp_5900_to_the_vm() {
-    let Some(topo) = Topology::for_test("no_vnc_forwards_tcp_5900_to_the_vm", "novnc") else {
+    let Some(topo) = Topology::for_test("novnc") else {
         return;
     };
     let _daemon = topo.up(&[("NO_VNC", "1"), ("HTTP_PORT", "0")]);
@@ -159,10 +158,7 @@ fn strip(value: &mut serde_json::Value, noise: &dyn Fn(&str) -> bool) {
 
 #[test]
 fn restarts_after_sigkill_leave_links_addresses_and_rules_identical() {
-    let Some(topo) = Topology::for_test(
-        "restarts_after_sigkill_leave_links_addresses_and_rules_identical",
-        "restart",
-    ) else {
+    let Some(topo) = Topology::for_test("restart") else {
         return;
     };
     let first = topo.up(&[]);
@@ -211,10 +207,7 @@ fn fails(topo: &Topology, env: &[(&str, &str)], wrapper: &[&str]) -> String {
 
 #[test]
 fn missing_cap_net_admin_names_the_security_context_setting() {
-    let Some(topo) = Topology::for_test(
-        "missing_cap_net_admin_names_the_security_context_setting",
-        "nocap",
-    ) else {
+    let Some(topo) = Topology::for_test("nocap") else {
         return;
     };
     let output = fails(
@@ -238,7 +231,7 @@ fn missing_cap_net_admin_names_the_security_context_setting() {
 
 #[test]
 fn missing_default_route_is_reported() {
-    let Some(topo) = Topology::for_test("missing_default_route_is_reported", "noroute") else {
+    let Some(topo) = Topology::for_test("noroute") else {
         return;
     };
     must(&["ip", "-n", &topo.pod, "route", "del", "default"]);
@@ -248,9 +241,7 @@ fn missing_default_route_is_reported() {
 
 #[test]
 fn vm_subnet_overlapping_the_pod_subnet_is_refused() {
-    let Some(topo) =
-        Topology::for_test("vm_subnet_overlapping_the_pod_subnet_is_refused", "overlap")
-    else {
+    let Some(topo) = Topology::for_test("overlap") else {
         return;
     };
     let output = fails(
@@ -282,10 +273,7 @@ fn missing_dev_net_tun_names_the_device_plugin_or_privileged() {
 
 #[test]
 fn missing_nft_binary_names_the_package_and_changes_nothing() {
-    let Some(topo) = Topology::for_test(
-        "missing_nft_binary_names_the_package_and_changes_nothing",
-        "nonft",
-    ) else {
+    let Some(topo) = Topology::for_test("nonft") else {
         return;
     };
     let output = fails(&topo, &[], &["env", "PATH=/nonexistent"]);
@@ -295,8 +283,7 @@ fn missing_nft_binary_names_the_package_and_changes_nothing() {
 
 #[test]
 fn a_wrong_bridge_and_tap_left_behind_are_corrected() {
-    let Some(topo) = Topology::for_test("a_wrong_bridge_and_tap_left_behind_are_corrected", "fix")
-    else {
+    let Some(topo) = Topology::for_test("fix") else {
         return;
     };
     let pod = topo.pod.as_str();
@@ -356,10 +343,7 @@ while True:
 
 #[test]
 fn packets_from_the_vm_with_a_forged_source_are_dropped_and_counted_while_its_own_flow() {
-    let Some(topo) = Topology::for_test(
-        "packets_from_the_vm_with_a_forged_source_are_dropped_and_counted_while_its_own_flow",
-        "spoof",
-    ) else {
+    let Some(topo) = Topology::for_test("spoof") else {
         return;
     };
     let mut daemon = topo.up(&[]);

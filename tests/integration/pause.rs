@@ -50,8 +50,7 @@ dd if=/dev/zero of="$PET_DIR/filler" bs=1M count={FILLER_MIB} status=none"#
 
 #[test]
 fn a_full_pet_volume_pauses_the_vm_turns_the_probes_503_and_it_resumes_once_space_is_freed() {
-    let Some(cluster) = Cluster::for_test("a_full_pet_volume_pauses_the_vm_…", "kmf", "vm-full")
-    else {
+    let Some(cluster) = Cluster::for_test("kmf", "vm-full") else {
         return;
     };
     let pod = &cluster.pod;

@@ -47,8 +47,7 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 
 #[test]
 fn a_second_run_and_an_exec_image_beside_a_running_vm_exit_8_and_the_guest_keeps_writing() {
-    let Some(cluster) = Cluster::for_test("a_second_run_and_an_exec_image_…", "kmpo", "vm-pet")
-    else {
+    let Some(cluster) = Cluster::for_test("kmpo", "vm-pet") else {
         return;
     };
     let pod = &cluster.pod;

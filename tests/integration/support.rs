@@ -22,6 +22,13 @@ pub fn require_root(test: &str) -> bool {
     false
 }
 
+/// [`require_root`] for the test that calls it, named by its thread: libtest runs each test
+/// on a thread named after it.
+pub fn require_root_for_this_test() -> bool {
+    let thread = std::thread::current();
+    require_root(thread.name().unwrap_or("this test"))
+}
+
 /// A running process whose stdout and stderr lines are collected as they arrive.
 pub struct Running {
     pub child: Child,

@@ -11,7 +11,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::pod::Pod;
-use crate::support::{require_root, Running};
+use crate::support::{require_root_for_this_test, Running};
 
 /// The image server: `python3 -c GATED_SERVER ADDRESS DIRECTORY GATE` serves DIRECTORY on
 /// ADDRESS:8000, answering each GET only while the file GATE exists.
@@ -145,8 +145,8 @@ impl Cluster {
 
     /// The cluster of a test that needs root (PID namespaces): `None`, after a loud skip,
     /// without it. The prologue of every end-to-end test.
-    pub fn for_test(test: &str, prefix: &str, hostname: &str) -> Option<Self> {
-        require_root(test).then(|| Self::new(prefix, hostname))
+    pub fn for_test(prefix: &str, hostname: &str) -> Option<Self> {
+        require_root_for_this_test().then(|| Self::new(prefix, hostname))
     }
 
     /// The guest's user-data, in place of [`USERDATA`] (`# kvmtest.…` switches the test

@@ -6,7 +6,7 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use crate::support::{require_root, Running, BIN};
+use crate::support::{require_root_for_this_test, Running, BIN};
 
 pub const T: Duration = Duration::from_secs(20);
 pub const NODE_IP: &str = "10.99.0.1";
@@ -115,8 +115,8 @@ impl Topology {
 
     /// The topology of a test that needs root (namespaces): `None`, after a loud skip,
     /// without it. The prologue of every network test.
-    pub fn for_test(test: &str, tag: &str) -> Option<Self> {
-        require_root(test).then(|| Self::new(tag))
+    pub fn for_test(tag: &str) -> Option<Self> {
+        require_root_for_this_test().then(|| Self::new(tag))
     }
 
     /// `sysctl -w SETTING` (`key=value`) in the pod's namespace.
