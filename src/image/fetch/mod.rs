@@ -2,6 +2,12 @@
 //!
 //! (A local source is copied by [`super::local`].)
 //!
+//! A large, uncompressed file from a server that takes ranges is fetched over
+//! `FETCH_CONNECTIONS` connections ([`parallel`], its progress journaled by [`journal`], the
+//! spans decided in [`super::ranges`]); everything else is one stream ([`stream`]). The first
+//! request is the same for both: its answer (size, `Accept-Ranges`, validator, the first
+//! bytes' magic) decides, and becomes the first connection's first span.
+//!
 //! HTTP resume sends `Range: bytes=N-` with `If-Range` set to the validator (strong ETag, else
 //! Last-Modified) saved when the partial file was started, so a server whose file changed
 //! answers 200 with the whole new file instead of letting us splice two versions together.
@@ -17,22 +23,27 @@
 //! Credentials (`user:password@` in the URL, or `IMG_AUTH_FILE`) travel only in the
 //! Authorization header, which reqwest drops on a redirect to another host, port or scheme.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use bytes::Bytes;
 use reqwest::header::{self, HeaderMap};
 use reqwest::{Client, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::progress::Pace;
-use super::sink::{Finished, Sink};
+use super::ranges::{self, Ranges};
+use super::sink::Finished;
 use super::source::Compression;
 use super::{ImageError, Temps};
 use crate::config::{redact_url, FetchLimits, ImageAuth, ImageUrl};
 
+mod journal;
+mod parallel;
 mod resume;
+mod stream;
 
 pub(crate) use resume::{discard, tidy, Leftovers};
-use resume::{keeps, resumable, resumable_partial, save_validator};
+use resume::{keeps, resumable_partial, save_validator, Partial};
+use stream::stream;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -181,10 +192,14 @@ fn client(limits: &FetchLimits) -> Result<Client, ImageError> {
 }
 
 /// Why one attempt failed, and whether it is worth another.
-struct Failed {
+pub(super) struct Failed {
     error: ImageError,
     retry: bool,
     progressed: bool,
+    /// The partial download is not worth resuming (the server's file is not the one begun).
+    discard: bool,
+    /// The server ignores ranges: one stream from now on.
+    one_stream: bool,
 }
 
 fn fatal(error: ImageError) -> Failed {
@@ -192,6 +207,8 @@ fn fatal(error: ImageError) -> Failed {
         error,
         retry: false,
         progressed: false,
+        discard: false,
+        one_stream: false,
     }
 }
 
@@ -200,6 +217,32 @@ fn retry(error: ImageError, progressed: bool) -> Failed {
         error,
         retry: true,
         progressed,
+        discard: false,
+        one_stream: false,
+    }
+}
+
+/// What one download needs for each request.
+#[derive(Clone, Copy)]
+pub(super) struct Ctx<'a> {
+    client: &'a Client,
+    url: &'a ImageUrl,
+    limits: &'a FetchLimits,
+    auth: Option<&'a ImageAuth>,
+}
+
+impl Ctx<'_> {
+    /// A GET of the URL, with its credential.
+    fn get(&self) -> reqwest::RequestBuilder {
+        // The URL's own user:password@ becomes basic authentication inside reqwest.
+        let request = self.client.get(self.url.expose().clone());
+        match self.auth {
+            Some(ImageAuth::Bearer(token)) => request.bearer_auth(&token.0),
+            Some(ImageAuth::Basic { user, password }) => {
+                request.basic_auth(user, Some(&password.0))
+            }
+            None => request,
+        }
     }
 }
 
@@ -222,12 +265,26 @@ pub(crate) async fn http(
     auth: Option<&ImageAuth>,
 ) -> Result<Finished, ImageError> {
     let client = client(limits)?;
+    let ctx = Ctx {
+        client: &client,
+        url,
+        limits,
+        auth,
+    };
     let mut attempts = Attempts::new(limits.attempts);
+    let mut one_stream = false;
     loop {
-        let failed = match attempt(&client, url, temps, hint, limits, auth).await {
+        let failed = match attempt(ctx, temps, hint, one_stream).await {
             Ok(finished) => return Ok(finished),
             Err(failed) => failed,
         };
+        if failed.discard {
+            discard(temps);
+        }
+        if failed.one_stream && !one_stream {
+            tracing::info!(url = %url, "the server ignores ranges; downloading over one connection");
+            one_stream = true;
+        }
         if !failed.retry {
             return Err(failed.error);
         }
@@ -266,22 +323,26 @@ pub(crate) async fn http(
 }
 
 async fn attempt(
-    client: &Client,
-    url: &ImageUrl,
+    ctx: Ctx<'_>,
     temps: &Temps,
     hint: Option<Compression>,
-    limits: &FetchLimits,
-    auth: Option<&ImageAuth>,
+    one_stream: bool,
 ) -> Result<Finished, Failed> {
+    let Ctx { url, limits, .. } = ctx;
     let shown = url.to_string();
-    let (offset, validator) = resumable(url, temps);
-    // The URL's own user:password@ becomes basic authentication inside reqwest.
-    let mut request = client.get(url.expose().clone());
-    request = match auth {
-        Some(ImageAuth::Bearer(token)) => request.bearer_auth(&token.0),
-        Some(ImageAuth::Basic { user, password }) => request.basic_auth(user, Some(&password.0)),
-        None => request,
+    let partial = resumable_partial(url, temps);
+    let (offset, validator) = match partial {
+        Some(Partial {
+            ranges: Some(done),
+            validator,
+            ..
+        }) => return parallel::download(ctx, temps, &validator, done, None).await,
+        Some(Partial {
+            bytes, validator, ..
+        }) => (bytes, Some(validator)),
+        None => (0, None),
     };
+    let mut request = ctx.get();
     if let (true, Some(if_range)) = (offset > 0, validator.as_ref().and_then(Validator::if_range)) {
         tracing::info!(url = %url, offset, "resuming a partial download");
         request = request
@@ -315,6 +376,33 @@ async fn attempt(
             let total = response.content_length();
             let validator = Validator::from_headers(url, response.headers(), total);
             save_validator(temps, &validator).map_err(fatal)?;
+            // A journal from an earlier parallel download is about another partial file.
+            let _ = std::fs::remove_file(&temps.ranges);
+            let accepts_ranges = response
+                .headers()
+                .get(header::ACCEPT_RANGES)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"bytes"));
+            let candidate = !one_stream
+                && ranges::parallel(
+                    limits.connections,
+                    limits.parallel_min_size,
+                    total,
+                    accepts_ranges,
+                    validator.if_range().is_some(),
+                    hint.is_some(),
+                );
+            if candidate {
+                let mut response = response;
+                let head = peek(&mut response, &shown, limits).await?;
+                // Compressed without saying so in its name: the magic bytes tell.
+                let magic: Vec<u8> = head.iter().flat_map(|c| c.iter().copied()).collect();
+                if Compression::from_magic(&magic) == Compression::None {
+                    let first = parallel::First { response, head };
+                    return parallel::download(ctx, temps, &validator, Ranges::new(), Some(first))
+                        .await;
+                }
+                return stream(response, head, ctx, temps, hint, false, total).await;
+            }
             (false, total)
         }
         Answer::BadRange => {
@@ -343,112 +431,36 @@ async fn attempt(
             }))
         }
     };
-    stream(response, url, temps, hint, resume, total, limits).await
+    stream(response, Vec::new(), ctx, temps, hint, resume, total).await
 }
 
-/// Moves the body to a writing thread, chunk by chunk, watching for stalls and a trickle.
-async fn stream(
-    mut response: Response,
-    url: &ImageUrl,
-    temps: &Temps,
-    hint: Option<Compression>,
-    resume: bool,
-    total: Option<u64>,
+/// Reads the first chunks of `response`, enough to see the compression's magic bytes.
+async fn peek(
+    response: &mut Response,
+    shown: &str,
     limits: &FetchLimits,
-) -> Result<Finished, Failed> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(CHANNEL);
-    let temps_for_sink = Temps {
-        total,
-        ..temps.clone()
-    };
-    let label = url.to_string();
-    let writer = tokio::task::spawn_blocking(move || {
-        let mut sink = Sink::open(&temps_for_sink, hint, resume, total, &label)?;
-        let started_at = sink.received();
-        while let Some(chunk) = rx.blocking_recv() {
-            sink.feed(&chunk)?;
-        }
-        Ok::<_, ImageError>((sink, started_at))
-    });
-    let shown = url.to_string();
-    let mut pace = Pace::new(limits.min_rate, limits.rate_window);
-    // Time spent waiting on the server (not on our own disk) and bytes it sent.
-    let (mut waited, mut arrived) = (Duration::ZERO, 0u64);
-    let mut stopped = None;
-    loop {
-        let asked = Instant::now();
-        let next = tokio::time::timeout(limits.stall_timeout, response.chunk()).await;
-        waited += asked.elapsed();
-        match next {
+) -> Result<Vec<Bytes>, Failed> {
+    let mut head = Vec::new();
+    let mut len = 0;
+    while len < Compression::MAGIC_LEN {
+        match tokio::time::timeout(limits.stall_timeout, response.chunk()).await {
             Ok(Ok(Some(chunk))) => {
-                arrived += chunk.len() as u64;
-                if tx.send(chunk).await.is_err() {
-                    break; // the writer failed; its error is below
-                }
-                if let Err(slow) = pace.record(waited, arrived) {
-                    stopped = Some(Stop::TooSlow(slow));
-                    break;
-                }
+                len += chunk.len();
+                head.push(chunk);
             }
             Ok(Ok(None)) => break,
-            Ok(Err(source)) => {
-                stopped = Some(Stop::Network(source));
-                break;
-            }
+            Ok(Err(source)) => return Err(retry(network(shown, source), false)),
             Err(_) => {
-                stopped = Some(Stop::Stalled);
-                break;
+                let stalled = ImageError::Stalled {
+                    url: shown.to_owned(),
+                    timeout: limits.stall_timeout,
+                    received: 0,
+                };
+                return Err(retry(stalled, false));
             }
         }
     }
-    drop(tx);
-    drop(response);
-    let (sink, started_at) = writer
-        .await
-        .map_err(|e| fatal(ImageError::Internal(e.to_string())))?
-        .map_err(fatal)?;
-    let progressed = sink.received() > started_at;
-    if let Some(stop) = stopped {
-        let received = sink.keep_partial().map_err(fatal)?;
-        let error = match stop {
-            Stop::Network(source) => ImageError::BodyBroken {
-                url: shown,
-                received,
-                total,
-                source: source.without_url(),
-            },
-            Stop::Stalled => ImageError::Stalled {
-                url: shown,
-                timeout: limits.stall_timeout,
-                received,
-            },
-            Stop::TooSlow(slow) => ImageError::TooSlow {
-                url: shown,
-                bytes: slow.bytes,
-                window: slow.window,
-                min_rate: limits.min_rate,
-                received,
-            },
-        };
-        return Err(retry(error, progressed));
-    }
-    if let Some(total) = total.filter(|t| *t != sink.received()) {
-        let received = sink.keep_partial().map_err(fatal)?;
-        let short = ImageError::ShortBody {
-            url: shown,
-            received,
-            total,
-        };
-        return Err(retry(short, progressed));
-    }
-    sink.finish().map_err(fatal)
-}
-
-/// Why the body stopped before its end.
-enum Stop {
-    Network(reqwest::Error),
-    Stalled,
-    TooSlow(super::progress::TooSlow),
+    Ok(head)
 }
 
 #[cfg(test)]
