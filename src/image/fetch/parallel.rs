@@ -8,7 +8,9 @@
 //! thread follows the part of the file that is complete from its first byte and hashes it in
 //! order as it grows (from the page cache, while the download goes on), so the digest is ready
 //! when the last byte is written; re-reading the whole file at the end would add that read to
-//! every download. Memory is bounded: [`CHANNEL`] chunks per connection, one buffer to hash.
+//! every download (bench/fetch-wan, 512 MiB: 0.4 s from the last byte to the end, fsync
+//! included, against 6.6 s for one `sha256sum` of the file here). Memory is bounded: at most
+//! [`IN_FLIGHT_KIB`] received and not yet written over all connections, one buffer to hash.
 //!
 //! A failed connection ends the attempt (the others stop; what they wrote is journaled) and
 //! the caller's retry resumes from the journal; a 200 to a range request means the file
@@ -38,6 +40,10 @@ use super::{content_range, fatal, network, retry, Ctx, Failed, Validator, CHANNE
 
 /// Bytes hashed per read.
 const HASH_BUFFER: usize = 256 << 10;
+/// Bytes received but not yet written, over all connections (in KiB, the unit of the
+/// semaphore's permits): memory stays bounded whatever `FETCH_CONNECTIONS` is, and a slow disk
+/// slows the connections instead of filling the heap.
+const IN_FLIGHT_KIB: usize = 8 << 10;
 
 /// The response that started the download (a 200 from byte 0) and the chunks of it already
 /// read: the first connection's first span needs no request of its own.
@@ -55,6 +61,8 @@ struct Shared {
     received: AtomicU64,
     progress: Mutex<Progress>,
     budget: Mutex<Budget>,
+    /// KiB in flight between the connections and the writers ([`IN_FLIGHT_KIB`]).
+    in_flight: tokio::sync::Semaphore,
 }
 
 struct Written {
@@ -122,6 +130,7 @@ pub(super) async fn download(
         received: AtomicU64::new(had),
         progress: Mutex::new(Progress::new(had, Some(total), Instant::now())),
         budget: Mutex::new(Budget::new(&temps.dir, temps.reserve)),
+        in_flight: tokio::sync::Semaphore::new(IN_FLIGHT_KIB),
     });
     let stop_hasher = StopHasher(Arc::clone(&shared));
     let hasher = {
@@ -404,6 +413,13 @@ async fn deliver(own: &Own<'_>, at: &mut u64, chunk: Bytes) -> Result<bool, Fail
     if take > 0 {
         let offset = *at;
         *at += take;
+        // Released by the writer once the chunk is written.
+        let kib = kib(take);
+        match own.shared.in_flight.acquire_many(kib).await {
+            Ok(permits) => permits.forget(),
+            // A writer failed; its error is what the caller reports.
+            Err(_) => return Err(fatal(ImageError::Internal("a writer stopped".to_owned()))),
+        }
         // The writer ended: its error is what the caller reports.
         if own
             .tx
@@ -419,6 +435,11 @@ async fn deliver(own: &Own<'_>, at: &mut u64, chunk: Bytes) -> Result<bool, Fail
         }
     }
     Ok(complete)
+}
+
+/// Permits for `bytes` in flight: KiB, rounded up, never more than exist.
+fn kib(bytes: u64) -> u32 {
+    bytes.div_ceil(1024).min(IN_FLIGHT_KIB as u64) as u32
 }
 
 /// One connection's writer: writes each chunk at its offset, journals what is written every
@@ -449,8 +470,10 @@ fn write(
                     reserve: shortage.reserve,
                 });
             }
-            file.write_all_at(&chunk, offset)
-                .map_err(|source| temps.write_error(&temps.part, source))?;
+            let written = file.write_all_at(&chunk, offset);
+            drop(chunk);
+            shared.in_flight.add_permits(kib(len) as usize);
+            written.map_err(|source| temps.write_error(&temps.part, source))?;
             crate::metrics::IMAGE.download_bytes.inc_by(len);
             let end = offset + len;
             match &mut run {
@@ -474,6 +497,10 @@ fn write(
         }
         Ok(())
     })();
+    if result.is_err() {
+        // The other connections must not wait for the KiB this writer will never release.
+        shared.in_flight.close();
+    }
     // Whatever ended the connection, what it wrote stays usable.
     let recorded = run.map_or(Ok(()), |r| journal.record(r));
     result.and(recorded)
