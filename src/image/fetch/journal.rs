@@ -62,6 +62,11 @@ impl Journal {
         })
     }
 
+    /// The partial file.
+    pub(super) fn part(&self) -> &File {
+        &self.part
+    }
+
     /// Records that `range` of the partial file is written: fdatasyncs the partial file,
     /// then appends the record and fdatasyncs it.
     pub(super) fn record(&self, range: std::ops::Range<u64>) -> Result<(), ImageError> {

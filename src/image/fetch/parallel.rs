@@ -10,7 +10,7 @@
 //! when the last byte is written; re-reading the whole file at the end would add that read to
 //! every download (bench/fetch-wan, 512 MiB: 0.4 s from the last byte to the end, fsync
 //! included, against 6.6 s for one `sha256sum` of the file here). Memory is bounded: at most
-//! [`IN_FLIGHT_KIB`] received and not yet written over all connections, one buffer to hash.
+//! [`IN_FLIGHT_KIB`](super::connection::IN_FLIGHT_KIB) received and not yet written over all connections, one buffer to hash.
 //!
 //! A failed connection ends the attempt (the others stop; what they wrote is journaled) and
 //! the caller's retry resumes from the journal; a 200 to a range request means the file
@@ -20,61 +20,26 @@
 use std::fs::{File, OpenOptions, Permissions};
 use std::os::unix::fs::{FileExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
-use reqwest::{header, Response, StatusCode};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
-use super::super::progress::{Pace, Progress};
+use super::super::progress::Progress;
 use super::super::ranges::{Ranges, Schedule};
 use super::super::sink::{hex, Finished, TEMP_MODE};
 use super::super::source::Compression;
 use super::super::space::{self, Budget};
 use super::super::{ImageError, Temps};
+use super::connection::{kib, lock, receive, First, Own, Shared, Written, IN_FLIGHT_KIB};
 use super::journal::{Journal, RECORD_AFTER, RECORD_EVERY};
-use super::{content_range, fatal, network, retry, Ctx, Failed, Validator, CHANNEL};
+use super::{fatal, retry, Ctx, Failed, Validator, CHANNEL};
 
 /// Bytes hashed per read.
 const HASH_BUFFER: usize = 256 << 10;
-/// Bytes received but not yet written, over all connections (in KiB, the unit of the
-/// semaphore's permits): memory stays bounded whatever `FETCH_CONNECTIONS` is, and a slow disk
-/// slows the connections instead of filling the heap.
-const IN_FLIGHT_KIB: usize = 8 << 10;
-
-/// The response that started the download (a 200 from byte 0) and the chunks of it already
-/// read: the first connection's first span needs no request of its own.
-pub(super) struct First {
-    pub response: Response,
-    pub head: Vec<Bytes>,
-}
-
-/// What the connections, writers and the hasher of one download share.
-struct Shared {
-    schedule: Mutex<Schedule>,
-    /// Bytes written to the partial file (for the hasher; the journal is what is durable).
-    written: Mutex<Written>,
-    grown: Condvar,
-    received: AtomicU64,
-    progress: Mutex<Progress>,
-    budget: Mutex<Budget>,
-    /// KiB in flight between the connections and the writers ([`IN_FLIGHT_KIB`]).
-    in_flight: tokio::sync::Semaphore,
-}
-
-struct Written {
-    ranges: Ranges,
-    /// Set when the download ends early: the hasher stops waiting.
-    stopped: bool,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// Stops the hasher when the download ends without completing (also when it is dropped).
 struct StopHasher(Arc<Shared>);
 
@@ -138,54 +103,11 @@ pub(super) async fn download(
         tokio::task::spawn_blocking(move || hash(&path, &shared, total))
     };
 
-    let mut writers = Vec::with_capacity(connections);
-    let workers = FuturesUnordered::new();
-    // The first response is from byte 0: it is the first span's, claimed before any other.
-    let mut first = first.and_then(|f| Some((f, lock(&shared.schedule).claim(0)?)));
-    for connection in 0..connections {
-        let (tx, rx) = mpsc::channel(CHANNEL);
-        let file = part
-            .try_clone()
-            .map_err(|source| fatal(temps.write_error(&temps.part, source)))?;
-        let (journal, mine, temps) = (Arc::clone(&journal), Arc::clone(&shared), temps.clone());
-        writers.push(tokio::task::spawn_blocking(move || {
-            write(&file, &journal, &mine, &temps, total, rx)
-        }));
-        let own = Own {
-            ctx,
-            connection,
-            shared: Arc::clone(&shared),
-            if_range: &if_range,
-            total,
-            tx,
-        };
-        workers.push(receive(own, first.take()));
-    }
-    let mut workers = workers;
-    let mut failure = None;
-    while let Some(result) = workers.next().await {
-        if let Err(failed) = result {
-            failure = Some(failed);
-            break;
-        }
-    }
-    // The other connections stop here; their writers journal what they wrote and end.
-    drop(workers);
-    let mut write_failure = None;
-    for writer in writers {
-        let result = writer
-            .await
-            .unwrap_or_else(|e| Err(ImageError::Internal(e.to_string())));
-        if let Err(error) = result {
-            write_failure.get_or_insert(error);
-        }
-    }
-    if let Some(error) = write_failure {
-        return Err(fatal(error));
-    }
+    let ended =
+        connections_and_writers(ctx, temps, &journal, &shared, &if_range, total, first).await;
     let now = lock(&shared.written).ranges.clone();
     let progressed = now.len() > had;
-    if let Some(failed) = failure {
+    if let Err(failed) = ended {
         return Err(Failed {
             progressed: progressed || failed.progressed,
             ..failed
@@ -222,6 +144,67 @@ pub(super) async fn download(
     })
 }
 
+/// Runs every connection with its writer until all are done or one fails (then the others
+/// stop), and waits for the writers: a writer's error comes first, it is the cause.
+async fn connections_and_writers(
+    ctx: Ctx<'_>,
+    temps: &Temps,
+    journal: &Arc<Journal>,
+    shared: &Arc<Shared>,
+    if_range: &str,
+    total: u64,
+    first: Option<First>,
+) -> Result<(), Failed> {
+    let connections = ctx.limits.connections.max(1) as usize;
+    let mut writers = Vec::with_capacity(connections);
+    let mut workers = FuturesUnordered::new();
+    // The first response is from byte 0: it is the first span's, claimed before any other.
+    let mut first = first.and_then(|f| Some((f, lock(&shared.schedule).claim(0)?)));
+    for connection in 0..connections {
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        let file = journal
+            .part()
+            .try_clone()
+            .map_err(|source| fatal(temps.write_error(&temps.part, source)))?;
+        let (journal, mine, temps) = (Arc::clone(journal), Arc::clone(shared), temps.clone());
+        writers.push(tokio::task::spawn_blocking(move || {
+            write(&file, &journal, &mine, &temps, total, rx)
+        }));
+        let own = Own {
+            ctx,
+            connection,
+            shared: Arc::clone(shared),
+            if_range,
+            total,
+            tx,
+        };
+        workers.push(receive(own, first.take()));
+    }
+    let mut failure = None;
+    while let Some(result) = workers.next().await {
+        if let Err(failed) = result {
+            failure = Some(failed);
+            break;
+        }
+    }
+    // The other connections stop here; their writers journal what they wrote and end.
+    drop(workers);
+    let mut write_failure = None;
+    for writer in writers {
+        let result = writer
+            .await
+            .unwrap_or_else(|e| Err(ImageError::Internal(e.to_string())));
+        if let Err(error) = result {
+            write_failure.get_or_insert(error);
+        }
+    }
+    match (write_failure, failure) {
+        (Some(error), _) => Err(fatal(error)),
+        (None, Some(failed)) => Err(failed),
+        (None, None) => Ok(()),
+    }
+}
+
 fn open_part(temps: &Temps, fresh: bool, total: u64) -> Result<File, ImageError> {
     let write_err = |source| temps.write_error(&temps.part, source);
     let mut options = OpenOptions::new();
@@ -241,205 +224,6 @@ fn open_part(temps: &Temps, fresh: bool, total: u64) -> Result<File, ImageError>
     };
     space::check_keeping(&temps.dir, total.saturating_sub(have), temps.reserve)?;
     Ok(file)
-}
-
-/// What one connection owns.
-struct Own<'a> {
-    ctx: Ctx<'a>,
-    connection: usize,
-    shared: Arc<Shared>,
-    if_range: &'a str,
-    total: u64,
-    tx: mpsc::Sender<(u64, Bytes)>,
-}
-
-/// One connection: takes spans until none is left worth a request, and receives them.
-async fn receive(
-    own: Own<'_>,
-    mut first: Option<(First, std::ops::Range<u64>)>,
-) -> Result<(), Failed> {
-    loop {
-        let (span, response, head) = match first.take() {
-            Some((First { response, head }, span)) => (span, response, head),
-            None => {
-                let Some(span) = lock(&own.shared.schedule).claim(own.connection) else {
-                    return Ok(());
-                };
-                let response = request(&own, &span).await?;
-                (span, response, Vec::new())
-            }
-        };
-        receive_span(&own, span.start, response, head).await?;
-    }
-}
-
-/// Asks for `span`: a 206 for exactly it, or the reason this attempt ends.
-async fn request(own: &Own<'_>, span: &std::ops::Range<u64>) -> Result<Response, Failed> {
-    let Ctx { url, limits, .. } = own.ctx;
-    let shown = url.to_string();
-    let request = own
-        .ctx
-        .get()
-        .header(
-            header::RANGE,
-            format!("bytes={}-{}", span.start, span.end - 1),
-        )
-        .header(header::IF_RANGE, own.if_range);
-    let response = match tokio::time::timeout(limits.stall_timeout, request.send()).await {
-        Err(_) => {
-            let stalled = ImageError::Stalled {
-                url: shown,
-                timeout: limits.stall_timeout,
-                received: own.shared.received.load(Ordering::Relaxed),
-            };
-            return Err(retry(stalled, false));
-        }
-        Ok(Err(source)) => return Err(retry(network(&shown, source), false)),
-        Ok(Ok(response)) => response,
-    };
-    let status = response.status();
-    let final_url = crate::config::redact_url(response.url());
-    let starts_at = response
-        .headers()
-        .get(header::CONTENT_RANGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(content_range)
-        .map(|(start, _)| start);
-    match status {
-        StatusCode::PARTIAL_CONTENT if starts_at == Some(span.start) => Ok(response),
-        StatusCode::PARTIAL_CONTENT => Err(Failed {
-            discard: true,
-            ..retry(ImageError::BadRange { url: final_url }, true)
-        }),
-        StatusCode::OK => {
-            // The same validator: the file is the same, the server just sends it whole.
-            let now = Validator::from_headers(url, response.headers(), None);
-            let same = now.if_range() == Some(own.if_range);
-            Err(Failed {
-                discard: true,
-                one_stream: same,
-                ..retry(ImageError::RangeIgnored { url: final_url }, true)
-            })
-        }
-        StatusCode::RANGE_NOT_SATISFIABLE => Err(Failed {
-            discard: true,
-            ..retry(
-                ImageError::ServerStatus {
-                    url: final_url,
-                    status,
-                },
-                true,
-            )
-        }),
-        s if s.is_server_error() => Err(retry(
-            ImageError::ServerStatus {
-                url: final_url,
-                status,
-            },
-            false,
-        )),
-        _ => Err(fatal(ImageError::ClientStatus {
-            url: final_url,
-            status,
-        })),
-    }
-}
-
-/// Receives a span from `start` until this connection's part of it is complete (its end may
-/// move closer while it runs, when another connection takes over its far half).
-async fn receive_span(
-    own: &Own<'_>,
-    start: u64,
-    mut response: Response,
-    head: Vec<Bytes>,
-) -> Result<(), Failed> {
-    let limits = own.ctx.limits;
-    let shown = own.ctx.url.to_string();
-    let mut at = start;
-    for chunk in head {
-        if deliver(own, &mut at, chunk).await? {
-            return Ok(());
-        }
-    }
-    let mut pace = Pace::new(limits.min_rate, limits.rate_window);
-    let (mut waited, mut arrived) = (Duration::ZERO, 0u64);
-    loop {
-        let asked = Instant::now();
-        let next = tokio::time::timeout(limits.stall_timeout, response.chunk()).await;
-        waited += asked.elapsed();
-        let received = own.shared.received.load(Ordering::Relaxed);
-        let error = match next {
-            Ok(Ok(Some(chunk))) => {
-                arrived += chunk.len() as u64;
-                if deliver(own, &mut at, chunk).await? {
-                    return Ok(());
-                }
-                match pace.record(waited, arrived) {
-                    Ok(()) => continue,
-                    Err(slow) => ImageError::TooSlow {
-                        url: shown,
-                        bytes: slow.bytes,
-                        window: slow.window,
-                        min_rate: limits.min_rate,
-                        received,
-                    },
-                }
-            }
-            Ok(Ok(None)) => ImageError::ShortBody {
-                url: shown,
-                received,
-                total: own.total,
-            },
-            Ok(Err(source)) => ImageError::BodyBroken {
-                url: shown,
-                received,
-                total: Some(own.total),
-                source: source.without_url(),
-            },
-            Err(_) => ImageError::Stalled {
-                url: shown,
-                timeout: limits.stall_timeout,
-                received,
-            },
-        };
-        return Err(retry(error, at > start));
-    }
-}
-
-/// Hands the part of `chunk` that is still this connection's to its writer; `true` when its
-/// span is complete.
-async fn deliver(own: &Own<'_>, at: &mut u64, chunk: Bytes) -> Result<bool, Failed> {
-    let (take, complete) = lock(&own.shared.schedule).advance(own.connection, chunk.len() as u64);
-    if take > 0 {
-        let offset = *at;
-        *at += take;
-        // Released by the writer once the chunk is written.
-        let kib = kib(take);
-        match own.shared.in_flight.acquire_many(kib).await {
-            Ok(permits) => permits.forget(),
-            // A writer failed; its error is what the caller reports.
-            Err(_) => return Err(fatal(ImageError::Internal("a writer stopped".to_owned()))),
-        }
-        // The writer ended: its error is what the caller reports.
-        if own
-            .tx
-            .send((offset, chunk.slice(..take as usize)))
-            .await
-            .is_err()
-        {
-            return Err(fatal(ImageError::Internal("a writer stopped".to_owned())));
-        }
-        let received = own.shared.received.fetch_add(take, Ordering::Relaxed) + take;
-        if let Some(report) = lock(&own.shared.progress).tick(received, Instant::now()) {
-            tracing::info!(image = %own.ctx.url, "downloading: {report}");
-        }
-    }
-    Ok(complete)
-}
-
-/// Permits for `bytes` in flight: KiB, rounded up, never more than exist.
-fn kib(bytes: u64) -> u32 {
-    bytes.div_ceil(1024).min(IN_FLIGHT_KIB as u64) as u32
 }
 
 /// One connection's writer: writes each chunk at its offset, journals what is written every
