@@ -264,3 +264,60 @@ fn kill_9_mid_parallel_download_refetches_only_the_missing_ranges() {
     );
     assert_eq!(server.full_downloads("/slow.raw"), 1, "{seen:?}");
 }
+
+#[test]
+fn a_file_changed_between_starts_is_downloaded_anew_never_spliced() {
+    let old = disk(SIZE, 27);
+    let new = disk(SIZE, 28);
+    let server = Server::start();
+    server.route("/moving.raw", Route::File(file(old)));
+    server.throttle(1 << 20);
+    let pod = Pod::new();
+    let url = server.url("/moving.raw");
+    let journal = pod.image_dir.join(".moving.raw.part.ranges");
+
+    let mut first = Running::spawn(&mut pod.command(&url, &FOUR));
+    let deadline = Instant::now() + T;
+    while std::fs::metadata(&journal).map_or(0, |m| m.len()) < 4 * 16 {
+        assert!(
+            Instant::now() < deadline,
+            "no journal at {}",
+            journal.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    first.child.kill().expect("SIGKILL");
+    first.wait(T);
+
+    // The mirror now serves another file under another ETag.
+    server.route(
+        "/moving.raw",
+        Route::File(File {
+            etag: Some("\"v2\"".into()),
+            ..file(new.clone())
+        }),
+    );
+    server.throttle(0);
+    let requests_before = server.seen("/moving.raw").len();
+    let outcome = pod.run(&url, &FOUR);
+    let (base, _) = outcome.paths();
+    assert_eq!(
+        sha256(&std::fs::read(base).expect("base")),
+        sha256(&new),
+        "the new file, whole: {outcome:#?}"
+    );
+    let seen = server.seen("/moving.raw");
+    let resumed = &seen[requests_before..];
+    assert!(
+        resumed
+            .iter()
+            .any(|s| s.if_range.as_deref() == Some("\"v1\"") && s.status == 200),
+        "the resume asked with the old validator and got the whole new file: {seen:?}"
+    );
+    assert!(
+        outcome
+            .stderr
+            .contains("the file changed, or the server ignores ranges"),
+        "{outcome:#?}"
+    );
+}
