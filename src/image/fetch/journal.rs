@@ -85,3 +85,40 @@ impl Journal {
             .map_err(|source| self.temps.write_error(&self.temps.ranges, source))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_ranges_load_back_and_a_fresh_journal_forgets_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let temps = Temps::for_target(&dir.path().join("disk.raw"));
+        assert_eq!(
+            load(&temps, 100),
+            None,
+            "no journal: not a parallel download"
+        );
+        let part = File::create(&temps.part).expect("part");
+        let journal = Journal::open(&temps, &part, true).expect("open");
+        journal.record(0..10).expect("record");
+        journal.record(10..20).expect("record");
+        journal.record(50..60).expect("record");
+        journal.record(70..70).expect("an empty range is no record");
+        let mut expected = Ranges::new();
+        expected.insert(0..20);
+        expected.insert(50..60);
+        assert_eq!(load(&temps, 100), Some(expected.clone()));
+        assert_eq!(
+            std::fs::metadata(&temps.ranges).expect("journal").len(),
+            3 * ranges::RECORD as u64
+        );
+        // Resuming appends; starting afresh empties.
+        let again = Journal::open(&temps, &part, false).expect("reopen");
+        again.record(20..30).expect("record");
+        expected.insert(20..30);
+        assert_eq!(load(&temps, 100), Some(expected));
+        Journal::open(&temps, &part, true).expect("fresh");
+        assert_eq!(load(&temps, 100), Some(Ranges::new()));
+    }
+}
