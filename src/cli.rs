@@ -138,6 +138,29 @@ pub struct Settings {
     )]
     pub fetch_rate_window: String,
 
+    /// Connections a large download is fetched over, each receiving its own part of the file
+    /// into the partial file (when the server takes ranges, names a validator, and the image
+    /// is at least FETCH_PARALLEL_MIN_SIZE and not compressed); 1: one stream.
+    #[arg(
+        long,
+        env = "FETCH_CONNECTIONS",
+        global = true,
+        default_value = "4",
+        value_name = "N"
+    )]
+    pub fetch_connections: String,
+
+    /// Downloads smaller than this use one connection whatever FETCH_CONNECTIONS says (a few
+    /// requests' latency is not worth it).
+    #[arg(
+        long,
+        env = "FETCH_PARALLEL_MIN_SIZE",
+        global = true,
+        default_value = "64Mi",
+        value_name = "SIZE"
+    )]
+    pub fetch_parallel_min_size: String,
+
     /// Free space a download leaves on IMAGE_DIR for everyone else sharing it: a size (1Gi)
     /// or a share of the volume (5%). A download (or its decompression) that would go below
     /// it stops and removes what cannot be resumed.

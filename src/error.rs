@@ -127,6 +127,7 @@ fn image_code(error: &ImageError) -> u8 {
         | ImageError::ServerStatus { .. }
         | ImageError::ClientStatus { .. }
         | ImageError::BadRange { .. }
+        | ImageError::RangeIgnored { .. }
         | ImageError::ShortBody { .. }
         | ImageError::Stalled { .. }
         | ImageError::TooSlow { .. }

@@ -46,7 +46,14 @@ pub struct FetchLimits {
     pub min_rate: u64,
     pub rate_window: Duration,
     pub reserve: Reserve,
+    /// Connections of a parallel download (1: one stream).
+    pub connections: u32,
+    /// Downloads smaller than this use one connection.
+    pub parallel_min_size: u64,
 }
+
+/// More connections than this only burden the server (aria2c caps `-x` at 16 too).
+const MAX_CONNECTIONS: u32 = 16;
 
 pub(super) fn parse_fetch_limits(settings: &Settings) -> Result<FetchLimits, ConfigError> {
     let attempts = settings.fetch_attempts.trim();
@@ -74,11 +81,36 @@ pub(super) fn parse_fetch_limits(settings: &Settings) -> Result<FetchLimits, Con
             )
         })?
         .bytes();
+    let connections = settings.fetch_connections.trim();
+    let connections = connections
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=MAX_CONNECTIONS).contains(n))
+        .ok_or_else(|| {
+            invalid(
+                "FETCH_CONNECTIONS",
+                connections,
+                "not a number from 1 to 16",
+                "use e.g. 4, or 1 for one stream",
+            )
+        })?;
+    let parallel_min_size = ByteSize::parse(&settings.fetch_parallel_min_size, Some(1))
+        .map_err(|e| {
+            invalid(
+                "FETCH_PARALLEL_MIN_SIZE",
+                &settings.fetch_parallel_min_size,
+                e.to_string(),
+                "use a size like 64Mi",
+            )
+        })?
+        .bytes();
     Ok(FetchLimits {
         attempts,
         stall_timeout,
         min_rate,
         rate_window,
+        connections,
+        parallel_min_size,
         reserve: parse_reserve(&settings.image_dir_reserve)?,
     })
 }

@@ -69,6 +69,13 @@ fn every_bad_value_is_rejected_naming_its_variable() {
         (&["--img-sha256", "abc"], "IMG_SHA256"),
         (&["--img-sha256", &"g".repeat(64)], "IMG_SHA256"),
         (&["--accel", "hvf"], "ACCEL"),
+        (&["--fetch-connections", "0"], "FETCH_CONNECTIONS"),
+        (&["--fetch-connections", "17"], "FETCH_CONNECTIONS"),
+        (&["--fetch-connections", "four"], "FETCH_CONNECTIONS"),
+        (
+            &["--fetch-parallel-min-size", "big"],
+            "FETCH_PARALLEL_MIN_SIZE",
+        ),
         (&["--config-drive", "iso"], "CONFIG_DRIVE"),
         (&["--dns-mode", "recursive"], "DNS_MODE"),
         (&["--log-format", "xml"], "LOG_FORMAT"),

@@ -51,6 +51,11 @@ pub(crate) enum ImageError {
     ClientStatus { url: String, status: StatusCode },
     #[error("{url} answered a range request with the wrong range; starting over")]
     BadRange { url: String },
+    #[error(
+        "{url} answered a range request with the whole file (the file changed, or the server \
+         ignores ranges); starting over"
+    )]
+    RangeIgnored { url: String },
     #[error("{url} ended after {received} of {total} bytes")]
     ShortBody {
         url: String,

@@ -20,6 +20,7 @@ pub(crate) mod overlay;
 pub(crate) mod owner;
 pub(crate) mod progress;
 pub(crate) mod qcow2;
+pub(crate) mod ranges;
 pub(crate) mod sink;
 pub(crate) mod source;
 pub(crate) mod space;

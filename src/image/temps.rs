@@ -14,6 +14,8 @@ pub(crate) struct Temps {
     pub part: PathBuf,
     /// The resume validator of `part`.
     pub meta: PathBuf,
+    /// The journal of the ranges of `part` on disk, while a parallel download fills it.
+    pub ranges: PathBuf,
     /// `part` decompressed, when it is compressed.
     pub unpacked: PathBuf,
     /// Download size, when known (for the out-of-space message).
@@ -29,6 +31,7 @@ impl Temps {
             dir: target.parent().map(Path::to_path_buf).unwrap_or_default(),
             part: temp("part"),
             meta: temp("part.meta"),
+            ranges: temp("part.ranges"),
             unpacked: temp("unpacked"),
             total: None,
             reserve: 0,

@@ -3,6 +3,7 @@
 
 mod base;
 mod ends;
+mod parallel;
 mod server;
 
 use std::path::{Path, PathBuf};

@@ -2,6 +2,12 @@
 //!
 //! (A local source is copied by [`super::local`].)
 //!
+//! A large, uncompressed file from a server that takes ranges is fetched over
+//! `FETCH_CONNECTIONS` connections ([`parallel`], its progress journaled by [`journal`], the
+//! spans decided in [`super::ranges`]); everything else is one stream ([`stream`]). The first
+//! request is the same for both: its answer (size, `Accept-Ranges`, validator, the first
+//! bytes' magic) decides, and becomes the first connection's first span.
+//!
 //! HTTP resume sends `Range: bytes=N-` with `If-Range` set to the validator (strong ETag, else
 //! Last-Modified) saved when the partial file was started, so a server whose file changed
 //! answers 200 with the whole new file instead of letting us splice two versions together.
@@ -17,25 +23,31 @@
 //! Credentials (`user:password@` in the URL, or `IMG_AUTH_FILE`) travel only in the
 //! Authorization header, which reqwest drops on a redirect to another host, port or scheme.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use bytes::Bytes;
 use reqwest::header::{self, HeaderMap};
-use reqwest::{Client, Response, StatusCode};
+use reqwest::{Client, Response};
 use serde::{Deserialize, Serialize};
 
-use super::progress::Pace;
-use super::sink::{Finished, Sink};
+use super::ranges::{self, Ranges};
+use super::sink::Finished;
 use super::source::Compression;
 use super::{ImageError, Temps};
 use crate::config::{redact_url, FetchLimits, ImageAuth, ImageUrl};
 
+mod answer;
+mod connection;
+mod journal;
+mod parallel;
 mod resume;
+mod stream;
 
+use answer::{classify, content_range, Answer, Attempts};
 pub(crate) use resume::{discard, tidy, Leftovers};
-use resume::{keeps, resumable, resumable_partial, save_validator};
+use resume::{keeps, resumable_partial, save_validator, Partial};
+use stream::stream;
 
-const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Chunks in flight between the network and the writing thread.
 const CHANNEL: usize = 8;
 /// A server that takes longer than this to accept a connection is not there.
@@ -78,96 +90,6 @@ impl Validator {
     }
 }
 
-/// Delay before retry number `failures` (1-based).
-pub(crate) fn backoff(failures: u32) -> Duration {
-    let factor = 1u32 << failures.saturating_sub(1).min(16);
-    FIRST_BACKOFF.saturating_mul(factor).min(MAX_BACKOFF)
-}
-
-/// The attempts of one download: `limit` of them, plus one for each failed attempt that made
-/// progress, at most `limit` more — so never more than twice `limit` in all.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Attempts {
-    limit: u32,
-    used: u32,
-    earned: u32,
-    /// Failures since the last progress (for the backoff).
-    idle: u32,
-}
-
-impl Attempts {
-    pub(crate) fn new(limit: u32) -> Self {
-        Self {
-            limit,
-            used: 0,
-            earned: 0,
-            idle: 0,
-        }
-    }
-
-    /// Counts a failed attempt; the delay before the next one, or `None` when none is left.
-    pub(crate) fn failed(&mut self, progressed: bool) -> Option<Duration> {
-        self.used += 1;
-        if progressed {
-            self.earned = (self.earned + 1).min(self.limit);
-            self.idle = 1;
-        } else {
-            self.idle += 1;
-        }
-        (self.used < self.allowed()).then(|| backoff(self.idle))
-    }
-
-    pub(crate) fn used(&self) -> u32 {
-        self.used
-    }
-
-    /// Attempts allowed as of now.
-    pub(crate) fn allowed(&self) -> u32 {
-        self.limit + self.earned
-    }
-}
-
-/// The first byte and total length from a `Content-Range: bytes A-B/T` header.
-pub(crate) fn content_range(value: &str) -> Option<(u64, Option<u64>)> {
-    let rest = value.trim().strip_prefix("bytes ")?;
-    let (range, total) = rest.split_once('/')?;
-    let (start, _end) = range.split_once('-')?;
-    Some((start.trim().parse().ok()?, total.trim().parse().ok()))
-}
-
-/// What a response's status (and `Content-Range`) means for a download that asked to resume
-/// at `offset` (0: the whole file).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Answer {
-    /// 206 starting exactly at `offset`: append; `total` is the whole file's length if known.
-    Resume { total: Option<u64> },
-    /// 200: the whole file from its first byte (a fresh start, or the file changed).
-    Whole,
-    /// 206 for a range we did not ask for: the partial is discarded and the download retried.
-    BadRange,
-    /// 416: our partial no longer fits the file: discarded, and retried.
-    StaleRange,
-    /// 5xx: retried, the partial kept.
-    ServerError,
-    /// Anything else (4xx, a 206 we did not ask for, redirects reqwest did not follow): fatal.
-    Refused,
-}
-
-pub(crate) fn classify(status: StatusCode, offset: u64, content_range: Option<&str>) -> Answer {
-    match status {
-        StatusCode::PARTIAL_CONTENT if offset > 0 => {
-            match content_range.and_then(self::content_range) {
-                Some((start, total)) if start == offset => Answer::Resume { total },
-                _ => Answer::BadRange,
-            }
-        }
-        StatusCode::OK => Answer::Whole,
-        StatusCode::RANGE_NOT_SATISFIABLE => Answer::StaleRange,
-        s if s.is_server_error() => Answer::ServerError,
-        _ => Answer::Refused,
-    }
-}
-
 fn client(limits: &FetchLimits) -> Result<Client, ImageError> {
     // Only ring is compiled in; installing it twice (a second call) is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -181,10 +103,14 @@ fn client(limits: &FetchLimits) -> Result<Client, ImageError> {
 }
 
 /// Why one attempt failed, and whether it is worth another.
-struct Failed {
+pub(super) struct Failed {
     error: ImageError,
     retry: bool,
     progressed: bool,
+    /// The partial download is not worth resuming (the server's file is not the one begun).
+    discard: bool,
+    /// The server ignores ranges: one stream from now on.
+    one_stream: bool,
 }
 
 fn fatal(error: ImageError) -> Failed {
@@ -192,6 +118,8 @@ fn fatal(error: ImageError) -> Failed {
         error,
         retry: false,
         progressed: false,
+        discard: false,
+        one_stream: false,
     }
 }
 
@@ -200,6 +128,32 @@ fn retry(error: ImageError, progressed: bool) -> Failed {
         error,
         retry: true,
         progressed,
+        discard: false,
+        one_stream: false,
+    }
+}
+
+/// What one download needs for each request.
+#[derive(Clone, Copy)]
+pub(super) struct Ctx<'a> {
+    client: &'a Client,
+    url: &'a ImageUrl,
+    limits: &'a FetchLimits,
+    auth: Option<&'a ImageAuth>,
+}
+
+impl Ctx<'_> {
+    /// A GET of the URL, with its credential.
+    fn get(&self) -> reqwest::RequestBuilder {
+        // The URL's own user:password@ becomes basic authentication inside reqwest.
+        let request = self.client.get(self.url.expose().clone());
+        match self.auth {
+            Some(ImageAuth::Bearer(token)) => request.bearer_auth(&token.0),
+            Some(ImageAuth::Basic { user, password }) => {
+                request.basic_auth(user, Some(&password.0))
+            }
+            None => request,
+        }
     }
 }
 
@@ -222,12 +176,26 @@ pub(crate) async fn http(
     auth: Option<&ImageAuth>,
 ) -> Result<Finished, ImageError> {
     let client = client(limits)?;
+    let ctx = Ctx {
+        client: &client,
+        url,
+        limits,
+        auth,
+    };
     let mut attempts = Attempts::new(limits.attempts);
+    let mut one_stream = false;
     loop {
-        let failed = match attempt(&client, url, temps, hint, limits, auth).await {
+        let failed = match attempt(ctx, temps, hint, one_stream).await {
             Ok(finished) => return Ok(finished),
             Err(failed) => failed,
         };
+        if failed.discard {
+            discard(temps);
+        }
+        if failed.one_stream && !one_stream {
+            tracing::info!(url = %url, "the server ignores ranges; downloading over one connection");
+            one_stream = true;
+        }
         if !failed.retry {
             return Err(failed.error);
         }
@@ -266,22 +234,26 @@ pub(crate) async fn http(
 }
 
 async fn attempt(
-    client: &Client,
-    url: &ImageUrl,
+    ctx: Ctx<'_>,
     temps: &Temps,
     hint: Option<Compression>,
-    limits: &FetchLimits,
-    auth: Option<&ImageAuth>,
+    one_stream: bool,
 ) -> Result<Finished, Failed> {
+    let Ctx { url, limits, .. } = ctx;
     let shown = url.to_string();
-    let (offset, validator) = resumable(url, temps);
-    // The URL's own user:password@ becomes basic authentication inside reqwest.
-    let mut request = client.get(url.expose().clone());
-    request = match auth {
-        Some(ImageAuth::Bearer(token)) => request.bearer_auth(&token.0),
-        Some(ImageAuth::Basic { user, password }) => request.basic_auth(user, Some(&password.0)),
-        None => request,
+    let partial = resumable_partial(url, temps);
+    let (offset, validator) = match partial {
+        Some(Partial {
+            ranges: Some(done),
+            validator,
+            ..
+        }) => return parallel::download(ctx, temps, &validator, done, None).await,
+        Some(Partial {
+            bytes, validator, ..
+        }) => (bytes, Some(validator)),
+        None => (0, None),
     };
+    let mut request = ctx.get();
     if let (true, Some(if_range)) = (offset > 0, validator.as_ref().and_then(Validator::if_range)) {
         tracing::info!(url = %url, offset, "resuming a partial download");
         request = request
@@ -306,16 +278,13 @@ async fn attempt(
         .headers()
         .get(header::CONTENT_RANGE)
         .and_then(|v| v.to_str().ok());
-    let (resume, total) = match classify(status, offset, range) {
-        Answer::Resume { total } => (true, total),
+    let total = match classify(status, offset, range) {
+        Answer::Resume { total } => total,
         Answer::Whole => {
             if offset > 0 {
                 tracing::info!(url = %url, "the server sent the whole file (no range support, or the file changed); starting over");
             }
-            let total = response.content_length();
-            let validator = Validator::from_headers(url, response.headers(), total);
-            save_validator(temps, &validator).map_err(fatal)?;
-            (false, total)
+            return from_the_start(ctx, temps, hint, one_stream, response).await;
         }
         Answer::BadRange => {
             discard(temps);
@@ -343,201 +312,82 @@ async fn attempt(
             }))
         }
     };
-    stream(response, url, temps, hint, resume, total, limits).await
+    stream(response, Vec::new(), ctx, temps, hint, true, total).await
 }
 
-/// Moves the body to a writing thread, chunk by chunk, watching for stalls and a trickle.
-async fn stream(
-    mut response: Response,
-    url: &ImageUrl,
+/// A 200: the whole file from its first byte, over several connections when it is worth it
+/// (the answer's first bytes become the first connection's), else as one stream.
+async fn from_the_start(
+    ctx: Ctx<'_>,
     temps: &Temps,
     hint: Option<Compression>,
-    resume: bool,
-    total: Option<u64>,
-    limits: &FetchLimits,
+    one_stream: bool,
+    mut response: Response,
 ) -> Result<Finished, Failed> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(CHANNEL);
-    let temps_for_sink = Temps {
-        total,
-        ..temps.clone()
-    };
-    let label = url.to_string();
-    let writer = tokio::task::spawn_blocking(move || {
-        let mut sink = Sink::open(&temps_for_sink, hint, resume, total, &label)?;
-        let started_at = sink.received();
-        while let Some(chunk) = rx.blocking_recv() {
-            sink.feed(&chunk)?;
-        }
-        Ok::<_, ImageError>((sink, started_at))
-    });
-    let shown = url.to_string();
-    let mut pace = Pace::new(limits.min_rate, limits.rate_window);
-    // Time spent waiting on the server (not on our own disk) and bytes it sent.
-    let (mut waited, mut arrived) = (Duration::ZERO, 0u64);
-    let mut stopped = None;
-    loop {
-        let asked = Instant::now();
-        let next = tokio::time::timeout(limits.stall_timeout, response.chunk()).await;
-        waited += asked.elapsed();
-        match next {
-            Ok(Ok(Some(chunk))) => {
-                arrived += chunk.len() as u64;
-                if tx.send(chunk).await.is_err() {
-                    break; // the writer failed; its error is below
-                }
-                if let Err(slow) = pace.record(waited, arrived) {
-                    stopped = Some(Stop::TooSlow(slow));
-                    break;
-                }
-            }
-            Ok(Ok(None)) => break,
-            Ok(Err(source)) => {
-                stopped = Some(Stop::Network(source));
-                break;
-            }
-            Err(_) => {
-                stopped = Some(Stop::Stalled);
-                break;
-            }
-        }
-    }
-    drop(tx);
-    drop(response);
-    let (sink, started_at) = writer
-        .await
-        .map_err(|e| fatal(ImageError::Internal(e.to_string())))?
-        .map_err(fatal)?;
-    let progressed = sink.received() > started_at;
-    if let Some(stop) = stopped {
-        let received = sink.keep_partial().map_err(fatal)?;
-        let error = match stop {
-            Stop::Network(source) => ImageError::BodyBroken {
-                url: shown,
-                received,
-                total,
-                source: source.without_url(),
-            },
-            Stop::Stalled => ImageError::Stalled {
-                url: shown,
-                timeout: limits.stall_timeout,
-                received,
-            },
-            Stop::TooSlow(slow) => ImageError::TooSlow {
-                url: shown,
-                bytes: slow.bytes,
-                window: slow.window,
-                min_rate: limits.min_rate,
-                received,
-            },
-        };
-        return Err(retry(error, progressed));
-    }
-    if let Some(total) = total.filter(|t| *t != sink.received()) {
-        let received = sink.keep_partial().map_err(fatal)?;
-        let short = ImageError::ShortBody {
-            url: shown,
-            received,
+    let Ctx { url, limits, .. } = ctx;
+    let total = response.content_length();
+    let validator = Validator::from_headers(url, response.headers(), total);
+    save_validator(temps, &validator).map_err(fatal)?;
+    // A journal from an earlier parallel download is about another partial file.
+    let _ = std::fs::remove_file(&temps.ranges);
+    let accepts_ranges = response
+        .headers()
+        .get(header::ACCEPT_RANGES)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"bytes"));
+    let parallel = !one_stream
+        && ranges::parallel(
+            limits.connections,
+            limits.parallel_min_size,
             total,
-        };
-        return Err(retry(short, progressed));
+            accepts_ranges,
+            validator.if_range().is_some(),
+            hint.is_some(),
+        );
+    if !parallel {
+        return stream(response, Vec::new(), ctx, temps, hint, false, total).await;
     }
-    sink.finish().map_err(fatal)
+    let head = peek(&mut response, &url.to_string(), limits).await?;
+    // Compressed without saying so in its name: the magic bytes tell.
+    let magic: Vec<u8> = head.iter().flat_map(|c| c.iter().copied()).collect();
+    if Compression::from_magic(&magic) != Compression::None {
+        return stream(response, head, ctx, temps, hint, false, total).await;
+    }
+    let first = connection::First { response, head };
+    parallel::download(ctx, temps, &validator, Ranges::new(), Some(first)).await
 }
 
-/// Why the body stopped before its end.
-enum Stop {
-    Network(reqwest::Error),
-    Stalled,
-    TooSlow(super::progress::TooSlow),
+/// Reads the first chunks of `response`, enough to see the compression's magic bytes.
+async fn peek(
+    response: &mut Response,
+    shown: &str,
+    limits: &FetchLimits,
+) -> Result<Vec<Bytes>, Failed> {
+    let mut head = Vec::new();
+    let mut len = 0;
+    while len < Compression::MAGIC_LEN {
+        match tokio::time::timeout(limits.stall_timeout, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => {
+                len += chunk.len();
+                head.push(chunk);
+            }
+            Ok(Ok(None)) => break,
+            Ok(Err(source)) => return Err(retry(network(shown, source), false)),
+            Err(_) => {
+                let stalled = ImageError::Stalled {
+                    url: shown.to_owned(),
+                    timeout: limits.stall_timeout,
+                    received: 0,
+                };
+                return Err(retry(stalled, false));
+            }
+        }
+    }
+    Ok(head)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_a_cap() {
-        assert_eq!(backoff(1), Duration::from_millis(500));
-        assert_eq!(backoff(2), Duration::from_secs(1));
-        assert_eq!(backoff(3), Duration::from_secs(2));
-        assert_eq!(backoff(40), MAX_BACKOFF);
-    }
-
-    #[test]
-    fn attempts_are_bounded_even_when_every_one_makes_progress() {
-        let mut attempts = Attempts::new(3);
-        let mut made = 1;
-        while attempts.failed(true).is_some() {
-            made += 1;
-            assert!(made <= 6, "progress earns at most 3 more");
-        }
-        assert_eq!((made, attempts.used()), (6, 6));
-    }
-
-    #[test]
-    fn attempts_without_progress_end_at_the_limit_with_growing_delays() {
-        let mut attempts = Attempts::new(3);
-        assert_eq!(attempts.failed(false), Some(FIRST_BACKOFF));
-        assert_eq!(attempts.failed(false), Some(Duration::from_secs(1)));
-        assert_eq!(attempts.failed(false), None);
-        let mut mixed = Attempts::new(2);
-        assert_eq!(
-            mixed.failed(true),
-            Some(FIRST_BACKOFF),
-            "progress resets the delay"
-        );
-        assert_eq!(mixed.failed(false), Some(Duration::from_secs(1)));
-        assert_eq!(mixed.failed(false), None, "2 + 1 earned");
-    }
-
-    #[test]
-    fn a_206_resumes_only_at_the_offset_we_asked_for() {
-        let partial = StatusCode::PARTIAL_CONTENT;
-        assert_eq!(
-            classify(partial, 100, Some("bytes 100-199/200")),
-            Answer::Resume { total: Some(200) }
-        );
-        assert_eq!(
-            classify(partial, 100, Some("bytes 100-199/*")),
-            Answer::Resume { total: None }
-        );
-        assert_eq!(
-            classify(partial, 100, Some("bytes 0-199/200")),
-            Answer::BadRange
-        );
-        assert_eq!(classify(partial, 100, Some("garbage")), Answer::BadRange);
-        assert_eq!(classify(partial, 100, None), Answer::BadRange);
-        // A range we never asked for is not a download we can use.
-        assert_eq!(classify(partial, 0, Some("bytes 0-9/10")), Answer::Refused);
-    }
-
-    #[test]
-    fn other_statuses_start_over_retry_or_give_up() {
-        assert_eq!(classify(StatusCode::OK, 0, None), Answer::Whole);
-        assert_eq!(classify(StatusCode::OK, 100, None), Answer::Whole);
-        assert_eq!(
-            classify(StatusCode::RANGE_NOT_SATISFIABLE, 100, None),
-            Answer::StaleRange
-        );
-        assert_eq!(
-            classify(StatusCode::SERVICE_UNAVAILABLE, 100, None),
-            Answer::ServerError
-        );
-        assert_eq!(
-            classify(StatusCode::INTERNAL_SERVER_ERROR, 0, None),
-            Answer::ServerError
-        );
-        assert_eq!(classify(StatusCode::NOT_FOUND, 0, None), Answer::Refused);
-        assert_eq!(classify(StatusCode::FORBIDDEN, 100, None), Answer::Refused);
-        assert_eq!(classify(StatusCode::FOUND, 0, None), Answer::Refused);
-    }
-
-    #[test]
-    fn parses_content_range() {
-        assert_eq!(content_range("bytes 100-199/200"), Some((100, Some(200))));
-        assert_eq!(content_range("bytes 5-9/*"), Some((5, None)));
-        assert_eq!(content_range("items 1-2/3"), None);
-    }
 
     #[test]
     fn if_range_prefers_a_strong_etag_and_never_uses_a_weak_one() {

@@ -5,29 +5,47 @@ use std::fs::{OpenOptions, Permissions};
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 
+use super::super::ranges::Ranges;
 use super::super::sink::TEMP_MODE;
 use super::super::{ImageError, Temps};
 use super::Validator;
 use crate::config::ImageUrl;
 
-/// The validator of a partial download of `url` that can be resumed, and its length so far:
-/// the server named a length and a validator for it, and it is not complete yet.
-pub(super) fn resumable_partial(url: &ImageUrl, temps: &Temps) -> Option<(u64, Validator)> {
-    let len = std::fs::metadata(&temps.part).map_or(0, |m| m.len());
+/// A partial download that can be resumed.
+#[derive(Debug)]
+pub(super) struct Partial {
+    /// Bytes of it on disk.
+    pub bytes: u64,
+    pub validator: Validator,
+    /// The ranges on disk, for a parallel download (its journal); `None`: a prefix of
+    /// `bytes` (one stream).
+    pub ranges: Option<Ranges>,
+}
+
+/// The partial download of `url` that can be resumed: the server named a length and a
+/// validator for it, and it holds some bytes (a single stream's prefix short of the length,
+/// or any range a parallel download's journal records).
+pub(super) fn resumable_partial(url: &ImageUrl, temps: &Temps) -> Option<Partial> {
     let validator = std::fs::read(&temps.meta)
         .ok()
         .and_then(|bytes| serde_json::from_slice::<Validator>(&bytes).ok())
         .filter(|v| v.url == url.to_string())?;
     let length = validator.length?;
-    (len > 0 && len < length && validator.if_range().is_some()).then_some((len, validator))
-}
-
-/// The offset and validator to resume from; 0 and `None` to start over.
-pub(super) fn resumable(url: &ImageUrl, temps: &Temps) -> (u64, Option<Validator>) {
-    match resumable_partial(url, temps) {
-        Some((len, validator)) => (len, Some(validator)),
-        None => (0, None),
+    validator.if_range()?;
+    if let Some(ranges) = super::journal::load(temps, length) {
+        let bytes = ranges.len();
+        return (bytes > 0).then_some(Partial {
+            bytes,
+            validator,
+            ranges: Some(ranges),
+        });
     }
+    let len = std::fs::metadata(&temps.part).map_or(0, |m| m.len());
+    (len > 0 && len < length).then_some(Partial {
+        bytes: len,
+        validator,
+        ranges: None,
+    })
 }
 
 /// Writes the validator: 0600 (it names the URL, if only redacted), atomically.
@@ -57,7 +75,13 @@ pub(super) fn save_validator(temps: &Temps, validator: &Validator) -> Result<(),
 /// Forgets a partial download that cannot be resumed.
 pub(crate) fn discard(temps: &Temps) {
     let meta_temp = crate::atomic_file::temp_path(&temps.meta, "tmp");
-    for path in [&temps.part, &temps.meta, &temps.unpacked, &meta_temp] {
+    for path in [
+        &temps.part,
+        &temps.meta,
+        &temps.ranges,
+        &temps.unpacked,
+        &meta_temp,
+    ] {
         let _ = std::fs::remove_file(path);
     }
 }
@@ -93,7 +117,7 @@ fn worth_resuming(error: &ImageError) -> bool {
 pub(super) fn keeps(temps: &Temps, url: Option<&ImageUrl>, error: &ImageError) -> Option<u64> {
     url.filter(|_| worth_resuming(error))
         .and_then(|url| resumable_partial(url, temps))
-        .map(|(len, _)| len)
+        .map(|partial| partial.bytes)
 }
 
 /// After a failed download: removes the unpacked file, and the partial one unless it can be

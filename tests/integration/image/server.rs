@@ -20,6 +20,8 @@ pub struct File {
     pub cut_first: usize,
     /// The next this-many requests get a 500.
     pub fail_first: usize,
+    /// Says `Accept-Ranges: bytes` but answers every request with the whole file.
+    pub ignores_ranges: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -51,8 +53,10 @@ pub struct Seen {
 struct State {
     routes: Mutex<HashMap<String, Route>>,
     seen: Mutex<Vec<Seen>>,
-    /// Bytes per second; 0 = unlimited.
+    /// Bytes per second per connection; 0 = unlimited.
     throttle: AtomicU64,
+    /// Body bytes sent, per path.
+    sent: Mutex<HashMap<String, u64>>,
 }
 
 pub struct Server {
@@ -96,6 +100,12 @@ impl Server {
     pub fn seen(&self, path: &str) -> Vec<Seen> {
         let seen = self.state.seen.lock().expect("seen");
         seen.iter().filter(|s| s.path == path).cloned().collect()
+    }
+
+    /// Body bytes sent for `path`, over all its responses.
+    pub fn bytes_sent(&self, path: &str) -> u64 {
+        let sent = self.state.sent.lock().expect("sent");
+        sent.get(path).copied().unwrap_or(0)
     }
 
     /// Responses that carried the whole body from byte 0.
@@ -178,6 +188,12 @@ fn handle(mut stream: TcpStream, state: &State) {
         if stream.write_all(chunk).is_err() {
             return;
         }
+        *state
+            .sent
+            .lock()
+            .expect("sent")
+            .entry(path.clone())
+            .or_default() += chunk.len() as u64;
         let rate = state.throttle.load(Ordering::SeqCst);
         if rate > 0 {
             thread::sleep(Duration::from_secs_f64(chunk.len() as f64 / rate as f64));
@@ -255,24 +271,32 @@ fn decide(state: &State, path: &str, range: Option<&str>, if_range: Option<&str>
             if file.ranges {
                 headers.push(("Accept-Ranges".into(), "bytes".into()));
             }
-            let start = range
+            // `bytes=A-` or `bytes=A-B`.
+            let asked = range
                 .and_then(|r| r.strip_prefix("bytes="))
-                .and_then(|r| r.strip_suffix('-'))
-                .and_then(|n| n.parse::<usize>().ok())
-                .filter(|_| file.ranges)
+                .and_then(|r| r.split_once('-'))
+                .and_then(|(a, b)| {
+                    let start = a.parse::<usize>().ok()?;
+                    let end = match b {
+                        "" => len,
+                        b => b.parse::<usize>().ok()?.saturating_add(1).min(len),
+                    };
+                    Some(start..end)
+                })
+                .filter(|_| file.ranges && !file.ignores_ranges)
                 .filter(|_| if_range.is_none() || if_range == file.etag.as_deref())
-                .filter(|start| *start < len);
-            match start {
-                Some(start) => {
+                .filter(|r| r.start < r.end);
+            match asked {
+                Some(asked) => {
                     headers.push((
                         "Content-Range".into(),
-                        format!("bytes {start}-{}/{len}", len - 1),
+                        format!("bytes {}-{}/{len}", asked.start, asked.end - 1),
                     ));
                     Reply {
                         status: 206,
                         headers,
                         body: Arc::clone(&file.body),
-                        range: start..len,
+                        range: asked,
                         cut,
                     }
                 }
