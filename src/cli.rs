@@ -231,6 +231,12 @@ pub struct Settings {
     #[arg(long, env = "NO_DHCP", global = true, action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
     pub no_dhcp: bool,
 
+    /// `auto`: `nat` when the container has CAP_NET_ADMIN and /dev/net/tun, else `passt`.
+    /// `nat`: bridge, tap and nftables; the VM behind VM_IP, our DHCP and DNS. `passt`: the
+    /// VM on the pod's own IPv4/IPv6 through a passt child; needs no capability and no tun.
+    #[arg(long, env = "NETWORK_MODE", global = true, default_value = "auto")]
+    pub network_mode: String,
+
     /// `forward`: DHCP hands out VM_GW and our forwarder relays to the pod's nameservers;
     /// `passthrough`: DHCP hands out the pod's nameservers.
     #[arg(long, env = "DNS_MODE", global = true, default_value = "forward")]

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use crate::config::{Config, VNC_PORT};
 use crate::error::{exit, Error};
 use crate::http::{self, webconsole, Phase, Readiness, VmStatus};
-use crate::lan::{Lan, Services};
 use crate::pid1::Pid1;
 use crate::qemu::{self, attach, QemuError};
 use crate::{configdrive, image, metrics, net, state};
@@ -67,38 +66,15 @@ pub(super) async fn run(config: &Config) -> Result<u8, Error> {
         }
     };
 
-    let argv = qemu::args::build(&launch);
     let password = config
         .vm
         .vnc_password
         .as_ref()
         .filter(|_| !config.net.no_vnc)
         .map(|s| s.0.as_str());
-    // qemu starts while the NAT is applied and DHCP and DNS start: its disk, config drive, tap
-    // and bridge (all qemu needs) are ready, and the guest sends its first packet seconds
-    // later. A failure of either stops qemu again.
-    let (vm, nat, services) = tokio::join!(
-        timed(
-            "qemu-start",
-            qemu::process::start(&pid1, &argv, &launch.qmp_socket, password),
-        ),
-        timed(
-            "nat",
-            net::apply_nat(&network.plan, &network.nft, pid1.reaper()),
-        ),
-        timed("services", async {
-            Services::start(&Lan::load(config, &network.plan)?).await
-        }),
-    );
-    let vm = vm?;
-    let services = match nat.map_err(Error::from).and(services.map_err(Error::from)) {
-        Ok(services) => services,
-        Err(e) => {
-            vm.kill().await;
-            return Err(e);
-        }
-    };
-    report(&services, &status);
+    let (vm, mut attached) =
+        super::network::start(config, &pid1, &network, &launch, password).await?;
+    attached.report(&status);
     status.set_qmp(Some(vm.qmp.clone()));
     follow_pauses(
         qemu::process::watch_pauses(vm.qmp.clone(), config.pet_dir.clone()),
@@ -120,27 +96,13 @@ pub(super) async fn run(config: &Config) -> Result<u8, Error> {
         std::future::pending::<()>().await;
     };
     let outcome = tokio::select! {
-        outcome = vm.supervise(&pid1, config.vm.shutdown_timeout) => outcome,
+        outcome = attached.supervise(vm, &pid1, config.vm.shutdown_timeout) => outcome,
         () = stopping => unreachable!("pending() never completes"),
     };
     status.set_phase(Phase::Stopped);
     status.set_qmp(None);
-    drop(services);
+    attached.stop().await;
     Ok(exit_code(&outcome?))
-}
-
-/// Feeds readiness from the lease until the runtime ends.
-fn report(services: &Services, status: &Arc<VmStatus>) {
-    let status = Arc::clone(status);
-    let mut leased = services.dhcp().lease_watch();
-    tokio::spawn(async move {
-        loop {
-            status.set_lease(*leased.borrow_and_update());
-            if leased.changed().await.is_err() {
-                return;
-            }
-        }
-    });
 }
 
 /// Feeds the probes and metrics from the pause watcher until qemu's QMP connection closes.
@@ -177,7 +139,7 @@ fn exit_code(outcome: &qemu::process::Outcome) -> u8 {
 }
 
 /// Runs one phase, logging and recording how long it took.
-async fn timed<T>(phase: &'static str, work: impl Future<Output = T>) -> T {
+pub(super) async fn timed<T>(phase: &'static str, work: impl Future<Output = T>) -> T {
     let started = Instant::now();
     let result = work.await;
     phase_done(phase, started.elapsed());
@@ -210,19 +172,13 @@ async fn on_worker<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static)
     }
 }
 
-/// The network once its links are up; the NAT is applied beside qemu's start.
-struct Network {
-    plan: net::NetPlan,
-    nft: std::path::PathBuf,
-}
-
 /// Everything qemu needs. After the state is decided (in memory), four things at once, because
 /// each mostly waits on the kernel or the network: the state file (fsynced, on a worker
 /// thread); the base image, then the pet overlay (fsynced, on another, so the two syncs
 /// overlap); the config drive (on a third); the bridge and the tap (here). The first failure
 /// ends the preparation at once, so a broken network does not wait for a download; work
 /// already on a worker thread finishes before the process exits (the runtime waits for it).
-async fn prepare(config: &Config) -> Result<(qemu::args::Launch, Network), Error> {
+async fn prepare(config: &Config) -> Result<(qemu::args::Launch, net::Wiring), Error> {
     // PET_DIR exists: the owner lock, taken first, created it (or failed naming PET_DIR).
     std::fs::create_dir_all(&config.runtime_dir).map_err(|source| QemuError::RuntimeDir {
         path: config.runtime_dir.clone(),
@@ -258,17 +214,22 @@ async fn prepare(config: &Config) -> Result<(qemu::args::Launch, Network), Error
         })
     };
     let network = async {
-        let (plan, nft) = timed("network", async {
-            let pod = net::discover().await?;
-            let plan = net::plan(&config.net, &pod, mac)?;
-            let nft = net::apply_links(&plan).await?;
-            Ok::<_, Error>((plan, nft))
-        })
+        let wiring = timed(
+            "network",
+            net::wire(&config.net, &config.runtime_dir, mac, true),
+        )
         .await?;
-        tracing::info!(bridge = %plan.bridge, tap = %plan.tap, pod_ip = %plan.pod_ip, vm_ip = %plan.slash30.vm(), mtu = plan.mtu, "network links ready");
-        Ok::<_, Error>((plan, nft))
+        match &wiring {
+            net::Wiring::Nat { plan, .. } => {
+                tracing::info!(bridge = %plan.bridge, tap = %plan.tap, pod_ip = %plan.pod_ip, vm_ip = %plan.slash30.vm(), mtu = plan.mtu, "network links ready");
+            }
+            net::Wiring::Passt(plan) => {
+                tracing::info!(socket = %plan.socket.display(), mtu = plan.mtu, "passt planned: the VM gets the pod's own address");
+            }
+        }
+        Ok::<_, Error>(wiring)
     };
-    let ((), base, (), (plan, nft)) = tokio::try_join!(state_saved, disk, drive, network)?;
-    let launch = launch::decide(config, Some(&plan), Some(&base))?;
-    Ok((launch, Network { plan, nft }))
+    let ((), base, (), wiring) = tokio::try_join!(state_saved, disk, drive, network)?;
+    let launch = launch::decide(config, Some(&wiring), Some(&base))?;
+    Ok((launch, wiring))
 }

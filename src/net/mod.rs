@@ -12,7 +12,9 @@
 
 pub(crate) mod discover;
 pub(crate) mod host;
+pub(crate) mod mode;
 pub(crate) mod nft;
+pub(crate) mod passt;
 pub(crate) mod plan;
 pub(crate) mod ruleset;
 pub(crate) mod slash30;
@@ -25,6 +27,49 @@ use std::path::PathBuf;
 pub(crate) use discover::discover;
 pub(crate) use plan::{plan, NetPlan};
 pub(crate) use slash30::Slash30;
+
+/// How the VM reaches the pod network, decided (and for NAT, its links applied).
+#[derive(Debug)]
+pub(crate) enum Wiring {
+    /// Bridge and tap are up; `nft` applies the NAT beside qemu's start.
+    Nat { plan: NetPlan, nft: PathBuf },
+    /// passt still to be started, before qemu.
+    Passt(passt::PasstPlan),
+}
+
+/// Decides the mode (one log line says which and why), discovers the pod, and plans; with
+/// `apply`, NAT's links are made (`run`); without, nothing changes (`qemu-args`).
+pub(crate) async fn wire(
+    config: &crate::config::NetConfig,
+    runtime_dir: &std::path::Path,
+    vm_mac: macaddr::MacAddr6,
+    apply: bool,
+) -> Result<Wiring, NetError> {
+    let choice = mode::decide(config.mode, &mode::probe())?;
+    if apply {
+        tracing::info!(mode = %choice.mode, reason = choice.reason, "network mode");
+    }
+    let pod = discover().await?;
+    match (choice.mode, choice.passt) {
+        (mode::Mode::Passt, Some(binary)) => Ok(Wiring::Passt(passt::plan(
+            config,
+            binary,
+            runtime_dir,
+            pod.mtu,
+            vm_mac,
+            &passt::child::probe(),
+        ))),
+        _ => {
+            let plan = plan(config, &pod, vm_mac)?;
+            let nft = if apply {
+                apply_links(&plan).await?
+            } else {
+                PathBuf::from("nft")
+            };
+            Ok(Wiring::Nat { plan, nft })
+        }
+    }
+}
 
 /// What `kvm-manager network` prints: the plan, then the ruleset computed from it.
 pub(crate) fn printout(plan: &NetPlan) -> String {
@@ -112,6 +157,53 @@ pub(crate) enum NetError {
     NoNfTables { stderr: String },
     #[error("nft rejected our ruleset ({status}): {stderr}")]
     NftRejected { status: ExitStatus, stderr: String },
+    #[error(
+        "NETWORK_MODE=nat needs CAP_NET_ADMIN, which the container lacks. Fix: {NET_ADMIN_FIX}, \
+         or set NETWORK_MODE=passt (or auto), which needs no capability"
+    )]
+    NatNeedsNetAdmin,
+    #[error(
+        "NETWORK_MODE=nat needs /dev/net/tun, which the container cannot open. Fix: expose it \
+         with a device plugin that offers /dev/net/tun (or run privileged), or set \
+         NETWORK_MODE=passt (or auto), which needs no tun device"
+    )]
+    NatNeedsTun,
+    #[error(
+        "NETWORK_MODE=passt, but the `passt` binary was not found on PATH. Fix: install the \
+         passt package in the image"
+    )]
+    PasstMissing,
+    #[error(
+        "no network mode can work: {reason}, so NAT cannot, and the `passt` binary was not \
+         found on PATH. Fix: install the passt package in the image (passt needs no \
+         capability), or {NET_ADMIN_FIX} and expose /dev/net/tun"
+    )]
+    NoMode { reason: &'static str },
+    #[error("could not prepare passt's socket directory {path}")]
+    PasstSocketDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not start passt")]
+    PasstSpawn(#[source] Pid1Error),
+    #[error("passt exited ({status}) before it was ready; its last words:\n{last_words}")]
+    PasstEarlyExit {
+        status: ExitStatus,
+        last_words: String,
+    },
+    #[error("passt did not create its socket {path} in time; its last words:\n{last_words}")]
+    PasstNoSocket { path: PathBuf, last_words: String },
+    #[error(
+        "passt, which carried the VM's network, exited ({status}); the VM was stopped. Its last \
+         words:\n{last_words}"
+    )]
+    PasstDied {
+        status: ExitStatus,
+        last_words: String,
+    },
+    #[error("passt (pid {pid}) was lost by the reaper; the VM was stopped")]
+    PasstLost { pid: i32 },
     #[error("could not run nft")]
     NftSpawn(#[source] Pid1Error),
     #[error("could not talk to nft")]

@@ -204,26 +204,48 @@ impl Qemu {
     /// Waits until qemu exits; on SIGTERM/SIGINT shuts the guest down gracefully. An error
     /// only when the reaper lost qemu's exit status: no code is made up for it.
     pub(crate) async fn supervise(
-        mut self,
+        self,
         pid1: &Pid1,
         shutdown_timeout: Duration,
     ) -> Result<Outcome, QemuError> {
+        let never = std::future::pending::<std::convert::Infallible>();
+        self.supervise_unless(pid1, shutdown_timeout, never).await.0
+    }
+
+    /// [`Qemu::supervise`], and when `fatal` resolves first (a child the VM depends on died),
+    /// the same graceful shutdown; its value comes back beside the outcome.
+    pub(crate) async fn supervise_unless<E>(
+        mut self,
+        pid1: &Pid1,
+        shutdown_timeout: Duration,
+        fatal: impl std::future::Future<Output = E>,
+    ) -> (Result<Outcome, QemuError>, Option<E>) {
+        let mut cause = None;
         let (status, forced) = tokio::select! {
             status = &mut self.exit => (status, false),
             signal = pid1.shutdown_requested() => {
                 tracing::info!(%signal, timeout = %humantime::format_duration(shutdown_timeout), "shutting the guest down (ACPI power button)");
                 self.graceful(shutdown_timeout).await
             }
+            e = fatal => {
+                cause = Some(e);
+                tracing::info!(timeout = %humantime::format_duration(shutdown_timeout), "shutting the guest down (ACPI power button)");
+                self.graceful(shutdown_timeout).await
+            }
         };
         let status =
-            status.map_err(|_| QemuError::Reaper(Pid1Error::ReaperGone(self.pid.as_raw())))?;
+            match status.map_err(|_| QemuError::Reaper(Pid1Error::ReaperGone(self.pid.as_raw()))) {
+                Ok(status) => status,
+                Err(e) => return (Err(e), cause),
+            };
         // Let the relays flush the last lines.
         sleep(Duration::from_millis(100)).await;
-        Ok(Outcome {
+        let outcome = Outcome {
             status,
             forced,
             stderr: self.stderr.snapshot(),
-        })
+        };
+        (Ok(outcome), cause)
     }
 
     async fn graceful(

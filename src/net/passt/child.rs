@@ -1,0 +1,208 @@
+//! The applying half of passt mode: reads the pod's facts, gives passt a socket directory it
+//! owns, starts it through PID 1's reaper and waits for its socket, relays its messages
+//! (keeping its last words), reports the guest's DHCP lease when passt logs it, and stops it.
+//! passt dying is the VM losing its network: [`Passt::died`] resolves then, and `run` stops
+//! the VM (exit 4) instead of leaving it cut off.
+
+use std::collections::VecDeque;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::sync::{oneshot, watch};
+use tokio::time::{sleep, Instant};
+
+use super::{PasstPlan, PodFacts};
+use crate::net::NetError;
+use crate::pid1::reaper::Stdio;
+use crate::pid1::{ExitStatus, Reaper};
+
+/// How long passt gets to bind its ports and its socket.
+const SOCKET_WAIT: Duration = Duration::from_secs(30);
+/// How long passt gets to obey SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// passt's lines kept for the error that reports its death.
+const LAST_WORDS: usize = 20;
+/// What passt logs when it acknowledges the guest's DHCP request.
+const LEASE_LINE: &str = "DHCP: ack to request";
+
+/// Reads the ephemeral port range, the unprivileged port start and our open-files limit.
+pub(crate) fn probe() -> PodFacts {
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut parts = text.split_whitespace().map(str::parse::<u16>);
+            match (parts.next(), parts.next()) {
+                (Some(Ok(low)), Some(Ok(high))) if low <= high => Some(low..=high),
+                _ => None,
+            }
+        })
+        .unwrap_or(32768..=60999);
+    let unprivileged_start =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(1024);
+    PodFacts {
+        ephemeral,
+        unprivileged_start,
+        open_files: crate::sys::open_files_limit().unwrap_or(1024),
+        root: nix::unistd::geteuid().is_root(),
+    }
+}
+
+/// A running passt.
+#[derive(Debug)]
+pub(crate) struct Passt {
+    pid: Pid,
+    exit: oneshot::Receiver<ExitStatus>,
+    last_words: Arc<Mutex<VecDeque<String>>>,
+    lease: watch::Receiver<bool>,
+}
+
+/// Starts passt per `plan` and returns once its socket is there for qemu.
+pub(crate) async fn start(plan: &PasstPlan, reaper: &Reaper) -> Result<Passt, NetError> {
+    warn_about_ports(plan);
+    if let Some(dir) = plan.socket.parent() {
+        socket_dir(dir, plan.runas)?;
+    }
+    let _ = std::fs::remove_file(&plan.socket);
+    let spawned = reaper
+        .spawn(
+            plan.binary.as_os_str(),
+            &plan.args(),
+            [Stdio::Null, Stdio::Piped, Stdio::Piped],
+        )
+        .map_err(NetError::PasstSpawn)?;
+    let last_words = Arc::new(Mutex::new(VecDeque::new()));
+    let (leased, lease) = watch::channel(false);
+    let leased = Arc::new(leased);
+    for pipe in [spawned.pipes.stdout, spawned.pipes.stderr]
+        .into_iter()
+        .flatten()
+    {
+        let (words, leased) = (Arc::clone(&last_words), Arc::clone(&leased));
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(pipe).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                relay(&line, &words, &leased);
+            }
+        });
+    }
+    let mut passt = Passt {
+        pid: spawned.pid,
+        exit: spawned.exit,
+        last_words,
+        lease,
+    };
+    tracing::info!(pid = passt.pid.as_raw(), args = ?plan.args(), "passt started");
+    let deadline = Instant::now() + SOCKET_WAIT;
+    while !plan.socket.exists() {
+        if let Ok(status) = passt.exit.try_recv() {
+            // Let the relays catch passt's last words.
+            sleep(Duration::from_millis(200)).await;
+            return Err(NetError::PasstEarlyExit {
+                status,
+                last_words: passt.last_words(),
+            });
+        }
+        if Instant::now() >= deadline {
+            let last_words = passt.last_words();
+            passt.stop().await;
+            return Err(NetError::PasstNoSocket {
+                path: plan.socket.clone(),
+                last_words,
+            });
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
+    Ok(passt)
+}
+
+/// Logs one line of passt's (at debug: passt is talkative), keeps it, and notes the lease.
+fn relay(line: &str, words: &Mutex<VecDeque<String>>, leased: &watch::Sender<bool>) {
+    let line = line.trim_end();
+    // passt also tries syslog, which a container does not have.
+    if line.is_empty() || line.starts_with("Failed to send") {
+        return;
+    }
+    tracing::debug!(target: "passt", "{line}");
+    if line.contains(LEASE_LINE) {
+        leased.send_if_modified(|held| !std::mem::replace(held, true));
+    }
+    let mut words = words.lock().unwrap_or_else(PoisonError::into_inner);
+    if words.len() == LAST_WORDS {
+        words.pop_front();
+    }
+    words.push_back(line.to_owned());
+}
+
+/// The socket's directory, owned by the user passt runs as (it binds the socket as that user).
+fn socket_dir(dir: &Path, runas: Option<u32>) -> Result<(), NetError> {
+    let failed = |source| NetError::PasstSocketDir {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(failed)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(failed)?;
+    if let Some(uid) = runas {
+        std::os::unix::fs::chown(dir, Some(uid), Some(uid)).map_err(failed)?;
+    }
+    Ok(())
+}
+
+fn warn_about_ports(plan: &PasstPlan) {
+    if let Some(last) = plan.capped_at {
+        tracing::warn!(
+            last_port = last,
+            "the open-files limit (RLIMIT_NOFILE) lets passt listen only on ports up to {last} \
+             for the VM (4 sockets per port); raise the container's nofile limit (1048576 is \
+             containerd's default) to forward every port"
+        );
+    }
+    if let Some(start) = plan.privileged_below {
+        tracing::warn!(
+            "ports below {start} do not reach the VM: passt runs unprivileged; set the safe \
+             sysctl net.ipv4.ip_unprivileged_port_start=0 on the pod"
+        );
+    }
+}
+
+impl Passt {
+    /// True once passt acknowledged the guest's DHCP request.
+    pub(crate) fn lease_watch(&self) -> watch::Receiver<bool> {
+        self.lease.clone()
+    }
+
+    fn last_words(&self) -> String {
+        let words = self.last_words.lock().unwrap_or_else(PoisonError::into_inner);
+        words.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Resolves when passt exits, with the error that reports it.
+    pub(crate) async fn died(&mut self) -> NetError {
+        let status = (&mut self.exit).await;
+        // Let the relays catch passt's last words.
+        sleep(Duration::from_millis(200)).await;
+        let last_words = self.last_words();
+        match status {
+            Ok(status) => NetError::PasstDied { status, last_words },
+            Err(_) => NetError::PasstLost {
+                pid: self.pid.as_raw(),
+            },
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after a grace period; returns once the reaper collected it.
+    pub(crate) async fn stop(mut self) {
+        if self.exit.try_recv().is_ok() {
+            return;
+        }
+        let _ = kill(self.pid, Signal::SIGTERM);
+        let _ = crate::pid1::supervisor::stop_within(self.pid, STOP_GRACE, &mut self.exit).await;
+    }
+}
