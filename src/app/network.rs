@@ -3,13 +3,14 @@
 //! readiness from the lease, supervision (passt dying stops the VM: exit 4) and teardown.
 
 use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::run::timed;
 use crate::config::Config;
 use crate::error::Error;
-use crate::http::VmStatus;
+use crate::http::{Readiness, VmStatus};
 use crate::lan::{Lan, Services};
 use crate::net::passt::child::{self, Passt};
 use crate::net::{self, NetError, Wiring};
@@ -20,8 +21,15 @@ use crate::qemu::{self, QemuError};
 /// What serves the VM's network while qemu runs.
 pub(super) enum Attached {
     Nat(Services),
-    Passt(Passt),
+    Passt {
+        passt: Passt,
+        /// `READY_PORT` of the pod IP: the guest's, through passt.
+        ready: SocketAddr,
+    },
 }
+
+/// How often passt mode's readiness asks the guest.
+const READY_EVERY: Duration = Duration::from_secs(2);
 
 /// Starts qemu with `argv` and what its network needs per `wiring`. A failure of either
 /// stops the other again.
@@ -64,7 +72,10 @@ pub(super) async fn start(
         Wiring::Passt(plan) => {
             let passt = timed("passt", child::start(plan, pid1.reaper())).await?;
             match start_qemu().await {
-                Ok(vm) => Ok((vm, Attached::Passt(passt))),
+                Ok(vm) => {
+                    let ready = SocketAddr::from((plan.pod_ip, config.net.ready_port));
+                    Ok((vm, Attached::Passt { passt, ready }))
+                }
                 Err(e) => {
                     passt.stop().await;
                     Err(e.into())
@@ -75,21 +86,33 @@ pub(super) async fn start(
 }
 
 impl Attached {
-    /// Feeds readiness from the lease (ours, or the one passt logs) until the runtime ends.
+    /// Feeds readiness until the runtime ends: from our DHCP server's lease (NAT), or from
+    /// the guest answering on `READY_PORT` of the pod IP (passt, which reports no lease).
     pub(super) fn report(&self, status: &Arc<VmStatus>) {
         let status = Arc::clone(status);
-        let mut leased = match self {
-            Attached::Nat(services) => services.dhcp().lease_watch(),
-            Attached::Passt(passt) => passt.lease_watch(),
-        };
-        tokio::spawn(async move {
-            loop {
-                status.set_lease(*leased.borrow_and_update());
-                if leased.changed().await.is_err() {
-                    return;
-                }
+        match self {
+            Attached::Nat(services) => {
+                let mut leased = services.dhcp().lease_watch();
+                tokio::spawn(async move {
+                    loop {
+                        status.set_lease(*leased.borrow_and_update());
+                        if leased.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                });
             }
-        });
+            Attached::Passt { ready, .. } => {
+                let ready = *ready;
+                status.set_readiness(Readiness::GuestPort(ready));
+                tokio::spawn(async move {
+                    loop {
+                        status.set_lease(child::guest_answers(ready).await);
+                        tokio::time::sleep(READY_EVERY).await;
+                    }
+                });
+            }
+        }
     }
 
     /// Runs the VM until qemu exits (SIGTERM: the graceful ladder). passt dying stops the VM
@@ -102,9 +125,10 @@ impl Attached {
     ) -> Result<Outcome, Error> {
         match self {
             Attached::Nat(_) => Ok(vm.supervise(pid1, shutdown_timeout).await?),
-            Attached::Passt(passt) => {
-                let (outcome, died): (Result<Outcome, QemuError>, Option<NetError>) =
-                    vm.supervise_unless(pid1, shutdown_timeout, passt.died()).await;
+            Attached::Passt { passt, .. } => {
+                let (outcome, died): (Result<Outcome, QemuError>, Option<NetError>) = vm
+                    .supervise_unless(pid1, shutdown_timeout, passt.died())
+                    .await;
                 match died {
                     Some(e) => {
                         tracing::error!(error = %crate::logging::render_chain(&e), "passt died: stopping the VM");
@@ -124,7 +148,7 @@ impl Attached {
     pub(super) async fn stop(self) {
         match self {
             Attached::Nat(services) => drop(services),
-            Attached::Passt(passt) => passt.stop().await,
+            Attached::Passt { passt, .. } => passt.stop().await,
         }
     }
 }

@@ -5,9 +5,7 @@ use std::net::Ipv4Addr;
 
 use macaddr::MacAddr6;
 
-use super::{
-    choice, invalid, non_empty, ConfigError, DnsMode, NetConfig, NetworkMode, VNC_PORT,
-};
+use super::{choice, invalid, non_empty, ConfigError, DnsMode, NetConfig, NetworkMode, VNC_PORT};
 use crate::cli::Settings;
 use crate::net::Slash30;
 
@@ -161,7 +159,10 @@ mod tests {
         let message = parse(&["--network-mode", "slirp"])
             .expect_err("not a mode")
             .to_string();
-        assert!(message.starts_with("NETWORK_MODE (--network-mode)"), "{message}");
+        assert!(
+            message.starts_with("NETWORK_MODE (--network-mode)"),
+            "{message}"
+        );
         assert!(message.contains("slirp"), "{message}");
     }
 

@@ -55,7 +55,7 @@ pub(crate) async fn wire(
             config,
             binary,
             runtime_dir,
-            pod.mtu,
+            &pod,
             vm_mac,
             &passt::child::probe(),
         ))),

@@ -13,9 +13,11 @@
 //!   the lowest ports first, and a warning naming the limit when it cuts.
 //! - `--no-map-gw`: by default passt maps the guest's traffic to the gateway address onto the
 //!   pod's loopback, where our HTTP server trusts local peers; the guest gets no such door.
-//! - DNS: `passthrough` hands out the pod's nameservers and search list (passt reads the
-//!   pod's resolv.conf); `forward` hands out `VM_GW`, which passt maps to the pod's first
-//!   nameserver (`--dns-forward`), so the guest's resolver address never changes.
+//! - DNS: the guest gets the pod's nameservers and search list (passt reads the pod's
+//!   resolv.conf) in either `DNS_MODE`. This passt maps a `--dns-forward` address only to the
+//!   first nameserver of a list given with `--dns` (so never to our forwarder), and the guest
+//!   has no address of ours to send queries to: `forward` means NAT mode's forwarder, and
+//!   [`plan`] says so in a note.
 
 pub(crate) mod child;
 
@@ -26,6 +28,7 @@ use std::path::PathBuf;
 use macaddr::MacAddr6;
 
 use crate::config::{DnsMode, NetConfig, VNC_PORT};
+use crate::net::discover::PodNet;
 
 /// Sockets passt holds per forwarded port: TCP and UDP, IPv4 and IPv6.
 const SOCKETS_PER_PORT: u64 = 4;
@@ -55,14 +58,16 @@ pub(crate) struct PasstPlan {
     pub socket: PathBuf,
     pub mtu: u32,
     pub vm_mac: MacAddr6,
+    /// The pod's (and so the guest's) IPv4 address.
+    pub pod_ip: Ipv4Addr,
     /// Forwarded ports, the same for TCP and UDP.
     pub ports: Vec<RangeInclusive<u16>>,
     /// `Some(port)`: the open-files limit stopped forwarding after this port.
     pub capped_at: Option<u16>,
     /// `Some(n)`: ports below n do not reach the guest (non-root without the sysctl).
     pub privileged_below: Option<u16>,
-    /// The resolver address the guest gets (`DNS_MODE=forward`).
-    pub dns_forward: Option<Ipv4Addr>,
+    /// `DNS_MODE=forward` was asked for: the log says the pod's nameservers serve instead.
+    pub forward_ignored: bool,
     /// `--runas UID:GID`, when we are root.
     pub runas: Option<u32>,
 }
@@ -77,7 +82,7 @@ pub(crate) fn plan(
     net: &NetConfig,
     binary: PathBuf,
     runtime_dir: &std::path::Path,
-    mtu: u32,
+    pod: &PodNet,
     vm_mac: MacAddr6,
     facts: &PodFacts,
 ) -> PasstPlan {
@@ -90,14 +95,15 @@ pub(crate) fn plan(
     PasstPlan {
         binary,
         socket: socket_dir(runtime_dir).join("passt.sock"),
-        mtu,
+        mtu: pod.mtu,
         vm_mac,
+        pod_ip: pod.pod_ip,
         ports,
         capped_at,
         // As root, passt binds its ports before it becomes nobody.
         privileged_below: (!facts.root && facts.unprivileged_start > 1)
             .then_some(facts.unprivileged_start),
-        dns_forward: (net.dns_mode == DnsMode::Forward).then(|| net.slash30.gw()),
+        forward_ignored: net.dns_mode == DnsMode::Forward,
         runas: facts.root.then_some(NOBODY),
     }
 }
@@ -162,10 +168,6 @@ impl PasstPlan {
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
-        if let Some(dns) = self.dns_forward {
-            let dns = dns.to_string();
-            args.extend(["--dns".to_owned(), dns.clone(), "--dns-forward".to_owned(), dns]);
-        }
         if let Some(uid) = self.runas {
             args.extend(["--runas".to_owned(), format!("{uid}:{uid}")]);
         }

@@ -1,6 +1,6 @@
 //! The applying half of passt mode: reads the pod's facts, gives passt a socket directory it
 //! owns, starts it through PID 1's reaper and waits for its socket, relays its messages
-//! (keeping its last words), reports the guest's DHCP lease when passt logs it, and stops it.
+//! (keeping its last words), tells whether the guest answers on a port, and stops it.
 //! passt dying is the VM losing its network: [`Passt::died`] resolves then, and `run` stops
 //! the VM (exit 4) instead of leaving it cut off.
 
@@ -13,7 +13,7 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::time::{sleep, Instant};
 
 use super::{PasstPlan, PodFacts};
@@ -27,8 +27,8 @@ const SOCKET_WAIT: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// passt's lines kept for the error that reports its death.
 const LAST_WORDS: usize = 20;
-/// What passt logs when it acknowledges the guest's DHCP request.
-const LEASE_LINE: &str = "DHCP: ack to request";
+/// How long a connection through passt must stay open, silent, to count as the guest's.
+const ANSWER_WINDOW: Duration = Duration::from_secs(3);
 
 /// Reads the ephemeral port range, the unprivileged port start and our open-files limit.
 pub(crate) fn probe() -> PodFacts {
@@ -61,12 +61,13 @@ pub(crate) struct Passt {
     pid: Pid,
     exit: oneshot::Receiver<ExitStatus>,
     last_words: Arc<Mutex<VecDeque<String>>>,
-    lease: watch::Receiver<bool>,
+    /// [`Passt::died`] collected its exit status.
+    exited: bool,
 }
 
 /// Starts passt per `plan` and returns once its socket is there for qemu.
 pub(crate) async fn start(plan: &PasstPlan, reaper: &Reaper) -> Result<Passt, NetError> {
-    warn_about_ports(plan);
+    announce(plan);
     if let Some(dir) = plan.socket.parent() {
         socket_dir(dir, plan.runas)?;
     }
@@ -79,17 +80,15 @@ pub(crate) async fn start(plan: &PasstPlan, reaper: &Reaper) -> Result<Passt, Ne
         )
         .map_err(NetError::PasstSpawn)?;
     let last_words = Arc::new(Mutex::new(VecDeque::new()));
-    let (leased, lease) = watch::channel(false);
-    let leased = Arc::new(leased);
     for pipe in [spawned.pipes.stdout, spawned.pipes.stderr]
         .into_iter()
         .flatten()
     {
-        let (words, leased) = (Arc::clone(&last_words), Arc::clone(&leased));
+        let words = Arc::clone(&last_words);
         tokio::spawn(async move {
             let mut lines = BufReader::new(pipe).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                relay(&line, &words, &leased);
+                relay(&line, &words);
             }
         });
     }
@@ -97,7 +96,7 @@ pub(crate) async fn start(plan: &PasstPlan, reaper: &Reaper) -> Result<Passt, Ne
         pid: spawned.pid,
         exit: spawned.exit,
         last_words,
-        lease,
+        exited: false,
     };
     tracing::info!(pid = passt.pid.as_raw(), args = ?plan.args(), "passt started");
     let deadline = Instant::now() + SOCKET_WAIT;
@@ -123,17 +122,14 @@ pub(crate) async fn start(plan: &PasstPlan, reaper: &Reaper) -> Result<Passt, Ne
     Ok(passt)
 }
 
-/// Logs one line of passt's (at debug: passt is talkative), keeps it, and notes the lease.
-fn relay(line: &str, words: &Mutex<VecDeque<String>>, leased: &watch::Sender<bool>) {
+/// Logs one line of passt's (at debug: its start banner is long) and keeps it.
+fn relay(line: &str, words: &Mutex<VecDeque<String>>) {
     let line = line.trim_end();
     // passt also tries syslog, which a container does not have.
     if line.is_empty() || line.starts_with("Failed to send") {
         return;
     }
     tracing::debug!(target: "passt", "{line}");
-    if line.contains(LEASE_LINE) {
-        leased.send_if_modified(|held| !std::mem::replace(held, true));
-    }
     let mut words = words.lock().unwrap_or_else(PoisonError::into_inner);
     if words.len() == LAST_WORDS {
         words.pop_front();
@@ -155,7 +151,13 @@ fn socket_dir(dir: &Path, runas: Option<u32>) -> Result<(), NetError> {
     Ok(())
 }
 
-fn warn_about_ports(plan: &PasstPlan) {
+fn announce(plan: &PasstPlan) {
+    if plan.forward_ignored {
+        tracing::info!(
+            "DNS_MODE=forward: in passt mode the guest gets the pod's nameservers and search \
+             list from passt (our forwarder serves NAT mode only)"
+        );
+    }
     if let Some(last) = plan.capped_at {
         tracing::warn!(
             last_port = last,
@@ -172,20 +174,37 @@ fn warn_about_ports(plan: &PasstPlan) {
     }
 }
 
-impl Passt {
-    /// True once passt acknowledged the guest's DHCP request.
-    pub(crate) fn lease_watch(&self) -> watch::Receiver<bool> {
-        self.lease.clone()
+/// Whether the guest answers on `addr` (a port of the pod IP, which passt forwards). passt
+/// accepts the connection for the guest at once, and closes it when the guest refuses: a
+/// connection that brings data, or stays open for [`ANSWER_WINDOW`], is the guest's.
+pub(crate) async fn guest_answers(addr: std::net::SocketAddr) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let Ok(Ok(mut stream)) =
+        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await
+    else {
+        return false;
+    };
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(ANSWER_WINDOW, stream.read(&mut byte)).await {
+        Ok(Ok(n)) => n > 0,
+        Ok(Err(_)) => false,
+        Err(_) => true,
     }
+}
 
+impl Passt {
     fn last_words(&self) -> String {
-        let words = self.last_words.lock().unwrap_or_else(PoisonError::into_inner);
+        let words = self
+            .last_words
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         words.iter().cloned().collect::<Vec<_>>().join("\n")
     }
 
     /// Resolves when passt exits, with the error that reports it.
     pub(crate) async fn died(&mut self) -> NetError {
         let status = (&mut self.exit).await;
+        self.exited = true;
         // Let the relays catch passt's last words.
         sleep(Duration::from_millis(200)).await;
         let last_words = self.last_words();
@@ -199,7 +218,7 @@ impl Passt {
 
     /// SIGTERM, then SIGKILL after a grace period; returns once the reaper collected it.
     pub(crate) async fn stop(mut self) {
-        if self.exit.try_recv().is_ok() {
+        if self.exited || self.exit.try_recv().is_ok() {
             return;
         }
         let _ = kill(self.pid, Signal::SIGTERM);

@@ -1,6 +1,7 @@
 //! passt's plan and command line, decided without root. The golden command lines live in
 //! `tests/golden/passt/`; `UPDATE_GOLDEN=1 cargo test --lib net::passt` rewrites them.
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 
 use super::*;
@@ -39,7 +40,7 @@ fn planned(net: &NetConfig, facts: &PodFacts) -> PasstPlan {
         net,
         PathBuf::from("/usr/bin/passt"),
         Path::new("/run/kvm-manager"),
-        1450,
+        &crate::net::plan::tests::pod(),
         MacAddr6::new(0x52, 0x54, 0, 0xab, 0xcd, 1),
         facts,
     )
@@ -57,7 +58,10 @@ fn every_port_but_vnc_ours_and_the_ephemeral_range_reaches_the_guest() {
         vec![1..=5899, 5901..=8079, 8081..=32767, 61000..=65535]
     );
     assert_eq!(plan.capped_at, None);
-    assert_eq!(plan.socket, PathBuf::from("/run/kvm-manager/passt/passt.sock"));
+    assert_eq!(
+        plan.socket,
+        PathBuf::from("/run/kvm-manager/passt/passt.sock")
+    );
     assert_golden("passt", "default.txt", &lines(&plan));
 }
 
@@ -82,16 +86,23 @@ fn the_open_files_limit_caps_the_ports_lowest_first() {
     facts.open_files = 100;
     let plan = planned(&net(false, Some(8080), DnsMode::Forward), &facts);
     assert!(plan.ports.is_empty());
-    assert!(plan.args().contains(&"none".to_owned()), "{:?}", plan.args());
+    assert!(
+        plan.args().contains(&"none".to_owned()),
+        "{:?}",
+        plan.args()
+    );
 }
 
 #[test]
-fn passthrough_dns_leaves_the_pods_nameservers_and_a_non_root_run_has_no_runas() {
+fn the_guest_gets_the_pods_nameservers_and_a_non_root_run_has_no_runas() {
     let plan = planned(&net(false, Some(8080), DnsMode::Passthrough), &pod(false));
-    assert_eq!(plan.dns_forward, None);
+    assert!(!plan.forward_ignored);
     assert_eq!(plan.runas, None);
     assert_eq!(plan.privileged_below, Some(1024));
     assert_golden("passt", "passthrough-non-root.txt", &lines(&plan));
+    let forward = planned(&net(false, Some(8080), DnsMode::Forward), &pod(false));
+    assert!(forward.forward_ignored);
+    assert_eq!(forward.args(), plan.args(), "no DNS option either way");
 }
 
 #[test]
@@ -108,8 +119,14 @@ fn the_gateway_is_never_mapped_to_the_pods_loopback() {
 fn as_root_low_ports_are_bound_before_passt_becomes_nobody() {
     let mut facts = pod(true);
     facts.unprivileged_start = 1024;
-    assert_eq!(planned(&net(false, None, DnsMode::Forward), &facts).privileged_below, None);
+    assert_eq!(
+        planned(&net(false, None, DnsMode::Forward), &facts).privileged_below,
+        None
+    );
     facts.root = false;
     facts.unprivileged_start = 0;
-    assert_eq!(planned(&net(false, None, DnsMode::Forward), &facts).privileged_below, None);
+    assert_eq!(
+        planned(&net(false, None, DnsMode::Forward), &facts).privileged_below,
+        None
+    );
 }
