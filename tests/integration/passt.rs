@@ -345,3 +345,75 @@ fn passt_dying_stops_the_vm_cleanly_and_exits_4() {
         pod.pids()
     );
 }
+
+/// The pod's IPv6 address on its uplink, with the node as its default IPv6 router.
+fn add_ipv6(pod: &Pod) -> (String, String) {
+    let n = pod.node_ip.split('.').nth(2).expect("a dotted quad");
+    let (node, guest) = (format!("fd42:0:{n}::1"), format!("fd42:0:{n}::2"));
+    let veth = format!("{}n", pod.tag);
+    let ns = |ns: &str, args: &[&str]| {
+        let mut all = vec!["ip", "-n", ns, "-6"];
+        all.extend_from_slice(args);
+        run(&all);
+    };
+    ns(
+        &pod.node_ns,
+        &["addr", "add", &format!("{node}/64"), "dev", &veth, "nodad"],
+    );
+    ns(
+        &pod.pod_ns,
+        &[
+            "addr",
+            "add",
+            &format!("{guest}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    );
+    ns(
+        &pod.pod_ns,
+        &["route", "add", "default", "via", &node, "dev", "eth0"],
+    );
+    (node, guest)
+}
+
+#[test]
+fn passt_mode_gives_the_guest_the_pods_ipv6_and_the_node_reaches_it() {
+    if !require_root("passt_mode_gives_the_guest_the_pods_ipv6_and_the_node_reaches_it") {
+        return;
+    }
+    let cluster = Cluster::new("kmp6", "vm-passt6");
+    let pod = &cluster.pod;
+    let (node, pod_ipv6) = add_ipv6(pod);
+    let mut vm = start_restricted(&cluster, &[]);
+    vm.wait_for_line("KVMTEST READY", BOOT);
+    // passt advertises the pod's /64 (and serves the pod's own address over DHCPv6, which the
+    // busybox guest has no client for): the guest's address is in the pod's prefix.
+    let v6 = vm.wait_for_line("KVMTEST ipv6", T);
+    let prefix = pod_ipv6.trim_end_matches("::2");
+    assert!(
+        field(&v6, "addrs")
+            .split(',')
+            .any(|a| a.starts_with(&format!("{prefix}:")) && a.ends_with("/64")),
+        "an address in the pod's IPv6 /64 expected: {v6}"
+    );
+    assert!(
+        !field(&v6, "router").is_empty(),
+        "an IPv6 default route: {v6}"
+    );
+
+    let url = format!("http://[{pod_ipv6}]:80/");
+    let out = pod
+        .node("curl")
+        .args(["-s", "-m", "10", "-g", &url])
+        .output()
+        .expect("curl");
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        page.contains("kvmtest hostname="),
+        "the guest's page over IPv6 from {node}, got {page:?}"
+    );
+    kill(pid1(&vm), Signal::SIGTERM).expect("SIGTERM to PID 1");
+    assert_eq!(vm.wait(T).code(), Some(0), "{}", vm.output());
+}
