@@ -2,6 +2,7 @@
 
 mod launch;
 mod network;
+mod phase;
 mod run;
 
 use std::io::Write as _;

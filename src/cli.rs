@@ -14,7 +14,8 @@ Every option can also be set through the environment variable shown next to it; 
 over the variable. Arguments after `--` are appended to qemu's command line.
 
 Exit codes: 0 the VM powered off (or the subcommand succeeded); 1 internal error; 2 invalid \
-configuration or usage; 3 base image, pet overlay or PET_DIR error; 4 network error; \
+configuration or usage; 3 base image, pet overlay or PET_DIR error; 4 network error \
+(also a NETWORK_MODE that cannot work, and passt dying under a running VM); \
 5 config-drive error; 6 qemu could not be started; 7 the guest ignored the ACPI power button \
 for SHUTDOWN_TIMEOUT and qemu was stopped; 8 another kvm-manager owns this pet \
 (PET_DIR/<hostname>.lock); otherwise qemu's own exit code, or 128+N when the supervised \

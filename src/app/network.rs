@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::run::timed;
+use super::phase::timed;
 use crate::config::Config;
 use crate::error::Error;
 use crate::http::{Readiness, VmStatus};

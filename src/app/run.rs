@@ -9,10 +9,8 @@
 //! Before all of it, `run` takes the pet's [owner lock](image::owner) and holds it until it
 //! returns: the state, the overlay and the VM are this process's alone.
 
-use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use crate::config::{Config, VNC_PORT};
 use crate::error::{exit, Error};
@@ -22,6 +20,7 @@ use crate::qemu::{self, attach, QemuError};
 use crate::{configdrive, image, metrics, net, state};
 
 use super::launch;
+use super::phase::{timed, timed_blocking};
 
 pub(super) async fn run(config: &Config) -> Result<u8, Error> {
     // Before the HTTP server: a second `run` in the same pod is refused as a second owner (exit
@@ -136,31 +135,6 @@ fn exit_code(outcome: &qemu::process::Outcome) -> u8 {
     metrics::VM.shutdown("qemu-failed");
     tracing::error!(status = %outcome.status, stderr = %outcome.stderr.join("\n"), "qemu ended with an error");
     outcome.status.code()
-}
-
-/// Runs one phase, logging and recording how long it took.
-pub(super) async fn timed<T>(phase: &'static str, work: impl Future<Output = T>) -> T {
-    let started = Instant::now();
-    let result = work.await;
-    phase_done(phase, started.elapsed());
-    result
-}
-
-/// [`timed`] for blocking work.
-fn timed_blocking<T>(phase: &'static str, work: impl FnOnce() -> T) -> T {
-    let started = Instant::now();
-    let result = work();
-    phase_done(phase, started.elapsed());
-    result
-}
-
-fn phase_done(phase: &'static str, took: Duration) {
-    metrics::VM.phase_took(phase, took);
-    tracing::info!(
-        phase,
-        took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
-        "phase done"
-    );
 }
 
 /// Runs blocking file work on one of tokio's blocking threads, so that it overlaps the

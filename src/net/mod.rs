@@ -20,6 +20,7 @@ pub(crate) mod ruleset;
 pub(crate) mod slash30;
 pub(crate) mod spoof;
 pub(crate) mod tap;
+pub(crate) mod wiring;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -27,49 +28,7 @@ use std::path::PathBuf;
 pub(crate) use discover::discover;
 pub(crate) use plan::{plan, NetPlan};
 pub(crate) use slash30::Slash30;
-
-/// How the VM reaches the pod network, decided (and for NAT, its links applied).
-#[derive(Debug)]
-pub(crate) enum Wiring {
-    /// Bridge and tap are up; `nft` applies the NAT beside qemu's start.
-    Nat { plan: NetPlan, nft: PathBuf },
-    /// passt still to be started, before qemu.
-    Passt(passt::PasstPlan),
-}
-
-/// Decides the mode (one log line says which and why), discovers the pod, and plans; with
-/// `apply`, NAT's links are made (`run`); without, nothing changes (`qemu-args`).
-pub(crate) async fn wire(
-    config: &crate::config::NetConfig,
-    runtime_dir: &std::path::Path,
-    vm_mac: macaddr::MacAddr6,
-    apply: bool,
-) -> Result<Wiring, NetError> {
-    let choice = mode::decide(config.mode, &mode::probe())?;
-    if apply {
-        tracing::info!(mode = %choice.mode, reason = choice.reason, "network mode");
-    }
-    let pod = discover().await?;
-    match (choice.mode, choice.passt) {
-        (mode::Mode::Passt, Some(binary)) => Ok(Wiring::Passt(passt::plan(
-            config,
-            binary,
-            runtime_dir,
-            &pod,
-            vm_mac,
-            &passt::child::probe(),
-        ))),
-        _ => {
-            let plan = plan(config, &pod, vm_mac)?;
-            let nft = if apply {
-                apply_links(&plan).await?
-            } else {
-                PathBuf::from("nft")
-            };
-            Ok(Wiring::Nat { plan, nft })
-        }
-    }
-}
+pub(crate) use wiring::{wire, Wiring};
 
 /// What `kvm-manager network` prints: the plan, then the ruleset computed from it.
 pub(crate) fn printout(plan: &NetPlan) -> String {

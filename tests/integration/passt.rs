@@ -235,7 +235,8 @@ fn passt_mode_without_any_capability_puts_the_guest_on_the_pod_ip() {
     }
     let cluster = Cluster::new("kmpp", "vm-passt");
     let pod = &cluster.pod;
-    let _loopback = loopback_listener(pod);
+    // Killed with the pod's namespace if the test fails before the end.
+    let mut loopback = loopback_listener(pod);
     let mut vm = start_restricted(&cluster, &[]);
     let mode = vm.wait_for_line("network mode", T);
     assert!(mode.contains("passt"), "{mode}");
@@ -296,6 +297,8 @@ fn passt_mode_without_any_capability_puts_the_guest_on_the_pod_ip() {
         "left: {:?}",
         pod.pids()
     );
+    let _ = loopback.kill();
+    let _ = loopback.wait();
 }
 
 /// kvm-manager, qemu or passt.
