@@ -68,6 +68,8 @@ pub(crate) struct PasstPlan {
     pub privileged_below: Option<u16>,
     /// `DNS_MODE=forward` was asked for: the log says the pod's nameservers serve instead.
     pub forward_ignored: bool,
+    /// `NO_DHCP`: passt's DHCP and DHCPv6 servers off (the guest is configured otherwise).
+    pub no_dhcp: bool,
     /// `--runas UID:GID`, when we are root.
     pub runas: Option<u32>,
 }
@@ -104,6 +106,7 @@ pub(crate) fn plan(
         privileged_below: (!facts.root && facts.unprivileged_start > 1)
             .then_some(facts.unprivileged_start),
         forward_ignored: net.dns_mode == DnsMode::Forward,
+        no_dhcp: net.no_dhcp,
         runas: facts.root.then_some(NOBODY),
     }
 }
@@ -168,6 +171,9 @@ impl PasstPlan {
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
+        if self.no_dhcp {
+            args.extend(["--no-dhcp".to_owned(), "--no-dhcpv6".to_owned()]);
+        }
         if let Some(uid) = self.runas {
             args.extend(["--runas".to_owned(), format!("{uid}:{uid}")]);
         }

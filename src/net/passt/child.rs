@@ -225,3 +225,59 @@ impl Passt {
         let _ = crate::pid1::supervisor::stop_within(self.pid, STOP_GRACE, &mut self.exit).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt as _;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A loopback listener that treats each connection with `serve`, as passt does for the
+    /// guest: it accepts at once, then closes, writes, or holds the connection.
+    async fn listener(serve: fn(tokio::net::TcpStream)) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                serve(stream);
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_connection_passt_closes_at_once_is_not_the_guest() {
+        let addr = listener(drop).await;
+        assert!(!guest_answers(addr).await);
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_not_the_guest() {
+        let addr = {
+            let free = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            free.local_addr().expect("address")
+        };
+        assert!(!guest_answers(addr).await);
+    }
+
+    #[tokio::test]
+    async fn a_banner_or_a_connection_held_open_is_the_guest() {
+        let banner = listener(|mut stream| {
+            tokio::spawn(async move {
+                let _ = stream.write_all(b"SSH-2.0-guest\r\n").await;
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            });
+        })
+        .await;
+        assert!(guest_answers(banner).await);
+        let silent = listener(|stream| {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                drop(stream);
+            });
+        })
+        .await;
+        assert!(guest_answers(silent).await);
+    }
+}

@@ -116,6 +116,18 @@ fn the_gateway_is_never_mapped_to_the_pods_loopback() {
 }
 
 #[test]
+fn no_dhcp_turns_passts_dhcp_servers_off() {
+    let mut config = net(false, Some(8080), DnsMode::Forward);
+    assert!(!planned(&config, &pod(true))
+        .args()
+        .contains(&"--no-dhcp".to_owned()));
+    config.no_dhcp = true;
+    let args = planned(&config, &pod(true)).args();
+    assert!(args.contains(&"--no-dhcp".to_owned()), "{args:?}");
+    assert!(args.contains(&"--no-dhcpv6".to_owned()), "{args:?}");
+}
+
+#[test]
 fn as_root_low_ports_are_bound_before_passt_becomes_nobody() {
     let mut facts = pod(true);
     facts.unprivileged_start = 1024;
