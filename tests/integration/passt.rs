@@ -151,22 +151,23 @@ fn forcing_nat_without_net_admin_exits_4_naming_the_capability() {
 /// The guest's options: a cluster name to resolve, and what to probe from inside: the node's
 /// image server (reachable: the probe works) and the gateway on a port only the pod's
 /// loopback serves (must stay closed: passt runs with `--no-map-gw`).
-fn guest_options(cluster: &Cluster) {
+fn guest_options(cluster: &Cluster, more: &str) {
     let node = &cluster.pod.node_ip;
     std::fs::write(
         cluster.pod.path("userdata").join("user-data"),
         format!(
-            "#cloud-config\n# kvmtest.dns=kvmtest.example\n# kvmtest.probe={node}:8000,{node}:{LOOPBACK_ONLY}\n"
+            "#cloud-config\n# kvmtest.dns=kvmtest.example\n# kvmtest.probe={node}:8000,{node}:{LOOPBACK_ONLY}\n{more}"
         ),
     )
     .expect("write user-data");
 }
 
-/// The restricted pod running `run` in passt mode (`auto`: nothing else can work there).
-fn start_restricted(cluster: &Cluster, extra: &[(&str, &str)]) -> Running {
-    guest_options(cluster);
+/// The restricted pod running `run` in passt mode (`auto`: nothing else can work there);
+/// `options`: more of the guest's user-data lines.
+fn start_restricted(cluster: &Cluster, options: &str) -> Running {
+    guest_options(cluster, options);
     restrict(&cluster.pod);
-    let mut env = vec![
+    let env = [
         ("IMG_SOURCE", cluster.image_url.as_str()),
         ("ACCEL", "tcg"),
         ("VM_MEMORY", "256"),
@@ -175,7 +176,6 @@ fn start_restricted(cluster: &Cluster, extra: &[(&str, &str)]) -> Running {
         // The guest's web server: passt reports no lease, so readiness asks the guest.
         ("READY_PORT", "80"),
     ];
-    env.extend_from_slice(extra);
     Running::spawn(&mut command(&cluster.pod, RESTRICTED, &["run"], &env))
 }
 
@@ -237,7 +237,7 @@ fn passt_mode_without_any_capability_puts_the_guest_on_the_pod_ip() {
     let pod = &cluster.pod;
     // Killed with the pod's namespace if the test fails before the end.
     let mut loopback = loopback_listener(pod);
-    let mut vm = start_restricted(&cluster, &[]);
+    let mut vm = start_restricted(&cluster, "");
     let mode = vm.wait_for_line("network mode", T);
     assert!(mode.contains("passt"), "{mode}");
     assert!(mode.contains("CAP_NET_ADMIN"), "{mode}");
@@ -324,7 +324,7 @@ fn passt_dying_stops_the_vm_cleanly_and_exits_4() {
     }
     let cluster = Cluster::new("kmpd", "vm-passt-dies");
     let pod = &cluster.pod;
-    let mut vm = start_restricted(&cluster, &[]);
+    let mut vm = start_restricted(&cluster, "");
     vm.wait_for_line("KVMTEST READY", BOOT);
     let passt = passt_pid(pod).expect("passt runs in the pod");
     kill(passt, Signal::SIGKILL).expect("kill passt");
@@ -389,7 +389,10 @@ fn passt_mode_gives_the_guest_the_pods_ipv6_and_the_node_reaches_it() {
     let cluster = Cluster::new("kmp6", "vm-passt6");
     let pod = &cluster.pod;
     let (node, pod_ipv6) = add_ipv6(pod);
-    let mut vm = start_restricted(&cluster, &[]);
+    // The guest configures its address from passt's advertisement (it has no DHCPv6 client);
+    // passt learns it from the guest's first packet: a ping to the node, through passt's ICMP
+    // echo sockets.
+    let mut vm = start_restricted(&cluster, &format!("# kvmtest.ping={node}\n"));
     vm.wait_for_line("KVMTEST READY", BOOT);
     // passt advertises the pod's /64 (and serves the pod's own address over DHCPv6, which the
     // busybox guest has no client for): the guest's address is in the pod's prefix.
@@ -404,6 +407,12 @@ fn passt_mode_gives_the_guest_the_pods_ipv6_and_the_node_reaches_it() {
     assert!(
         !field(&v6, "router").is_empty(),
         "an IPv6 default route: {v6}"
+    );
+    let ping = vm.wait_for_line("KVMTEST ping target", T);
+    assert_eq!(
+        field(&ping, "ok"),
+        "1",
+        "the guest pings the node over IPv6: {ping}"
     );
 
     let url = format!("http://[{pod_ipv6}]:80/");
