@@ -151,7 +151,11 @@ pub(crate) enum NetError {
         status: ExitStatus,
         last_words: String,
     },
-    #[error("passt did not create its socket {path} in time; its last words:\n{last_words}")]
+    #[error(
+        "passt did not create its socket {path} in time. Fix: RUNTIME_DIR and every directory \
+         above it must be searchable by the user passt runs as (nobody when kvm-manager runs \
+         as root). Its last words:\n{last_words}"
+    )]
     PasstNoSocket { path: PathBuf, last_words: String },
     #[error(
         "passt, which carried the VM's network, exited ({status}); the VM was stopped. Its last \
