@@ -9,17 +9,20 @@ use super::{host, tap, NetError};
 use crate::config::NetworkMode;
 
 /// The mode a run uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Mode {
     Nat,
-    Passt,
+    /// With the passt binary found on PATH.
+    Passt {
+        binary: PathBuf,
+    },
 }
 
 impl std::fmt::Display for Mode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Mode::Nat => "nat",
-            Mode::Passt => "passt",
+            Mode::Passt { .. } => "passt",
         })
     }
 }
@@ -40,8 +43,6 @@ pub(crate) struct Facts {
 pub(crate) struct Choice {
     pub mode: Mode,
     pub reason: &'static str,
-    /// The passt binary (`Mode::Passt` only).
-    pub passt: Option<PathBuf>,
 }
 
 /// `requested` + `facts` → the mode, or the error naming what is missing and the fix.
@@ -49,12 +50,12 @@ pub(crate) fn decide(requested: NetworkMode, facts: &Facts) -> Result<Choice, Ne
     let nat = |reason| Choice {
         mode: Mode::Nat,
         reason,
-        passt: None,
     };
     let passt = |reason, binary: &Path| Choice {
-        mode: Mode::Passt,
+        mode: Mode::Passt {
+            binary: binary.to_owned(),
+        },
         reason,
-        passt: Some(binary.to_owned()),
     };
     match requested {
         NetworkMode::Nat if !facts.net_admin => Err(NetError::NatNeedsNetAdmin),
@@ -125,9 +126,9 @@ mod tests {
             (false, false, "neither CAP_NET_ADMIN nor /dev/net/tun"),
         ] {
             let chosen = decide(NetworkMode::Auto, &facts(net_admin, tun, true)).expect("passt");
-            assert_eq!(chosen.mode, Mode::Passt, "{why}");
+            let binary = PathBuf::from("/usr/bin/passt");
+            assert_eq!(chosen.mode, Mode::Passt { binary }, "{why}");
             assert!(chosen.reason.contains(why), "{}", chosen.reason);
-            assert_eq!(chosen.passt, Some(PathBuf::from("/usr/bin/passt")));
         }
     }
 
@@ -158,7 +159,11 @@ mod tests {
     #[test]
     fn forced_passt_needs_only_the_binary() {
         let chosen = decide(NetworkMode::Passt, &facts(true, true, true)).expect("passt");
-        assert_eq!(chosen.mode, Mode::Passt);
+        assert!(
+            matches!(chosen.mode, Mode::Passt { .. }),
+            "{:?}",
+            chosen.mode
+        );
         let err = decide(NetworkMode::Passt, &facts(true, true, false)).expect_err("no binary");
         assert!(matches!(err, NetError::PasstMissing), "{err}");
         assert!(err.to_string().contains("passt"), "{err}");

@@ -30,8 +30,8 @@ pub(crate) async fn wire(
         tracing::info!(mode = %choice.mode, reason = choice.reason, "network mode");
     }
     let pod = discover().await?;
-    match (choice.mode, choice.passt) {
-        (mode::Mode::Passt, Some(binary)) => Ok(Wiring::Passt(passt::plan(
+    match choice.mode {
+        mode::Mode::Passt { binary } => Ok(Wiring::Passt(passt::plan(
             config,
             binary,
             runtime_dir,
@@ -39,7 +39,7 @@ pub(crate) async fn wire(
             vm_mac,
             &passt::child::probe(),
         ))),
-        _ => {
+        mode::Mode::Nat => {
             let plan = plan(config, &pod, vm_mac)?;
             let nft = if apply {
                 apply_links(&plan).await?
