@@ -382,6 +382,7 @@ def every_variable_scenario_passes_values_through():
     assert e["VM_MAC"] == "52:54:00:12:34:56" and e["VM_CPUS"] == "2"
     assert e["VM_MEMORY"] == "3Gi" and e["VM_DISK_SIZE"] == "40Gi"
     assert e["NO_DHCP"] == "true" and e["DNS_MODE"] == "passthrough"
+    assert e["NETWORK_MODE"] == "nat"
     assert e["QEMU"] == "/usr/libexec/qemu-kvm" and e["LOG_FORMAT"] == "json"
     assert e["HTTP_PORT"] == "9090" and e["CONFIG_DRIVE"] == "nocloud"
     assert e["CONSOLE_IDLE_TIMEOUT"] == "30m"
