@@ -2,9 +2,10 @@
 //!
 //! Order: HTTP first (probes answer 503 while we prepare), the state, then at once the state
 //! file, the base image and the pet overlay, the config drive and the network links, then qemu
-//! and, at the same time, the NAT and DHCP and DNS. A SIGTERM before qemu starts stops the
-//! preparation (a partial download stays for resume) and exits 128+N; once qemu runs, it
-//! starts the graceful shutdown ladder. DHCP and DNS serve until qemu is gone.
+//! and, at the same time, the NAT and DHCP and DNS (in passt mode: passt, then qemu; see
+//! [`super::network`]). A SIGTERM before qemu starts stops the preparation (a partial download
+//! stays for resume) and exits 128+N; once qemu runs, it starts the graceful shutdown ladder.
+//! DHCP and DNS (or passt) serve until qemu is gone.
 //!
 //! Before all of it, `run` takes the pet's [owner lock](image::owner) and holds it until it
 //! returns: the state, the overlay and the VM are this process's alone.
