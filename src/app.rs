@@ -1,6 +1,8 @@
 //! The only place that sequences phases: parse, log, then run the chosen subcommand.
 
 mod launch;
+mod network;
+mod phase;
 mod run;
 
 use std::io::Write as _;
@@ -182,9 +184,8 @@ fn qemu_args(config: &Config) -> Result<u8, Error> {
     let runtime = runtime()?;
     runtime.block_on(async {
         let state = crate::state::peek(&config.pet_dir, &config.hostname, config.net.vm_mac)?;
-        let pod = net::discover().await?;
-        let plan = net::plan(&config.net, &pod, state.mac())?;
-        let launch = launch::decide(config, Some(&plan), None)?;
+        let wiring = net::wire(&config.net, &config.runtime_dir, state.mac(), false).await?;
+        let launch = launch::decide(config, Some(&wiring), None)?;
         let mut out = std::io::stdout().lock();
         for arg in crate::qemu::args::build(&launch) {
             let _ = writeln!(out, "{}", arg.to_string_lossy());

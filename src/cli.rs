@@ -14,7 +14,8 @@ Every option can also be set through the environment variable shown next to it; 
 over the variable. Arguments after `--` are appended to qemu's command line.
 
 Exit codes: 0 the VM powered off (or the subcommand succeeded); 1 internal error; 2 invalid \
-configuration or usage; 3 base image, pet overlay or PET_DIR error; 4 network error; \
+configuration or usage; 3 base image, pet overlay or PET_DIR error; 4 network error \
+(also a NETWORK_MODE that cannot work, and passt dying under a running VM); \
 5 config-drive error; 6 qemu could not be started; 7 the guest ignored the ACPI power button \
 for SHUTDOWN_TIMEOUT and qemu was stopped; 8 another kvm-manager owns this pet \
 (PET_DIR/<hostname>.lock); otherwise qemu's own exit code, or 128+N when the supervised \
@@ -253,6 +254,12 @@ pub struct Settings {
     /// No DHCP server (the guest is configured otherwise). Same values as NO_VNC.
     #[arg(long, env = "NO_DHCP", global = true, action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
     pub no_dhcp: bool,
+
+    /// `auto`: `nat` when the container has CAP_NET_ADMIN and /dev/net/tun, else `passt`.
+    /// `nat`: bridge, tap and nftables; the VM behind VM_IP, our DHCP and DNS. `passt`: the
+    /// VM on the pod's own IPv4/IPv6 through a passt child; needs no capability and no tun.
+    #[arg(long, env = "NETWORK_MODE", global = true, default_value = "auto")]
+    pub network_mode: String,
 
     /// `forward`: DHCP hands out VM_GW and our forwarder relays to the pod's nameservers;
     /// `passthrough`: DHCP hands out the pod's nameservers.

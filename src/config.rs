@@ -174,6 +174,15 @@ pub enum DnsMode {
     Passthrough,
 }
 
+/// `NETWORK_MODE`: which way the VM reaches the pod network ([`crate::net::mode`] decides
+/// `Auto`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkMode {
+    Auto,
+    Nat,
+    Passt,
+}
+
 #[derive(Debug, Clone)]
 pub struct NetConfig {
     /// `VM_IP` and `VM_GW`.
@@ -186,6 +195,7 @@ pub struct NetConfig {
     pub http_port: Option<u16>,
     /// Guest TCP port that means "ready" with `NO_DHCP`.
     pub ready_port: u16,
+    pub mode: NetworkMode,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

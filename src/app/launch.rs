@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use crate::config::{Config, DriveFormat};
 use crate::image::source::DiskFormat;
 use crate::image::BaseImage;
-use crate::net::NetPlan;
+use crate::net::Wiring;
 use crate::qemu::accel::{self, KVM_FIX};
-use crate::qemu::args::{Accel, Base, BaseFormat, Launch, Nic, Vnc};
+use crate::qemu::args::{Accel, Base, BaseFormat, Launch, Nic, NicBackend, Vnc};
 use crate::qemu::sizing::{self, Limits};
 use crate::qemu::QemuError;
 
@@ -79,10 +79,31 @@ pub(super) fn probe(config: &Config, known: Option<&BaseImage>) -> Result<Probed
     })
 }
 
-/// The pure half of [`decide`]: config + network plan + host facts → qemu's [`Launch`].
+/// The VM's NIC: the tap on our bridge (NAT) or passt's socket.
+fn nic(wiring: &Wiring) -> Nic {
+    match wiring {
+        Wiring::Nat { plan, .. } => Nic {
+            backend: NicBackend::Tap {
+                tap: plan.tap.clone(),
+                vhost: plan.vhost_net,
+            },
+            mac: plan.vm_mac,
+            mtu: plan.mtu,
+        },
+        Wiring::Passt(passt) => Nic {
+            backend: NicBackend::Stream {
+                socket: passt.socket.clone(),
+            },
+            mac: passt.vm_mac,
+            mtu: passt.mtu,
+        },
+    }
+}
+
+/// The pure half of [`decide`]: config + network wiring + host facts → qemu's [`Launch`].
 pub(super) fn compose(
     config: &Config,
-    plan: Option<&NetPlan>,
+    wiring: Option<&Wiring>,
     probed: &Probed,
 ) -> Result<Launch, QemuError> {
     Ok(Launch {
@@ -93,12 +114,7 @@ pub(super) fn compose(
         disk: config.overlay_path(),
         base: probed.base.clone(),
         config_drive: config_drive_path(config),
-        nic: plan.map(|plan| Nic {
-            tap: plan.tap.clone(),
-            mac: plan.vm_mac,
-            mtu: plan.mtu,
-            vhost: plan.vhost_net,
-        }),
+        nic: wiring.map(nic),
         vnc: (!config.net.no_vnc).then_some(Vnc {
             password: config.vm.vnc_password.is_some(),
         }),
@@ -111,7 +127,7 @@ pub(super) fn compose(
 /// `base`: the base image `run` just checked, so that its format is not read twice.
 pub(super) fn decide(
     config: &Config,
-    plan: Option<&NetPlan>,
+    wiring: Option<&Wiring>,
     base: Option<&BaseImage>,
 ) -> Result<Launch, QemuError> {
     let probed = probe(config, base)?;
@@ -122,7 +138,7 @@ pub(super) fn decide(
             "no usable KVM: the VM runs under TCG software emulation, many times slower; {KVM_FIX}"
         );
     }
-    let launch = compose(config, plan, &probed)?;
+    let launch = compose(config, wiring, &probed)?;
     tracing::info!(
         cpus = launch.sizing.cpus,
         memory_mib = launch.sizing.memory_mib,
@@ -162,8 +178,8 @@ mod tests {
         }
     }
 
-    fn plan() -> NetPlan {
-        NetPlan {
+    fn plan() -> Wiring {
+        let plan = crate::net::NetPlan {
             uplink: "eth0".into(),
             bridge: "kvmbr0".into(),
             bridge_mac: MacAddr6::new(0x52, 0x54, 0, 0, 0, 1),
@@ -179,6 +195,10 @@ mod tests {
             pod_prefix: 24,
             excluded_tcp_ports: Vec::new(),
             vhost_net: true,
+        };
+        Wiring::Nat {
+            plan,
+            nft: PathBuf::from("nft"),
         }
     }
 
@@ -232,10 +252,15 @@ mod tests {
         )
         .expect("composes");
         let nic = launch.nic.expect("a NIC");
-        assert_eq!(nic.tap, "kvmtap0");
+        assert_eq!(
+            nic.backend,
+            NicBackend::Tap {
+                tap: "kvmtap0".into(),
+                vhost: true
+            }
+        );
         assert_eq!(nic.mac, MacAddr6::new(0x52, 0x54, 0, 0, 0, 2));
         assert_eq!(nic.mtu, 1450);
-        assert!(nic.vhost);
         assert!(launch.vnc.is_none());
         assert_eq!(launch.accel, Accel::Tcg);
         assert_eq!(launch.disk, PathBuf::from("/pet/vm-0.qcow2"));

@@ -2,28 +2,28 @@
 //!
 //! Order: HTTP first (probes answer 503 while we prepare), the state, then at once the state
 //! file, the base image and the pet overlay, the config drive and the network links, then qemu
-//! and, at the same time, the NAT and DHCP and DNS. A SIGTERM before qemu starts stops the
-//! preparation (a partial download stays for resume) and exits 128+N; once qemu runs, it
-//! starts the graceful shutdown ladder. DHCP and DNS serve until qemu is gone.
+//! and, at the same time, the NAT and DHCP and DNS (in passt mode: passt, then qemu; see
+//! [`super::network`]). A SIGTERM before qemu starts stops the preparation (a partial download
+//! stays for resume) and exits 128+N; once qemu runs, it starts the graceful shutdown ladder.
+//! DHCP and DNS (or passt) serve until qemu is gone.
 //!
 //! Before all of it, `run` takes the pet's [owner lock](image::owner) and holds it until it
 //! returns: the state, the overlay and the VM are this process's alone.
 
-use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use crate::config::{Config, ImageTarget, VNC_PORT};
 use crate::error::{exit, Error};
 use crate::http::{self, webconsole, Phase, Readiness, VmStatus};
-use crate::lan::{Lan, Services};
 use crate::pid1::Pid1;
 use crate::qemu::process::Qemu;
 use crate::qemu::{self, attach, QemuError};
 use crate::{configdrive, image, metrics, net, state};
 
 use super::launch;
+use super::network::Attached;
+use super::phase::{timed, timed_blocking};
 
 pub(super) async fn run(config: &Config, target: &ImageTarget) -> Result<u8, Error> {
     // Before the HTTP server: a second `run` in the same pod is refused as a second owner (exit
@@ -42,8 +42,8 @@ pub(super) async fn run(config: &Config, target: &ImageTarget) -> Result<u8, Err
         }
     };
 
-    let (vm, services) = start(config, &pid1, &launch, &network).await?;
-    supervise(config, &pid1, vm, services, &status).await
+    let (vm, attached) = start(config, &pid1, &launch, &network).await?;
+    supervise(config, &pid1, vm, attached, &status).await
 }
 
 /// The probes (503 while we prepare) and the web console, when HTTP_PORT is set.
@@ -78,56 +78,33 @@ async fn serve_http(config: &Config) -> Result<Arc<VmStatus>, Error> {
     Ok(status)
 }
 
-/// Starts qemu while the NAT is applied and DHCP and DNS start: its disk, config drive, tap
-/// and bridge (all qemu needs) are ready, and the guest sends its first packet seconds later.
-/// A failure of either stops qemu again.
+/// Starts qemu and what its network needs (see [`super::network::start`]).
 async fn start(
     config: &Config,
     pid1: &Pid1,
     launch: &qemu::args::Launch,
-    network: &Network,
-) -> Result<(Qemu, Services), Error> {
-    let argv = qemu::args::build(launch);
+    network: &net::Wiring,
+) -> Result<(Qemu, Attached), Error> {
     let password = config
         .vm
         .vnc_password
         .as_ref()
         .filter(|_| !config.net.no_vnc)
         .map(|s| s.0.as_str());
-    let (vm, nat, services) = tokio::join!(
-        timed(
-            "qemu-start",
-            qemu::process::start(pid1, &argv, &launch.qmp_socket, password),
-        ),
-        timed(
-            "nat",
-            net::apply_nat(&network.plan, &network.nft, pid1.reaper()),
-        ),
-        timed("services", async {
-            Services::start(&Lan::load(config, &network.plan)?).await
-        }),
-    );
-    let vm = vm?;
-    match nat.map_err(Error::from).and(services.map_err(Error::from)) {
-        Ok(services) => Ok((vm, services)),
-        Err(e) => {
-            vm.kill().await;
-            Err(e)
-        }
-    }
+    super::network::start(config, pid1, network, launch, password).await
 }
 
 /// The running VM: the probes and metrics follow the lease and pauses, `kvm-manager console`
 /// attaches, and a SIGTERM starts the shutdown ladder; returns the exit code once qemu is gone.
-/// DHCP and DNS serve until then.
+/// DHCP and DNS (or passt) serve until then.
 async fn supervise(
     config: &Config,
     pid1: &Pid1,
     vm: Qemu,
-    services: Services,
+    mut attached: Attached,
     status: &Arc<VmStatus>,
 ) -> Result<u8, Error> {
-    report(&services, status);
+    attached.report(status);
     status.set_qmp(Some(vm.qmp.clone()));
     follow_pauses(
         qemu::process::watch_pauses(vm.qmp.clone(), config.pet_dir.clone()),
@@ -149,27 +126,13 @@ async fn supervise(
         std::future::pending::<()>().await;
     };
     let outcome = tokio::select! {
-        outcome = vm.supervise(pid1, config.vm.shutdown_timeout) => outcome,
+        outcome = attached.supervise(vm, pid1, config.vm.shutdown_timeout) => outcome,
         () = stopping => unreachable!("pending() never completes"),
     };
     status.set_phase(Phase::Stopped);
     status.set_qmp(None);
-    drop(services);
+    attached.stop().await;
     Ok(exit_code(&outcome?))
-}
-
-/// Feeds readiness from the lease until the runtime ends.
-fn report(services: &Services, status: &Arc<VmStatus>) {
-    let status = Arc::clone(status);
-    let mut leased = services.dhcp().lease_watch();
-    tokio::spawn(async move {
-        loop {
-            status.set_lease(*leased.borrow_and_update());
-            if leased.changed().await.is_err() {
-                return;
-            }
-        }
-    });
 }
 
 /// Feeds the probes and metrics from the pause watcher until qemu's QMP connection closes.
@@ -205,31 +168,6 @@ fn exit_code(outcome: &qemu::process::Outcome) -> u8 {
     outcome.status.code()
 }
 
-/// Runs one phase, logging and recording how long it took.
-async fn timed<T>(phase: &'static str, work: impl Future<Output = T>) -> T {
-    let started = Instant::now();
-    let result = work.await;
-    phase_done(phase, started.elapsed());
-    result
-}
-
-/// [`timed`] for blocking work.
-fn timed_blocking<T>(phase: &'static str, work: impl FnOnce() -> T) -> T {
-    let started = Instant::now();
-    let result = work();
-    phase_done(phase, started.elapsed());
-    result
-}
-
-fn phase_done(phase: &'static str, took: Duration) {
-    metrics::VM.phase_took(phase, took);
-    tracing::info!(
-        phase,
-        took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
-        "phase done"
-    );
-}
-
 /// Runs blocking file work on one of tokio's blocking threads, so that it overlaps the
 /// network setup; a panic there is a panic here.
 async fn on_worker<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
@@ -237,12 +175,6 @@ async fn on_worker<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static)
         Ok(value) => value,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
-}
-
-/// The network once its links are up; the NAT is applied beside qemu's start.
-struct Network {
-    plan: net::NetPlan,
-    nft: std::path::PathBuf,
 }
 
 /// Everything qemu needs. After the state is decided (in memory), four things at once, because
@@ -254,7 +186,7 @@ struct Network {
 async fn prepare(
     config: &Config,
     target: &ImageTarget,
-) -> Result<(qemu::args::Launch, Network), Error> {
+) -> Result<(qemu::args::Launch, net::Wiring), Error> {
     // PET_DIR exists: the owner lock, taken first, created it (or failed naming PET_DIR).
     std::fs::create_dir_all(&config.runtime_dir).map_err(|source| QemuError::RuntimeDir {
         path: config.runtime_dir.clone(),
@@ -290,17 +222,22 @@ async fn prepare(
         })
     };
     let network = async {
-        let (plan, nft) = timed("network", async {
-            let pod = net::discover().await?;
-            let plan = net::plan(&config.net, &pod, mac)?;
-            let nft = net::apply_links(&plan).await?;
-            Ok::<_, Error>((plan, nft))
-        })
+        let wiring = timed(
+            "network",
+            net::wire(&config.net, &config.runtime_dir, mac, true),
+        )
         .await?;
-        tracing::info!(bridge = %plan.bridge, tap = %plan.tap, pod_ip = %plan.pod_ip, vm_ip = %plan.slash30.vm(), mtu = plan.mtu, "network links ready");
-        Ok::<_, Error>((plan, nft))
+        match &wiring {
+            net::Wiring::Nat { plan, .. } => {
+                tracing::info!(bridge = %plan.bridge, tap = %plan.tap, pod_ip = %plan.pod_ip, vm_ip = %plan.slash30.vm(), mtu = plan.mtu, "network links ready");
+            }
+            net::Wiring::Passt(plan) => {
+                tracing::info!(socket = %plan.socket.display(), mtu = plan.mtu, "passt planned: the VM gets the pod's own address");
+            }
+        }
+        Ok::<_, Error>(wiring)
     };
-    let ((), base, (), (plan, nft)) = tokio::try_join!(state_saved, disk, drive, network)?;
-    let launch = launch::decide(config, Some(&plan), Some(&base))?;
-    Ok((launch, Network { plan, nft }))
+    let ((), base, (), wiring) = tokio::try_join!(state_saved, disk, drive, network)?;
+    let launch = launch::decide(config, Some(&wiring), Some(&base))?;
+    Ok((launch, wiring))
 }

@@ -1,11 +1,11 @@
 //! The VM's addresses and ports: `VM_IP`, `VM_GW`, `VM_MAC`, `NO_VNC`, `NO_DHCP`, `DNS_MODE`,
-//! `HTTP_PORT`, `READY_PORT`.
+//! `HTTP_PORT`, `READY_PORT`, `NETWORK_MODE`.
 
 use std::net::Ipv4Addr;
 
 use macaddr::MacAddr6;
 
-use super::{choice, invalid, non_empty, ConfigError, DnsMode, NetConfig, VNC_PORT};
+use super::{choice, invalid, non_empty, ConfigError, DnsMode, NetConfig, NetworkMode, VNC_PORT};
 use crate::cli::Settings;
 use crate::net::Slash30;
 
@@ -53,6 +53,15 @@ pub(super) fn parse_net(settings: &Settings) -> Result<NetConfig, ConfigError> {
             ))
         }
     };
+    let mode = choice(
+        "NETWORK_MODE",
+        &settings.network_mode,
+        &[
+            ("auto", NetworkMode::Auto),
+            ("nat", NetworkMode::Nat),
+            ("passt", NetworkMode::Passt),
+        ],
+    )?;
     Ok(NetConfig {
         slash30,
         vm_mac,
@@ -61,6 +70,7 @@ pub(super) fn parse_net(settings: &Settings) -> Result<NetConfig, ConfigError> {
         dns_mode,
         http_port: (port != 0).then_some(port),
         ready_port,
+        mode,
     })
 }
 
@@ -139,6 +149,21 @@ mod tests {
             assert!(message.contains(reason), "{args:?}: {message}");
             assert!(message.contains("Fix: choose another port"), "{message}");
         }
+    }
+
+    #[test]
+    fn network_mode_is_auto_by_default_and_a_bad_value_names_the_variable() {
+        assert_eq!(parse(&[]).expect("defaults").mode, NetworkMode::Auto);
+        let net = parse(&["--network-mode", "passt"]).expect("passt");
+        assert_eq!(net.mode, NetworkMode::Passt);
+        let message = parse(&["--network-mode", "slirp"])
+            .expect_err("not a mode")
+            .to_string();
+        assert!(
+            message.starts_with("NETWORK_MODE (--network-mode)"),
+            "{message}"
+        );
+        assert!(message.contains("slirp"), "{message}");
     }
 
     #[test]

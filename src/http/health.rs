@@ -58,6 +58,9 @@ pub(crate) enum Readiness {
     Lease,
     /// This guest address answers TCP connections (`NO_DHCP`).
     TcpPort(SocketAddr),
+    /// passt mode: the guest answers on this port of the pod IP, as a watcher outside the
+    /// handler found (passt accepts for the guest, so a bare connect proves nothing).
+    GuestPort(SocketAddr),
 }
 
 /// Shared, lock-light view of the VM for the HTTP handlers.
@@ -65,7 +68,7 @@ pub(crate) enum Readiness {
 pub(crate) struct VmStatus {
     phase: AtomicU8,
     lease: AtomicBool,
-    readiness: Readiness,
+    readiness: Mutex<Readiness>,
     qmp: Mutex<Option<Qmp>>,
     /// Why the VM is paused, as the pause watcher last reported.
     pause: Mutex<Option<Pause>>,
@@ -77,7 +80,7 @@ impl VmStatus {
         Self {
             phase: AtomicU8::new(Phase::Starting as u8),
             lease: AtomicBool::new(false),
-            readiness,
+            readiness: Mutex::new(readiness),
             qmp: Mutex::new(None),
             pause: Mutex::new(None),
         }
@@ -125,7 +128,16 @@ impl VmStatus {
             .clone()
     }
 
-    /// Fed by `run` from the DHCP server's lease watch: true once the VM's MAC holds its address.
+    /// How readiness is decided, once the network mode is known.
+    pub(crate) fn set_readiness(&self, readiness: Readiness) {
+        *self
+            .readiness
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = readiness;
+    }
+
+    /// Fed by `run` from the DHCP server's lease watch: true once the VM's MAC holds its address
+    /// (in passt mode: from the watcher of the guest's port, see [`Readiness::GuestPort`]).
     pub(crate) fn set_lease(&self, held: bool) {
         self.lease.store(held, Ordering::SeqCst);
     }
@@ -165,7 +177,17 @@ impl VmStatus {
         if let Some(pause) = self.pause() {
             return Err(format!("not ready: {pause}"));
         }
-        match self.readiness {
+        let readiness = *self
+            .readiness
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match readiness {
+            Readiness::GuestPort(addr) if self.lease.load(Ordering::SeqCst) => {
+                Ok(format!("the guest answers on {addr} (through passt)"))
+            }
+            Readiness::GuestPort(addr) => Err(format!(
+                "the guest does not answer on {addr} (through passt) yet"
+            )),
             Readiness::Lease if self.lease.load(Ordering::SeqCst) => {
                 Ok("the guest holds its DHCP lease".to_owned())
             }

@@ -12,12 +12,15 @@
 
 pub(crate) mod discover;
 pub(crate) mod host;
+pub(crate) mod mode;
 pub(crate) mod nft;
+pub(crate) mod passt;
 pub(crate) mod plan;
 pub(crate) mod ruleset;
 pub(crate) mod slash30;
 pub(crate) mod spoof;
 pub(crate) mod tap;
+pub(crate) mod wiring;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -25,6 +28,7 @@ use std::path::PathBuf;
 pub(crate) use discover::discover;
 pub(crate) use plan::{plan, NetPlan};
 pub(crate) use slash30::Slash30;
+pub(crate) use wiring::{wire, Wiring};
 
 /// What `kvm-manager network` prints: the plan, then the ruleset computed from it.
 pub(crate) fn printout(plan: &NetPlan) -> String {
@@ -112,6 +116,57 @@ pub(crate) enum NetError {
     NoNfTables { stderr: String },
     #[error("nft rejected our ruleset ({status}): {stderr}")]
     NftRejected { status: ExitStatus, stderr: String },
+    #[error(
+        "NETWORK_MODE=nat needs CAP_NET_ADMIN, which the container lacks. Fix: {NET_ADMIN_FIX}, \
+         or set NETWORK_MODE=passt (or auto), which needs no capability"
+    )]
+    NatNeedsNetAdmin,
+    #[error(
+        "NETWORK_MODE=nat needs /dev/net/tun, which the container cannot open. Fix: expose it \
+         with a device plugin that offers /dev/net/tun (or run privileged), or set \
+         NETWORK_MODE=passt (or auto), which needs no tun device"
+    )]
+    NatNeedsTun,
+    #[error(
+        "NETWORK_MODE=passt, but the `passt` binary was not found on PATH. Fix: install the \
+         passt package in the image"
+    )]
+    PasstMissing,
+    #[error(
+        "no network mode can work: {reason}, so NAT cannot, and the `passt` binary was not \
+         found on PATH. Fix: install the passt package in the image (passt needs no \
+         capability), or {NET_ADMIN_FIX} and expose /dev/net/tun"
+    )]
+    NoMode { reason: &'static str },
+    #[error("could not prepare passt's socket directory {path}")]
+    PasstSocketDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not start passt")]
+    PasstSpawn(#[source] Pid1Error),
+    #[error("passt exited ({status}) before it was ready; its last words:\n{last_words}")]
+    PasstEarlyExit {
+        status: ExitStatus,
+        last_words: String,
+    },
+    #[error(
+        "passt did not create its socket {path} in time. Fix: RUNTIME_DIR and every directory \
+         above it must be searchable by the user passt runs as (nobody when kvm-manager runs \
+         as root). Its last words:\n{last_words}"
+    )]
+    PasstNoSocket { path: PathBuf, last_words: String },
+    #[error(
+        "passt, which carried the VM's network, exited ({status}); the VM was stopped. Its last \
+         words:\n{last_words}"
+    )]
+    PasstDied {
+        status: ExitStatus,
+        last_words: String,
+    },
+    #[error("passt (pid {pid}) was lost by the reaper; the VM was stopped")]
+    PasstLost { pid: i32 },
     #[error("could not run nft")]
     NftSpawn(#[source] Pid1Error),
     #[error("could not talk to nft")]

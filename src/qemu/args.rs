@@ -30,13 +30,20 @@ pub(crate) enum Accel {
     Tcg,
 }
 
-/// The VM's NIC: our tap.
+/// The VM's NIC and what carries its frames.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Nic {
-    pub tap: String,
+    pub backend: NicBackend,
     pub mac: MacAddr6,
     pub mtu: u32,
-    pub vhost: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NicBackend {
+    /// NAT mode: our tap on the bridge.
+    Tap { tap: String, vhost: bool },
+    /// passt mode: passt's unix socket (`-netdev stream`, QEMU 7.2's client for it).
+    Stream { socket: PathBuf },
 }
 
 /// Everything the command line depends on.
@@ -146,14 +153,18 @@ pub(crate) fn build(launch: &Launch) -> Vec<OsString> {
     }
 
     if let Some(nic) = &launch.nic {
-        let vhost = if nic.vhost { "on" } else { "off" };
-        push(&[
-            "-netdev",
-            &format!(
-                "tap,id=net0,ifname={},script=no,downscript=no,vhost={vhost}",
-                escape(&nic.tap)
+        let netdev = match &nic.backend {
+            NicBackend::Tap { tap, vhost } => format!(
+                "tap,id=net0,ifname={},script=no,downscript=no,vhost={}",
+                escape(tap),
+                if *vhost { "on" } else { "off" }
             ),
-        ]);
+            NicBackend::Stream { socket } => format!(
+                "stream,id=net0,server=off,addr.type=unix,addr.path={}",
+                path_value(socket)
+            ),
+        };
+        push(&["-netdev", &netdev]);
         let mac = nic.mac.to_string().to_ascii_lowercase();
         push(&[
             "-device",

@@ -171,6 +171,93 @@ def extra_sysctls_follow_the_chart_one_even_when_privileged():
     assert pod_sysctls(m) == {"net.ipv4.ip_forward": "1"}
 
 
+# Pod Security Standards, "restricted" profile (which includes "baseline"), as the
+# PodSecurity admission controller of Kubernetes 1.30 checks a pod spec.
+PSS_SAFE_SYSCTLS = {
+    "kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+}
+PSS_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+               "persistentVolumeClaim", "projected", "secret"}
+
+
+def restricted_violations(manifests):
+    """Every way the StatefulSet's pod breaks Pod Security "restricted" (empty: it passes)."""
+    sts = only(manifests, "StatefulSet")
+    pod = sts["spec"]["template"]["spec"]
+    psc = pod.get("securityContext") or {}
+    out = []
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(key):
+            out.append(f"{key} is set")
+    for v in pod.get("volumes", []):
+        kinds = set(v) - {"name"}
+        if not kinds <= PSS_VOLUMES:
+            out.append(f"volume {v['name']} is of a restricted type: {kinds}")
+    for s in psc.get("sysctls", []):
+        if s["name"] not in PSS_SAFE_SYSCTLS:
+            out.append(f"unsafe sysctl {s['name']}")
+    for c in pod.get("initContainers", []) + pod["containers"]:
+        sc = c.get("securityContext") or {}
+        name = c["name"]
+        if sc.get("privileged"):
+            out.append(f"{name}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            out.append(f"{name}: allowPrivilegeEscalation is not false")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            out.append(f"{name}: capabilities do not drop ALL")
+        if set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
+            out.append(f"{name}: adds capabilities {caps['add']}")
+        if not sc.get("runAsNonRoot", psc.get("runAsNonRoot")):
+            out.append(f"{name}: runAsNonRoot is not true")
+        if sc.get("runAsUser", psc.get("runAsUser")) == 0:
+            out.append(f"{name}: runAsUser is 0")
+        seccomp = (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            out.append(f"{name}: seccompProfile is {seccomp}")
+        for port in c.get("ports", []):
+            if port.get("hostPort"):
+                out.append(f"{name}: hostPort {port['hostPort']}")
+        if sc.get("procMount", "Default") != "Default":
+            out.append(f"{name}: procMount")
+    return out
+
+
+@test
+def restricted_scenario_passes_pod_security_restricted_in_passt_mode():
+    m = render("restricted-values.yaml")
+    assert restricted_violations(m) == [], restricted_violations(m)
+    assert env(m)["NETWORK_MODE"] == "passt"
+    c = container(m)
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    limits = c["resources"]["limits"]
+    assert limits.get("devices.kubevirt.io/kvm") == "1", "/dev/kvm from the device plugin"
+    assert not any(k.endswith("/tun") for k in limits), f"no tun device: {limits}"
+    assert pod_sysctls(m) == {
+        "net.ipv4.ip_unprivileged_port_start": "0",
+        "net.ipv4.ping_group_range": "0 2147483647",
+    }
+    pod = only(m, "StatefulSet")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == 65532
+    assert pod["securityContext"]["supplementalGroups"] == [108]
+    mounts = {v["mountPath"] for v in c["volumeMounts"]}
+    assert "/run/kvm-manager" in mounts, "RUNTIME_DIR writable by the non-root user"
+
+
+@test
+def the_nat_scenarios_do_not_pass_restricted_and_the_check_says_why():
+    # The checker can fail: NAT needs NET_ADMIN and NET_RAW, and runs as root.
+    found = restricted_violations(render("default-values.yaml"))
+    assert any("adds capabilities" in v for v in found), found
+    assert any("runAsNonRoot" in v for v in found), found
+    found = restricted_violations(render("privileged-values.yaml"))
+    assert any("privileged" in v for v in found), found
+    assert env(render("default-values.yaml"))["NETWORK_MODE"] == "auto"
+
+
 @test
 def grace_period_follows_shutdown_timeout():
     for f, timeout in (("default-values.yaml", 25), ("every-variable-values.yaml", 115)):
@@ -295,6 +382,7 @@ def every_variable_scenario_passes_values_through():
     assert e["VM_MAC"] == "52:54:00:12:34:56" and e["VM_CPUS"] == "2"
     assert e["VM_MEMORY"] == "3Gi" and e["VM_DISK_SIZE"] == "40Gi"
     assert e["NO_DHCP"] == "true" and e["DNS_MODE"] == "passthrough"
+    assert e["NETWORK_MODE"] == "nat"
     assert e["QEMU"] == "/usr/libexec/qemu-kvm" and e["LOG_FORMAT"] == "json"
     assert e["HTTP_PORT"] == "9090" and e["CONFIG_DRIVE"] == "nocloud"
     assert e["CONSOLE_IDLE_TIMEOUT"] == "30m"
@@ -429,7 +517,7 @@ def missing_img_source_fails_with_a_helpful_message():
 
 @test
 def schema_rejects_values_kvm_manager_would_reject():
-    for bad in ("dnsMode=bogus", "accel=hvf", "configDrive=iso", "string:vncPassword=123456789",
+    for bad in ("dnsMode=bogus", "networkMode=slirp", "runAsUser=0", "accel=hvf", "configDrive=iso", "string:vncPassword=123456789",
                 "vmIp=300.1.1.1", "string:imgSha256=abc", "string:consoleIdleTimeout=0",
                 "string:consoleIdleTimeout=soon"):
         args = ["template", "vm", str(CHART), "-f", str(CI / "default-values.yaml")]

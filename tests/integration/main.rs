@@ -16,6 +16,7 @@ mod flood;
 mod http;
 mod image;
 mod network;
+mod passt;
 mod pause;
 mod pet;
 mod pid1;

@@ -21,6 +21,7 @@ fn net() -> NetConfig {
         dns_mode: DnsMode::Forward,
         http_port: Some(8080),
         ready_port: 22,
+        mode: crate::config::NetworkMode::Auto,
     }
 }
 

@@ -31,10 +31,12 @@ fn base() -> Launch {
         }),
         config_drive: Some("/run/kvm-manager/config-drive.iso".into()),
         nic: Some(Nic {
-            tap: "kvm-tap0".into(),
+            backend: NicBackend::Tap {
+                tap: "kvm-tap0".into(),
+                vhost: true,
+            },
             mac: MacAddr6::new(0x52, 0x54, 0, 0x12, 0x34, 0x56),
             mtu: 1450,
-            vhost: true,
         }),
         vnc: Some(Vnc { password: false }),
         qmp_socket: "/run/kvm-manager/qmp.sock".into(),
@@ -60,9 +62,32 @@ fn tcg_without_vhost() {
     let mut launch = base();
     launch.accel = Accel::Tcg;
     if let Some(nic) = launch.nic.as_mut() {
-        nic.vhost = false;
+        nic.backend = NicBackend::Tap {
+            tap: "kvm-tap0".into(),
+            vhost: false,
+        };
     }
     golden("tcg", &build(&launch));
+}
+
+#[test]
+fn passt_mode_connects_the_nic_to_passts_socket() {
+    let mut launch = base();
+    launch.accel = Accel::Tcg;
+    if let Some(nic) = launch.nic.as_mut() {
+        nic.backend = NicBackend::Stream {
+            socket: "/run/kvm-manager/passt/passt.sock".into(),
+        };
+    }
+    let argv = build(&launch);
+    assert!(
+        argv.windows(2).any(|w| w[0] == "-netdev"
+            && w[1]
+                == "stream,id=net0,server=off,addr.type=unix,addr.path=/run/kvm-manager/passt/passt.sock"),
+        "{argv:?}"
+    );
+    assert!(!argv.iter().any(|a| a.to_string_lossy().contains("tap")));
+    golden("passt", &argv);
 }
 
 #[test]

@@ -7,28 +7,26 @@
 //! quits without asking the guest) and uses SIGUSR1 internally, so nothing is passed on.
 
 use std::ffi::OsString;
-use std::io::ErrorKind;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::{sleep, timeout, Instant};
 
-use super::console::{self, Ring, Stream};
+use super::console::Ring;
 use super::qmp::Qmp;
 use super::QemuError;
-use crate::pid1::reaper::Stdio;
 use crate::pid1::{ExitStatus, Pid1, Pid1Error};
 
-/// How often the power button is pressed again while the guest has not powered off.
 mod pauses;
+mod spawn;
 
 pub(crate) use pauses::watch_pauses;
 
+/// How often the power button is pressed again while the guest has not powered off.
 const REPRESS_EVERY: Duration = Duration::from_secs(5);
 /// How long qemu gets to obey `quit` before SIGKILL.
 const QUIT_GRACE: Duration = Duration::from_secs(5);
@@ -80,49 +78,13 @@ pub(crate) async fn start(
     }
     let _ = std::fs::remove_file(qmp_socket);
 
-    let spawned = pid1
-        .reaper()
-        .spawn(program, args, [Stdio::Piped; 3])
-        .map_err(|e| match e {
-            Pid1Error::Spawn { source, .. } if source.kind() == ErrorKind::NotFound => {
-                QemuError::NotFound {
-                    qemu: program.into(),
-                    path: std::env::var("PATH").unwrap_or_default(),
-                }
-            }
-            // The program is named once, by QEMU=, not again by the reaper's message.
-            Pid1Error::Spawn { source, .. } => QemuError::Spawn {
-                qemu: program.into(),
-                source,
-            },
-            other => QemuError::Reaper(other),
-        })?;
+    let spawned = spawn::spawn(pid1, program, args)?;
     let pid = spawned.pid;
     let mut exit = spawned.exit;
     // Logged once qemu runs: formatting the command line would delay its start.
     tracing::info!(pid = pid.as_raw(), argv = ?argv, "qemu started");
-
-    let console = Arc::new(Ring::new(1000));
-    let stderr = Arc::new(Ring::new(50));
-    let (console_raw, _) = broadcast::channel(256);
-    if let Some(out) = spawned.pipes.stdout {
-        let (ring, raw) = (Arc::clone(&console), console_raw.clone());
-        tokio::spawn(async move { console::pump(out, Stream::Guest, &ring, Some(&raw)).await });
-    }
-    if let Some(err) = spawned.pipes.stderr {
-        let ring = Arc::clone(&stderr);
-        tokio::spawn(async move { console::pump(err, Stream::Qemu, &ring, None).await });
-    }
-    let (console_input, mut typed) = mpsc::channel::<Vec<u8>>(64);
-    if let Some(mut stdin) = spawned.pipes.stdin {
-        tokio::spawn(async move {
-            while let Some(bytes) = typed.recv().await {
-                if stdin.write_all(&bytes).await.is_err() {
-                    break;
-                }
-            }
-        });
-    }
+    let relays = spawn::relay(spawned.pipes);
+    let stderr = Arc::clone(&relays.stderr);
 
     let qmp = match connect_qmp(qmp_socket, &mut exit).await {
         Ok(qmp) => qmp,
@@ -157,10 +119,10 @@ pub(crate) async fn start(
     Ok(Qemu {
         pid,
         qmp,
-        console,
+        console: relays.console,
         stderr,
-        console_raw,
-        console_input,
+        console_raw: relays.console_raw,
+        console_input: relays.console_input,
         exit,
     })
 }
@@ -204,26 +166,48 @@ impl Qemu {
     /// Waits until qemu exits; on SIGTERM/SIGINT shuts the guest down gracefully. An error
     /// only when the reaper lost qemu's exit status: no code is made up for it.
     pub(crate) async fn supervise(
-        mut self,
+        self,
         pid1: &Pid1,
         shutdown_timeout: Duration,
     ) -> Result<Outcome, QemuError> {
+        let never = std::future::pending::<std::convert::Infallible>();
+        self.supervise_unless(pid1, shutdown_timeout, never).await.0
+    }
+
+    /// [`Qemu::supervise`], and when `fatal` resolves first (a child the VM depends on died),
+    /// the same graceful shutdown; its value comes back beside the outcome.
+    pub(crate) async fn supervise_unless<E>(
+        mut self,
+        pid1: &Pid1,
+        shutdown_timeout: Duration,
+        fatal: impl std::future::Future<Output = E>,
+    ) -> (Result<Outcome, QemuError>, Option<E>) {
+        let mut cause = None;
         let (status, forced) = tokio::select! {
             status = &mut self.exit => (status, false),
             signal = pid1.shutdown_requested() => {
                 tracing::info!(%signal, timeout = %humantime::format_duration(shutdown_timeout), "shutting the guest down (ACPI power button)");
                 self.graceful(shutdown_timeout).await
             }
+            e = fatal => {
+                cause = Some(e);
+                tracing::info!(timeout = %humantime::format_duration(shutdown_timeout), "shutting the guest down (ACPI power button)");
+                self.graceful(shutdown_timeout).await
+            }
         };
         let status =
-            status.map_err(|_| QemuError::Reaper(Pid1Error::ReaperGone(self.pid.as_raw())))?;
+            match status.map_err(|_| QemuError::Reaper(Pid1Error::ReaperGone(self.pid.as_raw()))) {
+                Ok(status) => status,
+                Err(e) => return (Err(e), cause),
+            };
         // Let the relays flush the last lines.
         sleep(Duration::from_millis(100)).await;
-        Ok(Outcome {
+        let outcome = Outcome {
             status,
             forced,
             stderr: self.stderr.snapshot(),
-        })
+        };
+        (Ok(outcome), cause)
     }
 
     async fn graceful(

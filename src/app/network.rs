@@ -1,0 +1,154 @@
+//! `run`'s network around qemu, in either mode: NAT (the ruleset applied and DHCP/DNS started
+//! while qemu starts) or passt (started before qemu, which connects to its socket); then
+//! readiness from the lease, supervision (passt dying stops the VM: exit 4) and teardown.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::phase::timed;
+use crate::config::Config;
+use crate::error::Error;
+use crate::http::{Readiness, VmStatus};
+use crate::lan::{Lan, Services};
+use crate::net::passt::child::{self, Passt};
+use crate::net::{self, NetError, Wiring};
+use crate::pid1::Pid1;
+use crate::qemu::process::{Outcome, Qemu};
+use crate::qemu::{self, QemuError};
+
+/// What serves the VM's network while qemu runs.
+pub(super) enum Attached {
+    Nat(Services),
+    Passt {
+        passt: Passt,
+        /// `READY_PORT` of the pod IP: the guest's, through passt.
+        ready: SocketAddr,
+    },
+}
+
+/// How often passt mode's readiness asks the guest.
+const READY_EVERY: Duration = Duration::from_secs(2);
+
+/// Starts qemu with `argv` and what its network needs per `wiring`. A failure of either
+/// stops the other again.
+pub(super) async fn start(
+    config: &Config,
+    pid1: &Pid1,
+    wiring: &Wiring,
+    launch: &qemu::args::Launch,
+    password: Option<&str>,
+) -> Result<(Qemu, Attached), Error> {
+    let argv: Vec<OsString> = qemu::args::build(launch);
+    let start_qemu = || {
+        timed(
+            "qemu-start",
+            qemu::process::start(pid1, &argv, &launch.qmp_socket, password),
+        )
+    };
+    match wiring {
+        // qemu starts while the NAT is applied and DHCP and DNS start: its disk, config drive,
+        // tap and bridge (all qemu needs) are ready, and the guest sends its first packet
+        // seconds later.
+        Wiring::Nat { plan, nft } => {
+            let (vm, nat, services) = tokio::join!(
+                start_qemu(),
+                timed("nat", net::apply_nat(plan, nft, pid1.reaper())),
+                timed("services", async {
+                    Services::start(&Lan::load(config, plan)?).await
+                }),
+            );
+            let vm = vm?;
+            match nat.map_err(Error::from).and(services.map_err(Error::from)) {
+                Ok(services) => Ok((vm, Attached::Nat(services))),
+                Err(e) => {
+                    vm.kill().await;
+                    Err(e)
+                }
+            }
+        }
+        // qemu 7.2's stream client connects once, at start: passt's socket must be there.
+        Wiring::Passt(plan) => {
+            let passt = timed("passt", child::start(plan, pid1.reaper())).await?;
+            match start_qemu().await {
+                Ok(vm) => {
+                    let ready = SocketAddr::from((plan.pod_ip, config.net.ready_port));
+                    Ok((vm, Attached::Passt { passt, ready }))
+                }
+                Err(e) => {
+                    passt.stop().await;
+                    Err(e.into())
+                }
+            }
+        }
+    }
+}
+
+impl Attached {
+    /// Feeds readiness until the runtime ends: from our DHCP server's lease (NAT), or from
+    /// the guest answering on `READY_PORT` of the pod IP (passt, which reports no lease).
+    pub(super) fn report(&self, status: &Arc<VmStatus>) {
+        let status = Arc::clone(status);
+        match self {
+            Attached::Nat(services) => {
+                let mut leased = services.dhcp().lease_watch();
+                tokio::spawn(async move {
+                    loop {
+                        status.set_lease(*leased.borrow_and_update());
+                        if leased.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            Attached::Passt { ready, .. } => {
+                let ready = *ready;
+                status.set_readiness(Readiness::GuestPort(ready));
+                tokio::spawn(async move {
+                    loop {
+                        status.set_lease(child::guest_answers(ready).await);
+                        tokio::time::sleep(READY_EVERY).await;
+                    }
+                });
+            }
+        }
+    }
+
+    /// Runs the VM until qemu exits (SIGTERM: the graceful ladder). passt dying stops the VM
+    /// the same graceful way and is the error.
+    pub(super) async fn supervise(
+        &mut self,
+        vm: Qemu,
+        pid1: &Pid1,
+        shutdown_timeout: Duration,
+    ) -> Result<Outcome, Error> {
+        match self {
+            Attached::Nat(_) => Ok(vm.supervise(pid1, shutdown_timeout).await?),
+            Attached::Passt { passt, .. } => {
+                let (outcome, died): (Result<Outcome, QemuError>, Option<NetError>) = vm
+                    .supervise_unless(pid1, shutdown_timeout, passt.died())
+                    .await;
+                match died {
+                    Some(e) => {
+                        tracing::error!(error = %crate::logging::render_chain(&e), "passt died: stopping the VM");
+                        // The VM's end is reported; how it ended is secondary to why.
+                        if let Ok(outcome) = &outcome {
+                            tracing::info!(status = %outcome.status, forced = outcome.forced, "qemu stopped");
+                        }
+                        Err(e.into())
+                    }
+                    None => Ok(outcome?),
+                }
+            }
+        }
+    }
+
+    /// Stops what served the network (passt; our servers stop when dropped).
+    pub(super) async fn stop(self) {
+        match self {
+            Attached::Nat(services) => drop(services),
+            Attached::Passt { passt, .. } => passt.stop().await,
+        }
+    }
+}
