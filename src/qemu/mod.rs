@@ -1,6 +1,7 @@
 //! qemu: the command line (pure), the process and its supervision, QMP, the console.
 
 pub(crate) mod accel;
+pub(crate) mod agent;
 pub(crate) mod args;
 pub(crate) mod attach;
 pub(crate) mod console;
