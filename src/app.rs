@@ -1,5 +1,6 @@
 //! The only place that sequences phases: parse, log, then run the chosen subcommand.
 
+mod guest;
 mod launch;
 mod run;
 
@@ -53,7 +54,9 @@ fn run(cli: Cli) -> Result<u8, Error> {
         Command::Image
         | Command::ConfigDrive { .. }
         | Command::QemuArgs { .. }
-        | Command::Console => Sink::Stderr,
+        | Command::Console
+        | Command::Freeze
+        | Command::Thaw => Sink::Stderr,
     };
     logging::init(&log, sink)?;
     pid1::raise_open_files_limit();
@@ -77,12 +80,24 @@ fn run(cli: Cli) -> Result<u8, Error> {
         Command::ConfigDrive { output } => config_drive(&config, &output),
         Command::QemuArgs { .. } => qemu_args(&config),
         Command::Supervise { command } => supervise(&config, command),
+        Command::Freeze => control(&config, crate::qemu::agent::control::Action::Freeze),
+        Command::Thaw => control(&config, crate::qemu::agent::control::Action::Thaw),
         Command::Console => {
             crate::qemu::attach::attach(&crate::qemu::attach::socket_path(&config.runtime_dir))
                 .map_err(crate::qemu::QemuError::from)?;
             Ok(0)
         }
     }
+}
+
+/// `kvm-manager freeze|thaw`: asks the running `run` over its control socket; prints its
+/// answer (JSON) on stdout.
+fn control(config: &Config, action: crate::qemu::agent::control::Action) -> Result<u8, Error> {
+    let socket = crate::qemu::agent::control::socket_path(&config.runtime_dir);
+    let answer = crate::qemu::agent::control::request(&socket, action)
+        .map_err(crate::qemu::QemuError::from)?;
+    let _ = writeln!(std::io::stdout().lock(), "{answer}");
+    Ok(0)
 }
 
 /// Builds the config drive at `output` and prints its path (nothing for `CONFIG_DRIVE=none`).

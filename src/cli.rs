@@ -9,6 +9,10 @@ use std::path::PathBuf;
 use clap::builder::FalseyValueParser;
 use clap::{ArgAction, Args, Parser, Subcommand};
 
+mod agent;
+
+pub(crate) use agent::AgentSettings;
+
 const AFTER_HELP: &str = "\
 Every option can also be set through the environment variable shown next to it; a flag wins \
 over the variable. Arguments after `--` are appended to qemu's command line.
@@ -62,6 +66,12 @@ pub(crate) enum Command {
         #[arg(last = true, value_name = "QEMU_ARG")]
         qemu_extra: Vec<String>,
     },
+    /// Freeze the guest's filesystems through its agent (for a consistent backup; e.g.
+    /// `kubectl exec POD -- kvm-manager freeze`); they thaw by `thaw`, after FREEZE_TIMEOUT,
+    /// or on SIGTERM.
+    Freeze,
+    /// Thaw the guest's filesystems after `freeze`.
+    Thaw,
     /// Attach this terminal to the guest's serial console (e.g. `kubectl exec -it POD --
     /// kvm-manager console`); Ctrl-] detaches and leaves the VM running.
     Console,
@@ -311,6 +321,9 @@ pub struct Settings {
         value_name = "DIR"
     )]
     pub novnc_dir: PathBuf,
+
+    #[command(flatten)]
+    pub agent: AgentSettings,
 
     /// `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", global = true, default_value = "text")]

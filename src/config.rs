@@ -74,6 +74,7 @@ pub struct Config {
     pub vm: VmConfig,
     pub config_drive: ConfigDriveConfig,
     pub log: LogConfig,
+    pub agent: AgentConfig,
     /// Accepted but questionable settings, logged once logging is up.
     pub warnings: Vec<String>,
 }
@@ -239,6 +240,24 @@ pub struct ConfigDriveConfig {
     pub metadata: PathBuf,
 }
 
+/// When `/readyz` turns ready (`READY_ON`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadyOn {
+    Lease,
+    Agent,
+    Port,
+}
+
+/// The guest agent: polling, readiness, freeze.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub poll_interval: Duration,
+    pub ready_on: ReadyOn,
+    pub freeze_timeout: Duration,
+    /// From `CONTROL_TOKEN_FILE`: lets POST /freeze and /thaw in from the pod network.
+    pub control_token: Option<Secret>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -283,6 +302,7 @@ impl Config {
         let image = image::parse_image(settings, needs)?;
         let net = net::parse_net(settings)?;
         let vm = vm::parse_vm(settings, extra_args)?;
+        let agent = agent::parse_agent(settings, net.no_dhcp)?;
         if let (Some(_), true) = (&vm.vnc_password, net.no_vnc) {
             warnings.push("VNC_PASSWORD is ignored because NO_VNC is set".to_owned());
         }
@@ -309,6 +329,7 @@ impl Config {
             vm,
             config_drive,
             log,
+            agent,
             warnings,
         })
     }
@@ -342,6 +363,7 @@ fn non_empty(value: &Option<String>) -> Option<&str> {
     value.as_deref().map(str::trim).filter(|v| !v.is_empty())
 }
 
+mod agent;
 mod image;
 mod net;
 mod vm;

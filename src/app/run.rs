@@ -14,7 +14,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, VNC_PORT};
+use crate::config::{Config, ReadyOn, VNC_PORT};
 use crate::error::{exit, Error};
 use crate::http::{self, webconsole, Phase, Readiness, VmStatus};
 use crate::lan::{Lan, Services};
@@ -30,13 +30,13 @@ pub(super) async fn run(config: &Config) -> Result<u8, Error> {
     let _owner = image::owner::acquire(&config.pet_dir, &config.hostname, "run")?;
     let pid1 = Pid1::start()?;
     metrics::VM.starts.inc();
-    let readiness = if config.net.no_dhcp {
-        Readiness::TcpPort(SocketAddr::from((
+    let readiness = match config.agent.ready_on {
+        ReadyOn::Port => Readiness::TcpPort(SocketAddr::from((
             config.net.slash30.vm(),
             config.net.ready_port,
-        )))
-    } else {
-        Readiness::Lease
+        ))),
+        ReadyOn::Agent => Readiness::Agent,
+        ReadyOn::Lease => Readiness::Lease,
     };
     let status = Arc::new(VmStatus::new(readiness));
     status.set_phase(Phase::Starting);
@@ -53,6 +53,7 @@ pub(super) async fn run(config: &Config) -> Result<u8, Error> {
                 access: console_access.unwrap_or(webconsole::Access::Loopback),
                 idle_timeout: config.vm.console_idle_timeout,
             },
+            control_token: config.agent.control_token.as_ref().map(|t| t.0.clone()),
         };
         http::serve(&http_config, Arc::clone(&status)).await?;
     }
@@ -90,7 +91,7 @@ pub(super) async fn run(config: &Config) -> Result<u8, Error> {
             Services::start(&Lan::load(config, &network.plan)?).await
         }),
     );
-    let vm = vm?;
+    let mut vm = vm?;
     let services = match nat.map_err(Error::from).and(services.map_err(Error::from)) {
         Ok(services) => services,
         Err(e) => {
@@ -98,6 +99,7 @@ pub(super) async fn run(config: &Config) -> Result<u8, Error> {
             return Err(e);
         }
     };
+    let guest = super::guest::start(config, &launch, &mut vm, &status);
     report(&services, &status);
     status.set_qmp(Some(vm.qmp.clone()));
     follow_pauses(
@@ -117,6 +119,7 @@ pub(super) async fn run(config: &Config) -> Result<u8, Error> {
     let stopping = async {
         pid1.shutdown_requested().await;
         status.set_phase(Phase::ShuttingDown);
+        guest.freezer.thaw_if_frozen().await;
         std::future::pending::<()>().await;
     };
     let outcome = tokio::select! {
@@ -125,6 +128,7 @@ pub(super) async fn run(config: &Config) -> Result<u8, Error> {
     };
     status.set_phase(Phase::Stopped);
     status.set_qmp(None);
+    status.set_guest(None);
     drop(services);
     Ok(exit_code(&outcome?))
 }

@@ -108,7 +108,7 @@ pub(super) fn parse_vm(
 }
 
 /// `30s`, `2m`, `1m30s`, or a bare number of seconds.
-fn parse_timeout(var: &'static str, raw: &str) -> Result<Duration, ConfigError> {
+pub(super) fn parse_timeout(var: &'static str, raw: &str) -> Result<Duration, ConfigError> {
     const FIX: &str = "use a duration like 25s or 2m (a bare number means seconds)";
     let trimmed = raw.trim();
     let duration = match trimmed.parse::<u64>() {

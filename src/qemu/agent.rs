@@ -9,10 +9,15 @@
 //! longer than their deadline. The wire format is pure ([`protocol`]), what the answers mean
 //! is in [`guest`], the polling in [`poll`] and freezing in [`freeze`].
 
+pub(crate) mod control;
+pub(crate) mod freeze;
+pub(crate) mod guest;
+pub(crate) mod poll;
 pub(crate) mod protocol;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -29,6 +34,30 @@ pub(crate) const CHANNEL: &str = "org.qemu.guest_agent.0";
 pub(crate) const DEADLINE: Duration = Duration::from_secs(5);
 /// Longest answer line kept: a guest cannot make us buffer more than this per line.
 const MAX_LINE: u64 = 1024 * 1024;
+
+/// The guest agent of a running VM: the client, its poller's view and the freezer.
+#[derive(Debug, Clone)]
+pub(crate) struct Guest {
+    pub agent: Arc<Agent>,
+    pub view: tokio::sync::watch::Receiver<poll::AgentView>,
+    pub freezer: Arc<freeze::Freezer>,
+}
+
+impl Guest {
+    /// Starts polling the agent behind `runtime_dir`'s socket.
+    pub(crate) fn start(
+        runtime_dir: &Path,
+        poll_interval: Duration,
+        freeze_timeout: Duration,
+    ) -> Self {
+        let agent = Arc::new(Agent::new(socket_path(runtime_dir)));
+        Self {
+            view: poll::spawn(Arc::clone(&agent), poll_interval),
+            freezer: freeze::Freezer::new(Arc::clone(&agent), freeze_timeout),
+            agent,
+        }
+    }
+}
 
 /// The agent's socket in `runtime_dir`.
 pub(crate) fn socket_path(runtime_dir: &Path) -> PathBuf {
@@ -97,7 +126,9 @@ impl Agent {
     ) -> Result<Value, AgentError> {
         let call = async {
             let mut channel = self.channel.lock().await;
-            let result = self.exchange(&mut channel, command, arguments.as_ref()).await;
+            let result = self
+                .exchange(&mut channel, command, arguments.as_ref())
+                .await;
             if let Err(AgentError::Io(_) | AgentError::Closed) = result {
                 // Connect again next time (qemu accepts a new client on its socket).
                 *channel = None;
@@ -188,7 +219,11 @@ impl Agent {
                     });
                 }
                 Answer::Garbage => {
-                    tracing::debug!(command, bytes = line.len(), "ignoring garbage from the guest agent");
+                    tracing::debug!(
+                        command,
+                        bytes = line.len(),
+                        "ignoring garbage from the guest agent"
+                    );
                 }
             }
         }

@@ -47,6 +47,8 @@ pub(crate) enum QemuError {
     Qmp(#[source] qmp::QmpError),
     #[error(transparent)]
     Console(#[from] attach::AttachError),
+    #[error(transparent)]
+    Control(#[from] agent::control::ControlError),
     #[error("could not set the VNC password")]
     VncPassword(#[source] qmp::QmpError),
 }

@@ -108,6 +108,16 @@ debian:x:1000:1000:debian:/home/debian:/bin/sh
 EOF
 printf 'root:x:0:\ndebian:x:1000:\n' >"$rd/etc/group"
 mkdir -p "$rd/root" "$rd/home/debian"
+# qemu-ga's guest-shutdown runs /sbin/shutdown -P +0 ...: say so, unmount, power off.
+mkdir -p "$rd/sbin"
+cat >"$rd/sbin/shutdown" <<'EOF'
+#!/bin/sh
+echo "KVMTEST powerdown agent" >/dev/console
+umount /mnt/cd /boot /mnt/tick 2>/dev/null
+sync
+poweroff -f
+EOF
+chmod 0755 "$rd/sbin/shutdown"
 install -m 0755 "$here/init" "$rd/init"
 install -m 0755 "$here/udhcpc.script" "$rd/etc/udhcpc.script"
 
@@ -121,6 +131,7 @@ wanted=(
     button evdev                                 # ACPI power button as an input device
     qemu_fw_cfg                                  # -fw_cfg opt/kvmtest options
     virtio_console                               # the guest agent's virtio-serial port
+    brd ext4 crc32c_generic                      # option tick: a freezable ext2 on a RAM disk
 )
 mods=$work/pkgs/lib/modules/$kver
 depmod -b "$work/pkgs" "$kver"

@@ -32,7 +32,10 @@ pub(crate) fn sync(id: u64) -> Vec<u8> {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Answer {
     Return(Value),
-    Error { class: String, desc: String },
+    Error {
+        class: String,
+        desc: String,
+    },
     /// Not a JSON object with `return` or `error`: garbage, or half of something stale.
     Garbage,
 }
@@ -73,7 +76,10 @@ mod tests {
 
     #[test]
     fn a_command_is_one_json_line_with_its_arguments() {
-        assert_eq!(command("guest-ping", None), b"{\"execute\":\"guest-ping\"}\n");
+        assert_eq!(
+            command("guest-ping", None),
+            b"{\"execute\":\"guest-ping\"}\n"
+        );
         let bytes = command("guest-shutdown", Some(&json!({ "mode": "powerdown" })));
         let value: Value = serde_json::from_slice(&bytes).expect("JSON");
         assert_eq!(value["arguments"]["mode"], "powerdown");

@@ -75,7 +75,11 @@ async fn serve(stream: UnixStream, peer: Peer, connection: usize) {
         let answer = match message["execute"].as_str() {
             Some("guest-sync-delimited") => {
                 let mut out = vec![protocol::SYNC_BYTE];
-                out.extend(json!({ "return": message["arguments"]["id"] }).to_string().bytes());
+                out.extend(
+                    json!({ "return": message["arguments"]["id"] })
+                        .to_string()
+                        .bytes(),
+                );
                 out.push(b'\n');
                 out
             }
@@ -117,11 +121,17 @@ async fn a_good_agent_answers_each_call() {
     fake_agent(&path, Peer::Good);
     let agent = Agent::new(path);
     agent.ping().await.expect("ping");
-    let info = agent.execute("guest-info", None, DEADLINE).await.expect("info");
+    let info = agent
+        .execute("guest-info", None, DEADLINE)
+        .await
+        .expect("info");
     assert_eq!(info["version"], "7.2.0");
     match agent.execute("guest-fail", None, DEADLINE).await {
         Err(AgentError::Refused { command, class, .. }) => {
-            assert_eq!((command.as_str(), class.as_str()), ("guest-fail", "CommandNotFound"));
+            assert_eq!(
+                (command.as_str(), class.as_str()),
+                ("guest-fail", "CommandNotFound")
+            );
         }
         other => panic!("a refusal: {other:?}"),
     }
@@ -134,7 +144,10 @@ async fn garbage_on_the_channel_is_skipped_by_the_resync() {
     let (_dir, path) = socket("garbage.sock");
     fake_agent(&path, Peer::Garbage);
     let agent = Agent::new(path);
-    let info = agent.execute("guest-info", None, DEADLINE).await.expect("info through the noise");
+    let info = agent
+        .execute("guest-info", None, DEADLINE)
+        .await
+        .expect("info through the noise");
     assert_eq!(info["version"], "7.2.0");
 }
 
@@ -163,7 +176,10 @@ async fn a_late_answer_is_never_taken_for_the_next_calls() {
         Err(AgentError::Timeout { .. })
     ));
     // The stale "stale" arrives while this call waits; the resync drops it.
-    let info = agent.execute("guest-info", None, DEADLINE).await.expect("info");
+    let info = agent
+        .execute("guest-info", None, DEADLINE)
+        .await
+        .expect("info");
     assert_eq!(info["version"], "7.2.0");
 }
 
@@ -176,7 +192,10 @@ async fn an_agent_restarting_mid_call_fails_that_call_and_the_next_reconnects() 
         agent.execute("guest-info", None, DEADLINE).await,
         Err(AgentError::Closed | AgentError::Io(_))
     ));
-    let info = agent.execute("guest-info", None, DEADLINE).await.expect("info");
+    let info = agent
+        .execute("guest-info", None, DEADLINE)
+        .await
+        .expect("info");
     assert_eq!(info["version"], "7.2.0");
     assert_eq!(connections.load(Ordering::SeqCst), 2);
 }
