@@ -130,8 +130,8 @@ pub(crate) fn request(path: &Path, action: Action) -> Result<Value, ControlError
             path: path.to_owned(),
             source,
         })?;
-    // The agent's deadline, plus a freeze's safety thaw, plus slack.
-    let wait = DEADLINE * 2 + Duration::from_secs(5);
+    // The agent's deadline, plus slack.
+    let wait = DEADLINE + Duration::from_secs(5);
     stream
         .set_read_timeout(Some(wait))
         .and_then(|()| stream.write_all(format!("{}\n", action.word()).as_bytes()))

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{watch, Mutex};
+use tokio::time::Instant;
 
 use super::{Agent, AgentError};
 
@@ -25,6 +26,11 @@ pub(crate) struct Done {
     /// Filesystems the agent froze or thawed (0 when it already was so).
     pub filesystems: u64,
     pub frozen: Frozen,
+}
+
+/// What is left until `deadline`.
+fn left(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
 }
 
 #[derive(Debug)]
@@ -53,7 +59,8 @@ impl Freezer {
 
     /// Freezes the guest's filesystems; they thaw by themselves after `FREEZE_TIMEOUT`.
     pub(crate) async fn freeze(self: &Arc<Self>) -> Result<Done, AgentError> {
-        let mut generation = self.generation.lock().await;
+        let deadline = Instant::now() + DEADLINE;
+        let mut generation = self.turn("guest-fsfreeze-freeze", deadline).await?;
         if self.frozen().since.is_some() {
             return Ok(Done {
                 filesystems: 0,
@@ -62,17 +69,18 @@ impl Freezer {
         }
         let count = self
             .agent
-            .execute("guest-fsfreeze-freeze", None, DEADLINE)
+            .execute("guest-fsfreeze-freeze", None, left(deadline))
             .await;
         let count = match count {
             Ok(count) => count.as_u64().unwrap_or(0),
             Err(e) => {
-                // A freeze that timed out may have happened in the guest: thaw to be sure.
+                // A freeze that timed out may have happened in the guest: thaw to be sure,
+                // in the background (the caller hears of the failure now).
                 if let AgentError::Timeout { .. } = e {
-                    let _ = self
-                        .agent
-                        .execute("guest-fsfreeze-thaw", None, DEADLINE)
-                        .await;
+                    let this = Arc::clone(self);
+                    tokio::spawn(async move {
+                        let _ = this.thaw().await;
+                    });
                 }
                 return Err(e);
             }
@@ -102,10 +110,11 @@ impl Freezer {
     /// Thaws the guest's filesystems (asks the agent even when we think they are thawed: it
     /// is harmless, and the guest may know better).
     pub(crate) async fn thaw(&self) -> Result<Done, AgentError> {
-        let mut generation = self.generation.lock().await;
+        let deadline = Instant::now() + DEADLINE;
+        let mut generation = self.turn("guest-fsfreeze-thaw", deadline).await?;
         let count = self
             .agent
-            .execute("guest-fsfreeze-thaw", None, DEADLINE)
+            .execute("guest-fsfreeze-thaw", None, left(deadline))
             .await?
             .as_u64()
             .unwrap_or(0);
@@ -118,6 +127,21 @@ impl Freezer {
             filesystems: count,
             frozen: Frozen::default(),
         })
+    }
+
+    /// Waits for the freeze or thaw before this one, within `deadline`: the whole call keeps
+    /// one deadline, however many callers queue.
+    async fn turn(
+        &self,
+        command: &str,
+        deadline: Instant,
+    ) -> Result<tokio::sync::MutexGuard<'_, u64>, AgentError> {
+        tokio::time::timeout_at(deadline, self.generation.lock())
+            .await
+            .map_err(|_| AgentError::Timeout {
+                command: command.to_owned(),
+                after: DEADLINE,
+            })
     }
 
     /// On SIGTERM: thaws if frozen, so the guest can shut down cleanly.
