@@ -367,4 +367,15 @@ pub struct AgentSettings {
     /// the pod network (`Authorization: Bearer TOKEN`); without it they answer loopback only.
     #[arg(long, env = "CONTROL_TOKEN_FILE", global = true, value_name = "PATH")]
     pub control_token_file: Option<PathBuf>,
+
+    /// SSH public keys for the guest: a file, or a directory of them (a mounted Secret). Added
+    /// through the guest agent to SSH_USER's authorized_keys at every start and whenever they
+    /// change (never removed).
+    #[arg(long, env = "SSH_AUTHORIZED_KEYS", global = true, value_name = "PATH")]
+    pub ssh_authorized_keys: Option<PathBuf>,
+
+    /// The guest user whose authorized_keys gets SSH_AUTHORIZED_KEYS. Default: the guest's
+    /// user with UID 1000 (the image's default cloud user: debian, ubuntu, cloud-user…).
+    #[arg(long, env = "SSH_USER", global = true, value_name = "NAME")]
+    pub ssh_user: Option<String>,
 }

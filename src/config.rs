@@ -256,6 +256,8 @@ pub struct AgentConfig {
     pub freeze_timeout: Duration,
     /// From `CONTROL_TOKEN_FILE`: lets POST /freeze and /thaw in from the pod network.
     pub control_token: Option<Secret>,
+    /// `SSH_AUTHORIZED_KEYS` and `SSH_USER`.
+    pub(crate) ssh_keys: Option<crate::qemu::agent::ssh::SshKeys>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

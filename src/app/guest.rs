@@ -16,6 +16,7 @@ pub(super) fn start(config: &Config, launch: &Launch, vm: &mut Qemu, status: &Vm
         &config.runtime_dir,
         config.agent.poll_interval,
         config.agent.freeze_timeout,
+        config.agent.ssh_keys.clone(),
     );
     vm.agent = Some(Arc::clone(&guest.agent));
     status.set_guest(Some(GuestLink {

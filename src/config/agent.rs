@@ -1,4 +1,5 @@
-//! The guest agent: `AGENT_POLL_INTERVAL`, `READY_ON`, `FREEZE_TIMEOUT`, `CONTROL_TOKEN_FILE`.
+//! The guest agent: `AGENT_POLL_INTERVAL`, `READY_ON`, `FREEZE_TIMEOUT`, `CONTROL_TOKEN_FILE`,
+//! `SSH_AUTHORIZED_KEYS`, `SSH_USER`.
 
 use std::time::Duration;
 
@@ -80,7 +81,38 @@ pub(super) fn parse_agent(settings: &Settings, no_dhcp: bool) -> Result<AgentCon
             Some(Secret(token))
         }
     };
+    let ssh_user = non_empty(&raw.ssh_user).map(str::to_owned);
+    if let Some(user) = &ssh_user {
+        let valid = user.len() <= 32
+            && user
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !valid {
+            return Err(invalid(
+                "SSH_USER",
+                user,
+                "not a user name",
+                "use the guest user's login name, e.g. debian",
+            ));
+        }
+    }
+    let ssh_keys = match &raw.ssh_authorized_keys {
+        None => None,
+        Some(path) if !path.exists() => {
+            return Err(invalid(
+                "SSH_AUTHORIZED_KEYS",
+                &path.display().to_string(),
+                "does not exist",
+                "name a file of public keys or a mounted Secret directory, or unset it",
+            ))
+        }
+        Some(path) => Some(crate::qemu::agent::ssh::SshKeys {
+            path: path.clone(),
+            user: ssh_user,
+        }),
+    };
     Ok(AgentConfig {
+        ssh_keys,
         poll_interval,
         ready_on,
         freeze_timeout,

@@ -14,6 +14,7 @@ pub(crate) mod freeze;
 pub(crate) mod guest;
 pub(crate) mod poll;
 pub(crate) mod protocol;
+pub(crate) mod ssh;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,10 +50,11 @@ impl Guest {
         runtime_dir: &Path,
         poll_interval: Duration,
         freeze_timeout: Duration,
+        ssh: Option<ssh::SshKeys>,
     ) -> Self {
         let agent = Arc::new(Agent::new(socket_path(runtime_dir)));
         Self {
-            view: poll::spawn(Arc::clone(&agent), poll_interval),
+            view: poll::spawn(Arc::clone(&agent), poll_interval, ssh),
             freezer: freeze::Freezer::new(Arc::clone(&agent), freeze_timeout),
             agent,
         }

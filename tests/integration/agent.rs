@@ -339,3 +339,59 @@ fn a_guest_without_an_agent_is_no_agent_every_endpoint_answers_and_shutdown_keep
         started.elapsed()
     );
 }
+
+/// A Secret volume as the kubelet writes it: the keys in `..<timestamp>/`, `..data` linking to
+/// it, and a visible link per key; an update makes a new directory and swaps `..data`.
+fn write_secret(dir: &std::path::Path, version: u32, authorized_keys: &str) {
+    let data = format!("..2026_12_02_{version}");
+    std::fs::create_dir_all(dir.join(&data)).expect("mkdir secret data");
+    std::fs::write(dir.join(&data).join("authorized_keys"), authorized_keys).expect("write keys");
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&data, &tmp).expect("link ..data_tmp");
+    std::fs::rename(&tmp, dir.join("..data")).expect("swap ..data");
+    let link = dir.join("authorized_keys");
+    if std::fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink("..data/authorized_keys", &link).expect("link the key");
+    }
+}
+
+const KEY_A: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKvmSfqvL4Mrbx6AZ0kBQx1lDpRmk8c0AzDiKtZHzbQB first@test";
+const KEY_B: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGxbR3bx1AXu2bRCBgLyV4zEFxNUwHj0W5QUUy0YqkCM second@test";
+
+#[test]
+fn ssh_keys_from_a_mounted_secret_reach_the_guest_user_and_so_does_an_update_without_a_restart() {
+    if !require_root("ssh_keys_from_a_mounted_secret_…") {
+        return;
+    }
+    let cluster = Cluster::new("ksh", "vm-ssh");
+    user_data(&cluster, &["keys_watch=1"]);
+    let secret = cluster.pod.path("ssh-keys");
+    write_secret(&secret, 1, &format!("{KEY_A}\n"));
+    let secret_path = secret.to_string_lossy().into_owned();
+    let mut vm = cluster.start(&[
+        ("AGENT_POLL_INTERVAL", "2s"),
+        ("SSH_AUTHORIZED_KEYS", secret_path.as_str()),
+    ]);
+    // No SSH_USER: the guest's UID 1000 user, `debian`.
+    vm.wait_for_line(
+        "KVMTEST authorized_keys user=debian comments=first@test",
+        BOOT,
+    );
+    let added = vm.wait_for_line("SSH keys added to the guest", T);
+    assert!(
+        added.contains("user=\"debian\"") || added.contains("user=debian"),
+        "{added}"
+    );
+
+    write_secret(&secret, 2, &format!("# both\n{KEY_A}\n{KEY_B}\n"));
+    vm.wait_for_line(
+        "KVMTEST authorized_keys user=debian comments=first@test,second@test",
+        FOLLOW,
+    );
+
+    kill(pid1(&vm), Signal::SIGTERM).expect("SIGTERM to PID 1");
+    assert_eq!(vm.wait(T).code(), Some(0), "{}", vm.output());
+}

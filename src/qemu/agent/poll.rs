@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 use super::guest::{self, GuestFacts};
+use super::ssh::{self, SshKeys};
 use super::{Agent, AgentError, DEADLINE};
 use crate::metrics;
 
@@ -35,16 +36,24 @@ pub(crate) struct AgentView {
 }
 
 /// Starts polling `agent` every `interval`; the task lives as long as the returned receiver.
-pub(crate) fn spawn(agent: Arc<Agent>, interval: Duration) -> watch::Receiver<AgentView> {
+pub(crate) fn spawn(
+    agent: Arc<Agent>,
+    interval: Duration,
+    ssh: Option<SshKeys>,
+) -> watch::Receiver<AgentView> {
     let (tx, rx) = watch::channel(AgentView {
         since: Some(SystemTime::now()),
         ..AgentView::default()
     });
     metrics::GUEST.agent_up.set(0);
     tokio::spawn(async move {
+        let mut keys = KeysPushed::default();
         loop {
             let view = tx.borrow().clone();
             let next = poll_once(&agent, view).await;
+            if let Some(ssh) = &ssh {
+                keys.follow(&agent, ssh, next.connected).await;
+            }
             let _ = tx.send_if_modified(|current| {
                 let changed = *current != next;
                 *current = next;
@@ -57,6 +66,51 @@ pub(crate) fn spawn(agent: Arc<Agent>, interval: Duration) -> watch::Receiver<Ag
         }
     });
     rx
+}
+
+/// The keys last added to the guest, and the last failure (logged once, not at every poll).
+#[derive(Debug, Default)]
+struct KeysPushed {
+    keys: Option<Vec<String>>,
+    failure: Option<String>,
+}
+
+impl KeysPushed {
+    /// Adds the keys when the agent (re)appeared or they changed.
+    async fn follow(&mut self, agent: &Agent, ssh: &SshKeys, connected: bool) {
+        if !connected {
+            // A restarted guest or agent gets them again.
+            self.keys = None;
+            return;
+        }
+        let keys = match ssh::read_keys(&ssh.path) {
+            Ok(keys) => keys,
+            Err(e) => {
+                return self.failed(format!(
+                    "cannot read SSH_AUTHORIZED_KEYS {}: {e}",
+                    ssh.path.display()
+                ))
+            }
+        };
+        if self.keys.as_ref() == Some(&keys) || keys.is_empty() {
+            return;
+        }
+        match ssh::push(agent, ssh.user.as_deref(), &keys).await {
+            Ok(user) => {
+                tracing::info!(user, keys = keys.len(), "SSH keys added to the guest");
+                self.keys = Some(keys);
+                self.failure = None;
+            }
+            Err(e) => self.failed(format!("could not add SSH keys to the guest: {e}")),
+        }
+    }
+
+    fn failed(&mut self, why: String) {
+        if self.failure.as_ref() != Some(&why) {
+            tracing::warn!("{why}");
+            self.failure = Some(why);
+        }
+    }
 }
 
 /// One poll: a ping, and the facts when due. Pure in its decisions but for the calls.
