@@ -126,25 +126,28 @@ impl Agent {
         arguments: Option<Value>,
         deadline: Duration,
     ) -> Result<Value, AgentError> {
-        let call = async {
-            let mut channel = self.channel.lock().await;
-            let result = self
-                .exchange(&mut channel, command, arguments.as_ref())
-                .await;
-            if let Err(AgentError::Io(_) | AgentError::Closed) = result {
-                // Connect again next time (qemu accepts a new client on its socket).
-                *channel = None;
-            }
-            result
+        let until = tokio::time::Instant::now() + deadline;
+        let timed_out = || AgentError::Timeout {
+            command: command.to_owned(),
+            after: deadline,
         };
-        tokio::time::timeout(deadline, call)
+        // Waiting for the channel counts against the deadline too.
+        let mut channel = tokio::time::timeout_at(until, self.channel.lock())
             .await
-            .unwrap_or_else(|_| {
-                Err(AgentError::Timeout {
-                    command: command.to_owned(),
-                    after: deadline,
-                })
-            })
+            .map_err(|_| timed_out())?;
+        let result = tokio::time::timeout_at(
+            until,
+            self.exchange(&mut channel, command, arguments.as_ref()),
+        )
+        .await
+        .unwrap_or_else(|_| Err(timed_out()));
+        if let Err(AgentError::Io(_) | AgentError::Closed | AgentError::Timeout { .. }) = result {
+            // Connect again next time (qemu accepts a new client on its socket): what a silent
+            // guest left unread goes with the old socket, so the pings to a guest without an
+            // agent never pile up in qemu's socket buffer.
+            *channel = None;
+        }
+        result
     }
 
     /// `guest-ping`: whether the agent answers now.

@@ -18,8 +18,8 @@ enum Peer {
     Garbage,
     /// Reads everything and never answers.
     Mute,
-    /// Answers the first ordinary command late (after the caller's deadline) with a wrong
-    /// value, then behaves.
+    /// On the first connection, answers the first ordinary command late (after the caller's
+    /// deadline) with a wrong value; behaves otherwise.
     SlowFirst,
     /// Closes the first connection after reading its first command (an agent restarting
     /// mid-call), then behaves on the next.
@@ -88,7 +88,7 @@ async fn serve(stream: UnixStream, peer: Peer, connection: usize) {
                 if peer == Peer::RestartFirst && connection == 0 {
                     return;
                 }
-                if peer == Peer::SlowFirst && ordinary == 1 {
+                if peer == Peer::SlowFirst && connection == 0 && ordinary == 1 {
                     tokio::time::sleep(Duration::from_millis(400)).await;
                     let _ = write.write_all(b"{\"return\": \"stale\"}\n").await;
                     continue;
