@@ -206,7 +206,8 @@ fn a_guest_that_ignores_acpi_is_quit_after_the_timeout() {
     let cluster = Cluster::new("kma", "vm-stubborn");
     std::fs::write(
         cluster.pod.path("userdata").join("user-data"),
-        "# kvmtest.ignore_acpi=1\n",
+        // No guest agent either: it would shut the guest down (guest-shutdown) in time.
+        "# kvmtest.ignore_acpi=1\n# kvmtest.agent=0\n",
     )
     .expect("user-data");
     let mut vm = cluster.start(&[("SHUTDOWN_TIMEOUT", "6s")]);

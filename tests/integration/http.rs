@@ -274,7 +274,8 @@ fn probes_metrics_console_and_web_console_follow_the_vm_from_booting_to_stopped(
     let pod = &cluster.pod;
     std::fs::write(
         pod.path("userdata").join("user-data"),
-        "# kvmtest.ignore_acpi=1\n",
+        // No guest agent either: it would shut the guest down (guest-shutdown) in time.
+        "# kvmtest.ignore_acpi=1\n# kvmtest.agent=0\n",
     )
     .expect("user-data");
     cluster.close_gate();
