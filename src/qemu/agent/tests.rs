@@ -95,6 +95,7 @@ async fn serve(stream: UnixStream, peer: Peer, connection: usize) {
                 }
                 let value = match command {
                     "guest-info" => json!({ "version": "7.2.0" }),
+                    "guest-fsfreeze-freeze" | "guest-fsfreeze-thaw" => json!(1),
                     "guest-fail" => {
                         let _ = write
                             .write_all(b"{\"error\": {\"class\": \"CommandNotFound\", \"desc\": \"no\"}}\n")
@@ -210,4 +211,93 @@ async fn no_socket_is_a_connect_error_naming_it() {
         }
         other => panic!("a connect error: {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_freeze_is_reported_once_and_thaws_by_itself_when_nobody_thaws_it() {
+    let (_dir, path) = socket("freeze.sock");
+    fake_agent(&path, Peer::Good);
+    let freezer = freeze::Freezer::new(Arc::new(Agent::new(path)), Duration::from_millis(200));
+    let done = freezer.freeze().await.expect("freeze");
+    assert_eq!(done.filesystems, 1);
+    assert!(done.frozen.since.is_some());
+    let again = freezer.freeze().await.expect("a second freeze");
+    assert_eq!(
+        again.filesystems, 0,
+        "already frozen: the agent is not asked again"
+    );
+    assert_eq!(again.frozen, done.frozen);
+    // FREEZE_TIMEOUT (200 ms here) passes with nobody thawing.
+    for _ in 0..100 {
+        if freezer.frozen().since.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        freezer.frozen(),
+        freeze::Frozen::default(),
+        "thawed by itself"
+    );
+}
+
+#[tokio::test]
+async fn a_thaw_before_the_timeout_disarms_the_auto_thaw_of_that_freeze() {
+    let (_dir, path) = socket("thaw.sock");
+    fake_agent(&path, Peer::Good);
+    let freezer = freeze::Freezer::new(Arc::new(Agent::new(path)), Duration::from_secs(3600));
+    freezer.freeze().await.expect("freeze");
+    let thawed = freezer.thaw().await.expect("thaw");
+    assert_eq!(thawed.frozen, freeze::Frozen::default());
+    assert_eq!(freezer.frozen(), freeze::Frozen::default());
+}
+
+#[tokio::test]
+async fn the_control_socket_is_private_and_answers_freeze_and_thaw() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (dir, path) = socket("agent.sock");
+    fake_agent(&path, Peer::Good);
+    let freezer = freeze::Freezer::new(Arc::new(Agent::new(path)), Duration::from_secs(3600));
+    let control_path = control::socket_path(dir.path());
+    control::serve(&control_path, Arc::clone(&freezer)).expect("serve");
+    let mode = std::fs::metadata(&control_path)
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let ask = |action| {
+        let path = control_path.clone();
+        tokio::task::spawn_blocking(move || control::request(&path, action))
+    };
+    let frozen = ask(control::Action::Freeze)
+        .await
+        .expect("join")
+        .expect("freeze");
+    assert_eq!(frozen["frozen"], true, "{frozen}");
+    assert!(freezer.frozen().since.is_some());
+    let thawed = ask(control::Action::Thaw)
+        .await
+        .expect("join")
+        .expect("thaw");
+    assert_eq!(thawed["frozen"], false, "{thawed}");
+}
+
+#[tokio::test]
+async fn a_freeze_the_agent_does_not_answer_is_an_error_and_nothing_is_frozen() {
+    let (_dir, path) = socket("mute-freeze.sock");
+    fake_agent(&path, Peer::Mute);
+    let freezer = freeze::Freezer::new(Arc::new(Agent::new(path)), Duration::from_secs(3600));
+    let result = control::act(&freezer, control::Action::Freeze).await;
+    assert!(
+        matches!(result, Err(AgentError::Timeout { .. })),
+        "{result:?}"
+    );
+    assert_eq!(freezer.frozen(), freeze::Frozen::default());
+    let answer = control::answer(&result);
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("did not answer")),
+        "{answer}"
+    );
 }
