@@ -230,9 +230,17 @@ fn the_agent_shows_the_guest_gates_readiness_freezes_and_thaws_and_shuts_an_acpi
     vm.wait_for_line(&format!("KVMTEST tick n={}", held + 2), T);
     assert_eq!(status(&cluster)["frozen"]["frozen"], false);
 
-    // SIGTERM: the guest ignores the power button; its agent shuts it down in time.
+    // SIGTERM while frozen: thawed first; the guest ignores the power button; its agent shuts
+    // it down in time.
+    let out = control(&cluster, "freeze");
+    assert!(
+        out.status.success(),
+        "freeze: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let started = Instant::now();
     kill(pid1(&vm), Signal::SIGTERM).expect("SIGTERM to PID 1");
+    vm.wait_for_line("guest filesystems thawed", T);
     vm.wait_for_line("KVMTEST powerdown ignored", T);
     vm.wait_for_line("KVMTEST powerdown agent", T);
     assert_eq!(vm.wait(T).code(), Some(0), "{}", vm.output());
@@ -240,6 +248,17 @@ fn the_agent_shows_the_guest_gates_readiness_freezes_and_thaws_and_shuts_an_acpi
         started.elapsed() < Duration::from_secs(40),
         "{:?}",
         started.elapsed()
+    );
+    let auto_thaws = vm
+        .seen
+        .iter()
+        .filter(|l| l.contains("nobody thawed the guest"))
+        .count();
+    assert_eq!(
+        auto_thaws,
+        1,
+        "SIGTERM thawed, not FREEZE_TIMEOUT:\n{}",
+        vm.output()
     );
 }
 
