@@ -1,5 +1,6 @@
 //! The only place that sequences phases: parse, log, then run the chosen subcommand.
 
+mod guest;
 mod launch;
 mod network;
 mod phase;
@@ -55,7 +56,9 @@ fn run(cli: Cli) -> Result<u8, Error> {
         Command::Image
         | Command::ConfigDrive { .. }
         | Command::QemuArgs { .. }
-        | Command::Console => Sink::Stderr,
+        | Command::Console
+        | Command::Freeze
+        | Command::Thaw => Sink::Stderr,
     };
     logging::init(&log, sink)?;
     pid1::raise_open_files_limit();
@@ -81,6 +84,14 @@ fn run(cli: Cli) -> Result<u8, Error> {
         Command::ConfigDrive { output } => config_drive(&config(Vec::new())?, &output),
         Command::QemuArgs { qemu_extra } => qemu_args(&config(qemu_extra)?),
         Command::Supervise { command } => supervise(&config(Vec::new())?, command),
+        Command::Freeze => control(
+            &config(Vec::new())?,
+            crate::qemu::agent::control::Action::Freeze,
+        ),
+        Command::Thaw => control(
+            &config(Vec::new())?,
+            crate::qemu::agent::control::Action::Thaw,
+        ),
         Command::Console => {
             let config = config(Vec::new())?;
             crate::qemu::attach::attach(&crate::qemu::attach::socket_path(&config.runtime_dir))
@@ -96,6 +107,16 @@ fn warned(config: Config) -> Config {
         tracing::warn!("{warning}");
     }
     config
+}
+
+/// `kvm-manager freeze|thaw`: asks the running `run` over its control socket; prints its
+/// answer (JSON) on stdout.
+fn control(config: &Config, action: crate::qemu::agent::control::Action) -> Result<u8, Error> {
+    let socket = crate::qemu::agent::control::socket_path(&config.runtime_dir);
+    let answer = crate::qemu::agent::control::request(&socket, action)
+        .map_err(crate::qemu::QemuError::from)?;
+    let _ = writeln!(std::io::stdout().lock(), "{answer}");
+    Ok(0)
 }
 
 /// Builds the config drive at `output` and prints its path (nothing for `CONFIG_DRIVE=none`).

@@ -63,6 +63,12 @@ pub(crate) enum Command {
         #[arg(last = true, value_name = "QEMU_ARG")]
         qemu_extra: Vec<String>,
     },
+    /// Freeze the guest's filesystems through its agent (for a consistent backup; e.g.
+    /// `kubectl exec POD -- kvm-manager freeze`); they thaw by `thaw`, after FREEZE_TIMEOUT,
+    /// or on SIGTERM.
+    Freeze,
+    /// Thaw the guest's filesystems after `freeze`.
+    Thaw,
     /// Attach this terminal to the guest's serial console (e.g. `kubectl exec -it POD --
     /// kvm-manager console`); Ctrl-] detaches and leaves the VM running.
     Console,
@@ -342,6 +348,9 @@ pub struct Settings {
     )]
     pub novnc_dir: PathBuf,
 
+    #[command(flatten)]
+    pub agent: AgentSettings,
+
     /// `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", global = true, default_value = "text")]
     pub log_format: String,
@@ -350,4 +359,53 @@ pub struct Settings {
     /// `info,kvm_manager::net=debug`.
     #[arg(long, env = "LOG_LEVEL", global = true, default_value = "info")]
     pub log_level: String,
+}
+
+/// The guest agent's settings: polling, readiness, freeze and thaw.
+#[derive(Debug, Args)]
+pub struct AgentSettings {
+    /// How often the guest agent is pinged (one small request; the guest's details are
+    /// fetched again only when the agent reappears, and at most every minute). A guest without
+    /// an agent is reported as "no agent".
+    #[arg(
+        long,
+        env = "AGENT_POLL_INTERVAL",
+        global = true,
+        default_value = "10s",
+        value_name = "DURATION"
+    )]
+    pub agent_poll_interval: String,
+
+    /// When /readyz turns ready: `lease` (the guest took its DHCP lease), `agent` (the guest
+    /// agent answers) or `port` (the guest accepts TCP on READY_PORT). Default: `lease`, or
+    /// `port` with NO_DHCP.
+    #[arg(long, env = "READY_ON", global = true, value_name = "lease|agent|port")]
+    pub ready_on: Option<String>,
+
+    /// A freeze of the guest's filesystems (`kvm-manager freeze`, POST /freeze) thaws by
+    /// itself after this long if nobody thaws it.
+    #[arg(
+        long,
+        env = "FREEZE_TIMEOUT",
+        global = true,
+        default_value = "60s",
+        value_name = "DURATION"
+    )]
+    pub freeze_timeout: String,
+
+    /// File holding a token (a mounted Secret key) that lets POST /freeze and /thaw in from
+    /// the pod network (`Authorization: Bearer TOKEN`); without it they answer loopback only.
+    #[arg(long, env = "CONTROL_TOKEN_FILE", global = true, value_name = "PATH")]
+    pub control_token_file: Option<PathBuf>,
+
+    /// SSH public keys for the guest: a file, or a directory of them (a mounted Secret). Added
+    /// through the guest agent to SSH_USER's authorized_keys at every start and whenever they
+    /// change (never removed).
+    #[arg(long, env = "SSH_AUTHORIZED_KEYS", global = true, value_name = "PATH")]
+    pub ssh_authorized_keys: Option<PathBuf>,
+
+    /// The guest user whose authorized_keys gets SSH_AUTHORIZED_KEYS. Default: the guest's
+    /// user with UID 1000 (the image's default cloud user: debian, ubuntu, cloud-user…).
+    #[arg(long, env = "SSH_USER", global = true, value_name = "NAME")]
+    pub ssh_user: Option<String>,
 }

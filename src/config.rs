@@ -77,6 +77,7 @@ pub struct Config {
     pub vm: VmConfig,
     pub config_drive: ConfigDriveConfig,
     pub log: LogConfig,
+    pub agent: AgentConfig,
     /// Accepted but questionable settings, logged once logging is up.
     pub warnings: Vec<String>,
 }
@@ -244,6 +245,26 @@ pub struct ConfigDriveConfig {
     pub metadata: PathBuf,
 }
 
+/// When `/readyz` turns ready (`READY_ON`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadyOn {
+    Lease,
+    Agent,
+    Port,
+}
+
+/// The guest agent: polling, readiness, freeze.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub poll_interval: Duration,
+    pub ready_on: ReadyOn,
+    pub freeze_timeout: Duration,
+    /// From `CONTROL_TOKEN_FILE`: lets POST /freeze and /thaw in from the pod network.
+    pub control_token: Option<Secret>,
+    /// `SSH_AUTHORIZED_KEYS` and `SSH_USER`.
+    pub(crate) ssh_keys: Option<crate::qemu::agent::ssh::SshKeys>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -311,6 +332,7 @@ impl Config {
         let needed = needed(&image, image_target.as_ref())?;
         let net = net::parse_net(settings)?;
         let vm = vm::parse_vm(settings, extra_args)?;
+        let agent = agent::parse_agent(settings, net.no_dhcp)?;
         if let (Some(_), true) = (&vm.vnc_password, net.no_vnc) {
             warnings.push("VNC_PASSWORD is ignored because NO_VNC is set".to_owned());
         }
@@ -338,6 +360,7 @@ impl Config {
             vm,
             config_drive,
             log,
+            agent,
             warnings,
         };
         Ok((config, needed))
@@ -372,6 +395,7 @@ fn non_empty(value: &Option<String>) -> Option<&str> {
     value.as_deref().map(str::trim).filter(|v| !v.is_empty())
 }
 
+mod agent;
 mod auth;
 mod duration;
 mod fetch_limits;

@@ -103,6 +103,8 @@ fn qemu_code(error: &QemuError) -> u8 {
         QemuError::EarlyExit { status, .. } if status.code() != 0 => status.code(),
         QemuError::Sizing(_) => exit::CONFIG,
         QemuError::Reaper(e) => pid1_code(e),
+        // `freeze`/`thaw` refused or unreachable: no VM was started or stopped.
+        QemuError::Control(_) => exit::INTERNAL,
         QemuError::NotFound { .. }
         | QemuError::Spawn { .. }
         | QemuError::Kvm(_)

@@ -14,7 +14,9 @@
 //! `image_download_bytes_total`, `image_state{state}`, `qemu_up`,
 //! `vm_phase{phase}`, `vm_paused{reason}`, `guest_shutdowns_total{how}`, `starts_total`,
 //! `spoofed_packets_total` (packets from the VM with a forged source, dropped: the nft counter,
-//! read at each scrape).
+//! read at each scrape), `guest_agent_up`, `guest_filesystem_used_bytes{mountpoint}`,
+//! `guest_filesystem_size_bytes{mountpoint}`, `guest_info{os,version,kernel}` (from the guest
+//! agent, [`GUEST`]).
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{LazyLock, OnceLock};
@@ -187,6 +189,49 @@ impl Image {
 
 pub(crate) static IMAGE: LazyLock<Image> = LazyLock::new(Image::default);
 
+/// `guest_info{os,version,kernel}`: the labels of the one series.
+type InfoLabels = [(&'static str, String); 3];
+
+/// The guest, as its agent reports it (see `qemu::agent::poll`).
+#[derive(Debug, Default)]
+pub(crate) struct Guest {
+    pub agent_up: Gauge,
+    filesystem_used: Family<Label, Gauge>,
+    filesystem_size: Family<Label, Gauge>,
+    info: Family<InfoLabels, Gauge>,
+}
+
+impl Guest {
+    /// Replaces the filesystems: `(mountpoint, used, size)` in bytes (an unknown size is left
+    /// out, not exported as 0).
+    pub(crate) fn filesystems(&self, filesystems: &[(String, Option<u64>, Option<u64>)]) {
+        self.filesystem_used.clear();
+        self.filesystem_size.clear();
+        for (mountpoint, used, size) in filesystems {
+            let key = label("mountpoint", mountpoint.clone());
+            let gauge = |bytes: u64| i64::try_from(bytes).unwrap_or(i64::MAX);
+            if let Some(used) = used {
+                self.filesystem_used.get_or_create(&key).set(gauge(*used));
+            }
+            if let Some(size) = size {
+                self.filesystem_size.get_or_create(&key).set(gauge(*size));
+            }
+        }
+    }
+
+    /// Replaces the one `guest_info` series (none with `None`).
+    pub(crate) fn info(&self, info: Option<[String; 3]>) {
+        self.info.clear();
+        if let Some([os, version, kernel]) = info {
+            self.info
+                .get_or_create(&[("os", os), ("version", version), ("kernel", kernel)])
+                .set(1);
+        }
+    }
+}
+
+pub(crate) static GUEST: LazyLock<Guest> = LazyLock::new(Guest::default);
+
 /// Every metric this process exports, registered here and nowhere else (the handles above share
 /// their values with it).
 static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
@@ -261,6 +306,27 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         "kvm_manager_dns_failures",
         "DNS queries answered SERVFAIL, malformed or dropped",
         dns.failures.clone(),
+    );
+    let guest = &*GUEST;
+    registry.register(
+        "kvm_manager_guest_agent_up",
+        "1 while the guest agent answers",
+        guest.agent_up.clone(),
+    );
+    registry.register(
+        "kvm_manager_guest_filesystem_used_bytes",
+        "Bytes used on each guest filesystem, as the guest agent reports it",
+        guest.filesystem_used.clone(),
+    );
+    registry.register(
+        "kvm_manager_guest_filesystem_size_bytes",
+        "Size of each guest filesystem, as the guest agent reports it",
+        guest.filesystem_size.clone(),
+    );
+    registry.register(
+        "kvm_manager_guest_info",
+        "The guest's OS, its version and kernel, as the guest agent reports them: always 1",
+        guest.info.clone(),
     );
     registry.register_collector(Box::new(SpoofedPackets));
     registry
@@ -350,6 +416,24 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn the_guest_series_are_replaced_as_a_whole() {
+        GUEST.agent_up.set(1);
+        GUEST.filesystems(&[("/old".into(), Some(1), Some(2))]);
+        GUEST.filesystems(&[("/".into(), Some(1024), Some(4096))]);
+        GUEST.info(Some(["Debian".into(), "12".into(), "6.1.0".into()]));
+        let text = render();
+        for line in [
+            "kvm_manager_guest_agent_up 1",
+            "kvm_manager_guest_filesystem_used_bytes{mountpoint=\"/\"} 1024",
+            "kvm_manager_guest_filesystem_size_bytes{mountpoint=\"/\"} 4096",
+            "kvm_manager_guest_info{os=\"Debian\",version=\"12\",kernel=\"6.1.0\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        assert!(!text.contains("/old"), "{text}");
     }
 
     #[test]

@@ -119,6 +119,7 @@ pub(super) fn compose(
             password: config.vm.vnc_password.is_some(),
         }),
         qmp_socket: qmp_socket(config),
+        agent_socket: crate::qemu::agent::socket_path(&config.runtime_dir),
         extra: config.vm.extra_args.clone(),
     })
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::phase::timed;
-use crate::config::Config;
+use crate::config::{Config, ReadyOn};
 use crate::error::Error;
 use crate::http::{Readiness, VmStatus};
 use crate::lan::{Lan, Services};
@@ -88,7 +88,28 @@ pub(super) async fn start(
 impl Attached {
     /// Feeds readiness until the runtime ends: from our DHCP server's lease (NAT), or from
     /// the guest answering on `READY_PORT` of the pod IP (passt, which reports no lease).
-    pub(super) fn report(&self, status: &Arc<VmStatus>) {
+    /// `NETWORK_MODE` as it was decided (`/status`).
+    pub(super) fn mode(&self) -> &'static str {
+        match self {
+            Attached::Nat(_) => "nat",
+            Attached::Passt { .. } => "passt",
+        }
+    }
+
+    /// The guest's IPv4 address: `VM_IP` behind the NAT, the pod's own through passt.
+    pub(super) fn guest_ip(&self, config: &Config) -> std::net::Ipv4Addr {
+        match self {
+            Attached::Nat(_) => config.net.slash30.vm(),
+            Attached::Passt { ready, .. } => match ready.ip() {
+                std::net::IpAddr::V4(ip) => ip,
+                std::net::IpAddr::V6(_) => config.net.slash30.vm(),
+            },
+        }
+    }
+
+    /// In passt mode, whose passt reports no lease, `READY_ON=lease|port` both mean the guest
+    /// answering on `READY_PORT` of the pod IP; `READY_ON=agent` stays as it is.
+    pub(super) fn report(&self, status: &Arc<VmStatus>, ready_on: ReadyOn) {
         let status = Arc::clone(status);
         match self {
             Attached::Nat(services) => {
@@ -102,6 +123,7 @@ impl Attached {
                     }
                 });
             }
+            Attached::Passt { .. } if ready_on == ReadyOn::Agent => {}
             Attached::Passt { ready, .. } => {
                 let ready = *ready;
                 status.set_readiness(Readiness::GuestPort(ready));

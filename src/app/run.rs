@@ -13,7 +13,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use crate::config::{Config, ImageTarget, VNC_PORT};
+use crate::config::{Config, ImageTarget, ReadyOn, VNC_PORT};
 use crate::error::{exit, Error};
 use crate::http::{self, webconsole, Phase, Readiness, VmStatus};
 use crate::pid1::Pid1;
@@ -43,18 +43,18 @@ pub(super) async fn run(config: &Config, target: &ImageTarget) -> Result<u8, Err
     };
 
     let (vm, attached) = start(config, &pid1, &launch, &network).await?;
-    supervise(config, &pid1, vm, attached, &status).await
+    supervise(config, &pid1, vm, attached, &status, &launch).await
 }
 
 /// The probes (503 while we prepare) and the web console, when HTTP_PORT is set.
 async fn serve_http(config: &Config) -> Result<Arc<VmStatus>, Error> {
-    let readiness = if config.net.no_dhcp {
-        Readiness::TcpPort(SocketAddr::from((
+    let readiness = match config.agent.ready_on {
+        ReadyOn::Port => Readiness::TcpPort(SocketAddr::from((
             config.net.slash30.vm(),
             config.net.ready_port,
-        )))
-    } else {
-        Readiness::Lease
+        ))),
+        ReadyOn::Agent => Readiness::Agent,
+        ReadyOn::Lease => Readiness::Lease,
     };
     let status = Arc::new(VmStatus::new(readiness));
     status.set_phase(Phase::Starting);
@@ -71,6 +71,7 @@ async fn serve_http(config: &Config) -> Result<Arc<VmStatus>, Error> {
                 access: console_access.unwrap_or(webconsole::Access::Loopback),
                 idle_timeout: config.vm.console_idle_timeout,
             },
+            control_token: config.agent.control_token.as_ref().map(|t| t.0.clone()),
         };
         http::serve(&http_config, Arc::clone(&status)).await?;
     }
@@ -100,11 +101,13 @@ async fn start(
 async fn supervise(
     config: &Config,
     pid1: &Pid1,
-    vm: Qemu,
+    mut vm: Qemu,
     mut attached: Attached,
     status: &Arc<VmStatus>,
+    launch: &qemu::args::Launch,
 ) -> Result<u8, Error> {
-    attached.report(status);
+    let guest = super::guest::start(config, launch, &mut vm, status, &attached);
+    attached.report(status, config.agent.ready_on);
     status.set_qmp(Some(vm.qmp.clone()));
     follow_pauses(
         qemu::process::watch_pauses(vm.qmp.clone(), config.pet_dir.clone()),
@@ -123,6 +126,7 @@ async fn supervise(
     let stopping = async {
         pid1.shutdown_requested().await;
         status.set_phase(Phase::ShuttingDown);
+        guest.freezer.thaw_if_frozen().await;
         std::future::pending::<()>().await;
     };
     let outcome = tokio::select! {
@@ -131,6 +135,7 @@ async fn supervise(
     };
     status.set_phase(Phase::Stopped);
     status.set_qmp(None);
+    status.set_guest(None);
     attached.stop().await;
     Ok(exit_code(&outcome?))
 }

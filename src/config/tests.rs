@@ -273,3 +273,48 @@ fn hostnames_that_cannot_name_a_file_are_rejected() {
         Hostname::parse(good).expect(good);
     }
 }
+
+#[test]
+fn the_guest_agent_settings_are_parsed_and_checked_naming_their_variable() {
+    let config = parse(&[]).expect("defaults");
+    assert_eq!(config.agent.ready_on, ReadyOn::Lease);
+    assert_eq!(config.agent.poll_interval, Duration::from_secs(10));
+    assert_eq!(config.agent.freeze_timeout, Duration::from_secs(60));
+    assert!(config.agent.control_token.is_none());
+    let no_dhcp = parse(&["--no-dhcp"]).expect("NO_DHCP");
+    assert_eq!(no_dhcp.agent.ready_on, ReadyOn::Port);
+    let agent = parse(&["--no-dhcp", "--ready-on", "agent"]).expect("agent");
+    assert_eq!(agent.agent.ready_on, ReadyOn::Agent);
+    for (args, var) in [
+        (&["--ready-on", "ssh"][..], "READY_ON"),
+        (&["--no-dhcp", "--ready-on", "lease"], "READY_ON"),
+        (&["--agent-poll-interval", "100ms"], "AGENT_POLL_INTERVAL"),
+        (&["--freeze-timeout", "0"], "FREEZE_TIMEOUT"),
+        (
+            &["--control-token-file", "/nonexistent/token"],
+            "CONTROL_TOKEN_FILE",
+        ),
+    ] {
+        let error = parse(args).expect_err("refused").to_string();
+        assert!(error.contains(var), "{args:?}: {error}");
+    }
+}
+
+#[test]
+fn a_control_token_is_read_once_and_must_be_long() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let short = dir.path().join("short");
+    std::fs::write(&short, "abc\n").expect("write");
+    let error = parse(&["--control-token-file", &short.to_string_lossy()])
+        .expect_err("too short")
+        .to_string();
+    assert!(error.contains("shorter than 16"), "{error}");
+    assert!(!error.contains("abc"), "the token is never shown: {error}");
+    let good = dir.path().join("good");
+    std::fs::write(&good, "0123456789abcdef0123\n").expect("write");
+    let config = parse(&["--control-token-file", &good.to_string_lossy()]).expect("a long token");
+    assert_eq!(
+        config.agent.control_token.map(|t| t.0).as_deref(),
+        Some("0123456789abcdef0123")
+    );
+}

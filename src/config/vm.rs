@@ -118,7 +118,7 @@ fn parse_vnc_password(raw: &str) -> Result<Secret, ConfigError> {
 }
 
 /// `30s`, `2m`, `1m30s`, or a bare number of seconds.
-fn parse_timeout(var: &'static str, raw: &str) -> Result<Duration, ConfigError> {
+pub(super) fn parse_timeout(var: &'static str, raw: &str) -> Result<Duration, ConfigError> {
     const FIX: &str = "use a duration like 25s or 2m (a bare number means seconds)";
     let duration = duration::parse(var, raw, FIX)?;
     if duration > duration::DAY {

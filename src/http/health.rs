@@ -56,11 +56,13 @@ impl Phase {
 pub(crate) enum Readiness {
     /// The guest took its DHCP lease.
     Lease,
-    /// This guest address answers TCP connections (`NO_DHCP`).
+    /// This guest address answers TCP connections (`READY_ON=port`).
     TcpPort(SocketAddr),
     /// passt mode: the guest answers on this port of the pod IP, as a watcher outside the
     /// handler found (passt accepts for the guest, so a bare connect proves nothing).
     GuestPort(SocketAddr),
+    /// The guest agent answers (`READY_ON=agent`).
+    Agent,
 }
 
 /// Shared, lock-light view of the VM for the HTTP handlers.
@@ -72,6 +74,18 @@ pub(crate) struct VmStatus {
     qmp: Mutex<Option<Qmp>>,
     /// Why the VM is paused, as the pause watcher last reported.
     pause: Mutex<Option<Pause>>,
+    /// The guest agent, once qemu runs.
+    guest: Mutex<Option<GuestLink>>,
+}
+
+/// The running VM's guest agent and the facts `/status` shows beside it.
+#[derive(Debug, Clone)]
+pub(crate) struct GuestLink {
+    pub guest: crate::qemu::agent::Guest,
+    pub vm_ip: std::net::Ipv4Addr,
+    pub mac: String,
+    /// `nat` (bridge, tap and NAT).
+    pub network: &'static str,
 }
 
 impl VmStatus {
@@ -83,6 +97,39 @@ impl VmStatus {
             readiness: Mutex::new(readiness),
             qmp: Mutex::new(None),
             pause: Mutex::new(None),
+            guest: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn set_guest(&self, guest: Option<GuestLink>) {
+        *self
+            .guest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = guest;
+    }
+
+    pub(crate) fn guest(&self) -> Option<GuestLink> {
+        self.guest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn lease(&self) -> bool {
+        self.lease.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn paused(&self) -> Option<Pause> {
+        self.pause()
+    }
+
+    /// qemu's own state (`running`, `paused`…), or why it is unknown; within 2 s.
+    pub(crate) async fn qemu_state(&self) -> Result<String, String> {
+        let qmp = self.qmp().ok_or_else(|| "no QMP connection".to_owned())?;
+        match tokio::time::timeout(Duration::from_secs(2), qmp.status()).await {
+            Ok(Ok(status)) => Ok(status),
+            Ok(Err(e)) => Err(format!("QMP: {e}")),
+            Err(_) => Err("QMP did not answer within 2s".to_owned()),
         }
     }
 
@@ -192,6 +239,12 @@ impl VmStatus {
                 Ok("the guest holds its DHCP lease".to_owned())
             }
             Readiness::Lease => Err("the guest has not taken its DHCP lease yet".to_owned()),
+            Readiness::Agent => match self.guest() {
+                Some(link) if link.guest.view.borrow().connected => {
+                    Ok("the guest agent answers".to_owned())
+                }
+                _ => Err("the guest agent does not answer yet".to_owned()),
+            },
             Readiness::TcpPort(addr) => {
                 match tokio::time::timeout(
                     Duration::from_secs(1),

@@ -1,5 +1,6 @@
-//! kvm-manager's own HTTP server on `HTTP_PORT`: `/healthz`, `/readyz`, `/metrics` and a web
-//! console (noVNC over a WebSocket that we bridge to qemu's VNC).
+//! kvm-manager's own HTTP server on `HTTP_PORT`: `/healthz`, `/readyz`, `/metrics`, `/status`,
+//! `POST /freeze` and `/thaw` (loopback or token only) and a web console (noVNC over a
+//! WebSocket that we bridge to qemu's VNC).
 //!
 //! It runs as a task beside the VM and never blocks PID 1's main work: connections are capped
 //! and closed when idle or slow (`connections.rs`, `listener.rs`), requests in flight are
@@ -9,8 +10,10 @@
 //! ([`axum::extract::ConnectInfo`]): the web console admits by it.
 
 mod connections;
+mod control;
 pub(crate) mod health;
 mod listener;
+mod status;
 pub(crate) mod webconsole;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -19,7 +22,7 @@ use std::sync::Arc;
 use axum::routing::get;
 use axum::Router;
 
-pub(crate) use health::{Phase, Readiness, VmStatus};
+pub(crate) use health::{GuestLink, Phase, Readiness, VmStatus};
 
 /// Requests handled at once, besides the probes; more wait their turn.
 const MAX_REQUESTS: usize = 32;
@@ -47,15 +50,21 @@ pub(crate) enum HttpError {
 pub(crate) struct HttpConfig {
     pub port: u16,
     pub console: webconsole::ConsoleConfig,
+    /// `CONTROL_TOKEN_FILE`'s token: lets POST /freeze and /thaw in from the pod network.
+    pub control_token: Option<String>,
 }
 
 #[derive(Debug, Clone)]
 pub(crate) struct AppState {
     status: Arc<VmStatus>,
+    control_token: Option<Arc<str>>,
 }
 
 pub(crate) fn router(config: &HttpConfig, status: Arc<VmStatus>) -> Router {
-    let state = AppState { status };
+    let state = AppState {
+        status,
+        control_token: config.control_token.as_deref().map(Arc::from),
+    };
     let probes = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -64,6 +73,9 @@ pub(crate) fn router(config: &HttpConfig, status: Arc<VmStatus>) -> Router {
         ));
     Router::new()
         .route("/metrics", get(metrics))
+        .route("/status", get(status::status))
+        .route("/freeze", axum::routing::post(control::freeze))
+        .route("/thaw", axum::routing::post(control::thaw))
         .merge(webconsole::router(&config.console))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(MAX_REQUESTS))
         .merge(probes)
@@ -85,6 +97,20 @@ async fn metrics() -> impl axum::response::IntoResponse {
         )],
         crate::metrics::render(),
     )
+}
+
+/// A JSON body (axum's `Json` needs a feature we do not build).
+fn json_response(
+    code: axum::http::StatusCode,
+    body: &serde_json::Value,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    (
+        code,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        format!("{body}\n"),
+    )
+        .into_response()
 }
 
 /// Binds `0.0.0.0:port` (the pod IP, for the kubelet's probes) and serves in a task.
@@ -113,7 +139,7 @@ pub(crate) async fn serve(
         max_connections = limits.cap,
         idle_timeout = ?limits.idle,
         header_timeout = ?limits.header,
-        "HTTP server listening (/healthz, /readyz, /metrics, web console at /)"
+        "HTTP server listening (/healthz, /readyz, /metrics, /status, web console at /)"
     );
     Ok(addr)
 }

@@ -15,6 +15,8 @@
 //! - VNC without a password listens on loopback only: inside the pod, so only the web console
 //!   bridge and `kubectl port-forward` reach it (access governed by RBAC on
 //!   `pods/portforward`). With a password it listens on every address, the pod IP included.
+//! - a virtio-serial port `org.qemu.guest_agent.0` on a socket in `RUNTIME_DIR`, always: a
+//!   guest without an agent never opens it and it costs nothing.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -63,6 +65,8 @@ pub(crate) struct Launch {
     /// `None`: no VNC (`NO_VNC`).
     pub vnc: Option<Vnc>,
     pub qmp_socket: PathBuf,
+    /// The guest agent's channel (always there: a guest without an agent never opens it).
+    pub agent_socket: PathBuf,
     pub extra: Vec<String>,
 }
 
@@ -186,6 +190,22 @@ pub(crate) fn build(launch: &Launch) -> Vec<OsString> {
     push(&[
         "-qmp",
         &format!("unix:{},server=on,wait=off", path_value(&launch.qmp_socket)),
+    ]);
+    // The guest agent's virtio-serial port; qemu listens on the socket, our client connects.
+    push(&[
+        "-chardev",
+        &format!(
+            "socket,id=agent0,path={},server=on,wait=off",
+            path_value(&launch.agent_socket)
+        ),
+    ]);
+    push(&["-device", "virtio-serial-pci,id=serial0"]);
+    push(&[
+        "-device",
+        &format!(
+            "virtserialport,bus=serial0.0,chardev=agent0,name={}",
+            super::agent::CHANNEL
+        ),
     ]);
     push(&["-msg", "timestamp=off"]);
 

@@ -1,6 +1,7 @@
 //! qemu: the command line (pure), the process and its supervision, QMP, the console.
 
 pub(crate) mod accel;
+pub(crate) mod agent;
 pub(crate) mod args;
 pub(crate) mod attach;
 pub(crate) mod console;
@@ -46,6 +47,8 @@ pub(crate) enum QemuError {
     Qmp(#[source] qmp::QmpError),
     #[error(transparent)]
     Console(#[from] attach::AttachError),
+    #[error(transparent)]
+    Control(#[from] agent::control::ControlError),
     #[error("could not set the VNC password")]
     VncPassword(#[source] qmp::QmpError),
 }

@@ -52,6 +52,11 @@ kernel_pkg=${KVMTEST_GUEST_KERNEL:-$(apt-cache depends linux-image-amd64 2>/dev/
     awk '/Depends: linux-image-[0-9]/ { print $2; exit }')}
 [[ -n $kernel_pkg ]] || { log "cannot resolve linux-image-amd64: run apt-get update"; exit 1; }
 pkgs=("$kernel_pkg" busybox-static toybox libc6 libcrypt1)
+# qemu-ga (Debian's qemu-guest-agent) and the shared libraries it links against: the list is
+# its package's dependency closure, the libraries copied are what `ldd` says it loads.
+agent_pkgs=(qemu-guest-agent libglib2.0-0 libnuma1 libudev1 liburing2 libffi8 libpcre2-8-0
+    libmount1 libselinux1 libblkid1 zlib1g libgcc-s1)
+pkgs+=("${agent_pkgs[@]}")
 for pkg in "${pkgs[@]}"; do
     if ! compgen -G "$debs/${pkg}_*.deb" >/dev/null; then
         log "downloading $pkg"
@@ -78,6 +83,41 @@ cp -L "$gnu/ld-linux-x86-64.so.2" "$rd/lib64/"
 for lib in libc.so.6 libm.so.6 libcrypt.so.1; do
     cp -L "$gnu/$lib" "$rd/lib/x86_64-linux-gnu/"
 done
+# qemu-ga: the binary, then every library ldd resolves for it against the unpacked packages
+# (not the host's: the guest gets Debian 12's), copied to the same place in the initramfs.
+install -m 0755 "$work/pkgs/usr/sbin/qemu-ga" "$rd/bin/qemu-ga"
+agent_libs=$(LD_LIBRARY_PATH="$gnu:$work/pkgs/usr/lib/x86_64-linux-gnu" \
+    "$gnu/ld-linux-x86-64.so.2" --list "$work/pkgs/usr/sbin/qemu-ga" |
+    awk '$2 == "=>" && $3 ~ /^\// { print $3 }')
+for lib in $agent_libs; do
+    name=${lib##*/}
+    [[ $lib == "$work"/pkgs/* ]] || { log "qemu-ga needs $name, not in the packages: add it to agent_pkgs"; exit 1; }
+    cp -L "$lib" "$rd/lib/x86_64-linux-gnu/$name"
+done
+# guest-get-osinfo reads os-release; guest-ssh-add-authorized-keys looks users up in passwd.
+cat >"$rd/etc/os-release" <<'EOF'
+NAME="kvmtest"
+ID=kvmtest
+VERSION_ID=1
+VERSION="1 (test guest)"
+PRETTY_NAME="kvmtest 1"
+EOF
+cat >"$rd/etc/passwd" <<'EOF'
+root:x:0:0:root:/root:/bin/sh
+debian:x:1000:1000:debian:/home/debian:/bin/sh
+EOF
+printf 'root:x:0:\ndebian:x:1000:\n' >"$rd/etc/group"
+mkdir -p "$rd/root" "$rd/home/debian"
+# qemu-ga's guest-shutdown runs /sbin/shutdown -P +0 ...: say so, unmount, power off.
+mkdir -p "$rd/sbin"
+cat >"$rd/sbin/shutdown" <<'EOF'
+#!/bin/sh
+echo "KVMTEST powerdown agent" >/dev/console
+umount /mnt/cd /boot /mnt/tick 2>/dev/null
+sync
+poweroff -f
+EOF
+chmod 0755 "$rd/sbin/shutdown"
 install -m 0755 "$here/init" "$rd/init"
 install -m 0755 "$here/udhcpc.script" "$rd/etc/udhcpc.script"
 
@@ -90,6 +130,8 @@ wanted=(
     vfat nls_cp437 nls_ascii                     # boot disk (FAT defaults: cp437, ascii)
     button evdev                                 # ACPI power button as an input device
     qemu_fw_cfg                                  # -fw_cfg opt/kvmtest options
+    virtio_console                               # the guest agent's virtio-serial port
+    brd ext4 crc32c_generic                      # option tick: a freezable ext2 on a RAM disk
 )
 mods=$work/pkgs/lib/modules/$kver
 depmod -b "$work/pkgs" "$kver"

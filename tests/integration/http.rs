@@ -271,7 +271,8 @@ fn probes_metrics_console_and_web_console_follow_the_vm_from_booting_to_stopped(
         return;
     };
     let pod = &cluster.pod;
-    cluster.user_data("# kvmtest.ignore_acpi=1\n");
+    // No guest agent either: it would shut the guest down (guest-shutdown) in time.
+    cluster.user_data("# kvmtest.ignore_acpi=1\n# kvmtest.agent=0\n");
     cluster.close_gate();
     block_dhcp(pod, true);
     let novnc = novnc_dir();

@@ -8,6 +8,7 @@
 // A test binary has no public interface: its helpers are `pub` for its own modules.
 #![allow(unreachable_pub)]
 
+mod agent;
 mod configdrive;
 mod dhcp;
 mod dns;

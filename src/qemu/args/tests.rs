@@ -40,6 +40,7 @@ fn base() -> Launch {
         }),
         vnc: Some(Vnc { password: false }),
         qmp_socket: "/run/kvm-manager/qmp.sock".into(),
+        agent_socket: "/run/kvm-manager/agent.sock".into(),
         extra: Vec::new(),
     }
 }

@@ -45,6 +45,8 @@ pub(crate) struct Qemu {
     /// Bytes typed into the guest console.
     pub console_input: mpsc::Sender<Vec<u8>>,
     exit: oneshot::Receiver<ExitStatus>,
+    /// The guest agent: asked for `guest-shutdown` when the guest ignores the power button.
+    pub agent: Option<Arc<super::agent::Agent>>,
 }
 
 /// How qemu ended.
@@ -124,6 +126,7 @@ pub(crate) async fn start(
         console_raw: relays.console_raw,
         console_input: relays.console_input,
         exit,
+        agent: None,
     })
 }
 
@@ -157,6 +160,27 @@ async fn connect_qmp(
 }
 
 impl Qemu {
+    /// Once the guest ignored the power button: `guest-shutdown` through its agent, once,
+    /// if the agent answers, each call within what is left of `SHUTDOWN_TIMEOUT`.
+    async fn agent_shutdown(&mut self, deadline: Instant) {
+        let Some(agent) = self.agent.take() else {
+            return;
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let budget = left.min(Duration::from_secs(3));
+        if budget.is_zero() {
+            return;
+        }
+        if agent.execute("guest-ping", None, budget).await.is_err() {
+            return;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        tracing::info!("the guest ignores the power button; asking its agent to shut it down");
+        if let Err(e) = agent.shutdown(left.min(Duration::from_secs(3))).await {
+            tracing::warn!(error = %e, "guest-shutdown failed");
+        }
+    }
+
     /// Stops qemu at once, for a start that failed after it (the guest has not booted yet).
     pub(crate) async fn kill(mut self) {
         let _ = kill(self.pid, Signal::SIGKILL);
@@ -215,7 +239,12 @@ impl Qemu {
         shutdown_timeout: Duration,
     ) -> (Result<ExitStatus, oneshot::error::RecvError>, bool) {
         let deadline = Instant::now() + shutdown_timeout;
+        let mut pressed = false;
         loop {
+            if pressed {
+                self.agent_shutdown(deadline).await;
+            }
+            pressed = true;
             if let Err(e) = self.qmp.system_powerdown().await {
                 tracing::warn!(error = %e, "could not press the ACPI power button");
             }
