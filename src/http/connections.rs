@@ -206,6 +206,11 @@ impl ShedLog {
         self.flush(now)
     }
 
+    /// Whether shed connections wait for their log line.
+    pub(super) fn pending(&self) -> bool {
+        self.pending > 0
+    }
+
     /// Returns the count shed since the last line, if there is one and a line is due.
     pub(super) fn flush(&mut self, now: Instant) -> Option<u64> {
         let due = self

@@ -50,6 +50,8 @@ struct Server {
     limits: Limits,
     table: Mutex<Table>,
     shed_log: Mutex<ShedLog>,
+    /// Told when a connection is admitted or shed: wakes a parked housekeeping.
+    activity: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -84,6 +86,7 @@ pub(super) async fn run(listener: TcpListener, router: Router, limits: Limits) {
         limits,
         table: Mutex::new(Table::default()),
         shed_log: Mutex::new(ShedLog::default()),
+        activity: Notify::new(),
     });
     tokio::spawn(housekeeping(Arc::clone(&server)));
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -149,6 +152,7 @@ impl Server {
             (id, shed)
         };
         self.note_shed(shed);
+        self.activity.notify_one();
         (id, conn)
     }
 
@@ -180,6 +184,7 @@ impl Server {
         if count == 0 {
             return;
         }
+        self.activity.notify_one();
         if let Some(count) = lock(&self.shed_log).shed(Instant::now(), count) {
             self.warn_shed(count);
         }
@@ -224,6 +229,14 @@ async fn housekeeping(server: Arc<Server>) {
                 released,
                 "HTTP: connections closed after a peak"
             );
+        }
+        // No connection open or seen since the last look and nothing left to log (`observe`
+        // has trimmed after any peak once nothing is open): park until the next connection,
+        // so that an idle pod costs no wakeup here. A connection admitted meanwhile left a
+        // permit, so none is missed.
+        if open == 0 && peak == 0 && !lock(&server.shed_log).pending() {
+            server.activity.notified().await;
+            tick.reset();
         }
     }
 }
