@@ -157,23 +157,7 @@ pub(crate) fn build(launch: &Launch) -> Vec<OsString> {
     }
 
     if let Some(nic) = &launch.nic {
-        let netdev = match &nic.backend {
-            NicBackend::Tap { tap, vhost } => format!(
-                "tap,id=net0,ifname={},script=no,downscript=no,vhost={}",
-                escape(tap),
-                if *vhost { "on" } else { "off" }
-            ),
-            NicBackend::Stream { socket } => format!(
-                "stream,id=net0,server=off,addr.type=unix,addr.path={}",
-                path_value(socket)
-            ),
-        };
-        push(&["-netdev", &netdev]);
-        let mac = nic.mac.to_string().to_ascii_lowercase();
-        push(&[
-            "-device",
-            &format!("virtio-net-pci,netdev=net0,mac={mac},host_mtu={}", nic.mtu),
-        ]);
+        push(&nic_args(nic).each_ref().map(String::as_str));
     }
 
     match launch.vnc {
@@ -191,28 +175,57 @@ pub(crate) fn build(launch: &Launch) -> Vec<OsString> {
         "-qmp",
         &format!("unix:{},server=on,wait=off", path_value(&launch.qmp_socket)),
     ]);
-    // The guest agent's virtio-serial port; qemu listens on the socket, our client connects.
-    push(&[
-        "-chardev",
-        &format!(
-            "socket,id=agent0,path={},server=on,wait=off",
-            path_value(&launch.agent_socket)
-        ),
-    ]);
-    push(&["-device", "virtio-serial-pci,id=serial0"]);
-    push(&[
-        "-device",
-        &format!(
-            "virtserialport,bus=serial0.0,chardev=agent0,name={}",
-            super::agent::CHANNEL
-        ),
-    ]);
+    push(
+        &agent_args(&launch.agent_socket)
+            .each_ref()
+            .map(String::as_str),
+    );
     push(&["-msg", "timestamp=off"]);
 
     let mut argv = vec![launch.qemu.clone().into_os_string()];
     argv.extend(args.into_iter().map(OsString::from));
     argv.extend(launch.extra.iter().map(OsString::from));
     argv
+}
+
+/// `-netdev` and `-device` of the VM's NIC: a tap (NAT mode) or passt's socket.
+fn nic_args(nic: &Nic) -> [String; 4] {
+    let netdev = match &nic.backend {
+        NicBackend::Tap { tap, vhost } => format!(
+            "tap,id=net0,ifname={},script=no,downscript=no,vhost={}",
+            escape(tap),
+            if *vhost { "on" } else { "off" }
+        ),
+        NicBackend::Stream { socket } => format!(
+            "stream,id=net0,server=off,addr.type=unix,addr.path={}",
+            path_value(socket)
+        ),
+    };
+    let mac = nic.mac.to_string().to_ascii_lowercase();
+    [
+        "-netdev".to_owned(),
+        netdev,
+        "-device".to_owned(),
+        format!("virtio-net-pci,netdev=net0,mac={mac},host_mtu={}", nic.mtu),
+    ]
+}
+
+/// The guest agent's virtio-serial port; qemu listens on `socket`, our client connects.
+fn agent_args(socket: &Path) -> [String; 6] {
+    [
+        "-chardev".to_owned(),
+        format!(
+            "socket,id=agent0,path={},server=on,wait=off",
+            path_value(socket)
+        ),
+        "-device".to_owned(),
+        "virtio-serial-pci,id=serial0".to_owned(),
+        "-device".to_owned(),
+        format!(
+            "virtserialport,bus=serial0.0,chardev=agent0,name={}",
+            super::agent::CHANNEL
+        ),
+    ]
 }
 
 /// The `-blockdev` nodes of the disk, JSON (no comma escaping to get wrong): the base's

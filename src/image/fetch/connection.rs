@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use super::super::progress::{Pace, Progress};
 use super::super::ranges::{Ranges, Schedule};
 use super::super::space::Budget;
-use super::super::ImageError;
+use super::super::{ImageError, Temps};
 use super::{content_range, fatal, network, retry, Ctx, Failed, Validator};
 
 /// Bytes received but not yet written, over all connections (in KiB, the unit of the
@@ -40,6 +40,25 @@ pub(super) struct Shared {
     pub(super) budget: Mutex<Budget>,
     /// KiB in flight between the connections and the writers ([`IN_FLIGHT_KIB`]).
     pub(super) in_flight: tokio::sync::Semaphore,
+}
+
+impl Shared {
+    /// The shared state of a download of `total` bytes that has `done` on disk already.
+    pub(super) fn new(schedule: Schedule, done: Ranges, total: u64, temps: &Temps) -> Self {
+        let had = done.len();
+        Self {
+            schedule: Mutex::new(schedule),
+            written: Mutex::new(Written {
+                ranges: done,
+                stopped: false,
+            }),
+            grown: Condvar::new(),
+            received: AtomicU64::new(had),
+            progress: Mutex::new(Progress::new(had, Some(total), Instant::now())),
+            budget: Mutex::new(Budget::new(&temps.dir, temps.reserve)),
+            in_flight: tokio::sync::Semaphore::new(IN_FLIGHT_KIB),
+        }
+    }
 }
 
 pub(super) struct Written {

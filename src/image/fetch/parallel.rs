@@ -19,8 +19,8 @@
 
 use std::fs::{File, OpenOptions, Permissions};
 use std::os::unix::fs::{FileExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -28,13 +28,12 @@ use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
-use super::super::progress::Progress;
 use super::super::ranges::{Ranges, Schedule};
 use super::super::sink::{hex, Finished, TEMP_MODE};
 use super::super::source::Compression;
-use super::super::space::{self, Budget};
+use super::super::space;
 use super::super::{ImageError, Temps};
-use super::connection::{kib, lock, receive, First, Own, Shared, Written, IN_FLIGHT_KIB};
+use super::connection::{kib, lock, receive, First, Own, Shared};
 use super::journal::{Journal, RECORD_AFTER, RECORD_EVERY};
 use super::{fatal, retry, Ctx, Failed, Validator, CHANNEL};
 
@@ -68,13 +67,7 @@ pub(super) async fn download(
         .ok_or_else(|| internal("a parallel download without a validator"))?
         .to_owned();
     let fresh = first.is_some();
-    let part = open_part(temps, fresh, total).map_err(fatal)?;
-    let journal = Arc::new(Journal::open(temps, &part, fresh).map_err(fatal)?);
-    if fresh {
-        // Only now that the journal exists may the partial file have holes.
-        part.set_len(total)
-            .map_err(|source| fatal(temps.write_error(&temps.part, source)))?;
-    }
+    let (part, journal) = open_journaled(temps, fresh, total).map_err(fatal)?;
     let had = done.len();
     let missing = done.missing(total);
     let connections = ctx.limits.connections.max(1) as usize;
@@ -85,18 +78,8 @@ pub(super) async fn download(
         gaps = missing.len(),
         "downloading over {connections} connections"
     );
-    let shared = Arc::new(Shared {
-        schedule: Mutex::new(Schedule::new(&missing, connections)),
-        written: Mutex::new(Written {
-            ranges: done,
-            stopped: false,
-        }),
-        grown: Condvar::new(),
-        received: AtomicU64::new(had),
-        progress: Mutex::new(Progress::new(had, Some(total), Instant::now())),
-        budget: Mutex::new(Budget::new(&temps.dir, temps.reserve)),
-        in_flight: tokio::sync::Semaphore::new(IN_FLIGHT_KIB),
-    });
+    let schedule = Schedule::new(&missing, connections);
+    let shared = Arc::new(Shared::new(schedule, done, total, temps));
     let stop_hasher = StopHasher(Arc::clone(&shared));
     let hasher = {
         let (path, shared) = (temps.part.clone(), Arc::clone(&shared));
@@ -203,6 +186,22 @@ async fn connections_and_writers(
         (None, Some(failed)) => Err(failed),
         (None, None) => Ok(()),
     }
+}
+
+/// The partial file and its journal; a fresh one gets its full length (holes) only once the
+/// journal exists, so a crash never leaves holes that look written.
+fn open_journaled(
+    temps: &Temps,
+    fresh: bool,
+    total: u64,
+) -> Result<(File, Arc<Journal>), ImageError> {
+    let part = open_part(temps, fresh, total)?;
+    let journal = Arc::new(Journal::open(temps, &part, fresh)?);
+    if fresh {
+        part.set_len(total)
+            .map_err(|source| temps.write_error(&temps.part, source))?;
+    }
+    Ok((part, journal))
 }
 
 fn open_part(temps: &Temps, fresh: bool, total: u64) -> Result<File, ImageError> {

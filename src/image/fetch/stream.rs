@@ -12,6 +12,7 @@ use super::super::sink::{Finished, Sink};
 use super::super::source::Compression;
 use super::super::{ImageError, Temps};
 use super::{fatal, retry, Ctx, Failed, CHANNEL};
+use crate::config::FetchLimits;
 
 /// Moves the body (after `head`, its first chunks already read) to a writing thread, chunk by
 /// chunk, watching for stalls and a trickle.
@@ -43,36 +44,7 @@ pub(super) async fn stream(
         Ok::<_, ImageError>((sink, started_at))
     });
     let shown = url.to_string();
-    let mut pace = Pace::new(limits.min_rate, limits.rate_window);
-    // Time spent waiting on the server (not on our own disk) and bytes it sent.
-    let (mut waited, mut arrived) = (Duration::ZERO, 0u64);
-    let mut stopped = None;
-    loop {
-        let asked = Instant::now();
-        let next = tokio::time::timeout(limits.stall_timeout, response.chunk()).await;
-        waited += asked.elapsed();
-        match next {
-            Ok(Ok(Some(chunk))) => {
-                arrived += chunk.len() as u64;
-                if tx.send(chunk).await.is_err() {
-                    break; // the writer failed; its error is below
-                }
-                if let Err(slow) = pace.record(waited, arrived) {
-                    stopped = Some(Stop::TooSlow(slow));
-                    break;
-                }
-            }
-            Ok(Ok(None)) => break,
-            Ok(Err(source)) => {
-                stopped = Some(Stop::Network(source));
-                break;
-            }
-            Err(_) => {
-                stopped = Some(Stop::Stalled);
-                break;
-            }
-        }
-    }
+    let stopped = receive(&mut response, &tx, limits).await;
     drop(tx);
     drop(response);
     let (sink, started_at) = writer
@@ -82,26 +54,7 @@ pub(super) async fn stream(
     let progressed = sink.received() > started_at;
     if let Some(stop) = stopped {
         let received = sink.keep_partial().map_err(fatal)?;
-        let error = match stop {
-            Stop::Network(source) => ImageError::BodyBroken {
-                url: shown,
-                received,
-                total,
-                source: source.without_url(),
-            },
-            Stop::Stalled => ImageError::Stalled {
-                url: shown,
-                timeout: limits.stall_timeout,
-                received,
-            },
-            Stop::TooSlow(slow) => ImageError::TooSlow {
-                url: shown,
-                bytes: slow.bytes,
-                window: slow.window,
-                min_rate: limits.min_rate,
-                received,
-            },
-        };
+        let error = stop.error(shown, received, total, limits);
         return Err(retry(error, progressed));
     }
     if let Some(total) = total.filter(|t| *t != sink.received()) {
@@ -116,9 +69,72 @@ pub(super) async fn stream(
     sink.finish().map_err(fatal)
 }
 
+/// Hands the body's chunks to the writer until it ends, fails, stalls or is too slow; why it
+/// stopped early, if it did (a writer that failed ends it too: its error comes from the writer).
+async fn receive(
+    response: &mut Response,
+    tx: &tokio::sync::mpsc::Sender<Bytes>,
+    limits: &FetchLimits,
+) -> Option<Stop> {
+    let mut pace = Pace::new(limits.min_rate, limits.rate_window);
+    // Time spent waiting on the server (not on our own disk) and bytes it sent.
+    let (mut waited, mut arrived) = (Duration::ZERO, 0u64);
+    loop {
+        let asked = Instant::now();
+        let next = tokio::time::timeout(limits.stall_timeout, response.chunk()).await;
+        waited += asked.elapsed();
+        match next {
+            Ok(Ok(Some(chunk))) => {
+                arrived += chunk.len() as u64;
+                if tx.send(chunk).await.is_err() {
+                    return None; // the writer failed; its error is the one reported
+                }
+                if let Err(slow) = pace.record(waited, arrived) {
+                    return Some(Stop::TooSlow(slow));
+                }
+            }
+            Ok(Ok(None)) => return None,
+            Ok(Err(source)) => return Some(Stop::Network(source)),
+            Err(_) => return Some(Stop::Stalled),
+        }
+    }
+}
+
 /// Why the body stopped before its end.
 enum Stop {
     Network(reqwest::Error),
     Stalled,
     TooSlow(super::super::progress::TooSlow),
+}
+
+impl Stop {
+    /// The error of a body that stopped here, `received` bytes kept for resume.
+    fn error(
+        self,
+        url: String,
+        received: u64,
+        total: Option<u64>,
+        limits: &FetchLimits,
+    ) -> ImageError {
+        match self {
+            Stop::Network(source) => ImageError::BodyBroken {
+                url,
+                received,
+                total,
+                source: source.without_url(),
+            },
+            Stop::Stalled => ImageError::Stalled {
+                url,
+                timeout: limits.stall_timeout,
+                received,
+            },
+            Stop::TooSlow(slow) => ImageError::TooSlow {
+                url,
+                bytes: slow.bytes,
+                window: slow.window,
+                min_rate: limits.min_rate,
+                received,
+            },
+        }
+    }
 }
