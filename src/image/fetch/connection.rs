@@ -5,16 +5,17 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use reqwest::{header, Response, StatusCode};
 use tokio::sync::mpsc;
 
-use super::super::progress::{Pace, Progress};
+use super::super::progress::Progress;
 use super::super::ranges::{Ranges, Schedule};
 use super::super::space::Budget;
 use super::super::{ImageError, Temps};
+use super::body::Body;
 use super::{content_range, fatal, network, retry, Ctx, Failed, Validator};
 
 /// Bytes received but not yet written, over all connections (in KiB, the unit of the
@@ -189,47 +190,31 @@ async fn receive_span(
             return Ok(());
         }
     }
-    let mut pace = Pace::new(limits.min_rate, limits.rate_window);
-    let (mut waited, mut arrived) = (Duration::ZERO, 0u64);
+    let mut body = Body::new(&mut response, limits);
     loop {
-        let asked = Instant::now();
-        let next = tokio::time::timeout(limits.stall_timeout, response.chunk()).await;
-        waited += asked.elapsed();
+        let next = body.next().await;
         let received = own.shared.received.load(Ordering::Relaxed);
-        let error = match next {
-            Ok(Ok(Some(chunk))) => {
-                arrived += chunk.len() as u64;
+        let stop = match next {
+            Ok(Some(chunk)) => {
                 if deliver(own, &mut at, chunk).await? {
                     return Ok(());
                 }
-                match pace.record(waited, arrived) {
+                match body.paced() {
                     Ok(()) => continue,
-                    Err(slow) => ImageError::TooSlow {
-                        url: shown,
-                        bytes: slow.bytes,
-                        window: slow.window,
-                        min_rate: limits.min_rate,
-                        received,
-                    },
+                    Err(stop) => stop,
                 }
             }
-            Ok(Ok(None)) => ImageError::ShortBody {
-                url: shown,
-                received,
-                total: own.total,
-            },
-            Ok(Err(source)) => ImageError::BodyBroken {
-                url: shown,
-                received,
-                total: Some(own.total),
-                source: source.without_url(),
-            },
-            Err(_) => ImageError::Stalled {
-                url: shown,
-                timeout: limits.stall_timeout,
-                received,
-            },
+            Ok(None) => {
+                let short = ImageError::ShortBody {
+                    url: shown,
+                    received,
+                    total: own.total,
+                };
+                return Err(retry(short, at > start));
+            }
+            Err(stop) => stop,
         };
+        let error = stop.error(shown, received, Some(own.total), limits);
         return Err(retry(error, at > start));
     }
 }

@@ -37,6 +37,7 @@ use super::{ImageError, Temps};
 use crate::config::{redact_url, FetchLimits, ImageAuth, ImageUrl};
 
 mod answer;
+mod body;
 mod connection;
 mod journal;
 mod parallel;

@@ -2,15 +2,13 @@
 //! reserve, progress) into the partial file; the path of every compressed or small download,
 //! of servers without ranges, and of `FETCH_CONNECTIONS=1`.
 
-use std::time::{Duration, Instant};
-
 use bytes::Bytes;
 use reqwest::Response;
 
-use super::super::progress::Pace;
 use super::super::sink::{Finished, Sink};
 use super::super::source::Compression;
 use super::super::{ImageError, Temps};
+use super::body::{Body, Stop};
 use super::{fatal, retry, Ctx, Failed, CHANNEL};
 use crate::config::FetchLimits;
 
@@ -76,65 +74,19 @@ async fn receive(
     tx: &tokio::sync::mpsc::Sender<Bytes>,
     limits: &FetchLimits,
 ) -> Option<Stop> {
-    let mut pace = Pace::new(limits.min_rate, limits.rate_window);
-    // Time spent waiting on the server (not on our own disk) and bytes it sent.
-    let (mut waited, mut arrived) = (Duration::ZERO, 0u64);
+    let mut body = Body::new(response, limits);
     loop {
-        let asked = Instant::now();
-        let next = tokio::time::timeout(limits.stall_timeout, response.chunk()).await;
-        waited += asked.elapsed();
-        match next {
-            Ok(Ok(Some(chunk))) => {
-                arrived += chunk.len() as u64;
+        match body.next().await {
+            Ok(Some(chunk)) => {
                 if tx.send(chunk).await.is_err() {
                     return None; // the writer failed; its error is the one reported
                 }
-                if let Err(slow) = pace.record(waited, arrived) {
-                    return Some(Stop::TooSlow(slow));
+                if let Err(stop) = body.paced() {
+                    return Some(stop);
                 }
             }
-            Ok(Ok(None)) => return None,
-            Ok(Err(source)) => return Some(Stop::Network(source)),
-            Err(_) => return Some(Stop::Stalled),
-        }
-    }
-}
-
-/// Why the body stopped before its end.
-enum Stop {
-    Network(reqwest::Error),
-    Stalled,
-    TooSlow(super::super::progress::TooSlow),
-}
-
-impl Stop {
-    /// The error of a body that stopped here, `received` bytes kept for resume.
-    fn error(
-        self,
-        url: String,
-        received: u64,
-        total: Option<u64>,
-        limits: &FetchLimits,
-    ) -> ImageError {
-        match self {
-            Stop::Network(source) => ImageError::BodyBroken {
-                url,
-                received,
-                total,
-                source: source.without_url(),
-            },
-            Stop::Stalled => ImageError::Stalled {
-                url,
-                timeout: limits.stall_timeout,
-                received,
-            },
-            Stop::TooSlow(slow) => ImageError::TooSlow {
-                url,
-                bytes: slow.bytes,
-                window: slow.window,
-                min_rate: limits.min_rate,
-                received,
-            },
+            Ok(None) => return None,
+            Err(stop) => return Some(stop),
         }
     }
 }
