@@ -10,7 +10,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::pod::{run, Pod};
-use crate::support::{require_root, Running, BIN};
+use crate::support::{require_root, Running};
 use crate::vm::{field, http_get, pid1, Cluster, BOOT, DNS_ANSWER, T};
 
 /// The user the restricted pod runs as.
@@ -43,31 +43,7 @@ const NO_NET_ADMIN: &[&str] = &[
 /// `kvm-manager ARGS` as PID 1 of `pod`, started through `wrapper` (which drops privileges
 /// after the pod's root-only setup: hostname, resolv.conf).
 fn command(pod: &Pod, wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Command {
-    let script = r#"set -e
-hostname "$POD_HOSTNAME"
-mount --bind "$POD_RESOLV" /etc/resolv.conf
-exec "$@""#;
-    let mut command = Command::new("ip");
-    command
-        .args(["netns", "exec", &pod.pod_ns])
-        .args([
-            "unshare",
-            "--pid",
-            "--fork",
-            "--mount-proc",
-            "--mount",
-            "--uts",
-        ])
-        .args(["--kill-child", "sh", "-c", script, "pod-init"])
-        .args(wrapper)
-        .arg(BIN)
-        .args(args)
-        .env("POD_HOSTNAME", &pod.hostname)
-        .env("POD_RESOLV", pod.path("resolv.conf"))
-        .env("LOG_LEVEL", "info");
-    command.envs(pod.volume_env());
-    command.envs(env.iter().copied());
-    command
+    pod.kvm_manager_command_wrapped("", wrapper, args, env)
 }
 
 /// What a restricted pod gets besides: the two sysctls Kubernetes lists as safe (low ports

@@ -146,6 +146,18 @@ impl Pod {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Command {
+        self.kvm_manager_command_wrapped(setup, &[], args, env)
+    }
+
+    /// The same, with kvm-manager started through `wrapper` (e.g. `setpriv … --`), which runs
+    /// after the pod's root-only setup (hostname, resolv.conf) and may drop privileges.
+    pub fn kvm_manager_command_wrapped(
+        &self,
+        setup: &str,
+        wrapper: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Command {
         let script = format!(
             r#"set -e
 hostname "$POD_HOSTNAME"
@@ -167,7 +179,9 @@ exec "$@""#
                 "--uts",
                 "--kill-child",
             ])
-            .args(["sh", "-c", &script, "pod-init", BIN])
+            .args(["sh", "-c", &script, "pod-init"])
+            .args(wrapper)
+            .arg(BIN)
             .args(args)
             .env("POD_HOSTNAME", &self.hostname)
             .env("POD_RESOLV", self.path("resolv.conf"))
