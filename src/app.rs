@@ -188,8 +188,9 @@ fn network(config: &Config) -> Result<u8, Error> {
                 .mac();
         let pod = net::discover().await?;
         let plan = net::plan(&config.net, &pod, vm_mac)?;
-        net::apply(&plan, pid1.reaper()).await?;
-        let services = Services::start(&Lan::load(config, &plan)?).await?;
+        let wake = net::apply(&plan, pid1.reaper()).await?;
+        let mut services = Services::start(&Lan::load(config, &plan)?).await?;
+        services.watch_spoofed(wake);
         // The plan is this subcommand's product: stdout, not a log line.
         let _ = write!(std::io::stdout().lock(), "{}", net::printout(&plan));
         tracing::info!(bridge = %plan.bridge, tap = %plan.tap, "network ready; serving DHCP and DNS until SIGTERM");

@@ -60,7 +60,11 @@ pub(super) async fn start(
                 }),
             );
             let vm = vm?;
-            match nat.map_err(Error::from).and(services.map_err(Error::from)) {
+            match nat.map_err(Error::from).and_then(|wake| {
+                let mut services = services?;
+                services.watch_spoofed(wake);
+                Ok(services)
+            }) {
                 Ok(services) => Ok((vm, Attached::Nat(services))),
                 Err(e) => {
                     vm.kill().await;

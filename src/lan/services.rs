@@ -19,19 +19,31 @@ pub struct Services {
     dhcp: dhcp::DhcpServer,
     /// Only held: dropping it stops the forwarder.
     _dns: dns::DnsServer,
-    spoofed: tokio::task::AbortHandle,
+    /// The watch on spoofed packets, once the NAT says how it is woken.
+    spoofed: Option<tokio::task::AbortHandle>,
+    vm_ip: std::net::Ipv4Addr,
 }
 
 impl Services {
     pub async fn start(lan: &Lan) -> Result<Self, LanError> {
         let dhcp = dhcp::serve(lan).await?;
         let dns = dns::serve(lan).await?;
-        let spoofed = tokio::spawn(net::spoof::watch(lan.vm_ip)).abort_handle();
         Ok(Self {
             dhcp,
             _dns: dns,
-            spoofed,
+            spoofed: None,
+            vm_ip: lan.vm_ip,
         })
+    }
+
+    /// Starts the watch on spoofed packets, woken as the applied NAT says ([`net::apply`]).
+    pub(crate) fn watch_spoofed(&mut self, wake: net::SpoofWake) {
+        if let Some(old) = self
+            .spoofed
+            .replace(tokio::spawn(net::spoof::watch(self.vm_ip, wake)).abort_handle())
+        {
+            old.abort();
+        }
     }
 
     /// The DHCP server: its lease feeds readiness.
@@ -42,6 +54,8 @@ impl Services {
 
 impl Drop for Services {
     fn drop(&mut self) {
-        self.spoofed.abort();
+        if let Some(watch) = &self.spoofed {
+            watch.abort();
+        }
     }
 }

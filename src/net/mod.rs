@@ -27,6 +27,7 @@ use std::path::PathBuf;
 
 pub(crate) use discover::discover;
 pub(crate) use plan::{plan, NetPlan};
+pub(crate) use ruleset::SpoofWake;
 pub(crate) use slash30::Slash30;
 pub(crate) use wiring::{wire, Wiring};
 
@@ -174,8 +175,9 @@ pub(crate) enum NetError {
 }
 
 /// Applies `plan`: every step converges, so running it again in the same netns is a no-op.
-/// `reaper` runs `nft` (PID 1's reaper owns every child's exit status).
-pub(crate) async fn apply(plan: &NetPlan, reaper: &Reaper) -> Result<(), NetError> {
+/// `reaper` runs `nft` (PID 1's reaper owns every child's exit status). Says how the
+/// spoofed-packet watch is woken.
+pub(crate) async fn apply(plan: &NetPlan, reaper: &Reaper) -> Result<SpoofWake, NetError> {
     let nft = apply_links(plan).await?;
     apply_nat(plan, &nft, reaper).await
 }
@@ -196,19 +198,40 @@ pub(crate) async fn apply_links(plan: &NetPlan) -> Result<std::path::PathBuf, Ne
 
 /// The NAT half of [`apply`]: our nft table, in one transaction. `run` starts qemu while this
 /// runs: the guest sends its first packet seconds after qemu starts.
+///
+/// A kernel without `nfnetlink_log` refuses the rule that wakes the spoofed-packet watch; the
+/// table then goes without it (the drop and its counter stay) and the watch polls.
 pub(crate) async fn apply_nat(
     plan: &NetPlan,
     nft: &std::path::Path,
     reaper: &Reaper,
-) -> Result<(), NetError> {
+) -> Result<SpoofWake, NetError> {
+    let text = ruleset::ruleset(plan);
+    match replace_table(nft, &text, reaper).await {
+        Ok(()) => Ok(SpoofWake::Nflog),
+        Err(NetError::NftRejected { stderr, .. }) => {
+            replace_table(nft, &ruleset::without_spoof_log(&text), reaper).await?;
+            tracing::warn!(
+                %stderr,
+                "nft refused the nflog rule (is the kernel module nfnetlink_log missing on \
+                 this node?); the table works without it, and the spoofed-packet counter is \
+                 read every few seconds instead"
+            );
+            Ok(SpoofWake::Poll)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `text` as our table, in one transaction.
+async fn replace_table(nft: &std::path::Path, text: &str, reaper: &Reaper) -> Result<(), NetError> {
     // Flushing our table's rules is several times faster than deleting the table (a table
     // deletion waits for an RCU grace period) and converges the same way while our chains keep
     // their hooks; when they do not (a ruleset from another version), delete and recreate.
-    let text = ruleset::ruleset(plan);
-    match nft::replace_table(nft, &ruleset::flushing(&text), reaper).await {
+    match nft::replace_table(nft, &ruleset::flushing(text), reaper).await {
         Err(NetError::NftRejected { stderr, .. }) => {
             tracing::debug!(%stderr, "flushing our nft table was refused; replacing it whole");
-            nft::replace_table(nft, &text, reaper).await
+            nft::replace_table(nft, text, reaper).await
         }
         other => other,
     }

@@ -19,7 +19,9 @@
 //!   from 0.0.0.0 (a DHCP client without an address; the kernel never forwards a zero
 //!   source), or carry [`LOCAL_MARK`] (our own broadcasts, looped back to the bridge). Anything
 //!   else is a forged source: dropped and counted in the named counter [`SPOOFED_COUNTER`],
-//!   which `/metrics` reads. IPv6 is not in this table: kvm-manager forwards none, so the
+//!   which `/metrics` reads. At most one such packet a minute is also sent to nflog group
+//!   [`SPOOFED_LOG_GROUP`]: that wakes the watch that logs it ([`super::spoof`]), which
+//!   otherwise sleeps. IPv6 is not in this table: kvm-manager forwards none, so the
 //!   VM's link-local IPv6 address stays usable on the bridge.
 
 use std::fmt::Write as _;
@@ -35,6 +37,19 @@ pub(crate) const LOCAL_MARK: u32 = 0x4b4d;
 
 /// The named counter of packets from the VM with a forged source address.
 pub(crate) const SPOOFED_COUNTER: &str = "spoofed";
+
+/// The nflog group the anti-spoofing chain notifies (no packet data: only the wakeup counts).
+pub(crate) const SPOOFED_LOG_GROUP: u16 = 0x4b4d;
+
+/// How the spoofed-packet watch learns that the VM forged a source address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SpoofWake {
+    /// From the kernel, over nflog: no wakeup while nothing is forged.
+    Nflog,
+    /// By reading the counter every few seconds: the ruleset went without its `log group`
+    /// rule (see [`without_spoof_log`]).
+    Poll,
+}
 
 /// The complete `nft -f -` input for `plan`.
 pub(crate) fn ruleset(plan: &NetPlan) -> String {
@@ -102,6 +117,7 @@ pub(crate) fn ruleset(plan: &NetPlan) -> String {
     line!("\t\tiifname != \"{bridge}\" return");
     line!("\t\tmeta mark {LOCAL_MARK:#x} return");
     line!("\t\tip saddr {{ {vm}, 0.0.0.0 }} return");
+    line!("\t\tlimit rate 1/minute burst 1 packets log group {SPOOFED_LOG_GROUP}");
     line!("\t\tcounter name \"{SPOOFED_COUNTER}\" drop");
     line!("\t}}");
     line!("}}");
@@ -116,6 +132,19 @@ pub(crate) fn flushing(ruleset: &str) -> String {
         &format!("flush table ip {TABLE}"),
         1,
     )
+}
+
+/// `ruleset` without the rule that notifies nflog, for a kernel without `nfnetlink_log` (where
+/// `nft` refuses a `log group` rule): everything else, the drop and its counter included, stays.
+pub(crate) fn without_spoof_log(ruleset: &str) -> String {
+    let rule = format!(" log group {SPOOFED_LOG_GROUP}\n");
+    let mut out = String::with_capacity(ruleset.len());
+    for line in ruleset.split_inclusive('\n') {
+        if !line.ends_with(&rule) {
+            out.push_str(line);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

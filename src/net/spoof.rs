@@ -3,7 +3,9 @@
 //! and watched, so that the log says when the VM forges its source address.
 //!
 //! [`request`] and [`packets`] are the pure halves (bytes out, bytes in); [`read_count`] is
-//! the socket.
+//! the socket. The watch sleeps until the kernel sends a forged packet to our nflog group
+//! (the drop rule does, at most once a minute), so an idle VM costs it no wakeup; where the
+//! node has no nflog it reads the counter every few seconds instead.
 
 use std::os::fd::AsRawFd as _;
 use std::time::{Duration, Instant};
@@ -11,7 +13,12 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::{self, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SockFlag};
 use nix::sys::time::TimeVal;
 
-use super::ruleset::{SPOOFED_COUNTER, TABLE};
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_netfilter::nflog::{config_request, ConfigCmd, ConfigMode};
+use netlink_packet_netfilter::{NetfilterMessage, NetfilterProtoFamily};
+use netlink_sys::{protocols::NETLINK_NETFILTER, AsyncSocket as _, AsyncSocketExt as _};
+
+use super::ruleset::{SpoofWake, SPOOFED_COUNTER, SPOOFED_LOG_GROUP, TABLE};
 use crate::lan::drop_log::LogLimit;
 
 // linux/netlink.h, linux/netfilter/nfnetlink.h, linux/netfilter/nf_tables.h.
@@ -32,9 +39,12 @@ const NFTA_COUNTER_PACKETS: u16 = 2;
 /// An attribute type without its NLA_F_NESTED and NLA_F_NET_BYTEORDER flags.
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
-/// How often the watch reads the counter, and how often at most it logs.
+/// How often the watch reads the counter without nflog, and how often at most it logs.
 const POLL: Duration = Duration::from_secs(5);
 const LOG_EVERY: Duration = Duration::from_secs(60);
+/// Woken by a forged packet, the watch waits this long before it reads the counter, so that a
+/// burst is reported as one number.
+const SETTLE: Duration = Duration::from_secs(1);
 /// The kernel answers at once; this only bounds a scrape if it ever did not.
 const RECEIVE_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -125,34 +135,109 @@ pub(crate) fn read_count() -> std::io::Result<u64> {
     packets(&answer[..len])
 }
 
-/// Exports the counter on `/metrics` (read at each scrape), and reads it every few seconds and
-/// warns, at most once a minute, when it grew.
-pub(crate) async fn watch(vm_ip: std::net::Ipv4Addr) {
+/// Exports the counter on `/metrics` (read at each scrape), and warns, at most once a minute,
+/// when it grew: woken by nflog (`wake`), or reading it every few seconds.
+pub(crate) async fn watch(vm_ip: std::net::Ipv4Addr, wake: SpoofWake) {
     crate::metrics::watch_spoofed(read_count);
-    let mut limit = LogLimit::new(1, LOG_EVERY);
-    let mut failures = LogLimit::new(1, LOG_EVERY);
-    let mut reported = 0u64;
-    let mut interval = tokio::time::interval(POLL);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        interval.tick().await;
+    let mut report = Report::new(vm_ip);
+    let nflog = match wake {
+        SpoofWake::Nflog => match bind_nflog().await {
+            Ok(socket) => Some(socket),
+            Err(e) => {
+                tracing::warn!(error = %e, group = SPOOFED_LOG_GROUP, "could not listen to \
+                    nflog; the spoofed-packet counter is read every few seconds instead");
+                None
+            }
+        },
+        SpoofWake::Poll => None,
+    };
+    match nflog {
+        Some(socket) => loop {
+            // Any datagram means "the drop rule fired" (its content is not needed); an error
+            // (ENOBUFS after a burst) means the same.
+            let _ = socket.recv_from_full().await;
+            tokio::time::sleep(SETTLE).await;
+            report.read();
+            // The limit in the rule admits one packet a minute: what a burst forged after the
+            // first one is read once more then, and not again until the next.
+            tokio::time::sleep(LOG_EVERY).await;
+            report.read();
+        },
+        None => {
+            let mut interval = tokio::time::interval(POLL);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                report.read();
+            }
+        }
+    }
+}
+
+/// A netlink socket that receives what the drop rule sends to [`SPOOFED_LOG_GROUP`]: no
+/// packet data, only the notice.
+async fn bind_nflog() -> std::io::Result<netlink_sys::TokioSocket> {
+    let mut socket = netlink_sys::TokioSocket::new(NETLINK_NETFILTER)?;
+    socket.socket_mut().bind_auto()?;
+    let mut request = config_request(
+        NetfilterProtoFamily::Unspec,
+        SPOOFED_LOG_GROUP,
+        vec![ConfigCmd::Bind.into(), ConfigMode::NONE.into()],
+    );
+    request.finalize();
+    let mut bytes = vec![0; request.buffer_len()];
+    request.serialize(&mut bytes);
+    socket.send(&bytes).await?;
+    let (answer, _) = tokio::time::timeout(RECEIVE_TIMEOUT, socket.recv_from_full())
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    match NetlinkMessage::<NetfilterMessage>::deserialize(&answer).map(|m| m.payload) {
+        Ok(NetlinkPayload::Error(e)) if e.code.is_some() => Err(e.to_io()),
+        Ok(NetlinkPayload::Error(_)) => Ok(socket),
+        Ok(other) => Err(std::io::Error::other(format!(
+            "unexpected answer {other:?}"
+        ))),
+        Err(e) => Err(std::io::Error::other(e)),
+    }
+}
+
+/// What the log said last: the count then, and when.
+struct Report {
+    vm_ip: std::net::Ipv4Addr,
+    reported: u64,
+    limit: LogLimit,
+    failures: LogLimit,
+}
+
+impl Report {
+    fn new(vm_ip: std::net::Ipv4Addr) -> Self {
+        Self {
+            vm_ip,
+            reported: 0,
+            limit: LogLimit::new(1, LOG_EVERY),
+            failures: LogLimit::new(1, LOG_EVERY),
+        }
+    }
+
+    /// Reads the counter and warns when it grew since the last warning.
+    fn read(&mut self) {
         match read_count() {
-            Ok(total) if total > reported => {
-                if limit.admit(Instant::now()).is_some() {
+            Ok(total) if total > self.reported => {
+                if self.limit.admit(Instant::now()).is_some() {
                     tracing::warn!(
-                        dropped = total - reported,
+                        dropped = total - self.reported,
                         total,
-                        %vm_ip,
+                        vm_ip = %self.vm_ip,
                         "dropped packets from the VM whose source address is not VM_IP (a \
                          forged source); see kvm_manager_spoofed_packets_total"
                     );
-                    reported = total;
+                    self.reported = total;
                 }
             }
             // A smaller count: the table was replaced (another start in this pod).
-            Ok(total) => reported = reported.min(total),
+            Ok(total) => self.reported = self.reported.min(total),
             Err(e) => {
-                if failures.admit(Instant::now()).is_some() {
+                if self.failures.admit(Instant::now()).is_some() {
                     tracing::debug!(error = %e, "could not read the spoofed-packet counter");
                 }
             }
