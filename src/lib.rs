@@ -28,3 +28,4 @@ mod state;
 mod sys;
 #[cfg(test)]
 mod test_support;
+mod timer;

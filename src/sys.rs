@@ -12,6 +12,28 @@ pub(crate) fn register_signalfd(
         .map_err(|e| e.into_parts().1)
 }
 
+/// A timerfd in the form tokio's reactor takes (nix's `TimerFd` offers `AsFd` only).
+pub(crate) struct Timer(nix::sys::timerfd::TimerFd);
+
+impl std::os::fd::AsRawFd for Timer {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(&self.0))
+    }
+}
+
+/// Registers an armed timerfd with tokio's reactor (readable interest only).
+pub(crate) fn register_timerfd(
+    fd: nix::sys::timerfd::TimerFd,
+) -> std::io::Result<tokio::io::unix::AsyncFd<Timer>> {
+    // SAFETY: `TimerFd` owns its descriptor (an `OwnedFd`) for its whole lifetime and `Timer`'s
+    // `as_raw_fd` always returns that same descriptor; the `AsyncFd` takes ownership of it, so
+    // the descriptor stays open and unchanged until the `AsyncFd` is dropped.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(Timer(fd), tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| e.into_parts().1)
+}
+
 /// `ATF_COM` from `<net/if_arp.h>`: the entry is complete (has a hardware address).
 const ATF_COM: libc::c_int = 0x02;
 

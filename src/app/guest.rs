@@ -21,6 +21,7 @@ pub(super) fn start(
 ) -> Guest {
     let guest = Guest::start(
         &config.runtime_dir,
+        vm.qmp.clone(),
         config.agent.poll_interval,
         config.agent.freeze_timeout,
         config.agent.ssh_keys.clone(),

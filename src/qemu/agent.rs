@@ -13,6 +13,7 @@ pub(crate) mod control;
 pub(crate) mod freeze;
 pub(crate) mod guest;
 pub(crate) mod poll;
+pub(crate) mod port;
 pub(crate) mod protocol;
 pub(crate) mod ssh;
 
@@ -45,16 +46,18 @@ pub(crate) struct Guest {
 }
 
 impl Guest {
-    /// Starts polling the agent behind `runtime_dir`'s socket.
+    /// Starts polling the agent behind `runtime_dir`'s socket, while qemu (`qmp`) says the
+    /// guest has its port open.
     pub(crate) fn start(
         runtime_dir: &Path,
+        qmp: crate::qemu::qmp::Qmp,
         poll_interval: Duration,
         freeze_timeout: Duration,
         ssh: Option<ssh::SshKeys>,
     ) -> Self {
         let agent = Arc::new(Agent::new(socket_path(runtime_dir)));
         Self {
-            view: poll::spawn(Arc::clone(&agent), poll_interval, ssh),
+            view: poll::spawn(Arc::clone(&agent), qmp, poll_interval, ssh),
             freezer: freeze::Freezer::new(Arc::clone(&agent), freeze_timeout),
             agent,
         }

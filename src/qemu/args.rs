@@ -215,14 +215,17 @@ fn agent_args(socket: &Path) -> [String; 6] {
     [
         "-chardev".to_owned(),
         format!(
-            "socket,id=agent0,path={},server=on,wait=off",
+            "socket,id={},path={},server=on,wait=off",
+            super::agent::port::CHARDEV,
             path_value(socket)
         ),
         "-device".to_owned(),
         "virtio-serial-pci,id=serial0".to_owned(),
         "-device".to_owned(),
         format!(
-            "virtserialport,bus=serial0.0,chardev=agent0,name={}",
+            "virtserialport,bus=serial0.0,id={},chardev={},name={}",
+            super::agent::port::PORT_ID,
+            super::agent::port::CHARDEV,
             super::agent::CHANNEL
         ),
     ]

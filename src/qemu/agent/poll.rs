@@ -1,5 +1,6 @@
 //! Polling the guest agent, cheaply: one `guest-ping` every `AGENT_POLL_INTERVAL` (one
-//! wakeup, one small line each way). The rest (`guest-info`, `guest-get-osinfo`,
+//! wakeup, one small line each way) while the guest has the agent's port open ([`Port`]);
+//! nothing while it has not (a guest without an agent), and at once when it opens or closes. The rest (`guest-info`, `guest-get-osinfo`,
 //! `guest-get-host-name`, `guest-network-get-interfaces`, `guest-get-fsinfo`,
 //! `guest-get-users`) is fetched only when the agent (re)appears, then at each poll while no
 //! interface but loopback has an address (a guest still coming up), then every
@@ -12,9 +13,11 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 use super::guest::{self, GuestFacts};
+use super::port::Port;
 use super::ssh::{self, SshKeys};
 use super::{Agent, AgentError, DEADLINE};
 use crate::metrics;
+use crate::qemu::qmp::Qmp;
 
 /// How old the facts may grow while the agent answers before they are fetched again (a
 /// guest's addresses and filesystems change rarely; their age is shown).
@@ -35,9 +38,11 @@ pub(crate) struct AgentView {
     pub facts_at: Option<SystemTime>,
 }
 
-/// Starts polling `agent` every `interval`; the task lives as long as the returned receiver.
+/// Starts polling `agent` every `interval` while the guest has its port open (qemu's `qmp`
+/// says when); the task lives as long as the returned receiver.
 pub(crate) fn spawn(
     agent: Arc<Agent>,
+    qmp: Qmp,
     interval: Duration,
     ssh: Option<SshKeys>,
 ) -> watch::Receiver<AgentView> {
@@ -47,10 +52,15 @@ pub(crate) fn spawn(
     });
     metrics::GUEST.agent_up.set(0);
     tokio::spawn(async move {
+        let mut port = Port::watch(qmp).await;
         let mut keys = KeysPushed::default();
         loop {
             let view = tx.borrow().clone();
-            let next = poll_once(&agent, view).await;
+            let next = if port.is_open() {
+                poll_once(&agent, view).await
+            } else {
+                port_closed(view)
+            };
             if let Some(ssh) = &ssh {
                 keys.follow(&agent, ssh, next.connected).await;
             }
@@ -62,7 +72,14 @@ pub(crate) fn spawn(
             if tx.is_closed() {
                 return;
             }
-            tokio::time::sleep(interval).await;
+            if port.is_open() {
+                tokio::select! {
+                    () = crate::timer::sleep(interval) => {}
+                    _ = port.changed() => {}
+                }
+            } else {
+                port.changed().await;
+            }
         }
     });
     rx
@@ -147,6 +164,18 @@ async fn poll_once(agent: &Agent, mut view: AgentView) -> AgentView {
             view.error = Some(describe(&e));
         }
     }
+    export(&view);
+    view
+}
+
+/// The view while the guest has the agent's port closed: no agent can answer.
+fn port_closed(mut view: AgentView) -> AgentView {
+    if view.connected {
+        tracing::warn!("the guest agent stopped answering (the guest closed its port)");
+        view.connected = false;
+        view.since = Some(SystemTime::now());
+    }
+    view.error = Some("no agent (the guest has not opened the agent's port)".to_owned());
     export(&view);
     view
 }
