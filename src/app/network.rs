@@ -28,8 +28,10 @@ pub(super) enum Attached {
     },
 }
 
-/// How often passt mode's readiness asks the guest.
+/// How often passt mode's readiness asks the guest until it answers, and then (each check
+/// wakes passt and the guest too, so an idle VM is asked rarely) after it answered.
 const READY_EVERY: Duration = Duration::from_secs(2);
+const READY_RECHECK: Duration = Duration::from_secs(30);
 
 /// Starts qemu with `argv` and what its network needs per `wiring`. A failure of either
 /// stops the other again.
@@ -133,8 +135,10 @@ impl Attached {
                 status.set_readiness(Readiness::GuestPort(ready));
                 tokio::spawn(async move {
                     loop {
-                        status.set_lease(child::guest_answers(ready).await);
-                        tokio::time::sleep(READY_EVERY).await;
+                        let answers = child::guest_answers(ready).await;
+                        status.set_lease(answers);
+                        let next = if answers { READY_RECHECK } else { READY_EVERY };
+                        crate::timer::sleep(next).await;
                     }
                 });
             }
