@@ -200,6 +200,7 @@ async fn prepare(
     let loaded = state::load(&config.pet_dir, &config.hostname, config.net.vm_mac)?;
     let (mac, state) = (loaded.state.mac(), loaded.state.clone());
 
+    let queues = launch::nic_queues(config)?;
     let state_saved = on_worker(move || loaded.persist().map_err(Error::from));
     let disk = async {
         let base = timed("image", image::ensure_base(&config.image, target)).await?;
@@ -217,19 +218,22 @@ async fn prepare(
     let drive = {
         let iso = launch::config_drive_path(config);
         let (drive, hostname) = (config.config_drive.clone(), config.hostname.clone());
+        let (ignition_mode, runtime_dir) = (config.guest_io.ignition, config.runtime_dir.clone());
         on_worker(move || {
             if let Some(iso) = iso {
                 timed_blocking("config-drive", || {
                     configdrive::write(&drive, &hostname, &state, &iso)
                 })?;
             }
-            Ok::<_, Error>(())
+            let ignition =
+                configdrive::ignition::prepare(ignition_mode, &drive.userdata, &runtime_dir, true)?;
+            Ok::<_, Error>(ignition)
         })
     };
     let network = async {
         let wiring = timed(
             "network",
-            net::wire(&config.net, &config.runtime_dir, mac, true),
+            net::wire(&config.net, &config.runtime_dir, mac, true, queues),
         )
         .await?;
         match &wiring {
@@ -242,7 +246,7 @@ async fn prepare(
         }
         Ok::<_, Error>(wiring)
     };
-    let ((), base, (), wiring) = tokio::try_join!(state_saved, disk, drive, network)?;
-    let launch = launch::decide(config, Some(&wiring), Some(&base))?;
+    let ((), base, ignition, wiring) = tokio::try_join!(state_saved, disk, drive, network)?;
+    let launch = launch::decide(config, Some(&wiring), Some(&base), ignition.as_ref())?;
     Ok((launch, wiring))
 }

@@ -8,6 +8,7 @@ pub(crate) mod console;
 pub(crate) mod pause;
 pub(crate) mod process;
 pub(crate) mod qmp;
+pub(crate) mod shares;
 pub(crate) mod sizing;
 
 use std::path::PathBuf;
