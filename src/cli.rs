@@ -18,7 +18,8 @@ configuration or usage; 3 base image, pet overlay or PET_DIR error; 4 network er
 (also a NETWORK_MODE that cannot work, and passt dying under a running VM); \
 5 config-drive error; 6 qemu could not be started; 7 the guest ignored the ACPI power button \
 for SHUTDOWN_TIMEOUT and qemu was stopped; 8 another kvm-manager owns this pet \
-(PET_DIR/<hostname>.lock); otherwise qemu's own exit code, or 128+N when the supervised \
+(PET_DIR/<hostname>.lock); 9 a virtio-fs share's virtiofsd could not start, or died under \
+the running VM (which was shut down first); otherwise qemu's own exit code, or 128+N when the supervised \
 process was killed by signal N.";
 
 /// PID 1 for a pod that runs one virtual machine: fetches the base image, creates the pet

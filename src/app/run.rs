@@ -42,8 +42,19 @@ pub(super) async fn run(config: &Config, target: &ImageTarget) -> Result<u8, Err
         }
     };
 
-    let (vm, attached) = start(config, &pid1, &launch, &network).await?;
-    supervise(config, &pid1, vm, attached, &status, &launch).await
+    // virtio-fs shares' daemons first: qemu connects to their sockets once, at start.
+    let mut shares =
+        qemu::virtiofsd::start(&launch.shares, &config.guest_io, pid1.reaper()).await?;
+    let (vm, attached) = match start(config, &pid1, &launch, &network).await {
+        Ok(started) => started,
+        Err(e) => {
+            shares.stop().await;
+            return Err(e);
+        }
+    };
+    let outcome = supervise(config, &pid1, vm, attached, &status, &launch, &mut shares).await;
+    shares.stop().await;
+    outcome
 }
 
 /// The probes (503 while we prepare) and the web console, when HTTP_PORT is set.
@@ -105,6 +116,7 @@ async fn supervise(
     mut attached: Attached,
     status: &Arc<VmStatus>,
     launch: &qemu::args::Launch,
+    shares: &mut qemu::virtiofsd::Virtiofsds,
 ) -> Result<u8, Error> {
     let guest = super::guest::start(config, launch, &mut vm, status, &attached);
     attached.report(status, config.agent.ready_on);
@@ -130,7 +142,7 @@ async fn supervise(
         std::future::pending::<()>().await;
     };
     let outcome = tokio::select! {
-        outcome = attached.supervise(vm, pid1, config.vm.shutdown_timeout) => outcome,
+        outcome = attached.supervise(vm, pid1, config.vm.shutdown_timeout, shares) => outcome,
         () = stopping => unreachable!("pending() never completes"),
     };
     status.set_phase(Phase::Stopped);

@@ -10,6 +10,7 @@ pub(crate) mod process;
 pub(crate) mod qmp;
 pub(crate) mod shares;
 pub(crate) mod sizing;
+pub(crate) mod virtiofsd;
 
 use std::path::PathBuf;
 

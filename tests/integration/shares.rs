@@ -70,3 +70,60 @@ fn nine_p_shares_read_write_refuse_read_only_writes_and_follow_a_config_map_upda
     vm.wait_for_line("KVMTEST READY", BOOT);
     vm::stop(&mut vm);
 }
+
+/// virtiofsd as `scripts/deps` installs it for the tests (`cargo install --root .cache/virtiofsd`).
+fn virtiofsd() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/virtiofsd/bin/virtiofsd");
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/deps (it builds virtiofsd)",
+        path.display()
+    );
+    path.to_string_lossy().into_owned()
+}
+
+/// The host pids of the pod's processes whose name is `comm`.
+fn pids_named(cluster: &Cluster, comm: &str) -> Vec<i32> {
+    cluster
+        .pod
+        .pids()
+        .iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+        .filter_map(|pid| pid.parse().ok())
+        .collect()
+}
+
+#[test]
+fn virtio_fs_shares_behave_the_same_and_a_dead_virtiofsd_stops_the_vm_with_exit_9() {
+    let Some(cluster) = Cluster::for_test("shfs", "vm-shfs") else {
+        return;
+    };
+    let binary = virtiofsd();
+    let mut vm = shares_reach_the_guest(&cluster, "virtiofs", &[("VIRTIOFSD", &binary)]);
+    vm.wait_for_line("KVMTEST READY", BOOT);
+    let daemons = pids_named(&cluster, "virtiofsd");
+    assert!(daemons.len() >= 2, "one virtiofsd per share: {daemons:?}");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemons[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill virtiofsd");
+    vm.wait_for_line("KVMTEST powerdown", T);
+    let status = vm.wait(T);
+    assert_eq!(status.code(), Some(9), "{}", vm.output());
+    assert!(
+        vm.output().contains("virtiofsd for share"),
+        "{}",
+        vm.output()
+    );
+    for comm in ["virtiofsd", "qemu-system-x86", "kvm-manager"] {
+        assert_eq!(
+            pids_named(&cluster, comm),
+            Vec::<i32>::new(),
+            "{comm} left behind"
+        );
+    }
+}
