@@ -6,6 +6,7 @@
 use std::os::unix::fs::symlink;
 use std::path::Path;
 
+use crate::support::BIN;
 use crate::vm::{self, Cluster, BOOT, T};
 
 /// A ConfigMap volume as the kubelet lays it out: `value -> ..data/value`, `..data -> ..GEN`.
@@ -124,6 +125,109 @@ fn virtio_fs_shares_behave_the_same_and_a_dead_virtiofsd_stops_the_vm_with_exit_
             pids_named(&cluster, comm),
             Vec::<i32>::new(),
             "{comm} left behind"
+        );
+    }
+}
+
+/// Where scripts/deps unpacks cloud-init's Python modules (as tests/integration/configdrive.rs).
+const CLOUD_INIT: &str = "/usr/local/lib/kvm-manager-test/cloud-init/usr/lib/python3/dist-packages";
+const DATASOURCE_PY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/integration/cloud_init_datasource.py"
+);
+
+#[test]
+fn cloud_init_reads_vendor_data_that_mounts_every_share_from_both_drive_formats() {
+    // No root needed; xorriso and cloud-init's modules come from scripts/deps.
+    for (format, seed) in [("config-2", "config_drive"), ("nocloud", "nocloud")] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let iso = dir.path().join("drive.iso");
+        std::fs::create_dir(dir.path().join("pet")).expect("pet dir");
+        let out = std::process::Command::new(BIN)
+            .args(["config-drive", "--output"])
+            .arg(&iso)
+            .env("CONFIG_DRIVE", format)
+            .env("USERDATA", dir.path().join("userdata"))
+            .env("METADATA", dir.path().join("metadata"))
+            .env("PET_DIR", dir.path().join("pet"))
+            .env("SHARES", "data=/data:rw,cm=/etc/app:ro")
+            .env("LOG_LEVEL", "warn")
+            .env_remove("VM_MAC")
+            .output()
+            .expect("run kvm-manager config-drive");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The network config names the NIC by the MAC persisted in PET_DIR.
+        let host = nix::unistd::gethostname().expect("hostname");
+        let state_file = dir
+            .path()
+            .join(format!("pet/{}.state.json", host.to_string_lossy()));
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(state_file).expect("state")).expect("json");
+        let mac = state["mac"].as_str().expect("mac").to_owned();
+        let cloud = dir.path().join("cloud");
+        let seed_dir = cloud.join("seed").join(seed);
+        std::fs::create_dir_all(cloud.join("seed")).expect("seed dir");
+        let extracted = std::process::Command::new("xorriso")
+            .args(["-osirrox", "on", "-indev"])
+            .arg(&iso)
+            .args(["-extract", "/"])
+            .arg(&seed_dir)
+            .output()
+            .expect("xorriso");
+        assert!(extracted.status.success(), "xorriso failed");
+        let seen = std::process::Command::new("/usr/bin/python3")
+            .arg(DATASOURCE_PY)
+            .arg(format)
+            .arg(&cloud)
+            .arg(&mac)
+            .env("PYTHONPATH", CLOUD_INIT)
+            .output()
+            .expect("python3");
+        assert!(
+            seen.status.success(),
+            "cloud-init could not read the {format} drive: {}",
+            String::from_utf8_lossy(&seen.stderr)
+        );
+        let seen: serde_json::Value = serde_json::from_slice(&seen.stdout).expect("json");
+        let vendor = seen["vendor_data"].as_str().unwrap_or_default();
+        assert!(vendor.starts_with("#cloud-config"), "{format}: {seen}");
+        // cloud-init's own YAML reading of the vendor-data it found.
+        let yaml = std::process::Command::new("/usr/bin/python3")
+            .args([
+                "-c",
+                "import json, sys, yaml; print(json.dumps(yaml.safe_load(sys.stdin.read())))",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write as _;
+                child
+                    .stdin
+                    .take()
+                    .expect("stdin")
+                    .write_all(vendor.as_bytes())?;
+                child.wait_with_output()
+            })
+            .expect("python3 yaml");
+        let parsed: serde_json::Value = serde_json::from_slice(&yaml.stdout).expect("yaml json");
+        let commands: Vec<String> = parsed["bootcmd"]
+            .as_array()
+            .expect("bootcmd")
+            .iter()
+            .map(|c| c[2].as_str().expect("a command").to_owned())
+            .collect();
+        assert_eq!(commands.len(), 2, "{format}: {commands:?}");
+        assert!(
+            commands[0].contains("mount -t virtiofs data /mnt/data")
+                && commands[1].contains("mount -t virtiofs -o ro cm /mnt/cm")
+                && commands[1]
+                    .contains("mount -t 9p -o trans=virtio,version=9p2000.L,ro cm /mnt/cm"),
+            "{format}: {commands:?}"
         );
     }
 }
