@@ -355,4 +355,34 @@ mod tests {
             Some(config(&[]).runtime_dir.join("config-drive.iso"))
         );
     }
+
+    #[test]
+    fn shares_go_by_virtio_fs_when_virtiofsd_is_found_else_by_9p_unless_they_name_one() {
+        let config = config(&["--shares", "a=/a,b=/b:rw:9p,c=/c:virtiofs"]);
+        let kinds = |found: bool| -> Vec<&'static str> {
+            share_devices(&config, found)
+                .iter()
+                .map(|d| match d.backend {
+                    ShareBackend::NineP { .. } => "9p",
+                    ShareBackend::VirtioFs { .. } => "virtiofs",
+                })
+                .collect()
+        };
+        assert_eq!(kinds(true), ["virtiofs", "9p", "virtiofs"]);
+        assert_eq!(kinds(false), ["9p", "9p", "virtiofs"]);
+        let forced = super::tests::config(&["--shares", "a=/a", "--share-transport", "9p"]);
+        assert!(matches!(
+            share_devices(&forced, true)[0].backend,
+            ShareBackend::NineP { .. }
+        ));
+        let launch = compose(&config, None, &host(Limits::default()), None).expect("composes");
+        assert_eq!(
+            launch.shares[0].backend,
+            ShareBackend::NineP {
+                path: "/a".into(),
+                writable: false
+            },
+            "no virtiofsd in the probe: 9p"
+        );
+    }
 }
