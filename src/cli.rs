@@ -420,7 +420,8 @@ pub struct AgentSettings {
 #[derive(Debug, Args)]
 pub struct GuestIoSettings {
     /// Pod directories shared into the guest: `TAG=/PATH[:ro|:rw][:virtiofs|:9p]`, comma
-    /// separated (e.g. `config=/etc/app:ro,data=/data:rw`); read-only unless `:rw`. The guest
+    /// separated (e.g. `config=/etc/app:ro,data=/data:rw`); read-only unless `:rw`; `/DIR[:rw]`
+    /// without `TAG=`: each subdirectory of DIR is a share tagged with its name. The guest
     /// mounts TAG (`mount -t virtiofs TAG DIR`, or `-t 9p -o trans=virtio`); cloud-init
     /// images mount each at /mnt/TAG by themselves (vendor-data `mounts:`).
     #[arg(

@@ -67,13 +67,13 @@ pub(super) fn parse_guest_io(settings: &GuestIoSettings) -> Result<GuestIoConfig
     let nic_queues = parse_nic_queues(&settings.nic_queues)?;
     let shares = non_empty(&settings.shares)
         .map(|raw| {
-            shares::parse(raw).map_err(|e| {
+            shares::parse(raw, shares::subdirectories).map_err(|e| {
                 invalid(
                     "SHARES",
                     raw,
                     format!("entry {:?}: {}", e.entry, e.reason),
-                    "write TAG=/PATH[:ro|:rw][:virtiofs|:9p], comma separated, e.g. \
-                     config=/etc/app:ro,data=/data:rw",
+                    "write TAG=/PATH[:ro|:rw][:virtiofs|:9p] or a directory of mount points \
+                     /DIR[:ro|:rw], comma separated, e.g. config=/etc/app:ro,data=/data:rw",
                 )
             })
         })

@@ -273,7 +273,8 @@ fn bad_metadata_fails_the_build_with_its_position() {
 fn shares_add_vendor_data_that_mounts_each_share_in_both_formats() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = drive(DriveFormat::ConfigDrive, dir.path());
-    config.shares = crate::qemu::shares::parse("data=/data:rw,config=/etc/app").expect("valid");
+    config.shares = crate::qemu::shares::parse("data=/data:rw,config=/etc/app", |_| Ok(Vec::new()))
+        .expect("valid");
     let layout = plan(&config, &host(), &state())
         .expect("plan")
         .expect("a drive");

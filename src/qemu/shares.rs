@@ -51,25 +51,23 @@ pub(crate) struct SpecError {
 pub(crate) const MAX_TAG: usize = 31;
 
 /// `TAG=/PATH[:ro|:rw][:virtiofs|:9p],…`; read-only unless `:rw`. Paths may not contain `,`.
-pub(crate) fn parse(raw: &str) -> Result<Vec<Share>, SpecError> {
+/// An entry without `TAG=` is a directory of mount points: each of its subdirectories (as
+/// `subdirs` lists them; hidden ones skipped) is a share tagged with its name, with the
+/// entry's mode and transport.
+pub(crate) fn parse(
+    raw: &str,
+    subdirs: impl Fn(&Path) -> std::io::Result<Vec<String>>,
+) -> Result<Vec<Share>, SpecError> {
     let mut shares: Vec<Share> = Vec::new();
     for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         let fail = |reason: &str| SpecError {
             entry: entry.to_owned(),
             reason: reason.to_owned(),
         };
-        let (tag, mut rest) = entry
-            .split_once('=')
-            .ok_or_else(|| fail("no `=` between the tag and the path"))?;
-        let tag = tag.trim();
-        if tag.is_empty()
-            || tag.len() > MAX_TAG
-            || !tag
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(fail("the tag must be 1 to 31 letters, digits, `-` or `_`"));
-        }
+        let (tag, mut rest) = match entry.split_once('=') {
+            Some((tag, rest)) => (Some(tag.trim()), rest),
+            None => (None, entry),
+        };
         let (mut writable, mut transport) = (None, None);
         while let Some((head, suffix)) = rest.rsplit_once(':') {
             match suffix {
@@ -84,17 +82,57 @@ pub(crate) fn parse(raw: &str) -> Result<Vec<Share>, SpecError> {
         if !path.is_absolute() {
             return Err(fail("the path must be absolute"));
         }
-        if shares.iter().any(|s| s.tag == tag) {
-            return Err(fail("the tag is used twice"));
+        let found: Vec<(String, PathBuf)> = match tag {
+            Some(tag) => vec![(tag.to_owned(), path.to_owned())],
+            None => {
+                let mut names = subdirs(path)
+                    .map_err(|e| fail(&format!("no `=`, and not a directory to list ({e})")))?;
+                names.retain(|name| !name.starts_with('.'));
+                names.sort();
+                names
+                    .into_iter()
+                    .map(|name| (name.clone(), path.join(name)))
+                    .collect()
+            }
+        };
+        for (tag, path) in found {
+            if !valid_tag(&tag) {
+                return Err(fail(&format!(
+                    "tag {tag:?}: a tag must be 1 to 31 letters, digits, `-` or `_`"
+                )));
+            }
+            if shares.iter().any(|s| s.tag == tag) {
+                return Err(fail(&format!("tag {tag:?} is used twice")));
+            }
+            shares.push(Share {
+                tag,
+                path,
+                writable: writable.unwrap_or(false),
+                transport,
+            });
         }
-        shares.push(Share {
-            tag: tag.to_owned(),
-            path: path.to_owned(),
-            writable: writable.unwrap_or(false),
-            transport,
-        });
     }
     Ok(shares)
+}
+
+fn valid_tag(tag: &str) -> bool {
+    !tag.is_empty()
+        && tag.len() <= MAX_TAG
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The subdirectories of `dir` (the IO [`parse`] needs for a directory of mount points).
+pub(crate) fn subdirectories(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if std::fs::metadata(entry.path()).is_ok_and(|m| m.is_dir()) {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    Ok(names)
 }
 
 /// A share as qemu's command line needs it, its transport decided.
@@ -168,11 +206,42 @@ pub(crate) fn args(devices: &[ShareDevice], memory_mib: u64) -> Vec<String> {
 mod tests {
     use super::*;
 
+    fn no_dirs(_: &Path) -> std::io::Result<Vec<String>> {
+        Err(std::io::ErrorKind::NotFound.into())
+    }
+
+    #[test]
+    fn a_directory_of_mount_points_shares_each_subdirectory_under_its_name() {
+        let list = |dir: &Path| {
+            assert_eq!(dir, Path::new("/shares"));
+            Ok(vec!["data".into(), "..data".into(), "config".into()])
+        };
+        let shares = parse("/shares:rw,extra=/x", list).expect("valid");
+        let tags: Vec<(&str, &Path, bool)> = shares
+            .iter()
+            .map(|s| (s.tag.as_str(), s.path.as_path(), s.writable))
+            .collect();
+        assert_eq!(
+            tags,
+            [
+                ("config", Path::new("/shares/config"), true),
+                ("data", Path::new("/shares/data"), true),
+                ("extra", Path::new("/x"), false),
+            ]
+        );
+        let clash = parse("data=/d,/shares", list).expect_err("clash");
+        assert!(clash.reason.contains("twice"), "{clash:?}");
+        let bad = parse("/shares", |_: &Path| Ok(vec!["has space".into()])).expect_err("bad");
+        assert!(bad.reason.contains("a tag must"), "{bad:?}");
+    }
+
     #[test]
     fn shares_are_read_only_unless_rw_and_may_name_their_transport() {
-        let shares =
-            parse("config=/etc/app:ro, data=/data:rw ,logs=/var/log:9p,x=/a:b:rw:virtiofs")
-                .expect("valid");
+        let shares = parse(
+            "config=/etc/app:ro, data=/data:rw ,logs=/var/log:9p,x=/a:b:rw:virtiofs",
+            no_dirs,
+        )
+        .expect("valid");
         assert_eq!(
             shares,
             vec![
@@ -202,20 +271,21 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(parse("").expect("empty"), Vec::new());
+        assert_eq!(parse("", no_dirs).expect("empty"), Vec::new());
     }
 
     #[test]
     fn bad_entries_say_what_is_wrong() {
         for (raw, reason) in [
-            ("data", "no `=`"),
-            ("=/data", "the tag"),
-            ("da ta=/data", "the tag"),
-            ("a-very-long-tag-that-is-over-31-bytes=/d", "the tag"),
+            ("data", "absolute"),
+            ("/data", "not a directory to list"),
+            ("=/data", "a tag must"),
+            ("da ta=/data", "a tag must"),
+            ("a-very-long-tag-that-is-over-31-bytes=/d", "a tag must"),
             ("data=relative", "absolute"),
             ("data=/a,data=/b", "twice"),
         ] {
-            let err = parse(raw).expect_err(raw);
+            let err = parse(raw, no_dirs).expect_err(raw);
             assert!(err.reason.contains(reason), "{raw}: {err:?}");
         }
     }

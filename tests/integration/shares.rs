@@ -231,3 +231,41 @@ fn cloud_init_reads_vendor_data_that_mounts_every_share_from_both_drive_formats(
         );
     }
 }
+
+#[test]
+fn a_directory_of_mount_points_shares_each_subdirectory_under_its_name() {
+    let Some(cluster) = Cluster::for_test("shdir", "vm-shdir") else {
+        return;
+    };
+    let dir = cluster.pod.path("mounts");
+    for sub in ["alpha", "beta", "..data"] {
+        std::fs::create_dir_all(dir.join(sub)).expect("mount point");
+    }
+    let shares = format!("{}:rw", dir.display());
+    let mut args = cluster.pod.kvm_manager(
+        &["qemu-args"],
+        &cluster.env(&[("SHARES", shares.as_str()), ("SHARE_TRANSPORT", "9p")]),
+    );
+    assert!(args.wait(T).success(), "{}", args.output());
+    let fsdevs: Vec<&String> = args
+        .seen
+        .iter()
+        .filter(|a| a.starts_with("local,"))
+        .collect();
+    assert_eq!(fsdevs.len(), 2, "{:?}", args.seen);
+    for (i, tag) in ["alpha", "beta"].iter().enumerate() {
+        assert_eq!(
+            *fsdevs[i],
+            format!(
+                "local,id=fs{i},path={}/{tag},security_model=none",
+                dir.display()
+            )
+        );
+        assert!(
+            args.seen
+                .contains(&format!("virtio-9p-pci,fsdev=fs{i},mount_tag={tag}")),
+            "{:?}",
+            args.seen
+        );
+    }
+}
