@@ -423,7 +423,7 @@ pub struct GuestIoSettings {
     /// separated (e.g. `config=/etc/app:ro,data=/data:rw`); read-only unless `:rw`; `/DIR[:rw]`
     /// without `TAG=`: each subdirectory of DIR is a share tagged with its name. The guest
     /// mounts TAG (`mount -t virtiofs TAG DIR`, or `-t 9p -o trans=virtio`); cloud-init
-    /// images mount each at /mnt/TAG by themselves (vendor-data `mounts:`).
+    /// images mount each at /mnt/TAG by themselves (a vendor-data bootcmd).
     #[arg(
         long,
         env = "SHARES",
@@ -434,7 +434,7 @@ pub struct GuestIoSettings {
 
     /// How SHARES reach the guest unless a share names its own: `auto` (virtio-fs when
     /// VIRTIOFSD is found, else 9p), `virtiofs` (a virtiofsd child per share; qemu's memory
-    /// becomes shared memfd) or `9p` (qemu's own -virtfs, no daemon, slower).
+    /// becomes shared memfd) or `9p` (qemu's own 9p server, no daemon, slower).
     #[arg(long, env = "SHARE_TRANSPORT", global = true, default_value = "auto")]
     pub share_transport: String,
 

@@ -119,7 +119,41 @@ fn parse_nic_queues(raw: &str) -> Result<NicQueues, ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser as _;
+
     use super::*;
+
+    fn parsed(args: &[&str]) -> Result<GuestIoConfig, ConfigError> {
+        let mut argv = vec!["kvm-manager"];
+        argv.extend_from_slice(args);
+        let cli = crate::cli::Cli::try_parse_from(argv).expect("valid arguments");
+        parse_guest_io(&cli.settings.guest_io)
+    }
+
+    #[test]
+    fn shares_and_share_transport_errors_name_the_variable_the_entry_and_the_fix() {
+        let err = parsed(&["--shares", "data=/d,oops=relative"])
+            .expect_err("relative")
+            .to_string();
+        assert!(
+            err.contains("SHARES (--shares)")
+                && err.contains("\"oops=relative\"")
+                && err.contains("absolute")
+                && err.contains("Fix: write TAG=/PATH"),
+            "{err}"
+        );
+        let err = parsed(&["--share-transport", "nfs"])
+            .expect_err("unknown")
+            .to_string();
+        assert!(
+            err.contains("SHARE_TRANSPORT") && err.contains("auto, virtiofs, 9p"),
+            "{err}"
+        );
+        let ok = parsed(&["--shares", " ", "--ignition", "OFF"]).expect("empty SHARES is none");
+        assert!(ok.shares.is_empty());
+        assert_eq!(ok.ignition, IgnitionMode::Off);
+        assert_eq!(ok.share_transport, ShareTransport::Auto);
+    }
 
     #[test]
     fn auto_queues_follow_the_vcpus_up_to_eight_and_one_vcpu_has_no_multiqueue() {
