@@ -64,3 +64,26 @@ fn cloud_config_user_data_and_ignition_off_add_no_fw_cfg() {
     let args = qemu_args(&cluster, &[("IGNITION", "auto")]);
     assert!(args.iter().any(|a| a == "-fw_cfg"), "{args:?}");
 }
+
+#[test]
+fn a_large_ignition_config_is_passed_whole_with_a_warning_that_fw_cfg_gets_slow() {
+    let Some(cluster) = Cluster::for_test("ignbig", "vm-ignbig") else {
+        return;
+    };
+    // Over 1 MiB: an inline file of 1.1 MiB of base64-looking text.
+    let big = format!(
+        r#"{{"ignition":{{"version":"3.4.0"}},"storage":{{"files":[{{"path":"/big","contents":{{"source":"data:;base64,{}"}}}}]}}}}"#,
+        "QUJD".repeat(1_100_000 / 4)
+    );
+    cluster.user_data(&big);
+    let mut vm = cluster.start(&[]);
+    let warning = vm.wait_for_line("the Ignition config is large", BOOT);
+    assert!(
+        warning.contains(&format!("bytes={}", big.len())),
+        "{warning}"
+    );
+    let line = vm.wait_for_line("KVMTEST ignition", BOOT);
+    assert_eq!(field(&line, "sha256"), sha256_hex(big.as_bytes()), "{line}");
+    vm.wait_for_line("KVMTEST READY", BOOT);
+    vm::stop(&mut vm);
+}
