@@ -206,8 +206,16 @@ fn qemu_args(config: &Config) -> Result<u8, Error> {
     let runtime = runtime()?;
     runtime.block_on(async {
         let state = crate::state::peek(&config.pet_dir, &config.hostname, config.net.vm_mac)?;
-        let wiring = net::wire(&config.net, &config.runtime_dir, state.mac(), false).await?;
-        let launch = launch::decide(config, Some(&wiring), None)?;
+        let queues = launch::nic_queues(config)?;
+        let wiring =
+            net::wire(&config.net, &config.runtime_dir, state.mac(), false, queues).await?;
+        let ignition = crate::configdrive::ignition::prepare(
+            config.guest_io.ignition,
+            &config.config_drive.userdata,
+            &config.runtime_dir,
+            false,
+        )?;
+        let launch = launch::decide(config, Some(&wiring), None, ignition.as_ref())?;
         let mut out = std::io::stdout().lock();
         for arg in crate::qemu::args::build(&launch) {
             let _ = writeln!(out, "{}", arg.to_string_lossy());

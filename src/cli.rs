@@ -18,7 +18,8 @@ configuration or usage; 3 base image, pet overlay or PET_DIR error; 4 network er
 (also a NETWORK_MODE that cannot work, and passt dying under a running VM); \
 5 config-drive error; 6 qemu could not be started; 7 the guest ignored the ACPI power button \
 for SHUTDOWN_TIMEOUT and qemu was stopped; 8 another kvm-manager owns this pet \
-(PET_DIR/<hostname>.lock); otherwise qemu's own exit code, or 128+N when the supervised \
+(PET_DIR/<hostname>.lock); 9 a virtio-fs share's virtiofsd could not start, or died under \
+the running VM (which was shut down first); otherwise qemu's own exit code, or 128+N when the supervised \
 process was killed by signal N.";
 
 /// PID 1 for a pod that runs one virtual machine: fetches the base image, creates the pet
@@ -351,6 +352,10 @@ pub struct Settings {
     #[command(flatten)]
     pub agent: AgentSettings,
 
+    // --- issue 24: shares, Ignition, multiqueue ---
+    #[command(flatten)]
+    pub guest_io: GuestIoSettings,
+    // --- end issue 24 ---
     /// `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", global = true, default_value = "text")]
     pub log_format: String,
@@ -409,3 +414,49 @@ pub struct AgentSettings {
     #[arg(long, env = "SSH_USER", global = true, value_name = "NAME")]
     pub ssh_user: Option<String>,
 }
+
+// --- issue 24: shares, Ignition, multiqueue ---
+/// Pod directories shared into the guest, Ignition by fw_cfg, and the NIC's queues.
+#[derive(Debug, Args)]
+pub struct GuestIoSettings {
+    /// Pod directories shared into the guest: `TAG=/PATH[:ro|:rw][:virtiofs|:9p]`, comma
+    /// separated (e.g. `config=/etc/app:ro,data=/data:rw`); read-only unless `:rw`; `/DIR[:rw]`
+    /// without `TAG=`: each subdirectory of DIR is a share tagged with its name. The guest
+    /// mounts TAG (`mount -t virtiofs TAG DIR`, or `-t 9p -o trans=virtio`); cloud-init
+    /// images mount each at /mnt/TAG by themselves (a vendor-data bootcmd).
+    #[arg(
+        long,
+        env = "SHARES",
+        global = true,
+        value_name = "TAG=PATH[:ro|:rw],…"
+    )]
+    pub shares: Option<String>,
+
+    /// How SHARES reach the guest unless a share names its own: `auto` (virtio-fs when
+    /// VIRTIOFSD is found, else 9p), `virtiofs` (a virtiofsd child per share; qemu's memory
+    /// becomes shared memfd) or `9p` (qemu's own 9p server, no daemon, slower).
+    #[arg(long, env = "SHARE_TRANSPORT", global = true, default_value = "auto")]
+    pub share_transport: String,
+
+    /// The virtiofsd binary (the Rust daemon) for virtio-fs shares.
+    #[arg(
+        long,
+        env = "VIRTIOFSD",
+        global = true,
+        default_value = "virtiofsd",
+        value_name = "PATH"
+    )]
+    pub virtiofsd: PathBuf,
+
+    /// `auto`: user-data that is an Ignition config (JSON with `ignition.version`) is also
+    /// passed by fw_cfg as `opt/com.coreos/config` (Fedora CoreOS, RHCOS, Flatcar `qemu`
+    /// images read it there), besides the config drive; `off`: only the config drive.
+    #[arg(long, env = "IGNITION", global = true, default_value = "auto")]
+    pub ignition: String,
+
+    /// Queue pairs of the VM's NIC in NAT mode (a multiqueue tap): `auto` = one per vCPU, at
+    /// most 8; a number from 1 (no multiqueue) to 64. passt mode always uses one queue.
+    #[arg(long, env = "NIC_QUEUES", global = true, default_value = "auto")]
+    pub nic_queues: String,
+}
+// --- end issue 24 ---

@@ -78,6 +78,8 @@ pub struct Config {
     pub config_drive: ConfigDriveConfig,
     pub log: LogConfig,
     pub agent: AgentConfig,
+    /// Shares, Ignition, NIC queues (issue 24).
+    pub(crate) guest_io: GuestIoConfig,
     /// Accepted but questionable settings, logged once logging is up.
     pub warnings: Vec<String>,
 }
@@ -243,6 +245,8 @@ pub struct ConfigDriveConfig {
     pub format: DriveFormat,
     pub userdata: PathBuf,
     pub metadata: PathBuf,
+    /// `SHARES`, for the vendor-data that mounts them.
+    pub(crate) shares: Vec<crate::qemu::shares::Share>,
 }
 
 /// When `/readyz` turns ready (`READY_ON`).
@@ -333,6 +337,7 @@ impl Config {
         let net = net::parse_net(settings)?;
         let vm = vm::parse_vm(settings, extra_args)?;
         let agent = agent::parse_agent(settings, net.no_dhcp)?;
+        let guest_io = shares::parse_guest_io(&settings.guest_io)?;
         if let (Some(_), true) = (&vm.vnc_password, net.no_vnc) {
             warnings.push("VNC_PASSWORD is ignored because NO_VNC is set".to_owned());
         }
@@ -348,6 +353,7 @@ impl Config {
             )?,
             userdata: settings.userdata.clone(),
             metadata: settings.metadata.clone(),
+            shares: guest_io.shares.clone(),
         };
         let config = Self {
             hostname,
@@ -361,6 +367,7 @@ impl Config {
             config_drive,
             log,
             agent,
+            guest_io,
             warnings,
         };
         Ok((config, needed))
@@ -401,11 +408,13 @@ mod duration;
 mod fetch_limits;
 mod image;
 mod net;
+mod shares;
 mod url;
 mod vm;
 
 pub(crate) use auth::ImageAuth;
 pub(crate) use fetch_limits::{FetchLimits, Reserve};
+pub(crate) use shares::{GuestIoConfig, IgnitionMode, ShareTransport};
 pub(crate) use url::{redact_url, ImageUrl};
 
 #[cfg(test)]

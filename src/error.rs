@@ -13,6 +13,7 @@ use crate::lan::LanError;
 use crate::logging::LogError;
 use crate::net::NetError;
 use crate::pid1::Pid1Error;
+use crate::qemu::virtiofsd::ShareError;
 use crate::qemu::QemuError;
 use crate::state::StateError;
 
@@ -28,6 +29,9 @@ pub(crate) mod exit {
     pub(crate) const SHUTDOWN_FORCED: u8 = 7;
     /// Another kvm-manager owns this pet (`PET_DIR/<hostname>.lock`); nothing was changed.
     pub(crate) const PET_OWNED: u8 = 8;
+    /// A virtio-fs share's virtiofsd could not start, or died under the running VM (which was
+    /// then stopped).
+    pub(crate) const SHARE: u8 = 9;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +60,8 @@ pub(crate) enum Error {
     State(#[from] StateError),
     #[error("could not build the config drive")]
     ConfigDrive(#[from] ConfigDriveError),
+    #[error("a virtio-fs share failed")]
+    Share(#[from] ShareError),
 }
 
 /// The LAN services' error keeps its own top line ("the DHCP server failed", "the DNS forwarder
@@ -83,6 +89,7 @@ impl Error {
             Error::Owner(e) => owner_code(e),
             Error::Qemu(e) => qemu_code(e),
             Error::ConfigDrive(_) => exit::CONFIG_DRIVE,
+            Error::Share(_) => exit::SHARE,
         }
     }
 }
@@ -304,6 +311,11 @@ mod tests {
                 "a sample",
             ))
             .into(),
+            crate::qemu::virtiofsd::ShareError::Lost {
+                tag: "data".into(),
+                pid: 42,
+            }
+            .into(),
         ]
     }
 
@@ -343,6 +355,7 @@ mod tests {
                 Error::Owner(_) => "owner",
                 Error::State(_) => "state",
                 Error::ConfigDrive(_) => "config-drive",
+                Error::Share(_) => "share",
             });
             let mut levels = vec![error.to_string()];
             let mut source = std::error::Error::source(error);
@@ -365,7 +378,7 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
-        assert_eq!(covered.len(), 12, "a sample of every variant: {covered:?}");
+        assert_eq!(covered.len(), 13, "a sample of every variant: {covered:?}");
     }
 
     #[test]
@@ -399,5 +412,15 @@ mod tests {
         let err = Error::from(QemuError::Reaper(Pid1Error::ReaperGone(7)));
         assert_eq!(err.exit_code(), exit::INTERNAL);
         assert!(render_chain(&err).contains("process 7"));
+    }
+
+    #[test]
+    fn a_share_whose_virtiofsd_failed_exits_9() {
+        let err = Error::from(crate::qemu::virtiofsd::ShareError::Lost {
+            tag: "data".into(),
+            pid: 42,
+        });
+        assert_eq!(err.exit_code(), exit::SHARE);
+        assert_eq!(exit::SHARE, 9);
     }
 }

@@ -4,12 +4,14 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, DriveFormat};
+use crate::config::{Config, DriveFormat, ShareTransport};
+use crate::configdrive::ignition::Ignition;
 use crate::image::source::DiskFormat;
 use crate::image::BaseImage;
 use crate::net::Wiring;
 use crate::qemu::accel::{self, KVM_FIX};
 use crate::qemu::args::{Accel, Base, BaseFormat, Launch, Nic, NicBackend, Vnc};
+use crate::qemu::shares::{self, ShareBackend, ShareDevice, Transport};
 use crate::qemu::sizing::{self, Limits};
 use crate::qemu::QemuError;
 
@@ -55,6 +57,8 @@ pub(super) struct Probed {
     pub limits: Limits,
     /// `None` when no image is configured (`qemu-args` without `IMG_TARGET`).
     pub base: Option<Base>,
+    /// The `VIRTIOFSD` binary, when it is found (`SHARE_TRANSPORT=auto` needs it for virtio-fs).
+    pub virtiofsd: Option<PathBuf>,
 }
 
 /// The IO half of [`decide`]: opens /dev/kvm, reads our cgroup limits, and the base's format
@@ -76,7 +80,53 @@ pub(super) fn probe(config: &Config, known: Option<&BaseImage>) -> Result<Probed
         fallback,
         limits: sizing::read_own_limits(),
         base,
+        virtiofsd: find_program(&config.guest_io.virtiofsd),
     })
+}
+
+/// `program` as given when it names a path, else the first match on PATH.
+pub(super) fn find_program(program: &Path) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return program.is_file().then(|| program.to_owned());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Each share with its transport decided: its own, else `SHARE_TRANSPORT` (`auto`: virtio-fs
+/// when virtiofsd was found, else 9p).
+fn share_devices(config: &Config, virtiofsd_found: bool) -> Vec<ShareDevice> {
+    let default = match config.guest_io.share_transport {
+        ShareTransport::Only(transport) => transport,
+        ShareTransport::Auto if virtiofsd_found => Transport::VirtioFs,
+        ShareTransport::Auto => Transport::NineP,
+    };
+    config
+        .guest_io
+        .shares
+        .iter()
+        .map(|share| ShareDevice {
+            tag: share.tag.clone(),
+            backend: match share.transport.unwrap_or(default) {
+                Transport::NineP => ShareBackend::NineP {
+                    path: share.path.clone(),
+                    writable: share.writable,
+                },
+                Transport::VirtioFs => ShareBackend::VirtioFs {
+                    socket: shares::socket_path(&config.runtime_dir, &share.tag),
+                },
+            },
+        })
+        .collect()
+}
+
+/// The NIC's queue pairs in NAT mode (`NIC_QUEUES` against the vCPUs `compose` will give the
+/// VM), decided before the tap is made: its multiqueue flag cannot change later.
+pub(super) fn nic_queues(config: &Config) -> Result<u32, QemuError> {
+    let sizing = sizing::decide(config.vm.cpus, config.vm.memory, sizing::read_own_limits())?;
+    Ok(config.guest_io.nic_queues.resolve(sizing.cpus))
 }
 
 /// The VM's NIC: the tap on our bridge (NAT) or passt's socket.
@@ -89,6 +139,7 @@ fn nic(wiring: &Wiring) -> Nic {
             },
             mac: plan.vm_mac,
             mtu: plan.mtu,
+            queues: plan.queues,
         },
         Wiring::Passt(passt) => Nic {
             backend: NicBackend::Stream {
@@ -96,6 +147,8 @@ fn nic(wiring: &Wiring) -> Nic {
             },
             mac: passt.vm_mac,
             mtu: passt.mtu,
+            // passt's stream socket carries one queue.
+            queues: 1,
         },
     }
 }
@@ -105,6 +158,7 @@ pub(super) fn compose(
     config: &Config,
     wiring: Option<&Wiring>,
     probed: &Probed,
+    ignition: Option<&Ignition>,
 ) -> Result<Launch, QemuError> {
     Ok(Launch {
         qemu: config.vm.qemu.clone(),
@@ -120,16 +174,20 @@ pub(super) fn compose(
         }),
         qmp_socket: qmp_socket(config),
         agent_socket: crate::qemu::agent::socket_path(&config.runtime_dir),
+        ignition: ignition.map(|i| i.path.clone()),
+        shares: share_devices(config, probed.virtiofsd.is_some()),
         extra: config.vm.extra_args.clone(),
     })
 }
 
 /// Decides everything qemu's command line depends on; logs the choices that were derived.
 /// `base`: the base image `run` just checked, so that its format is not read twice.
+/// `ignition`: the Ignition config qemu passes by fw_cfg ([`crate::configdrive::ignition`]).
 pub(super) fn decide(
     config: &Config,
     wiring: Option<&Wiring>,
     base: Option<&BaseImage>,
+    ignition: Option<&Ignition>,
 ) -> Result<Launch, QemuError> {
     let probed = probe(config, base)?;
     if let Some(accel::Fallback(reason)) = &probed.fallback {
@@ -139,7 +197,16 @@ pub(super) fn decide(
             "no usable KVM: the VM runs under TCG software emulation, many times slower; {KVM_FIX}"
         );
     }
-    let launch = compose(config, wiring, &probed)?;
+    if config.guest_io.share_transport == ShareTransport::Auto
+        && probed.virtiofsd.is_none()
+        && config.guest_io.shares.iter().any(|s| s.transport.is_none())
+    {
+        tracing::warn!(
+            virtiofsd = %config.guest_io.virtiofsd.display(),
+            "virtiofsd not found: SHARES go by 9p (slower); install virtiofsd or set VIRTIOFSD"
+        );
+    }
+    let launch = compose(config, wiring, &probed, ignition)?;
     tracing::info!(
         cpus = launch.sizing.cpus,
         memory_mib = launch.sizing.memory_mib,
@@ -176,6 +243,7 @@ mod tests {
             fallback: None,
             limits,
             base: None,
+            virtiofsd: None,
         }
     }
 
@@ -196,6 +264,7 @@ mod tests {
             pod_prefix: 24,
             excluded_tcp_ports: Vec::new(),
             vhost_net: true,
+            queues: 1,
         };
         Wiring::Nat {
             plan,
@@ -222,13 +291,14 @@ mod tests {
             cpu_millis: Some(2500),
             memory: Some(4 * GIB),
         };
-        let launch = compose(&config(&[]), None, &host(limits)).expect("composes");
+        let launch = compose(&config(&[]), None, &host(limits), None).expect("composes");
         assert_eq!(launch.sizing.cpus, 3);
         assert_eq!(launch.sizing.memory_mib, (4 * GIB - 512 * MIB) / MIB);
         let launch = compose(
             &config(&["--vm-cpus", "1", "--vm-memory", "2G"]),
             None,
             &host(limits),
+            None,
         )
         .expect("composes");
         assert_eq!((launch.sizing.cpus, launch.sizing.memory_mib), (1, 2048));
@@ -240,7 +310,7 @@ mod tests {
             cpu_millis: None,
             memory: Some(200 * MIB),
         };
-        let err = compose(&config(&[]), None, &host(tiny)).expect_err("too small");
+        let err = compose(&config(&[]), None, &host(tiny), None).expect_err("too small");
         assert!(matches!(err, QemuError::Sizing(_)), "{err}");
     }
 
@@ -250,6 +320,7 @@ mod tests {
             &config(&["--no-vnc"]),
             Some(&plan()),
             &host(Limits::default()),
+            None,
         )
         .expect("composes");
         let nic = launch.nic.expect("a NIC");
@@ -275,13 +346,43 @@ mod tests {
             path: PathBuf::from("/images/base.raw"),
             format: BaseFormat::Raw,
         });
-        let launch = compose(&config(&[]), None, &probed).expect("composes");
+        let launch = compose(&config(&[]), None, &probed, None).expect("composes");
         assert_eq!(launch.vnc, Some(Vnc { password: false }));
         assert_eq!(launch.base, probed.base);
         assert!(launch.nic.is_none());
         assert_eq!(
             launch.config_drive,
             Some(config(&[]).runtime_dir.join("config-drive.iso"))
+        );
+    }
+
+    #[test]
+    fn shares_go_by_virtio_fs_when_virtiofsd_is_found_else_by_9p_unless_they_name_one() {
+        let config = config(&["--shares", "a=/a,b=/b:rw:9p,c=/c:virtiofs"]);
+        let kinds = |found: bool| -> Vec<&'static str> {
+            share_devices(&config, found)
+                .iter()
+                .map(|d| match d.backend {
+                    ShareBackend::NineP { .. } => "9p",
+                    ShareBackend::VirtioFs { .. } => "virtiofs",
+                })
+                .collect()
+        };
+        assert_eq!(kinds(true), ["virtiofs", "9p", "virtiofs"]);
+        assert_eq!(kinds(false), ["9p", "9p", "virtiofs"]);
+        let forced = super::tests::config(&["--shares", "a=/a", "--share-transport", "9p"]);
+        assert!(matches!(
+            share_devices(&forced, true)[0].backend,
+            ShareBackend::NineP { .. }
+        ));
+        let launch = compose(&config, None, &host(Limits::default()), None).expect("composes");
+        assert_eq!(
+            launch.shares[0].backend,
+            ShareBackend::NineP {
+                path: "/a".into(),
+                writable: false
+            },
+            "no virtiofsd in the probe: 9p"
         );
     }
 }

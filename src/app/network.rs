@@ -16,6 +16,7 @@ use crate::net::passt::child::{self, Passt};
 use crate::net::{self, NetError, Wiring};
 use crate::pid1::Pid1;
 use crate::qemu::process::{Outcome, Qemu};
+use crate::qemu::virtiofsd::{ShareError, Virtiofsds};
 use crate::qemu::{self, QemuError};
 
 /// What serves the VM's network while qemu runs.
@@ -147,18 +148,37 @@ impl Attached {
 
     /// Runs the VM until qemu exits (SIGTERM: the graceful ladder). passt dying stops the VM
     /// the same graceful way and is the error.
+    /// A virtio-fs share's virtiofsd dying (issue 24) does the same.
     pub(super) async fn supervise(
         &mut self,
         vm: Qemu,
         pid1: &Pid1,
         shutdown_timeout: Duration,
+        shares: &mut Virtiofsds,
     ) -> Result<Outcome, Error> {
         match self {
-            Attached::Nat(_) => Ok(vm.supervise(pid1, shutdown_timeout).await?),
-            Attached::Passt { passt, .. } => {
-                let (outcome, died): (Result<Outcome, QemuError>, Option<NetError>) = vm
-                    .supervise_unless(pid1, shutdown_timeout, passt.died())
+            Attached::Nat(_) if shares.is_empty() => {
+                Ok(vm.supervise(pid1, shutdown_timeout).await?)
+            }
+            Attached::Nat(_) => {
+                let (outcome, died) = vm
+                    .supervise_unless(pid1, shutdown_timeout, shares.died())
                     .await;
+                share_died(outcome, died)
+            }
+            Attached::Passt { passt, .. } => {
+                let fatal = async {
+                    tokio::select! {
+                        e = passt.died() => Err(e),
+                        e = shares.died() => Ok(e),
+                    }
+                };
+                let (outcome, died) = vm.supervise_unless(pid1, shutdown_timeout, fatal).await;
+                let died: Option<NetError> = match died {
+                    Some(Ok(share)) => return share_died(outcome, Some(share)),
+                    Some(Err(net)) => Some(net),
+                    None => None,
+                };
                 match died {
                     Some(e) => {
                         tracing::error!(error = %crate::logging::render_chain(&e), "passt died: stopping the VM");
@@ -180,5 +200,22 @@ impl Attached {
             Attached::Nat(services) => drop(services),
             Attached::Passt { passt, .. } => passt.stop().await,
         }
+    }
+}
+
+/// The end of a VM whose virtiofsd died (`died`), else its outcome: the death is the error.
+fn share_died(
+    outcome: Result<Outcome, QemuError>,
+    died: Option<ShareError>,
+) -> Result<Outcome, Error> {
+    match died {
+        Some(e) => {
+            tracing::error!(error = %crate::logging::render_chain(&e), "a share's virtiofsd died: stopping the VM");
+            if let Ok(outcome) = &outcome {
+                tracing::info!(status = %outcome.status, forced = outcome.forced, "qemu stopped");
+            }
+            Err(e.into())
+        }
+        None => Ok(outcome?),
     }
 }

@@ -42,8 +42,19 @@ pub(super) async fn run(config: &Config, target: &ImageTarget) -> Result<u8, Err
         }
     };
 
-    let (vm, attached) = start(config, &pid1, &launch, &network).await?;
-    supervise(config, &pid1, vm, attached, &status, &launch).await
+    // virtio-fs shares' daemons first: qemu connects to their sockets once, at start.
+    let mut shares =
+        qemu::virtiofsd::start(&launch.shares, &config.guest_io, pid1.reaper()).await?;
+    let (vm, attached) = match start(config, &pid1, &launch, &network).await {
+        Ok(started) => started,
+        Err(e) => {
+            shares.stop().await;
+            return Err(e);
+        }
+    };
+    let outcome = supervise(config, &pid1, vm, attached, &status, &launch, &mut shares).await;
+    shares.stop().await;
+    outcome
 }
 
 /// The probes (503 while we prepare) and the web console, when HTTP_PORT is set.
@@ -105,6 +116,7 @@ async fn supervise(
     mut attached: Attached,
     status: &Arc<VmStatus>,
     launch: &qemu::args::Launch,
+    shares: &mut qemu::virtiofsd::Virtiofsds,
 ) -> Result<u8, Error> {
     let guest = super::guest::start(config, launch, &mut vm, status, &attached);
     attached.report(status, config.agent.ready_on);
@@ -130,7 +142,7 @@ async fn supervise(
         std::future::pending::<()>().await;
     };
     let outcome = tokio::select! {
-        outcome = attached.supervise(vm, pid1, config.vm.shutdown_timeout) => outcome,
+        outcome = attached.supervise(vm, pid1, config.vm.shutdown_timeout, shares) => outcome,
         () = stopping => unreachable!("pending() never completes"),
     };
     status.set_phase(Phase::Stopped);
@@ -200,6 +212,7 @@ async fn prepare(
     let loaded = state::load(&config.pet_dir, &config.hostname, config.net.vm_mac)?;
     let (mac, state) = (loaded.state.mac(), loaded.state.clone());
 
+    let queues = launch::nic_queues(config)?;
     let state_saved = on_worker(move || loaded.persist().map_err(Error::from));
     let disk = async {
         let base = timed("image", image::ensure_base(&config.image, target)).await?;
@@ -217,19 +230,22 @@ async fn prepare(
     let drive = {
         let iso = launch::config_drive_path(config);
         let (drive, hostname) = (config.config_drive.clone(), config.hostname.clone());
+        let (ignition_mode, runtime_dir) = (config.guest_io.ignition, config.runtime_dir.clone());
         on_worker(move || {
             if let Some(iso) = iso {
                 timed_blocking("config-drive", || {
                     configdrive::write(&drive, &hostname, &state, &iso)
                 })?;
             }
-            Ok::<_, Error>(())
+            let ignition =
+                configdrive::ignition::prepare(ignition_mode, &drive.userdata, &runtime_dir, true)?;
+            Ok::<_, Error>(ignition)
         })
     };
     let network = async {
         let wiring = timed(
             "network",
-            net::wire(&config.net, &config.runtime_dir, mac, true),
+            net::wire(&config.net, &config.runtime_dir, mac, true, queues),
         )
         .await?;
         match &wiring {
@@ -242,7 +258,7 @@ async fn prepare(
         }
         Ok::<_, Error>(wiring)
     };
-    let ((), base, (), wiring) = tokio::try_join!(state_saved, disk, drive, network)?;
-    let launch = launch::decide(config, Some(&wiring), Some(&base))?;
+    let ((), base, ignition, wiring) = tokio::try_join!(state_saved, disk, drive, network)?;
+    let launch = launch::decide(config, Some(&wiring), Some(&base), ignition.as_ref())?;
     Ok((launch, wiring))
 }

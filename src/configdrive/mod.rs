@@ -7,12 +7,14 @@
 //! atomically. Nothing here reads a clock or a random source: the same inputs and the same
 //! [`PetState`] give the same bytes, so a restarted pod hands the guest an identical drive.
 
+pub(crate) mod ignition;
 pub(crate) mod input;
 pub(crate) mod iso;
 pub(crate) mod layout;
 pub(crate) mod metadata;
 pub(crate) mod render;
 pub(crate) mod scalar;
+pub(crate) mod shares;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -139,7 +141,9 @@ fn plan(
         user_data: user_data.map(|found| found.bytes),
         metadata,
     };
-    layout::plan(format, inputs, hostname, state).map(Some)
+    let mut layout = layout::plan(format, inputs, hostname, state)?;
+    shares::add_vendor_data(&mut layout, format, &config.shares)?;
+    Ok(Some(layout))
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ fn drive(format: DriveFormat, dir: &Path) -> ConfigDriveConfig {
         format,
         userdata: dir.join("userdata"),
         metadata: dir.join("metadata"),
+        shares: Vec::new(),
     }
 }
 
@@ -236,6 +237,7 @@ fn config_map_directories_are_read_through_their_symlinks() {
         format: DriveFormat::NoCloud,
         userdata: user,
         metadata: meta,
+        shares: Vec::new(),
     };
 
     let found = input::read("USERDATA", &config.userdata, input::USER_DATA_KEYS)
@@ -265,4 +267,58 @@ fn bad_metadata_fails_the_build_with_its_position() {
         matches!(err, ConfigDriveError::ParseMetadata { .. }),
         "{err:?}"
     );
+}
+
+#[test]
+fn shares_add_vendor_data_that_mounts_each_share_in_both_formats() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = drive(DriveFormat::ConfigDrive, dir.path());
+    config.shares = crate::qemu::shares::parse("data=/data:rw,config=/etc/app", |_| Ok(Vec::new()))
+        .expect("valid");
+    let layout = plan(&config, &host(), &state())
+        .expect("plan")
+        .expect("a drive");
+    for version in ["2012-08-10", "latest"] {
+        let path = format!("openstack/{version}/vendor_data.json");
+        let file = layout
+            .files
+            .iter()
+            .find(|f| f.path == path)
+            .unwrap_or_else(|| panic!("no {path}"));
+        let json: serde_json::Value = serde_json::from_slice(file.bytes()).expect("JSON");
+        let cloud_config = json["cloud-init"].as_str().expect("cloud-init key");
+        assert!(
+            cloud_config.starts_with("#cloud-config\n"),
+            "{cloud_config}"
+        );
+        let parsed: serde_json::Value = serde_saphyr::from_str(cloud_config).expect("YAML");
+        let commands: Vec<&str> = parsed["bootcmd"]
+            .as_array()
+            .expect("bootcmd")
+            .iter()
+            .filter_map(|c| c[2].as_str())
+            .collect();
+        assert_eq!(commands.len(), 2, "{cloud_config}");
+        assert!(
+            commands[0].contains("mount -t virtiofs data /mnt/data")
+                && commands[1].contains("mount -t virtiofs -o ro config /mnt/config"),
+            "{commands:?}"
+        );
+    }
+    config.format = DriveFormat::NoCloud;
+    let layout = plan(&config, &host(), &state())
+        .expect("plan")
+        .expect("a drive");
+    let vendor = layout
+        .files
+        .iter()
+        .find(|f| f.path == "vendor-data")
+        .expect("vendor-data");
+    assert!(String::from_utf8_lossy(vendor.bytes()).contains("bootcmd"));
+
+    config.shares.clear();
+    let layout = plan(&config, &host(), &state())
+        .expect("plan")
+        .expect("a drive");
+    assert!(!layout.files.iter().any(|f| f.path.contains("vendor")));
 }

@@ -90,7 +90,25 @@ pub(crate) async fn converge_links(handle: &Handle, plan: &NetPlan) -> Result<()
 
     // A tun-kind link is reattached as it is; anything else by that name is removed first.
     ensure_kind(handle, &plan.tap, InfoKind::Tun).await?;
-    tap::ensure_persistent(&plan.tap)?;
+    // --- issue 24: a tap made for another queue count is made again (its flag is fixed).
+    if tap::ensure_persistent(&plan.tap, plan.queues > 1)? == tap::Attached::OtherQueueMode {
+        tracing::info!(tap = %plan.tap, queues = plan.queues, "remaking the tap for another NIC queue count");
+        if let Some(link) = find(handle, &plan.tap).await? {
+            handle
+                .link()
+                .del(link.header.index)
+                .execute()
+                .await
+                .map_err(|source| netlink("delete the tap of another queue count", source))?;
+        }
+        if tap::ensure_persistent(&plan.tap, plan.queues > 1)? != tap::Attached::Ready {
+            return Err(NetError::Tap {
+                name: plan.tap.clone(),
+                source: std::io::Error::other("the kernel refused the tap's multiqueue flag"),
+            });
+        }
+    }
+    // --- end issue 24 ---
     // Looked up through netlink once the tap's descriptor is closed, not through the
     // descriptor: enslaving the tap right after the close (its carrier just went off) left
     // the bridge port in another state on a first start than on a restart (the restart test).

@@ -42,6 +42,9 @@ pub struct NetPlan {
     pub excluded_tcp_ports: Vec<ExcludedPort>,
     /// Whether qemu can use `vhost=on` (`/dev/vhost-net` opens read-write).
     pub vhost_net: bool,
+    /// Queue pairs of the tap and the VM's NIC; above 1 the tap is multiqueue. [`plan`] says 1,
+    /// [`super::wire`] the VM's (`NIC_QUEUES`, issue 24).
+    pub queues: u32,
 }
 
 /// A TCP port that is not forwarded to the VM, and why.
@@ -105,6 +108,7 @@ pub(crate) fn plan(net: &NetConfig, pod: &PodNet, vm_mac: MacAddr6) -> Result<Ne
         pod_prefix: pod.pod_prefix,
         excluded_tcp_ports,
         vhost_net: pod.vhost_net,
+        queues: 1,
     })
 }
 

@@ -18,12 +18,14 @@ pub(crate) enum Wiring {
 }
 
 /// Decides the mode (one log line says which and why), discovers the pod, and plans; with
-/// `apply`, NAT's links are made (`run`); without, nothing changes (`qemu-args`).
+/// `apply`, NAT's links are made (`run`); without, nothing changes (`qemu-args`). `queues`:
+/// the NIC's queue pairs in NAT mode (a multiqueue tap above 1).
 pub(crate) async fn wire(
     config: &NetConfig,
     runtime_dir: &Path,
     vm_mac: MacAddr6,
     apply: bool,
+    queues: u32,
 ) -> Result<Wiring, NetError> {
     let choice = mode::decide(config.mode, &mode::probe())?;
     if apply {
@@ -40,7 +42,8 @@ pub(crate) async fn wire(
             &passt::child::probe(),
         ))),
         mode::Mode::Nat => {
-            let plan = plan(config, &pod, vm_mac)?;
+            let mut plan = plan(config, &pod, vm_mac)?;
+            plan.queues = queues;
             let nft = if apply {
                 apply_links(&plan).await?
             } else {

@@ -38,6 +38,8 @@ pub(crate) struct Nic {
     pub backend: NicBackend,
     pub mac: MacAddr6,
     pub mtu: u32,
+    /// Queue pairs (a multiqueue tap above 1; passt: 1).
+    pub queues: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +69,10 @@ pub(crate) struct Launch {
     pub qmp_socket: PathBuf,
     /// The guest agent's channel (always there: a guest without an agent never opens it).
     pub agent_socket: PathBuf,
+    /// An Ignition config qemu passes by fw_cfg (`opt/com.coreos/config`).
+    pub ignition: Option<PathBuf>,
+    /// `SHARES`, their transports decided.
+    pub shares: Vec<super::shares::ShareDevice>,
     pub extra: Vec<String>,
 }
 
@@ -156,6 +162,12 @@ pub(crate) fn build(launch: &Launch) -> Vec<OsString> {
         push(&["-device", "ide-cd,drive=cd0,bus=ide.1,unit=0"]);
     }
 
+    if let Some(ignition) = &launch.ignition {
+        push(&["-fw_cfg", &ignition_value(ignition)]);
+    }
+    let shares = super::shares::args(&launch.shares, launch.sizing.memory_mib);
+    push(&shares.iter().map(String::as_str).collect::<Vec<_>>());
+
     if let Some(nic) = &launch.nic {
         push(&nic_args(nic).each_ref().map(String::as_str));
     }
@@ -188,9 +200,17 @@ pub(crate) fn build(launch: &Launch) -> Vec<OsString> {
     argv
 }
 
+/// The fw_cfg item Ignition's `qemu` platform reads.
+pub(crate) const IGNITION_FW_CFG: &str = "opt/com.coreos/config";
+
+/// `-fw_cfg`'s value for the Ignition config: qemu reads the file once, at start.
+fn ignition_value(file: &Path) -> String {
+    format!("name={IGNITION_FW_CFG},file={}", path_value(file))
+}
+
 /// `-netdev` and `-device` of the VM's NIC: a tap (NAT mode) or passt's socket.
 fn nic_args(nic: &Nic) -> [String; 4] {
-    let netdev = match &nic.backend {
+    let mut netdev = match &nic.backend {
         NicBackend::Tap { tap, vhost } => format!(
             "tap,id=net0,ifname={},script=no,downscript=no,vhost={}",
             escape(tap),
@@ -202,12 +222,13 @@ fn nic_args(nic: &Nic) -> [String; 4] {
         ),
     };
     let mac = nic.mac.to_string().to_ascii_lowercase();
-    [
-        "-netdev".to_owned(),
-        netdev,
-        "-device".to_owned(),
-        format!("virtio-net-pci,netdev=net0,mac={mac},host_mtu={}", nic.mtu),
-    ]
+    let mut device = format!("virtio-net-pci,netdev=net0,mac={mac},host_mtu={}", nic.mtu);
+    if nic.queues > 1 {
+        // One MSI-X vector per queue of each direction, one for config, one for control.
+        netdev.push_str(&format!(",queues={}", nic.queues));
+        device.push_str(&format!(",mq=on,vectors={}", 2 * nic.queues + 2));
+    }
+    ["-netdev".to_owned(), netdev, "-device".to_owned(), device]
 }
 
 /// The guest agent's virtio-serial port; qemu listens on `socket`, our client connects.

@@ -8,7 +8,9 @@ pub(crate) mod console;
 pub(crate) mod pause;
 pub(crate) mod process;
 pub(crate) mod qmp;
+pub(crate) mod shares;
 pub(crate) mod sizing;
+pub(crate) mod virtiofsd;
 
 use std::path::PathBuf;
 

@@ -519,7 +519,10 @@ def missing_img_source_fails_with_a_helpful_message():
 def schema_rejects_values_kvm_manager_would_reject():
     for bad in ("dnsMode=bogus", "networkMode=slirp", "runAsUser=0", "accel=hvf", "configDrive=iso", "string:vncPassword=123456789",
                 "vmIp=300.1.1.1", "string:imgSha256=abc", "string:consoleIdleTimeout=0",
-                "string:consoleIdleTimeout=soon"):
+                "string:consoleIdleTimeout=soon",
+                # issue 24
+                "ignition=maybe", "string:nicQueues=0", "string:nicQueues=65", "shareTransport=nfs",
+                "shares[0].tag=bad tag", "shares[0].tag=ok"):
         args = ["template", "vm", str(CHART), "-f", str(CI / "default-values.yaml")]
         args += ["--set-string" if bad.startswith("string:") else "--set", bad.removeprefix("string:")]
         done = helm(*args, check=False)

@@ -133,6 +133,9 @@ wanted=(
     virtio_console                               # the guest agent's virtio-serial port
     brd ext4 crc32c_generic                      # option tick: a freezable ext2 on a RAM disk
 )
+# --- issue 24: shares ---
+wanted+=(9p 9pnet_virtio virtiofs)                # option share: 9p (qemu -virtfs) and virtio-fs
+# --- end issue 24 ---
 mods=$work/pkgs/lib/modules/$kver
 depmod -b "$work/pkgs" "$kver"
 # modules.dep lists each module's full dependency closure; order it depth first, deps first.

@@ -22,6 +22,7 @@ datasource = {
 datasource.known_macs = {mac: "eth0"}
 if not datasource.get_data():
     sys.exit("cloud-init's %s datasource found no data in %s" % (kind, cloud_dir))
+vendor = datasource.get_vendordata_raw()
 json.dump(
     {
         "instance_id": datasource.get_instance_id(),
@@ -29,6 +30,8 @@ json.dump(
         "user_data_hex": (datasource.get_userdata_raw() or b"").hex(),
         "metadata": datasource.metadata,
         "network_config": datasource.network_config,
+        # NoCloud hands vendor-data over as bytes, the OpenStack reader as text.
+        "vendor_data": vendor.decode() if isinstance(vendor, bytes) else vendor,
     },
     sys.stdout,
     default=str,

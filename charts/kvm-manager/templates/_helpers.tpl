@@ -62,3 +62,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- fail "vmService.enabled needs at least one port in vmService.ports (e.g. [{name: ssh, port: 22}])" }}
 {{- end }}
 {{- end }}
+
+{{/* SHARES from .Values.shares: TAG=/shares/TAG:ro|rw[:transport], comma separated. */}}
+{{- define "kvm-manager.shares" -}}
+{{- $entries := list }}
+{{- range .Values.shares }}
+{{- $entry := printf "%s=/shares/%s:%s" .tag .tag (ternary "rw" "ro" (eq .readOnly false)) }}
+{{- with .transport }}{{- $entry = printf "%s:%s" $entry . }}{{- end }}
+{{- $entries = append $entries $entry }}
+{{- end }}
+{{- join "," $entries }}
+{{- end }}

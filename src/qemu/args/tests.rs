@@ -37,10 +37,13 @@ fn base() -> Launch {
             },
             mac: MacAddr6::new(0x52, 0x54, 0, 0x12, 0x34, 0x56),
             mtu: 1450,
+            queues: 1,
         }),
         vnc: Some(Vnc { password: false }),
         qmp_socket: "/run/kvm-manager/qmp.sock".into(),
         agent_socket: "/run/kvm-manager/agent.sock".into(),
+        ignition: None,
+        shares: Vec::new(),
         extra: Vec::new(),
     }
 }
@@ -253,4 +256,72 @@ fn a_raw_base_is_opened_as_raw() {
         r#"{"driver":"raw","file":"base-file","node-name":"base","read-only":true}"#
     )));
     golden("raw-base", &argv);
+}
+
+#[test]
+fn an_ignition_config_goes_by_fw_cfg_as_opt_com_coreos_config() {
+    let mut launch = base();
+    launch.ignition = Some("/run/kvm-manager/ignition.json".into());
+    let argv = build(&launch);
+    assert!(
+        argv.windows(2).any(|w| w[0] == "-fw_cfg"
+            && w[1] == "name=opt/com.coreos/config,file=/run/kvm-manager/ignition.json"),
+        "{argv:?}"
+    );
+    assert!(!build(&base()).iter().any(|a| a == "-fw_cfg"));
+    golden("ignition", &argv);
+}
+
+#[test]
+fn a_multiqueue_nic_has_one_queue_pair_per_queue_and_vectors_for_them() {
+    let mut launch = base();
+    launch.sizing.cpus = 4;
+    if let Some(nic) = launch.nic.as_mut() {
+        nic.queues = 4;
+    }
+    let argv = build(&launch);
+    assert!(
+        argv.windows(2).any(|w| w[0] == "-netdev"
+            && w[1] == "tap,id=net0,ifname=kvm-tap0,script=no,downscript=no,vhost=on,queues=4"),
+        "{argv:?}"
+    );
+    assert!(
+        argv.iter().any(|a| a
+            .to_string_lossy()
+            .ends_with(",host_mtu=1450,mq=on,vectors=10")),
+        "{argv:?}"
+    );
+    assert!(!build(&base())
+        .iter()
+        .any(|a| a.to_string_lossy().contains("mq=on")));
+    golden("multiqueue", &argv);
+}
+
+#[test]
+fn shares_add_their_devices_and_virtio_fs_shares_the_guest_memory() {
+    use crate::qemu::shares::{ShareBackend, ShareDevice};
+    let mut launch = base();
+    launch.shares = vec![
+        ShareDevice {
+            tag: "config".into(),
+            backend: ShareBackend::NineP {
+                path: "/etc/app".into(),
+                writable: false,
+            },
+        },
+        ShareDevice {
+            tag: "data".into(),
+            backend: ShareBackend::VirtioFs {
+                socket: "/run/kvm-manager/virtiofsd-data.sock".into(),
+            },
+        },
+    ];
+    let argv = build(&launch);
+    assert!(
+        argv.windows(2).any(
+            |w| w[0] == "-object" && w[1] == "memory-backend-memfd,id=mem0,size=2048M,share=on"
+        ),
+        "{argv:?}"
+    );
+    golden("shares", &argv);
 }
