@@ -109,6 +109,8 @@ async fn supervise(
     let guest = super::guest::start(config, launch, &mut vm, status, &attached);
     attached.report(status, config.agent.ready_on);
     status.set_qmp(Some(vm.qmp.clone()));
+    // Issue 22: backups of the running VM.
+    let _backups = super::backup::start(config, launch, vm.qmp.clone(), Arc::clone(&guest.freezer));
     follow_pauses(
         qemu::process::watch_pauses(vm.qmp.clone(), config.pet_dir.clone()),
         status,
