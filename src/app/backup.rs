@@ -35,6 +35,7 @@ pub(super) fn start(
             format: base.format.driver().to_owned(),
         }),
         running: tokio::sync::Mutex::new(()),
+        default_dir: None,
     });
     let path = socket::socket_path(&config.runtime_dir);
     if let Err(e) = socket::serve(&path, Arc::clone(&backups)) {

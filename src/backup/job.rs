@@ -47,6 +47,8 @@ pub(crate) struct Backups {
     pub base: Option<Base>,
     /// One backup at a time.
     pub running: tokio::sync::Mutex<()>,
+    /// `BACKUP_DIR`: where `POST /backup` and the schedule write.
+    pub default_dir: Option<PathBuf>,
 }
 
 /// What one backup did.
@@ -75,6 +77,11 @@ impl Outcome {
 }
 
 impl Backups {
+    /// Whether a backup runs now.
+    pub(crate) fn busy(&self) -> bool {
+        self.running.try_lock().is_err()
+    }
+
     /// Takes one backup into `dir`; `cancelled` resolving cancels it (a client that went away).
     pub(crate) async fn run(
         &self,

@@ -4,7 +4,8 @@
 //! complete-looking backup, and the next incremental still holds every change), then the
 //! restore: refused while the VM owns the pet, over an existing pet without `--force`, and for a
 //! damaged backup; with `--force` it rebuilds a disk that passes `qemu-img check` and boots
-//! with its counter intact and the data of the backup's moment.
+//! with its counter intact and the data of the backup's moment. `POST /backup` answers only
+//! the pod's loopback (or a token), and the `kvm_manager_backup_*` metrics count it all.
 
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 use crate::support::{names_in, Running, BIN};
-use crate::vm::{field, stop, Cluster, BOOT, T};
+use crate::vm::{field, http_get, stop, Cluster, BOOT, T};
 
 /// A backup of the ~64 MiB test disk under a loaded TCG host: seconds, but be generous.
 const BACKUP: Duration = Duration::from_secs(120);
@@ -75,6 +76,18 @@ fn fill(cluster: &Cluster, mib: u32) -> String {
         .strip_prefix("sha256=")
         .unwrap_or_else(|| panic!("no sha256 from the guest's fill: {text:?}"))
         .to_owned()
+}
+
+/// `curl -X POST` to HOST:8080 PATH; the status code and body.
+fn curl_post(curl: &mut std::process::Command, host: &str, path: &str) -> (u16, String) {
+    let out = curl
+        .args(["-s", "-m", "30", "-X", "POST", "-w", "\n%{http_code}"])
+        .arg(format!("http://{host}:8080{path}"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 
 fn manifests(dir: &Path) -> Vec<String> {
@@ -204,6 +217,35 @@ fn a_running_vm_is_backed_up_full_and_incrementally_survives_failed_backups_and_
     let next = answer(&backup(&cluster, &dir, Some("--incremental")));
     assert_eq!(next["chain"].as_array().map(Vec::len), Some(3), "{next}");
     let next_manifest = PathBuf::from(next["manifest"].as_str().expect("path"));
+
+    // (4) POST /backup: refused from the pod network without a token; from the pod's loopback
+    // it starts one (202) that ends in the log and the metrics.
+    let path = format!("/backup?mode=incremental&to={}", dir.display());
+    let (code, body) = curl_post(&mut cluster.pod.node("curl"), &cluster.pod.pod_ip, &path);
+    assert_eq!(code, 403, "{body}");
+    drain(&mut vm, Duration::from_secs(1));
+    let earlier = std::mem::take(&mut vm.seen);
+    let (code, body) = curl_post(&mut cluster.pod.exec("curl"), "127.0.0.1", &path);
+    assert_eq!(code, 202, "{body}");
+    vm.wait_for_line("backup complete", BACKUP);
+    vm.seen.splice(0..0, earlier);
+    let (code, metrics) = http_get(&cluster.pod, 8080, "/metrics");
+    assert_eq!(code, 200);
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    };
+    assert_eq!(
+        value("kvm_manager_backup_failures_total"),
+        2.0,
+        "the killed one and the full volume"
+    );
+    assert!(value("kvm_manager_backup_bytes_total") > (full_bytes + incr_bytes) as f64);
+    assert!(value("kvm_manager_backup_last_success_timestamp_seconds") > 1.7e9);
+    assert_eq!(value("kvm_manager_backup_running"), 0.0);
 
     // Restore: refused while the VM owns the pet.
     let (code, out) = restore(&cluster, &next_manifest, true);
