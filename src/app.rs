@@ -100,7 +100,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
             full,
             incremental,
             rate_limit,
-        } => backup::client(&config(Vec::new())?, &to, full, incremental, rate_limit),
+        } => backup::client(&config(Vec::new())?, to, full, incremental, rate_limit),
         Command::Restore { from, force } => backup::restore(&config(Vec::new())?, &from, force),
         Command::Console => {
             let config = config(Vec::new())?;

@@ -75,9 +75,9 @@ pub(crate) enum Command {
     /// for the copy and prints its summary (JSON). Incremental when the newest backup in the
     /// directory can be extended, else full; hanging up cancels it.
     Backup {
-        /// The directory to write into (a mounted volume).
+        /// The directory to write into (a mounted volume); default BACKUP_DIR.
         #[arg(long, value_name = "DIR")]
-        to: PathBuf,
+        to: Option<PathBuf>,
         /// A new full backup (a new chain).
         #[arg(long, conflicts_with = "incremental")]
         full: bool,
@@ -390,6 +390,10 @@ pub struct Settings {
     #[command(flatten)]
     pub agent: AgentSettings,
 
+    // Issue 22.
+    #[command(flatten)]
+    pub backup: BackupSettings,
+
     /// `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", global = true, default_value = "text")]
     pub log_format: String,
@@ -448,3 +452,40 @@ pub struct AgentSettings {
     #[arg(long, env = "SSH_USER", global = true, value_name = "NAME")]
     pub ssh_user: Option<String>,
 }
+
+// --- issue 22: scheduled backups ---
+#[derive(Debug, Args)]
+pub struct BackupSettings {
+    /// The backup volume's directory: where POST /backup (without `to=`) and BACKUP_SCHEDULE
+    /// write. Absolute.
+    #[arg(long, env = "BACKUP_DIR", global = true, value_name = "DIR")]
+    pub backup_dir: Option<PathBuf>,
+
+    /// Back the pet disk up every this long (e.g. `6h`, at least 1m) into BACKUP_DIR, from PID 1:
+    /// incremental, a full one when a chain is BACKUP_FULL_EVERY long (or cannot be extended).
+    /// Unset: no timer.
+    #[arg(long, env = "BACKUP_SCHEDULE", global = true, value_name = "DURATION")]
+    pub backup_schedule: Option<String>,
+
+    /// A new chain (a full backup) once a chain holds this many backups.
+    #[arg(
+        long,
+        env = "BACKUP_FULL_EVERY",
+        global = true,
+        default_value = "7",
+        value_name = "N"
+    )]
+    pub backup_full_every: String,
+
+    /// The schedule keeps the newest K chains in BACKUP_DIR and deletes older ones after each
+    /// complete backup.
+    #[arg(
+        long,
+        env = "BACKUP_KEEP",
+        global = true,
+        default_value = "2",
+        value_name = "K"
+    )]
+    pub backup_keep: String,
+}
+// --- end issue 22 ---

@@ -78,6 +78,8 @@ pub struct Config {
     pub config_drive: ConfigDriveConfig,
     pub log: LogConfig,
     pub agent: AgentConfig,
+    /// Issue 22: scheduled backups.
+    pub backup: backup::BackupConfig,
     /// Accepted but questionable settings, logged once logging is up.
     pub warnings: Vec<String>,
 }
@@ -333,6 +335,7 @@ impl Config {
         let net = net::parse_net(settings)?;
         let vm = vm::parse_vm(settings, extra_args)?;
         let agent = agent::parse_agent(settings, net.no_dhcp)?;
+        let backup = backup::parse_backup(settings)?;
         if let (Some(_), true) = (&vm.vnc_password, net.no_vnc) {
             warnings.push("VNC_PASSWORD is ignored because NO_VNC is set".to_owned());
         }
@@ -361,6 +364,7 @@ impl Config {
             config_drive,
             log,
             agent,
+            backup,
             warnings,
         };
         Ok((config, needed))
@@ -397,6 +401,7 @@ fn non_empty(value: &Option<String>) -> Option<&str> {
 
 mod agent;
 mod auth;
+mod backup;
 mod duration;
 mod fetch_limits;
 mod image;

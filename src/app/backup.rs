@@ -35,11 +35,21 @@ pub(super) fn start(
             format: base.format.driver().to_owned(),
         }),
         running: tokio::sync::Mutex::new(()),
-        default_dir: None,
+        default_dir: config.backup.dir.clone(),
     });
     let path = socket::socket_path(&config.runtime_dir);
     if let Err(e) = socket::serve(&path, Arc::clone(&backups)) {
         tracing::warn!(error = %crate::logging::render_chain(&e), "`kvm-manager backup` is unavailable");
+    }
+    if let (Some(every), Some(dir)) = (config.backup.every, &config.backup.dir) {
+        let schedule = crate::backup::schedule::Schedule {
+            dir: dir.clone(),
+            every,
+            full_every: config.backup.full_every,
+            keep: config.backup.keep,
+        };
+        // Ends with the runtime; a running backup is then abandoned like any QMP call.
+        tokio::spawn(crate::backup::schedule::run(Arc::clone(&backups), schedule));
     }
     backups
 }
@@ -47,7 +57,7 @@ pub(super) fn start(
 /// `kvm-manager backup`: asks the running `run`; prints its answer (JSON) on stdout.
 pub(super) fn client(
     config: &Config,
-    to: &Path,
+    to: Option<std::path::PathBuf>,
     full: bool,
     incremental: bool,
     rate_limit: Option<u64>,
@@ -57,8 +67,14 @@ pub(super) fn client(
         (false, true) => Want::Incremental,
         (false, false) => Want::Auto { full_every: None },
     };
+    let to = to.or_else(|| config.backup.dir.clone()).ok_or_else(|| {
+        crate::config::ConfigError::Missing {
+            var: "BACKUP_DIR",
+            fix: "pass --to DIR (the mounted backup volume) or set BACKUP_DIR".to_owned(),
+        }
+    })?;
     // The server runs elsewhere (PID 1): it gets an absolute path.
-    let dir = std::path::absolute(to).unwrap_or_else(|_| to.to_owned());
+    let dir = std::path::absolute(&to).unwrap_or(to);
     let answer = socket::request(
         &socket::socket_path(&config.runtime_dir),
         &dir,

@@ -13,6 +13,7 @@ pub(crate) mod job;
 pub(crate) mod manifest;
 pub(crate) mod plan;
 pub(crate) mod restore;
+pub(crate) mod schedule;
 pub(crate) mod socket;
 
 use std::path::PathBuf;

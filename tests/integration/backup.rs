@@ -309,3 +309,32 @@ fn a_running_vm_is_backed_up_full_and_incrementally_survives_failed_backups_and_
     assert_eq!(field(&start, "cfill"), second_fill, "{start}");
     stop(&mut vm);
 }
+
+#[test]
+fn a_schedule_without_a_directory_and_a_backup_without_one_are_refused_naming_backup_dir() {
+    let out = std::process::Command::new(BIN)
+        .arg("backup")
+        .env_remove("BACKUP_DIR")
+        .env("BACKUP_SCHEDULE", "6h")
+        .output()
+        .expect("run kvm-manager");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("BACKUP_SCHEDULE") && stderr.contains("BACKUP_DIR"),
+        "{stderr}"
+    );
+
+    let out = std::process::Command::new(BIN)
+        .arg("backup")
+        .env_remove("BACKUP_DIR")
+        .env_remove("BACKUP_SCHEDULE")
+        .output()
+        .expect("run kvm-manager");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("BACKUP_DIR") && stderr.contains("--to"),
+        "{stderr}"
+    );
+}
