@@ -338,3 +338,40 @@ fn a_schedule_without_a_directory_and_a_backup_without_one_are_refused_naming_ba
         "{stderr}"
     );
 }
+
+#[test]
+fn the_schedule_backs_up_by_itself_and_keeps_the_newest_chains() {
+    let Some(cluster) = Cluster::for_test("kbs", "vm-sched") else {
+        return;
+    };
+    let dir = cluster.pod.path("backup");
+    std::fs::create_dir_all(&dir).expect("backup dir");
+    let dir_text = dir.to_string_lossy().into_owned();
+    let mut vm = cluster.boot(&[
+        ("BACKUP_DIR", dir_text.as_str()),
+        ("BACKUP_SCHEDULE", "1m"),
+        ("BACKUP_FULL_EVERY", "1"),
+        ("BACKUP_KEEP", "1"),
+    ]);
+    // Two timer ticks: two chains of one full backup each; the older one goes.
+    let first = vm.wait_for_line("backup complete", Duration::from_secs(240));
+    let only_first = manifests(&dir);
+    assert_eq!(only_first.len(), 1, "{first}");
+    let removed = vm.wait_for_line("removed an old backup file", Duration::from_secs(240));
+    drain(&mut vm, Duration::from_secs(2));
+    let left = manifests(&dir);
+    assert_eq!(left.len(), 1, "{removed}\n{left:?}");
+    assert_ne!(left, only_first, "the newer chain stays");
+    let names = names_in(&dir);
+    assert_eq!(
+        names.iter().filter(|n| n.ends_with("-full.qcow2")).count(),
+        1,
+        "the old chain's file is gone too: {names:?}"
+    );
+    assert!(
+        vm.output().contains("a full one every 1"),
+        "the second one says why it is full:\n{}",
+        vm.output()
+    );
+    stop(&mut vm);
+}
