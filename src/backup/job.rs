@@ -191,45 +191,32 @@ impl Backups {
             }
         };
 
-        // Complete: durable under its final name, then the firmware, then the manifest.
-        let io = |what| {
-            let path = final_path.clone();
-            move |source| BackupError::Io { what, path, source }
-        };
-        partial.as_file().sync_all().map_err(io("fsync"))?;
-        partial.persist(&final_path).map_err(|e| BackupError::Io {
-            what: "rename into place",
-            path: final_path.clone(),
-            source: e.error,
-        })?;
-        crate::atomic_file::sync_parent(&final_path).map_err(io("fsync the directory of"))?;
-        let (file_size, sha256) = manifest::digest(&final_path)?;
-        let mut chain = match (&plan, &latest) {
-            (Plan::Incremental { .. }, Some(latest)) => latest.chain.clone(),
-            _ => Vec::new(),
-        };
-        chain.push(FileEntry {
-            file: plan.file().to_owned(),
-            size: file_size,
-            sha256,
-        });
-        let firmware = copy_firmware(&self.pet_dir, &self.hostname, dir, &stamp)?;
-        let manifest = Manifest {
-            version: 1,
-            hostname: self.hostname.clone(),
+        let finished = Finished {
+            partial,
+            final_path: &final_path,
+            dir,
+            plan: &plan,
+            latest: latest.as_ref(),
             stamp,
-            created: humantime::format_rfc3339_seconds(now).to_string(),
-            kind: plan.kind().to_owned(),
+            now,
             consistency,
-            bitmap: plan.bitmap().to_owned(),
             virtual_size: size,
-            base: self.base.clone(),
-            chain,
-            firmware,
-            bytes_copied: copied,
-            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            copied,
+            started,
         };
-        let path = manifest.write(dir)?;
+        let (manifest, path) = match self.complete(finished) {
+            Ok(done) => done,
+            Err(e) => {
+                // qemu counts the copy as done (an incremental's bitmap is cleared), but it is
+                // no backup: drop the bitmap too, so the next backup is a full one instead of
+                // an incremental that would miss this copy's changes.
+                let _ = std::fs::remove_file(&final_path);
+                if let Err(e) = self.qmp.remove_dirty_bitmap(DISK_NODE, plan.bitmap()).await {
+                    tracing::warn!(error = %e, "could not remove the dirty bitmap of an unfinished backup");
+                }
+                return Err(e);
+            }
+        };
         if let Plan::Full { bitmap, .. } = &plan {
             // The new chain is complete: older chains' bitmaps only cost writes now.
             for stale in plan::stale_bitmaps(&bitmaps, bitmap) {
@@ -243,6 +230,52 @@ impl Backups {
             path,
             reason,
         })
+    }
+
+    /// Makes a copied file a backup: durable under its final name, then the firmware, then
+    /// the manifest.
+    fn complete(&self, f: Finished<'_>) -> Result<(Manifest, PathBuf), BackupError> {
+        let io = |what| {
+            let path = f.final_path.to_owned();
+            move |source| BackupError::Io { what, path, source }
+        };
+        f.partial.as_file().sync_all().map_err(io("fsync"))?;
+        f.partial
+            .persist(f.final_path)
+            .map_err(|e| BackupError::Io {
+                what: "rename into place",
+                path: f.final_path.to_owned(),
+                source: e.error,
+            })?;
+        crate::atomic_file::sync_parent(f.final_path).map_err(io("fsync the directory of"))?;
+        let (file_size, sha256) = manifest::digest(f.final_path)?;
+        let mut chain = match (f.plan, f.latest) {
+            (Plan::Incremental { .. }, Some(latest)) => latest.chain.clone(),
+            _ => Vec::new(),
+        };
+        chain.push(FileEntry {
+            file: f.plan.file().to_owned(),
+            size: file_size,
+            sha256,
+        });
+        let firmware = copy_firmware(&self.pet_dir, &self.hostname, f.dir, &f.stamp)?;
+        let manifest = Manifest {
+            version: 1,
+            hostname: self.hostname.clone(),
+            stamp: f.stamp,
+            created: humantime::format_rfc3339_seconds(f.now).to_string(),
+            kind: f.plan.kind().to_owned(),
+            consistency: f.consistency,
+            bitmap: f.plan.bitmap().to_owned(),
+            virtual_size: f.virtual_size,
+            base: self.base.clone(),
+            chain,
+            firmware,
+            bytes_copied: f.copied,
+            duration_ms: u64::try_from(f.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        };
+        let path = manifest.write(f.dir)?;
+        Ok((manifest, path))
     }
 
     /// Opens the target in qemu, starts the job (frozen around the start if the agent
@@ -381,6 +414,21 @@ impl Backups {
             }
         }
     }
+}
+
+/// A copy qemu has finished, to be made a backup.
+struct Finished<'a> {
+    partial: tempfile::NamedTempFile,
+    final_path: &'a Path,
+    dir: &'a Path,
+    plan: &'a Plan,
+    latest: Option<&'a Manifest>,
+    stamp: String,
+    now: SystemTime,
+    consistency: Consistency,
+    virtual_size: u64,
+    copied: u64,
+    started: Instant,
 }
 
 /// Block-job events name the job `device`, job events `id`.
