@@ -362,7 +362,7 @@ fn a_schedule_without_a_directory_and_a_backup_without_one_are_refused_naming_ba
 }
 
 #[test]
-fn the_schedule_backs_up_by_itself_and_keeps_the_newest_chains() {
+fn the_schedule_backs_up_by_itself_keeps_the_newest_chains_and_restores_onto_a_fresh_volume() {
     let Some(cluster) = Cluster::for_test("kbs", "vm-sched") else {
         return;
     };
@@ -396,4 +396,20 @@ fn the_schedule_backs_up_by_itself_and_keeps_the_newest_chains() {
         vm.output()
     );
     stop(&mut vm);
+
+    // Onto a fresh pet volume (no disk there): no --force needed.
+    let pet = cluster.pod.path("pet").join("vm-sched.qcow2");
+    std::fs::remove_file(&pet).expect("a fresh pet volume");
+    let (code, out) = restore(&cluster, &dir.join(&left[0]), false);
+    assert_eq!(code, 0, "{out}");
+    let check = std::process::Command::new("qemu-img")
+        .arg("check")
+        .arg(&pet)
+        .output()
+        .expect("qemu-img check");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
 }
