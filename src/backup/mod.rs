@@ -9,6 +9,7 @@
 //! hidden `.partial` name and renamed when complete; the [`manifest`] is written last. A restore
 //! ([`restore`]) runs with the VM stopped, under the pet lock.
 
+pub(crate) mod firmware;
 pub(crate) mod job;
 pub(crate) mod manifest;
 pub(crate) mod plan;
