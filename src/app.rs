@@ -1,5 +1,6 @@
 //! The only place that sequences phases: parse, log, then run the chosen subcommand.
 
+mod backup;
 mod guest;
 mod launch;
 mod network;
@@ -58,7 +59,9 @@ fn run(cli: Cli) -> Result<u8, Error> {
         | Command::QemuArgs { .. }
         | Command::Console
         | Command::Freeze
-        | Command::Thaw => Sink::Stderr,
+        | Command::Thaw
+        | Command::Backup { .. }
+        | Command::Restore { .. } => Sink::Stderr,
     };
     logging::init(&log, sink)?;
     pid1::raise_open_files_limit();
@@ -92,6 +95,13 @@ fn run(cli: Cli) -> Result<u8, Error> {
             &config(Vec::new())?,
             crate::qemu::agent::control::Action::Thaw,
         ),
+        Command::Backup {
+            to,
+            full,
+            incremental,
+            rate_limit,
+        } => backup::client(&config(Vec::new())?, to, full, incremental, rate_limit),
+        Command::Restore { from, force } => backup::restore(&config(Vec::new())?, &from, force),
         Command::Console => {
             let config = config(Vec::new())?;
             crate::qemu::attach::attach(&crate::qemu::attach::socket_path(&config.runtime_dir))

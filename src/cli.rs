@@ -70,6 +70,38 @@ pub(crate) enum Command {
     Freeze,
     /// Thaw the guest's filesystems after `freeze`.
     Thaw,
+    // --- issue 22: backup and restore ---
+    /// Back up the pet disk while the VM runs (e.g. `kubectl exec POD -- kvm-manager backup
+    /// --to /backup`): asks the running `kvm-manager run` over RUNTIME_DIR/backup.sock, waits
+    /// for the copy and prints its summary (JSON). Incremental when the newest backup in the
+    /// directory can be extended, else full; hanging up cancels it.
+    Backup {
+        /// The directory to write into (a mounted volume); default BACKUP_DIR.
+        #[arg(long, value_name = "DIR")]
+        to: Option<PathBuf>,
+        /// A new full backup (a new chain).
+        #[arg(long, conflicts_with = "incremental")]
+        full: bool,
+        /// Only an incremental backup; fails, saying why, when a full one is needed.
+        #[arg(long)]
+        incremental: bool,
+        /// Copy at most this many bytes per second (e.g. `50M`), to leave the VM's disk its
+        /// bandwidth; unlimited by default.
+        #[arg(long, value_name = "SIZE", value_parser = byte_rate)]
+        rate_limit: Option<u64>,
+    },
+    /// Rebuild PET_DIR/<hostname>.qcow2 (and the UEFI/TPM files) from a backup, with the VM
+    /// stopped (an init container or a one-off pod on the pet volume); every checksum is
+    /// verified first.
+    Restore {
+        /// The backup's manifest (`DIR/<hostname>-<stamp>.manifest.json`).
+        #[arg(long, value_name = "MANIFEST")]
+        from: PathBuf,
+        /// Replace an existing pet disk (kept aside until the restore is complete).
+        #[arg(long)]
+        force: bool,
+    },
+    // --- end issue 22 ---
     /// Attach this terminal to the guest's serial console (e.g. `kubectl exec -it POD --
     /// kvm-manager console`); Ctrl-] detaches and leaves the VM running.
     Console,
@@ -81,6 +113,13 @@ pub(crate) enum Command {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<OsString>,
     },
+}
+
+/// `--rate-limit`: bytes (a bare number) or a size with a unit.
+fn byte_rate(text: &str) -> Result<u64, String> {
+    crate::size::ByteSize::parse(text, Some(1))
+        .map(crate::size::ByteSize::bytes)
+        .map_err(|e| e.to_string())
 }
 
 /// The contract: raw strings as given; parsed and validated by [`crate::config`].
@@ -356,6 +395,10 @@ pub struct Settings {
     #[command(flatten)]
     pub guest_io: GuestIoSettings,
     // --- end issue 24 ---
+    // Issue 22.
+    #[command(flatten)]
+    pub backup: BackupSettings,
+
     /// `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", global = true, default_value = "text")]
     pub log_format: String,
@@ -460,3 +503,39 @@ pub struct GuestIoSettings {
     pub nic_queues: String,
 }
 // --- end issue 24 ---
+// --- issue 22: scheduled backups ---
+#[derive(Debug, Args)]
+pub struct BackupSettings {
+    /// The backup volume's directory: where POST /backup (without `to=`) and BACKUP_SCHEDULE
+    /// write. Absolute.
+    #[arg(long, env = "BACKUP_DIR", global = true, value_name = "DIR")]
+    pub backup_dir: Option<PathBuf>,
+
+    /// Back the pet disk up every this long (e.g. `6h`, at least 1m) into BACKUP_DIR, from PID 1:
+    /// incremental, a full one when a chain is BACKUP_FULL_EVERY long (or cannot be extended).
+    /// Unset: no timer.
+    #[arg(long, env = "BACKUP_SCHEDULE", global = true, value_name = "DURATION")]
+    pub backup_schedule: Option<String>,
+
+    /// A new chain (a full backup) once a chain holds this many backups.
+    #[arg(
+        long,
+        env = "BACKUP_FULL_EVERY",
+        global = true,
+        default_value = "7",
+        value_name = "N"
+    )]
+    pub backup_full_every: String,
+
+    /// The schedule keeps the newest K chains in BACKUP_DIR and deletes older ones after each
+    /// complete backup.
+    #[arg(
+        long,
+        env = "BACKUP_KEEP",
+        global = true,
+        default_value = "2",
+        value_name = "K"
+    )]
+    pub backup_keep: String,
+}
+// --- end issue 22 ---

@@ -80,6 +80,8 @@ pub struct Config {
     pub agent: AgentConfig,
     /// Shares, Ignition, NIC queues (issue 24).
     pub(crate) guest_io: GuestIoConfig,
+    /// Issue 22: scheduled backups.
+    pub backup: backup::BackupConfig,
     /// Accepted but questionable settings, logged once logging is up.
     pub warnings: Vec<String>,
 }
@@ -338,6 +340,7 @@ impl Config {
         let vm = vm::parse_vm(settings, extra_args)?;
         let agent = agent::parse_agent(settings, net.no_dhcp)?;
         let guest_io = shares::parse_guest_io(&settings.guest_io)?;
+        let backup = backup::parse_backup(settings)?;
         if let (Some(_), true) = (&vm.vnc_password, net.no_vnc) {
             warnings.push("VNC_PASSWORD is ignored because NO_VNC is set".to_owned());
         }
@@ -368,6 +371,7 @@ impl Config {
             log,
             agent,
             guest_io,
+            backup,
             warnings,
         };
         Ok((config, needed))
@@ -404,6 +408,7 @@ fn non_empty(value: &Option<String>) -> Option<&str> {
 
 mod agent;
 mod auth;
+mod backup;
 mod duration;
 mod fetch_limits;
 mod image;

@@ -62,6 +62,8 @@ pub(crate) enum Error {
     ConfigDrive(#[from] ConfigDriveError),
     #[error("a virtio-fs share failed")]
     Share(#[from] ShareError),
+    #[error("backup or restore failed")]
+    Backup(#[from] crate::backup::BackupError),
 }
 
 /// The LAN services' error keeps its own top line ("the DHCP server failed", "the DNS forwarder
@@ -90,7 +92,31 @@ impl Error {
             Error::Qemu(e) => qemu_code(e),
             Error::ConfigDrive(_) => exit::CONFIG_DRIVE,
             Error::Share(_) => exit::SHARE,
+            Error::Backup(e) => backup_code(e),
         }
+    }
+}
+
+/// A restore that cannot or must not touch the pet disk is a PET_DIR error (3); a backup that
+/// failed changed nothing of the VM (1).
+fn backup_code(error: &crate::backup::BackupError) -> u8 {
+    use crate::backup::BackupError as B;
+    match error {
+        B::Checksum { .. } | B::PetExists { .. } | B::NoBase { .. } | B::BadManifest { .. } => {
+            exit::IMAGE
+        }
+        B::Io { .. }
+        | B::Qmp(_)
+        | B::Create { .. }
+        | B::Job(_)
+        | B::Cancelled
+        | B::NoIncremental(_)
+        | B::Busy
+        | B::NoDir { .. }
+        | B::Tool { .. }
+        | B::Spawn { .. }
+        | B::Connect { .. }
+        | B::Refused(_) => exit::INTERNAL,
     }
 }
 
@@ -239,6 +265,12 @@ mod tests {
             })
             .into(),
             LogError::Install("already".into()).into(),
+            crate::backup::BackupError::Checksum {
+                path: "/backup/vm-S-full.qcow2".into(),
+                want: "00".into(),
+                got: "11".into(),
+            }
+            .into(),
             spawn_failed("/bin/true").into(),
             Pid1Error::Runtime(denied()).into(),
             Pid1Error::ReaperGone(7).into(),
@@ -356,6 +388,7 @@ mod tests {
                 Error::State(_) => "state",
                 Error::ConfigDrive(_) => "config-drive",
                 Error::Share(_) => "share",
+                Error::Backup(_) => "backup",
             });
             let mut levels = vec![error.to_string()];
             let mut source = std::error::Error::source(error);

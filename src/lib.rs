@@ -10,6 +10,7 @@
 
 pub mod app;
 mod atomic_file;
+mod backup;
 mod cli;
 mod config;
 mod configdrive;

@@ -16,7 +16,9 @@
 //! `spoofed_packets_total` (packets from the VM with a forged source, dropped: the nft counter,
 //! read at each scrape), `guest_agent_up`, `guest_filesystem_used_bytes{mountpoint}`,
 //! `guest_filesystem_size_bytes{mountpoint}`, `guest_info{os,version,kernel}` (from the guest
-//! agent, [`GUEST`]).
+//! agent, [`GUEST`]), `backup_bytes_total`, `backup_failures_total`, `backup_running`,
+//! `backup_progress_bytes`, `backup_last_success_timestamp_seconds`,
+//! `backup_last_duration_seconds` ([`BACKUP`]).
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{LazyLock, OnceLock};
@@ -232,6 +234,45 @@ impl Guest {
 
 pub(crate) static GUEST: LazyLock<Guest> = LazyLock::new(Guest::default);
 
+// --- issue 22: backups ---
+/// The pet disk's backups (see `backup::job`).
+#[derive(Debug, Default)]
+pub(crate) struct Backup {
+    bytes: Counter,
+    failures: Counter,
+    running: Gauge,
+    progress_bytes: Gauge,
+    last_success: Gauge<f64, AtomicU64>,
+    last_duration: Gauge<f64, AtomicU64>,
+}
+
+pub(crate) static BACKUP: LazyLock<Backup> = LazyLock::new(Backup::default);
+
+pub(crate) fn backup_started() {
+    BACKUP.running.set(1);
+    BACKUP.progress_bytes.set(0);
+}
+
+pub(crate) fn backup_progress(bytes: u64) {
+    BACKUP
+        .progress_bytes
+        .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+}
+
+pub(crate) fn backup_succeeded(bytes: u64, took: Duration, at: std::time::SystemTime) {
+    BACKUP.running.set(0);
+    BACKUP.bytes.inc_by(bytes);
+    BACKUP.last_duration.set(took.as_secs_f64());
+    let since_epoch = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    BACKUP.last_success.set(since_epoch.as_secs_f64());
+}
+
+pub(crate) fn backup_failed() {
+    BACKUP.running.set(0);
+    BACKUP.failures.inc();
+}
+// --- end issue 22 ---
+
 /// Every metric this process exports, registered here and nowhere else (the handles above share
 /// their values with it).
 static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
@@ -327,6 +368,37 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         "kvm_manager_guest_info",
         "The guest's OS, its version and kernel, as the guest agent reports them: always 1",
         guest.info.clone(),
+    );
+    let backup = &*BACKUP;
+    registry.register(
+        "kvm_manager_backup_bytes",
+        "Bytes of the pet disk copied by complete backups",
+        backup.bytes.clone(),
+    );
+    registry.register(
+        "kvm_manager_backup_failures",
+        "Backups that failed or were cancelled",
+        backup.failures.clone(),
+    );
+    registry.register(
+        "kvm_manager_backup_running",
+        "1 while a backup job runs",
+        backup.running.clone(),
+    );
+    registry.register(
+        "kvm_manager_backup_progress_bytes",
+        "Bytes the running backup job has copied so far",
+        backup.progress_bytes.clone(),
+    );
+    registry.register(
+        "kvm_manager_backup_last_success_timestamp_seconds",
+        "When the last complete backup ended (Unix time)",
+        backup.last_success.clone(),
+    );
+    registry.register(
+        "kvm_manager_backup_last_duration_seconds",
+        "How long the last complete backup took",
+        backup.last_duration.clone(),
     );
     registry.register_collector(Box::new(SpoofedPackets));
     registry

@@ -121,6 +121,9 @@ async fn supervise(
     let guest = super::guest::start(config, launch, &mut vm, status, &attached);
     attached.report(status, config.agent.ready_on);
     status.set_qmp(Some(vm.qmp.clone()));
+    // Issue 22: backups of the running VM.
+    let backups = super::backup::start(config, launch, vm.qmp.clone(), Arc::clone(&guest.freezer));
+    status.set_backups(Some(Arc::clone(&backups)));
     follow_pauses(
         qemu::process::watch_pauses(vm.qmp.clone(), config.pet_dir.clone()),
         status,
@@ -148,6 +151,7 @@ async fn supervise(
     status.set_phase(Phase::Stopped);
     status.set_qmp(None);
     status.set_guest(None);
+    status.set_backups(None);
     attached.stop().await;
     Ok(exit_code(&outcome?))
 }

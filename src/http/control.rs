@@ -84,6 +84,79 @@ pub(crate) async fn freeze(
     control(&state, &extensions, &headers, Action::Freeze).await
 }
 
+// --- issue 22: POST /backup ---
+/// `POST /backup[?mode=full|incremental|auto][&to=/abs/dir]`: the same admission as a
+/// freeze (a backup freezes the guest). The copy outlives any HTTP deadline, so this starts it
+/// in PID 1 and answers 202; its end is in the log and the `kvm_manager_backup_*` metrics.
+pub(crate) async fn backup(
+    State(state): State<AppState>,
+    extensions: Extensions,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let peer = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| *peer);
+    if !admits(peer, &headers, state.control_token.as_deref()) {
+        tracing::warn!(
+            ?peer,
+            "backup refused: not from the pod's loopback and no valid token"
+        );
+        return json_response(
+            StatusCode::FORBIDDEN,
+            &json!({ "error": "backups start only from the pod's loopback (kubectl port-forward or exec) or with the CONTROL_TOKEN_FILE token" }),
+        );
+    }
+    let Some(backups) = state.status.backups() else {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "error": "the VM is not running" }),
+        );
+    };
+    let Some((dir, want)) =
+        backup_request(uri.query().unwrap_or(""), backups.default_dir.as_deref())
+    else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({ "error": "give ?mode=full|incremental|auto and, without BACKUP_DIR, &to=/absolute/dir" }),
+        );
+    };
+    if backups.busy() {
+        return json_response(
+            StatusCode::CONFLICT,
+            &json!({ "error": "a backup is already running" }),
+        );
+    }
+    let mode = crate::backup::socket::mode_word(want);
+    let answer = json!({ "started": true, "to": dir, "mode": mode });
+    tokio::spawn(async move {
+        // The outcome is logged and counted by the job itself.
+        let _ = backups.run(&dir, want, None, std::future::pending()).await;
+    });
+    json_response(StatusCode::ACCEPTED, &answer)
+}
+
+/// The directory and the kind of a `POST /backup` (pure).
+fn backup_request(
+    query: &str,
+    default_dir: Option<&std::path::Path>,
+) -> Option<(std::path::PathBuf, crate::backup::plan::Want)> {
+    use crate::backup::plan::Want;
+    let mut want = Want::Auto { full_every: None };
+    let mut dir = default_dir.map(std::path::Path::to_path_buf);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=')? {
+            ("mode", "full") => want = Want::Full,
+            ("mode", "incremental") => want = Want::Incremental,
+            ("mode", "auto") => want = Want::Auto { full_every: None },
+            ("to", path) if path.starts_with('/') => dir = Some(path.into()),
+            _ => return None,
+        }
+    }
+    dir.map(|dir| (dir, want))
+}
+// --- end issue 22 ---
+
 pub(crate) async fn thaw(
     State(state): State<AppState>,
     extensions: Extensions,
@@ -124,6 +197,24 @@ mod tests {
             &headers(&[(header::ORIGIN, "http://evil.example")]),
             None
         ));
+    }
+
+    #[test]
+    fn a_backup_request_names_its_kind_and_an_absolute_directory() {
+        use crate::backup::plan::Want;
+        let default = std::path::Path::new("/backup");
+        let auto = Want::Auto { full_every: None };
+        assert_eq!(
+            backup_request("", Some(default)),
+            Some((default.to_path_buf(), auto))
+        );
+        assert_eq!(
+            backup_request("mode=full&to=/other", Some(default)),
+            Some(("/other".into(), Want::Full))
+        );
+        assert_eq!(backup_request("mode=incremental", None), None);
+        assert_eq!(backup_request("to=relative", Some(default)), None);
+        assert_eq!(backup_request("mode=sideways", Some(default)), None);
     }
 
     #[test]

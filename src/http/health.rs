@@ -76,6 +76,8 @@ pub(crate) struct VmStatus {
     pause: Mutex<Option<Pause>>,
     /// The guest agent, once qemu runs.
     guest: Mutex<Option<GuestLink>>,
+    /// Backups of the running VM (issue 22), once qemu runs.
+    backups: Mutex<Option<std::sync::Arc<crate::backup::job::Backups>>>,
 }
 
 /// The running VM's guest agent and the facts `/status` shows beside it.
@@ -98,8 +100,25 @@ impl VmStatus {
             qmp: Mutex::new(None),
             pause: Mutex::new(None),
             guest: Mutex::new(None),
+            backups: Mutex::new(None),
         }
     }
+
+    // --- issue 22: backups ---
+    pub(crate) fn set_backups(&self, backups: Option<std::sync::Arc<crate::backup::job::Backups>>) {
+        *self
+            .backups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = backups;
+    }
+
+    pub(crate) fn backups(&self) -> Option<std::sync::Arc<crate::backup::job::Backups>> {
+        self.backups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+    // --- end issue 22 ---
 
     pub(crate) fn set_guest(&self, guest: Option<GuestLink>) {
         *self

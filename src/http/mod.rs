@@ -76,6 +76,7 @@ pub(crate) fn router(config: &HttpConfig, status: Arc<VmStatus>) -> Router {
         .route("/status", get(status::status))
         .route("/freeze", axum::routing::post(control::freeze))
         .route("/thaw", axum::routing::post(control::thaw))
+        .route("/backup", axum::routing::post(control::backup))
         .merge(webconsole::router(&config.console))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(MAX_REQUESTS))
         .merge(probes)

@@ -90,7 +90,7 @@ pub(crate) enum BaseFormat {
 }
 
 impl BaseFormat {
-    fn driver(self) -> &'static str {
+    pub(crate) fn driver(self) -> &'static str {
         match self {
             Self::Qcow2 => "qcow2",
             Self::Raw => "raw",

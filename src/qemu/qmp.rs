@@ -212,6 +212,136 @@ impl Qmp {
     }
 }
 
+// --- issue 22: backups (dirty bitmaps, block jobs) ---
+/// A dirty bitmap on a block node, as `query-named-block-nodes` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DirtyBitmap {
+    pub name: String,
+    pub recording: bool,
+    pub busy: bool,
+    pub inconsistent: bool,
+}
+
+/// A running block job, as `query-block-jobs` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BlockJob {
+    pub id: String,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl Qmp {
+    /// The dirty bitmaps of the node named `node`.
+    pub(crate) async fn dirty_bitmaps(&self, node: &str) -> Result<Vec<DirtyBitmap>, QmpError> {
+        let reply = self
+            .execute("query-named-block-nodes", Some(json!({ "flat": true })))
+            .await?;
+        let flag = |b: &Value, key: &str| b.get(key).and_then(Value::as_bool).unwrap_or(false);
+        Ok(reply
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .find(|n| n.get("node-name").and_then(Value::as_str) == Some(node))
+            .and_then(|n| n.get("dirty-bitmaps"))
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|b| DirtyBitmap {
+                name: b
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+                recording: flag(b, "recording"),
+                busy: flag(b, "busy"),
+                inconsistent: flag(b, "inconsistent"),
+            })
+            .collect())
+    }
+
+    /// The size the guest sees of the node named `node`.
+    pub(crate) async fn virtual_size(&self, node: &str) -> Result<u64, QmpError> {
+        let reply = self
+            .execute("query-named-block-nodes", Some(json!({ "flat": true })))
+            .await?;
+        reply
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .find(|n| n.get("node-name").and_then(Value::as_str) == Some(node))
+            .and_then(|n| n.pointer("/image/virtual-size"))
+            .and_then(Value::as_u64)
+            .ok_or_else(|| QmpError::Protocol(format!("no block node {node}")))
+    }
+
+    /// Runs `actions` (`[{"type": …, "data": …}]`) atomically: all happen, or none.
+    pub(crate) async fn transaction(&self, actions: Value) -> Result<(), QmpError> {
+        self.execute("transaction", Some(json!({ "actions": actions })))
+            .await
+            .map(drop)
+    }
+
+    pub(crate) async fn blockdev_add(&self, node: Value) -> Result<(), QmpError> {
+        self.execute("blockdev-add", Some(node)).await.map(drop)
+    }
+
+    pub(crate) async fn blockdev_del(&self, node: &str) -> Result<(), QmpError> {
+        self.execute("blockdev-del", Some(json!({ "node-name": node })))
+            .await
+            .map(drop)
+    }
+
+    pub(crate) async fn remove_dirty_bitmap(&self, node: &str, name: &str) -> Result<(), QmpError> {
+        self.execute(
+            "block-dirty-bitmap-remove",
+            Some(json!({ "node": node, "name": name })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Cancels the block job `id` (it ends with `BLOCK_JOB_CANCELLED`).
+    pub(crate) async fn cancel_block_job(&self, id: &str) -> Result<(), QmpError> {
+        self.execute(
+            "block-job-cancel",
+            Some(json!({ "device": id, "force": true })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Lets the pending job `id` (started with `auto-finalize: false`) complete.
+    pub(crate) async fn finalize_job(&self, id: &str) -> Result<(), QmpError> {
+        self.execute("job-finalize", Some(json!({ "id": id })))
+            .await
+            .map(drop)
+    }
+
+    pub(crate) async fn block_jobs(&self) -> Result<Vec<BlockJob>, QmpError> {
+        let reply = self.execute("query-block-jobs", None).await?;
+        let number = |j: &Value, key: &str| j.get(key).and_then(Value::as_u64).unwrap_or(0);
+        Ok(reply
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|j| BlockJob {
+                id: j
+                    .get("device")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+                offset: number(j, "offset"),
+                len: number(j, "len"),
+            })
+            .collect())
+    }
+}
+// --- end issue 22 ---
+
 /// Removes a waiter whose caller gave up (its deadline passed), so a late reply is dropped.
 struct Forget<'a>(&'a Qmp, u64);
 

@@ -9,6 +9,7 @@
 #![allow(unreachable_pub)]
 
 mod agent;
+mod backup;
 mod configdrive;
 mod dhcp;
 mod dns;
