@@ -196,6 +196,8 @@ mod tests {
             pod_prefix: 24,
             excluded_tcp_ports: Vec::new(),
             vhost_net: true,
+            ipv6: None,
+            no_ipv6_because: None,
         };
         Wiring::Nat {
             plan,

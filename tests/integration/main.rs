@@ -16,6 +16,7 @@ mod e2e;
 mod flood;
 mod http;
 mod image;
+mod ipv6;
 mod network;
 mod passt;
 mod pause;
