@@ -1,6 +1,7 @@
 //! DHCP and DNS for the VM once the bridge exists: the same code behind `run` and `network`,
 //! so the documented `network` subcommand serves exactly what `run` serves.
 
+use super::ipv6::Ipv6Error;
 use super::{dhcp, dns, Lan};
 use crate::net;
 
@@ -11,6 +12,8 @@ pub enum LanError {
     Dhcp(#[from] dhcp::DhcpError),
     #[error(transparent)]
     Dns(#[from] dns::DnsError),
+    #[error(transparent)]
+    Ipv6(#[from] Ipv6Error),
 }
 
 /// DHCP and DNS for the VM, and the watch on spoofed packets; dropping this stops them.
@@ -20,17 +23,24 @@ pub struct Services {
     /// Only held: dropping it stops the forwarder.
     _dns: dns::DnsServer,
     spoofed: tokio::task::AbortHandle,
+    /// Only held: router advertisements while the VM has IPv6 (issue 23).
+    _ra: Option<super::ra::RaServer>,
 }
 
 impl Services {
     pub async fn start(lan: &Lan) -> Result<Self, LanError> {
         let dhcp = dhcp::serve(lan).await?;
         let dns = dns::serve(lan).await?;
+        let ra = match &lan.ipv6 {
+            Some(v6) => Some(super::ra::serve(&lan.bridge, v6).await?),
+            None => None,
+        };
         let spoofed = tokio::spawn(net::spoof::watch(lan.vm_ip)).abort_handle();
         Ok(Self {
             dhcp,
             _dns: dns,
             spoofed,
+            _ra: ra,
         })
     }
 

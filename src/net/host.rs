@@ -249,7 +249,12 @@ async fn converge_ip6(handle: &Handle, index: u32, plan: &NetPlan) -> Result<(),
         // Before the address: a pod whose default disables IPv6 on new links, and a bridge
         // that would take a router's advertisements as a host, are both fixed here.
         let conf = format!("/proc/sys/net/ipv6/conf/{}", plan.bridge);
-        for (key, value) in [("disable_ipv6", "0"), ("accept_ra", "0")] {
+        // No DAD on the bridge either: its link-local address sources our first RAs.
+        for (key, value) in [
+            ("disable_ipv6", "0"),
+            ("accept_ra", "0"),
+            ("accept_dad", "0"),
+        ] {
             let path = PathBuf::from(format!("{conf}/{key}"));
             write_value(&path, value).map_err(|source| NetError::Ip6Forward { path, source })?;
         }

@@ -1,31 +1,64 @@
 //! Issue 23: IPv6 dual-stack in NAT mode, shown with `kvm-manager network` in namespaces (a
 //! dual-stack "pod", a "node", and a "VM" namespace on our bridge in place of qemu's tap).
 
+use std::time::Duration;
+
 use crate::network::topology::{Topology, NODE_IP6, POD_IP6, T, VM_MAC};
 
 /// The VM namespace's kernel derives this from VM_MAC (EUI-64) in the default VM_GW6 /64;
 /// it is also where the ip6 DNAT sends.
 const VM_IP6: &str = "fd6b:766d::5054:ff:feaa:bbcc";
 
-/// Gives the VM namespace its IPv6 by hand (what SLAAC from our RA does, once there is one).
-fn static_vm_ip6(topo: &Topology) {
-    topo.must_in(
-        &topo.vm,
-        &[
-            "ip",
-            "addr",
-            "add",
-            &format!("{VM_IP6}/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ],
-    );
-    topo.must_in(
-        &topo.vm,
-        &["ip", "-6", "route", "add", "default", "via", "fd6b:766d::1"],
-    );
+/// Waits until the VM namespace's kernel configured [`VM_IP6`] and a default route through
+/// our bridge's link-local address from our router advertisements (SLAAC, no config).
+fn wait_for_slaac(topo: &Topology) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let addr = topo.must_in(&topo.vm, &["ip", "-6", "addr", "show", "dev", "eth0"]);
+        let route = topo.must_in(&topo.vm, &["ip", "-6", "route", "show", "default"]);
+        if addr.contains(&format!("inet6 {VM_IP6}/64")) && route.contains("via fe80::") {
+            return route;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no SLAAC address or default route in the VM:\n{addr}\n{route}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
+
+/// A router solicitation from the VM's link-local address, after garbage: prints `unicast RA
+/// mtu=<mtu> rdnss=<addr>` when a router advertisement comes back to that address.
+const SOLICIT: &str = r#"
+import socket, struct, sys, os
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth0")
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+idx = socket.if_nametoindex("eth0")
+for junk in [b"\x85", b"\x85\x01\0\0\0\0\0\0", b"\x85\0\0\0\0\0\0\0\x01\0", b"\x85\0\0\0\0\0\0\0\x01\x09abc", os.urandom(300), b"\x87" + os.urandom(40)]:
+    try:
+        s.sendto(junk, ("ff02::2", 0, 0, idx))
+    except OSError as e:
+        print("junk refused", e, flush=True)
+s.sendto(b"\x85\0\0\0\0\0\0\0", ("ff02::2", 0, 0, idx))
+s.settimeout(10)
+while True:
+    data, anc, _, peer = s.recvmsg(2000, 100)
+    dst = None
+    for level, kind, value in anc:
+        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
+            dst = socket.inet_ntop(socket.AF_INET6, value[:16])
+    if data[0] == 134 and dst and dst.startswith("fe80"):
+        opts, mtu, rdnss = data[16:], None, None
+        while opts:
+            kind, length = opts[0], opts[1] * 8
+            if kind == 5: mtu = struct.unpack("!I", opts[4:8])[0]
+            if kind == 25: rdnss = socket.inet_ntop(socket.AF_INET6, opts[8:24])
+            opts = opts[length:]
+        print(f"unicast RA mtu={mtu} rdnss={rdnss}", flush=True)
+        break
+"#;
 
 #[test]
 fn ipv6_to_the_pod_reaches_the_vm_except_the_kept_ports_and_the_vm_leaves_as_the_pod() {
@@ -41,7 +74,8 @@ fn ipv6_to_the_pod_reaches_the_vm_except_the_kept_ports_and_the_vm_leaves_as_the
     ] {
         assert!(printed.contains(needle), "{needle:?} not in:\n{printed}");
     }
-    static_vm_ip6(&topo);
+    let route = wait_for_slaac(&topo);
+    assert!(route.contains("dev eth0"), "{route}");
 
     for proto in ["tcp", "udp"] {
         let mut server = topo.serve(&topo.vm, proto, "::", 2222);
@@ -121,4 +155,109 @@ fn ipv6_off_on_a_dual_stack_pod_removes_what_auto_made() {
         &["ip", "-6", "addr", "show", "kvmbr0", "scope", "global"],
     );
     assert!(bridge.trim().is_empty(), "{bridge}");
+}
+
+#[test]
+fn garbage_solicitations_are_survived_a_real_one_is_answered_and_nothing_reaches_the_uplink() {
+    let Some(topo) = Topology::dual_stack("v6rs") else {
+        return;
+    };
+    let mut daemon = topo.up(&[]);
+    wait_for_slaac(&topo);
+    let out = topo.must_in(&topo.vm, &["/usr/bin/python3", "-c", SOLICIT]);
+    assert!(
+        out.contains("unicast RA mtu=1450 rdnss=fd6b:766d::1"),
+        "{out}"
+    );
+    assert!(
+        daemon.0.child.try_wait().expect("poll").is_none(),
+        "kvm-manager died"
+    );
+    // The node (the uplink's far end) never saw a router advertisement of ours.
+    let snmp = topo.must_in(&topo.node, &["cat", "/proc/net/snmp6"]);
+    let ras = snmp
+        .lines()
+        .find(|l| l.starts_with("Icmp6InRouterAdvertisements"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .expect("the counter");
+    assert_eq!(ras, "0", "{snmp}");
+    let routes = topo.must_in(&topo.pod, &["ip", "-6", "route", "show", "default"]);
+    assert!(
+        routes.contains("via fd99::1"),
+        "the pod's own default route stays: {routes}"
+    );
+}
+
+/// dnsmasq on the node's IPv6 only, answering `www.kvmtest.example` with 10.77.0.5.
+fn cluster_dns6(pod: &crate::pod::Pod, address: &str) -> crate::support::Running {
+    let mut command = pod.node("dnsmasq");
+    command.args([
+        "-k",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--port",
+        "53",
+        "--bind-interfaces",
+        "--log-facility=-",
+        "--address=/kvmtest.example/10.77.0.5",
+    ]);
+    command.arg(format!("--listen-address={address}"));
+    let mut dnsmasq = crate::support::Running::spawn(&mut command);
+    dnsmasq.wait_for_line("started", T);
+    dnsmasq
+}
+
+#[test]
+fn the_vm_resolves_a_cluster_name_over_ipv6_through_our_forwarder_relaying_to_an_ipv6_nameserver() {
+    if !crate::support::require_root("ipv6 dns") {
+        return;
+    }
+    let node6 = std::cell::RefCell::new(String::new());
+    let net = crate::vmnet::VmNet::start_with(|pod| {
+        let (node, _) = pod.add_ipv6();
+        let text = format!("search default.svc.cluster.local\nnameserver {node}\n");
+        *node6.borrow_mut() = node;
+        Some(text)
+    });
+    let _dns = cluster_dns6(&net.pod, &node6.borrow());
+    // The VM namespace configures itself from our RAs alone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let vm_ip6 = "fd6b:766d::5054:ff:feab:cd01";
+    loop {
+        let out = std::process::Command::new("ip")
+            .args(["-n", net.vm_ns(), "-6", "addr", "show", "dev", "eth0"])
+            .output()
+            .expect("ip addr");
+        if String::from_utf8_lossy(&out.stdout).contains(vm_ip6) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no SLAAC address in the VM"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for transport in ["+notcp", "+tcp"] {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                net.vm_ns(),
+                "dig",
+                "@fd6b:766d::1",
+                "+time=6",
+                "+tries=1",
+            ])
+            .args([transport, "+short", "www.kvmtest.example"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("dig");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "10.77.0.5",
+            "{transport}: {}",
+            crate::vmnet::describe(&out)
+        );
+    }
 }
