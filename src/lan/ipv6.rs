@@ -12,4 +12,13 @@ pub enum Ipv6Error {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "could not listen for DHCPv6 on port 547 of bridge {bridge} (is another DHCPv6 server \
+         running in the pod?). Fix: stop it, or set IPV6=off"
+    )]
+    Dhcpv6Socket {
+        bridge: String,
+        #[source]
+        source: std::io::Error,
+    },
 }

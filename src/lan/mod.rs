@@ -8,6 +8,7 @@
 //! [`ResolvConf`] and [`DropLog`] from here and never import each other.
 
 pub mod dhcp;
+pub mod dhcpv6;
 pub mod dns;
 pub mod drop_log;
 pub mod ipv6;

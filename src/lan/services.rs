@@ -23,16 +23,19 @@ pub struct Services {
     /// Only held: dropping it stops the forwarder.
     _dns: dns::DnsServer,
     spoofed: tokio::task::AbortHandle,
-    /// Only held: router advertisements while the VM has IPv6 (issue 23).
-    _ra: Option<super::ra::RaServer>,
+    /// Only held: router advertisements and DHCPv6 while the VM has IPv6 (issue 23).
+    _ipv6: Option<(super::ra::RaServer, super::dhcpv6::Dhcpv6Server)>,
 }
 
 impl Services {
     pub async fn start(lan: &Lan) -> Result<Self, LanError> {
         let dhcp = dhcp::serve(lan).await?;
         let dns = dns::serve(lan).await?;
-        let ra = match &lan.ipv6 {
-            Some(v6) => Some(super::ra::serve(&lan.bridge, v6).await?),
+        let ipv6 = match &lan.ipv6 {
+            Some(v6) => Some((
+                super::ra::serve(&lan.bridge, v6).await?,
+                super::dhcpv6::serve(&lan.bridge, v6, lan.vm_mac).await?,
+            )),
             None => None,
         };
         let spoofed = tokio::spawn(net::spoof::watch(lan.vm_ip)).abort_handle();
@@ -40,7 +43,7 @@ impl Services {
             dhcp,
             _dns: dns,
             spoofed,
-            _ra: ra,
+            _ipv6: ipv6,
         })
     }
 

@@ -261,3 +261,45 @@ fn the_vm_resolves_a_cluster_name_over_ipv6_through_our_forwarder_relaying_to_an
         );
     }
 }
+
+#[test]
+fn a_real_dhcpv6_client_gets_the_vms_address_and_our_dns_server() {
+    let Some(topo) = Topology::dual_stack("v6dhcp") else {
+        return;
+    };
+    let _daemon = topo.up(&[]);
+    // dhclient -6 needs a usable link-local address, which SLAAC's wait covers.
+    wait_for_slaac(&topo);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let leases = dir.path().join("leases");
+    let pid = dir.path().join("pid");
+    let out = topo.exec(
+        &topo.vm,
+        &[
+            "timeout",
+            "90",
+            "dhclient",
+            "-6",
+            "-1",
+            "-v",
+            "-sf",
+            "/bin/true",
+            "-lf",
+            &leases.to_string_lossy(),
+            "-pf",
+            &pid.to_string_lossy(),
+            "eth0",
+        ],
+    );
+    if let Ok(pid) = std::fs::read_to_string(&pid) {
+        let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+    }
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "dhclient -6 failed:\n{log}");
+    let lease = std::fs::read_to_string(&leases).expect("the lease file");
+    assert!(
+        lease.contains(&format!("iaaddr {VM_IP6}")),
+        "{lease}\n{log}"
+    );
+    assert!(lease.contains("dhcp6.name-servers fd6b:766d::1"), "{lease}");
+}
