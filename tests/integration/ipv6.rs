@@ -303,3 +303,138 @@ fn a_real_dhcpv6_client_gets_the_vms_address_and_our_dns_server() {
     );
     assert!(lease.contains("dhcp6.name-servers fd6b:766d::1"), "{lease}");
 }
+
+/// The pod's IPv6 state a restart must leave as it was: our ip6 table (without handles and
+/// counts), the bridge's global IPv6 addresses, IPv6 forwarding.
+fn ipv6_state(topo: &Topology) -> (serde_json::Value, String, String) {
+    let table = topo.must_in(
+        &topo.pod,
+        &["nft", "-j", "list", "table", "ip6", "kvm_manager"],
+    );
+    let mut table: serde_json::Value = serde_json::from_str(&table).expect("nft -j");
+    fn strip(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                map.retain(|k, _| k != "handle" && k != "packets" && k != "bytes");
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    strip(&mut table);
+    let addrs = topo.must_in(
+        &topo.pod,
+        &[
+            "ip", "-6", "-o", "addr", "show", "dev", "kvmbr0", "scope", "global",
+        ],
+    );
+    // Lifetimes tick; the address, prefix and flags are the state.
+    let addrs = addrs
+        .lines()
+        .map(|l| l.split("valid_lft").next().unwrap_or(l).trim().to_owned())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let forwarding = topo.must_in(
+        &topo.pod,
+        &["cat", "/proc/sys/net/ipv6/conf/all/forwarding"],
+    );
+    (table, addrs, forwarding)
+}
+
+#[test]
+fn five_restarts_leave_the_ip6_table_addresses_and_the_vms_address_identical() {
+    let Some(topo) = Topology::dual_stack("v6restart") else {
+        return;
+    };
+    let first = topo.up(&[]);
+    wait_for_slaac(&topo);
+    drop(first);
+    let reference = ipv6_state(&topo);
+    assert!(reference.1.contains("fd6b:766d::1/64"), "{}", reference.1);
+    let vm_addrs = |topo: &Topology| {
+        let out = topo.must_in(
+            &topo.vm,
+            &[
+                "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global",
+            ],
+        );
+        out.lines()
+            .map(|l| l.split("valid_lft").next().unwrap_or(l).trim().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let vm_reference = vm_addrs(&topo);
+    for round in 1..=5 {
+        // `up` kills nothing itself: dropping the daemon is the SIGKILL of a container restart.
+        let mut daemon = topo.network(&[], &[]);
+        daemon.0.wait_for_line("network ready", T);
+        assert_eq!(ipv6_state(&topo), reference, "after restart {round}");
+        assert_eq!(
+            vm_addrs(&topo),
+            vm_reference,
+            "the VM's IPv6 after restart {round}"
+        );
+        let chains = reference.0["nftables"].as_array().map_or(0, Vec::len);
+        assert!(chains > 5, "the ip6 table has its chains: {}", reference.0);
+        drop(daemon);
+    }
+}
+
+/// Garbage to the DHCPv6 servers' group from the VM's link-local address, then a valid
+/// Solicit: prints `advertise` when ours answers.
+const DHCPV6_GARBAGE: &str = r#"
+import os, socket
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth0")
+s.bind(("::", 546))
+idx = socket.if_nametoindex("eth0")
+dst = ("ff02::1:2", 547, 0, idx)
+for junk in [b"", b"\x01", b"\x01\0\0\0\0\x03\0\x28" + os.urandom(8), b"\x03" + os.urandom(60), os.urandom(400), b"\x01\x01\x02\x03\0\x01\0\x0a\0\x03\0\x01RT\0\xab\xcd\x01\0\x03\xff\xff"]:
+    s.sendto(junk, dst)
+solicit = b"\x01\x01\x02\x03" + b"\0\x01\0\x0a\0\x03\0\x01" + bytes.fromhex("525400aabbcc") + b"\0\x03\0\x0c" + b"\0\0\0\x07" + b"\0" * 8
+s.sendto(solicit, dst)
+s.settimeout(10)
+data, peer = s.recvfrom(2000)
+print("advertise" if data[0] == 2 else "type %d" % data[0], flush=True)
+"#;
+
+#[test]
+fn garbage_dhcpv6_from_the_vm_is_survived_and_nothing_reaches_the_uplink() {
+    let Some(topo) = Topology::dual_stack("v6junk") else {
+        return;
+    };
+    let mut daemon = topo.up(&[]);
+    wait_for_slaac(&topo);
+    // A listener on the node's client and server ports: nothing of ours may arrive there.
+    let listen = r#"
+import socket
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.bind(("::", 546))
+t = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+t.bind(("::", 547))
+s.settimeout(6)
+print("ready", flush=True)
+try:
+    print("got", s.recvfrom(2000)[1], flush=True)
+except socket.timeout:
+    print("quiet", flush=True)
+"#;
+    let mut node = crate::network::topology::Daemon(crate::support::Running::spawn(
+        std::process::Command::new("ip").args([
+            "netns",
+            "exec",
+            &topo.node,
+            "/usr/bin/python3",
+            "-c",
+            listen,
+        ]),
+    ));
+    node.0.wait_for_line("ready", T);
+    let out = topo.must_in(&topo.vm, &["/usr/bin/python3", "-c", DHCPV6_GARBAGE]);
+    assert!(out.contains("advertise"), "{out}");
+    node.0.wait_for_line("quiet", T);
+    assert!(
+        daemon.0.child.try_wait().expect("poll").is_none(),
+        "kvm-manager died"
+    );
+}
