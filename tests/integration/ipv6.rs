@@ -438,3 +438,77 @@ except socket.timeout:
         "kvm-manager died"
     );
 }
+
+#[test]
+fn the_test_guest_gets_ipv6_by_our_ra_alone_and_the_node_reaches_it_through_the_pods_ipv6() {
+    use crate::vm::{field, stop, Cluster, BOOT};
+    let Some(cluster) = Cluster::for_test("kmv6", "vm-nat6") else {
+        return;
+    };
+    let pod = &cluster.pod;
+    let (node6, pod6) = pod.add_ipv6();
+    // The node has no route to the VM's ULA /64: its ping's answer can only come back if the
+    // VM's packets left with the pod's IPv6 as source.
+    // Three pings, one after the other: the first may leave while the guest's new address
+    // is still tentative (duplicate detection), so one answered of three is the proof.
+    let base = node6.trim_end_matches("::1");
+    let targets = [
+        node6.clone(),
+        format!("{base}:0::1"),
+        format!("{base}:0:0::1"),
+    ];
+    cluster.user_data(&format!("# kvmtest.ping={}\n", targets.join(",")));
+    let mut vm = cluster.start(&[("NETWORK_MODE", "nat")]);
+    vm.wait_for_line("KVMTEST READY", BOOT);
+    let v6 = vm.wait_for_line("KVMTEST ipv6", Duration::from_secs(180));
+    assert!(
+        field(&v6, "addrs")
+            .split(',')
+            .any(|a| a.starts_with("fd6b:766d::") && a.ends_with("/64")),
+        "a SLAAC address in VM_GW6's /64 expected: {v6}"
+    );
+    assert!(
+        field(&v6, "router").starts_with("fe80::"),
+        "a default route via our bridge: {v6}"
+    );
+    let pings: Vec<String> = targets
+        .iter()
+        .map(|t| vm.wait_for_line(&format!("ping target={t} "), Duration::from_secs(60)))
+        .collect();
+    assert!(
+        pings.iter().any(|p| field(p, "ok") == "1"),
+        "the guest pings the node over IPv6: {pings:?}"
+    );
+
+    let url = format!("http://[{pod6}]:80/");
+    let out = pod
+        .node("curl")
+        .args(["-s", "-m", "20", "-g", &url])
+        .output()
+        .expect("curl");
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        page.contains("kvmtest hostname="),
+        "the guest's page over IPv6, got {page:?}"
+    );
+    // TCP 5900 on the pod's IPv6 stays in the pod (qemu's VNC listens on IPv4 only, so it
+    // is refused there); the guest, which answers 5900 with its banner, never sees it.
+    let vnc = pod
+        .node("python3")
+        .args([
+            "-c",
+            &format!(
+                "import socket\ntry:\n    s = socket.create_connection(('{pod6}', 5900), 10)\n    \
+                 print(s.recv(64).decode(errors='replace'))\nexcept ConnectionRefusedError:\n    \
+                 print('refused')"
+            ),
+        ])
+        .output()
+        .expect("python3");
+    let banner = String::from_utf8_lossy(&vnc.stdout);
+    assert!(
+        banner.starts_with("RFB") || banner.trim() == "refused",
+        "[{pod6}]:5900 must stay in the pod, got {banner:?}"
+    );
+    stop(&mut vm);
+}
