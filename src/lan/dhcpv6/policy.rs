@@ -271,6 +271,44 @@ mod tests {
         assert_eq!(duid_mac(&[0, 3, 0, 1, 1]), None);
     }
 
+    /// The fuzz target's path (fuzz/fuzz_targets/dhcpv6_packet.rs), bounded, in every
+    /// `cargo test`: valid requests with bytes flipped, cut and appended, from a fixed seed.
+    #[test]
+    fn mutated_requests_never_panic_the_server_path() {
+        let lease = lease();
+        let seeds: Vec<Vec<u8>> = [
+            request(MessageType::Solicit, None, true),
+            request(MessageType::Request, Some(lease.server_duid.clone()), false),
+            Message::new_with_id(MessageType::InformationRequest, [1, 1, 1]),
+        ]
+        .iter()
+        .map(|m| encode(m).expect("encodes"))
+        .collect();
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..20_000 {
+            let mut bytes = seeds[round % seeds.len()].clone();
+            for _ in 0..=next() % 4 {
+                let at = (next() as usize) % bytes.len().max(1);
+                match next() % 3 {
+                    0 if !bytes.is_empty() => bytes[at] = next() as u8,
+                    1 => bytes.truncate(at),
+                    _ => bytes.extend((0..next() % 8).map(|_| next() as u8)),
+                }
+            }
+            if let Ok(m) = decode(&bytes) {
+                if let Decision::Reply(reply) = decide(&lease, &m) {
+                    let _ = encode(&reply);
+                }
+            }
+        }
+    }
+
     #[test]
     fn garbage_never_panics() {
         for bytes in [&[][..], &[1], &[1, 0, 0, 0, 0, 1, 0, 40], &[3; 64]] {
