@@ -457,7 +457,11 @@ fn the_test_guest_gets_ipv6_by_our_ra_alone_and_the_node_reaches_it_through_the_
         format!("{base}:0::1"),
         format!("{base}:0:0::1"),
     ];
-    cluster.user_data(&format!("# kvmtest.ping={}\n", targets.join(",")));
+    // And a cluster name looked up at our forwarder on VM_GW6, over IPv6.
+    cluster.user_data(&format!(
+        "# kvmtest.ping={}\n# kvmtest.dns_six=fd6b:766d::1,www.kvmtest.example\n",
+        targets.join(",")
+    ));
     let mut vm = cluster.start(&[("NETWORK_MODE", "nat")]);
     vm.wait_for_line("KVMTEST READY", BOOT);
     let v6 = vm.wait_for_line("KVMTEST ipv6", Duration::from_secs(180));
@@ -478,6 +482,13 @@ fn the_test_guest_gets_ipv6_by_our_ra_alone_and_the_node_reaches_it_through_the_
     assert!(
         pings.iter().any(|p| field(p, "ok") == "1"),
         "the guest pings the node over IPv6: {pings:?}"
+    );
+
+    let dns6 = vm.wait_for_line("KVMTEST dns6", Duration::from_secs(90));
+    assert_eq!(
+        field(&dns6, "answer"),
+        crate::vm::DNS_ANSWER,
+        "over IPv6: {dns6}"
     );
 
     let url = format!("http://[{pod6}]:80/");
