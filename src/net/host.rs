@@ -249,14 +249,15 @@ async fn converge_ip6(handle: &Handle, index: u32, plan: &NetPlan) -> Result<(),
         // Before the address: a pod whose default disables IPv6 on new links, and a bridge
         // that would take a router's advertisements as a host, are both fixed here.
         let conf = format!("/proc/sys/net/ipv6/conf/{}", plan.bridge);
-        // No DAD on the bridge either: its link-local address sources our first RAs.
-        for (key, value) in [
-            ("disable_ipv6", "0"),
-            ("accept_ra", "0"),
-            ("accept_dad", "0"),
-        ] {
+        let path = PathBuf::from(format!("{conf}/disable_ipv6"));
+        write_value(&path, "0").map_err(|source| NetError::Ip6Disabled { path, source })?;
+        // No DAD on the bridge either (its link-local address sources our first RAs); both
+        // only refine, so a read-only /proc/sys leaves them as they are.
+        for key in ["accept_ra", "accept_dad"] {
             let path = PathBuf::from(format!("{conf}/{key}"));
-            write_value(&path, value).map_err(|source| NetError::Ip6Forward { path, source })?;
+            if let Err(e) = write_value(&path, "0") {
+                tracing::debug!(path = %path.display(), error = %e, "bridge IPv6 setting left as it is");
+            }
         }
     }
     let addresses: Vec<AddressMessage> = handle

@@ -69,6 +69,15 @@ pub(crate) enum NetError {
     )]
     Overlap6 { vm_net: String, pod_net: String },
     #[error(
+        "could not enable IPv6 on the bridge through {path}. Fix: allow the sysctl on the pod, \
+         or set IPV6=off to give the VM IPv4 only"
+    )]
+    Ip6Disabled {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
         "could not enable IPv6 forwarding through {path}. Fix: allow the sysctl on the pod \
          (net.ipv6.conf.all.forwarding=1), or set IPV6=off to give the VM IPv4 only"
     )]

@@ -523,3 +523,36 @@ fn the_test_guest_gets_ipv6_by_our_ra_alone_and_the_node_reaches_it_through_the_
     );
     stop(&mut vm);
 }
+
+#[test]
+fn a_pod_that_refuses_ipv6_forwarding_is_exit_4_naming_ipv6_off_which_then_works() {
+    if !crate::support::require_root("ipv6 forwarding refused") {
+        return;
+    }
+    let pod = crate::pod::Pod::new("kmv6fw", "vm-0");
+    pod.add_ipv6();
+    // IPv4 forwarding is on already; /proc/sys is read-only, as in a pod without the sysctl.
+    crate::pod::run(&[
+        "ip",
+        "netns",
+        "exec",
+        &pod.pod_ns,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]);
+    let read_only = "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys";
+    let mut refused = pod.kvm_manager_after(read_only, &["network"], &[]);
+    assert_eq!(refused.wait(T).code(), Some(4), "{}", refused.output());
+    let out = refused.output();
+    assert!(
+        out.contains(
+            "could not enable IPv6 forwarding through /proc/sys/net/ipv6/conf/all/forwarding"
+        ) && out.contains("IPV6=off"),
+        "{out}"
+    );
+    let mut off = pod.kvm_manager_after(read_only, &["network"], &[("IPV6", "off")]);
+    off.wait_for_line("network ready", T);
+    let _ = off.child.kill();
+    let _ = off.child.wait();
+}
