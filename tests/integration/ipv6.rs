@@ -556,3 +556,68 @@ fn a_pod_that_refuses_ipv6_forwarding_is_exit_4_naming_ipv6_off_which_then_works
     let _ = off.child.kill();
     let _ = off.child.wait();
 }
+
+/// From the VM namespace: `COUNT` UDP datagrams to NODE:PORT from the forged source FORGED.
+const FORGE6: &str = r#"
+import socket, sys
+forged, node, port, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.bind((forged, 0))
+for _ in range(count):
+    s.sendto(b"forged", (node, port))
+"#;
+
+#[test]
+fn ipv6_from_the_vm_with_a_forged_source_is_dropped_and_counted_with_the_ipv4_ones() {
+    let Some(topo) = Topology::dual_stack("v6spoof") else {
+        return;
+    };
+    let mut daemon = topo.up(&[]);
+    wait_for_slaac(&topo);
+    // Another pod's address and the pod's own: not in VM_GW6's /64.
+    for forged in ["fd99::77", POD_IP6] {
+        topo.must_in(
+            &topo.vm,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{forged}/128"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        );
+        topo.must_in(
+            &topo.vm,
+            &[
+                "/usr/bin/python3",
+                "-c",
+                FORGE6,
+                forged,
+                NODE_IP6,
+                "2222",
+                "10",
+            ],
+        );
+    }
+    let counter = topo.must_in(
+        &topo.pod,
+        &["nft", "list", "counter", "ip6", "kvm_manager", "spoofed"],
+    );
+    assert!(counter.contains("packets 20 "), "{counter}");
+    let line = daemon.0.wait_for_line("forged source", T);
+    assert!(line.contains("dropped=20"), "{line}");
+    // The VM's own IPv6 still leaves (as the pod), once the forged addresses (which the
+    // kernel would prefer as sources towards fd99::1) are gone again.
+    for forged in ["fd99::77", POD_IP6] {
+        topo.must_in(
+            &topo.vm,
+            &["ip", "addr", "del", &format!("{forged}/128"), "dev", "eth0"],
+        );
+    }
+    let mut node = topo.serve(&topo.node, "udp", NODE_IP6, 3334);
+    let answer = topo.call(&topo.vm, "udp", NODE_IP6, 3334);
+    assert_eq!(answer.as_deref(), Some(&*format!("saw {POD_IP6}")));
+    node.0.wait_for_line("peer", T);
+}
