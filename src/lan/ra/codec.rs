@@ -215,6 +215,56 @@ mod tests {
         );
     }
 
+    /// The fuzz target's path (fuzz/fuzz_targets/ra_solicit.rs), bounded, in every `cargo
+    /// test`: a solicitation with options, bytes flipped, cut and appended from a fixed seed.
+    #[test]
+    fn mutated_solicitations_never_panic_and_parse_only_when_well_formed() {
+        let seed = [
+            ROUTER_SOLICITATION,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            OPT_SOURCE_LL,
+            1,
+            0x52,
+            0x54,
+            0,
+            1,
+            2,
+            3,
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let mut bytes = seed.to_vec();
+            for _ in 0..=next() % 4 {
+                let at = (next() as usize) % bytes.len().max(1);
+                match next() % 3 {
+                    0 if !bytes.is_empty() => bytes[at] = next() as u8,
+                    1 => bytes.truncate(at),
+                    _ => bytes.extend((0..next() % 12).map(|_| next() as u8)),
+                }
+            }
+            if decode_rs(&bytes).is_ok() {
+                assert!(bytes.len() >= 8 && bytes[0] == ROUTER_SOLICITATION && bytes[1] == 0);
+                assert_eq!(
+                    (bytes.len() - 8) % 8,
+                    0,
+                    "options fill the packet: {bytes:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn solicitations_parse_and_garbage_is_refused() {
         let mut rs = vec![ROUTER_SOLICITATION, 0, 0, 0, 0, 0, 0, 0];
