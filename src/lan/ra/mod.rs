@@ -18,7 +18,7 @@ use codec::Advert;
 
 /// Unsolicited RAs: `FAST_COUNT` every `FAST` while the guest boots, then every `SLOW`.
 const FAST: Duration = Duration::from_secs(2);
-const FAST_COUNT: u32 = 15;
+const FAST_COUNT: u32 = 30;
 const SLOW: Duration = Duration::from_secs(60);
 const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
 const ALL_ROUTERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
