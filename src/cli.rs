@@ -258,6 +258,26 @@ pub struct Settings {
     #[arg(long, env = "VM_GW", global = true, default_value = "192.168.254.1")]
     pub vm_gw: String,
 
+    // --- issue 23: IPv6 dual-stack in NAT mode ---
+    /// `auto`: when the pod has a global IPv6 address, NAT mode also gives the VM IPv6 (RA,
+    /// DHCPv6, the ip6 NAT); `off`: IPv4 only.
+    #[arg(long = "ipv6", env = "IPV6", global = true, default_value = "auto")]
+    pub ipv6: String,
+
+    /// The VM's IPv6 address, in VM_GW6's /64. Default: the address the guest's kernel derives
+    /// by SLAAC from VM_MAC (EUI-64), which DHCPv6 hands out too.
+    #[arg(long = "vm-ip6", env = "VM_IP6", global = true, value_name = "IPV6")]
+    pub vm_ip6: Option<String>,
+
+    /// Our bridge's IPv6 address (the VM's router and DNS forwarder); its /64 is the VM's.
+    #[arg(
+        long = "vm-gw6",
+        env = "VM_GW6",
+        global = true,
+        default_value = "fd6b:766d::1"
+    )]
+    pub vm_gw6: String,
+    // --- end issue 23 ---
     /// MAC address of the VM's NIC. Default: derived from the hostname, persisted in PET_DIR.
     #[arg(long, env = "VM_MAC", global = true, value_name = "MAC")]
     pub vm_mac: Option<String>,

@@ -201,6 +201,8 @@ pub struct NetConfig {
     /// Guest TCP port that means "ready" with `NO_DHCP`.
     pub ready_port: u16,
     pub mode: NetworkMode,
+    /// `IPV6`, `VM_IP6`, `VM_GW6` (issue 23); `None` with `IPV6=off`.
+    pub ipv6: Option<crate::net::ip6::Ip6Config>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -50,6 +50,8 @@ pub(crate) enum Error {
     Http(#[from] HttpError),
     #[error("qemu failed")]
     Qemu(#[from] QemuError),
+    #[error("the VM's IPv6 services failed")]
+    Ipv6(#[from] crate::lan::ipv6::Ipv6Error),
     #[error("could not set up the pod network for the VM")]
     Net(#[from] NetError),
     #[error("could not prepare the VM's disk")]
@@ -73,6 +75,8 @@ impl From<LanError> for Error {
         match error {
             LanError::Dhcp(e) => Error::Dhcp(e),
             LanError::Dns(e) => Error::Dns(e),
+            // The IPv6 side's sockets (issue 23): a network error like the rest.
+            LanError::Ipv6(e) => Error::Ipv6(e),
         }
     }
 }
@@ -85,6 +89,7 @@ impl Error {
         match self {
             Error::Config(_) | Error::Log(_) => exit::CONFIG,
             Error::Dhcp(_) | Error::Dns(_) | Error::Net(_) | Error::Http(_) => exit::NETWORK,
+            Error::Ipv6(_) => exit::NETWORK,
             Error::Pid1(e) => pid1_code(e),
             Error::Image(e) => image_code(e),
             Error::State(_) => exit::IMAGE,
@@ -248,7 +253,7 @@ mod tests {
             }
             .into(),
             DnsError::Bind {
-                ip: std::net::Ipv4Addr::new(192, 168, 254, 1),
+                ip: std::net::Ipv4Addr::new(192, 168, 254, 1).into(),
                 bridge: "br0".into(),
                 transport: "udp",
                 source: denied(),
@@ -263,6 +268,11 @@ mod tests {
                 path: "/etc/resolv.conf".into(),
                 source: RegularFileError::Open(denied()),
             })
+            .into(),
+            crate::lan::ipv6::Ipv6Error::RaSocket {
+                bridge: "br0".into(),
+                source: denied(),
+            }
             .into(),
             LogError::Install("already".into()).into(),
             crate::backup::BackupError::Checksum {
@@ -378,6 +388,7 @@ mod tests {
                 Error::Config(_) => "config",
                 Error::Dhcp(_) => "dhcp",
                 Error::Dns(_) => "dns",
+                Error::Ipv6(_) => "ipv6",
                 Error::Log(_) => "log",
                 Error::Pid1(_) => "pid1",
                 Error::Http(_) => "http",
@@ -411,7 +422,7 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
-        assert_eq!(covered.len(), 14, "a sample of every variant: {covered:?}");
+        assert_eq!(covered.len(), 15, "a sample of every variant: {covered:?}");
     }
 
     #[test]

@@ -265,6 +265,8 @@ mod tests {
             excluded_tcp_ports: Vec::new(),
             vhost_net: true,
             queues: 1,
+            ipv6: None,
+            no_ipv6_because: None,
         };
         Wiring::Nat {
             plan,

@@ -1,7 +1,7 @@
 //! The VM's addresses and ports: `VM_IP`, `VM_GW`, `VM_MAC`, `NO_VNC`, `NO_DHCP`, `DNS_MODE`,
-//! `HTTP_PORT`, `READY_PORT`, `NETWORK_MODE`.
+//! `HTTP_PORT`, `READY_PORT`, `NETWORK_MODE`, `IPV6`, `VM_IP6`, `VM_GW6`.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use macaddr::MacAddr6;
 
@@ -71,8 +71,34 @@ pub(super) fn parse_net(settings: &Settings) -> Result<NetConfig, ConfigError> {
         http_port: (port != 0).then_some(port),
         ready_port,
         mode,
+        ipv6: parse_ipv6(settings)?,
     })
 }
+
+// --- issue 23: IPv6 dual-stack in NAT mode ---
+const IP6_FIX: &str = "VM_GW6 and VM_IP6 must be unicast addresses of one /64 that the pod \
+     does not use (VM_IP6 may be left unset: the guest's SLAAC address), e.g. VM_GW6=fd6b:766d::1";
+
+/// `IPV6=auto|off` and, for auto, `VM_GW6`/`VM_IP6` validated like `VM_GW`/`VM_IP`.
+fn parse_ipv6(settings: &Settings) -> Result<Option<crate::net::ip6::Ip6Config>, ConfigError> {
+    let on = choice("IPV6", &settings.ipv6, &[("auto", true), ("off", false)])?;
+    if !on {
+        return Ok(None);
+    }
+    let parse = |var: &'static str, raw: &str| -> Result<Ipv6Addr, ConfigError> {
+        raw.trim()
+            .parse()
+            .map_err(|_| invalid(var, raw, "not an IPv6 address", IP6_FIX))
+    };
+    let gw = parse("VM_GW6", &settings.vm_gw6)?;
+    let vm = non_empty(&settings.vm_ip6)
+        .map(|raw| parse("VM_IP6", raw))
+        .transpose()?;
+    crate::net::ip6::Ip6Config::new(gw, vm)
+        .map(Some)
+        .map_err(|e| invalid(e.var, &e.addr.to_string(), e.reason, IP6_FIX))
+}
+// --- end issue 23 ---
 
 /// Why `port` cannot be our HTTP port: the pod already uses it for the VM. Caught here,
 /// because a clash found by `bind` comes after qemu started and points at the wrong cause.
@@ -164,6 +190,32 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("slirp"), "{message}");
+    }
+
+    #[test]
+    fn ipv6_is_auto_by_default_off_on_request_and_bad_addresses_name_their_variable() {
+        let on = parse(&[]).expect("defaults").ipv6.expect("auto");
+        assert_eq!(on.gw, "fd6b:766d::1".parse::<Ipv6Addr>().expect("v6"));
+        assert_eq!(on.vm, None);
+        assert_eq!(parse(&["--ipv6", "off"]).expect("off").ipv6, None);
+        let fixed = parse(&["--vm-gw6", "fd00:9::1", "--vm-ip6", "fd00:9::2"])
+            .expect("valid")
+            .ipv6
+            .expect("auto");
+        assert_eq!(fixed.vm, Some("fd00:9::2".parse().expect("v6")));
+        for (args, var) in [
+            (&["--ipv6", "on"][..], "IPV6 (--ipv6)"),
+            (&["--vm-gw6", "192.168.0.1"][..], "VM_GW6 (--vm-gw6)"),
+            (&["--vm-gw6", "fe80::1"][..], "VM_GW6 (--vm-gw6)"),
+            (&["--vm-ip6", "fd00:9::2"][..], "VM_IP6 (--vm-ip6)"),
+            (&["--vm-ip6", "nonsense"][..], "VM_IP6 (--vm-ip6)"),
+        ] {
+            let message = parse(args).expect_err("invalid").to_string();
+            assert!(message.starts_with(var), "{args:?}: {message}");
+            assert!(message.contains("Fix: "), "{message}");
+        }
+        // IPV6=off ignores the addresses (a chart may render them anyway).
+        parse(&["--ipv6", "off", "--vm-gw6", "fe80::1"]).expect("off wins");
     }
 
     #[test]

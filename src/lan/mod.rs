@@ -8,12 +8,15 @@
 //! [`ResolvConf`] and [`DropLog`] from here and never import each other.
 
 pub mod dhcp;
+pub mod dhcpv6;
 pub mod dns;
 pub mod drop_log;
+pub mod ipv6;
+pub mod ra;
 pub mod resolv_conf;
 pub mod services;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use macaddr::MacAddr6;
@@ -42,6 +45,24 @@ pub struct Lan {
     pub dns_mode: DnsMode,
     pub resolv: ResolvConf,
     pub no_dhcp: bool,
+    /// The VM's IPv6 side (issue 23); `None`: IPv4 only.
+    pub ipv6: Option<Lan6>,
+}
+
+/// What the RA sender, DHCPv6 server and the forwarder's IPv6 side serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lan6 {
+    /// `VM_GW6`, on the bridge.
+    pub gw: Ipv6Addr,
+    pub vm: Ipv6Addr,
+    /// The /64's network address.
+    pub prefix: Ipv6Addr,
+    pub bridge_mac: MacAddr6,
+    pub mtu: u32,
+    /// RDNSS / DHCPv6 DNS: `VM_GW6` (our forwarder) with `DNS_MODE=forward`, else the pod's
+    /// IPv6 nameservers.
+    pub dns: Vec<Ipv6Addr>,
+    pub search: Vec<String>,
 }
 
 impl Lan {
@@ -62,8 +83,27 @@ impl Lan {
             mtu: plan.mtu,
             hostname: config.hostname.clone(),
             dns_mode: config.net.dns_mode,
-            resolv,
             no_dhcp: config.net.no_dhcp,
+            ipv6: plan.ipv6.as_ref().map(|v6| Lan6 {
+                gw: v6.gw,
+                vm: v6.vm,
+                prefix: v6.net.network(),
+                bridge_mac: plan.bridge_mac,
+                mtu: plan.mtu,
+                dns: match config.net.dns_mode {
+                    DnsMode::Forward => vec![v6.gw],
+                    DnsMode::Passthrough => resolv
+                        .nameservers
+                        .iter()
+                        .filter_map(|ip| match ip {
+                            IpAddr::V6(ip) => Some(*ip),
+                            IpAddr::V4(_) => None,
+                        })
+                        .collect(),
+                },
+                search: resolv.search.clone(),
+            }),
+            resolv,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! DHCP and DNS for the VM once the bridge exists: the same code behind `run` and `network`,
 //! so the documented `network` subcommand serves exactly what `run` serves.
 
+use super::ipv6::Ipv6Error;
 use super::{dhcp, dns, Lan};
 use crate::net;
 
@@ -11,6 +12,8 @@ pub enum LanError {
     Dhcp(#[from] dhcp::DhcpError),
     #[error(transparent)]
     Dns(#[from] dns::DnsError),
+    #[error(transparent)]
+    Ipv6(#[from] Ipv6Error),
 }
 
 /// DHCP and DNS for the VM, and the watch on spoofed packets; dropping this stops them.
@@ -22,17 +25,27 @@ pub struct Services {
     /// The watch on spoofed packets, once the NAT says how it is woken.
     spoofed: Option<tokio::task::AbortHandle>,
     vm_ip: std::net::Ipv4Addr,
+    /// Only held: router advertisements and DHCPv6 while the VM has IPv6 (issue 23).
+    _ipv6: Option<(super::ra::RaServer, super::dhcpv6::Dhcpv6Server)>,
 }
 
 impl Services {
     pub async fn start(lan: &Lan) -> Result<Self, LanError> {
         let dhcp = dhcp::serve(lan).await?;
         let dns = dns::serve(lan).await?;
+        let ipv6 = match &lan.ipv6 {
+            Some(v6) => Some((
+                super::ra::serve(&lan.bridge, v6).await?,
+                super::dhcpv6::serve(&lan.bridge, v6, lan.vm_mac).await?,
+            )),
+            None => None,
+        };
         Ok(Self {
             dhcp,
             _dns: dns,
             spoofed: None,
             vm_ip: lan.vm_ip,
+            _ipv6: ipv6,
         })
     }
 

@@ -4,10 +4,12 @@
 //! Read-only: needs no capability. The choice among what the kernel reports is pure
 //! ([`default_route`], [`primary_address`]) and unit-tested.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures_util::TryStreamExt as _;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
+use rtnetlink::packet_route::address::{
+    AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope,
+};
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType,
@@ -28,6 +30,16 @@ pub(crate) struct PodNet {
     /// `None` for a device route (`default dev eth0`).
     pub gateway: Option<Ipv4Addr>,
     pub vhost_net: bool,
+    /// The pod's global IPv6, if it has any (issue 23): `None` on an IPv4-only pod.
+    pub ipv6: Option<PodNet6>,
+}
+
+/// The pod's IPv6 uplink: the interface of the IPv6 default route and its global address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PodNet6 {
+    pub uplink: String,
+    pub pod_ip: Ipv6Addr,
+    pub prefix: u8,
 }
 
 /// The default route's interface index and gateway.
@@ -107,6 +119,7 @@ pub(crate) async fn discover() -> Result<PodNet, NetError> {
         primary_address(&addresses).ok_or_else(|| NetError::UplinkHasNoAddress {
             uplink: uplink.clone(),
         })?;
+    let ipv6 = discover6(&handle, route.oif, &uplink, &addresses).await?;
     Ok(PodNet {
         uplink,
         uplink_index: route.oif,
@@ -115,8 +128,132 @@ pub(crate) async fn discover() -> Result<PodNet, NetError> {
         mtu,
         gateway: route.gateway,
         vhost_net: vhost_net_usable(),
+        ipv6,
     })
 }
+
+// --- issue 23: the pod's IPv6 ---
+/// The IPv6 default route's interface and its global address; `None` when either is missing
+/// (an IPv4-only pod, or IPv6 disabled in its netns).
+async fn discover6(
+    handle: &Handle,
+    oif4: u32,
+    uplink4: &str,
+    addresses4: &[AddressMessage],
+) -> Result<Option<PodNet6>, NetError> {
+    let routes: Vec<RouteMessage> = match handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+    {
+        Ok(routes) => routes,
+        // A kernel without IPv6 refuses the dump: the pod has no IPv6.
+        Err(e) => {
+            tracing::debug!(error = %e, "no IPv6 routes to read");
+            return Ok(None);
+        }
+    };
+    let Some(oif) = default_route6(&routes) else {
+        return Ok(None);
+    };
+    // Usually the IPv4 uplink: its addresses and name are known already.
+    let (uplink, addresses) = if oif == oif4 {
+        (uplink4.to_owned(), addresses4.to_vec())
+    } else {
+        let links = handle
+            .link()
+            .get()
+            .match_index(oif)
+            .execute()
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|source| NetError::Netlink {
+                op: "read the IPv6 uplink",
+                source,
+            })?;
+        let name = links
+            .first()
+            .and_then(|l| {
+                l.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(name) => Some(name.clone()),
+                    _ => None,
+                })
+            })
+            .unwrap_or_else(|| format!("if{oif}"));
+        let addresses = handle
+            .address()
+            .get()
+            .set_link_index_filter(oif)
+            .execute()
+            .try_collect::<Vec<AddressMessage>>()
+            .await
+            .map_err(|source| NetError::Netlink {
+                op: "list the IPv6 uplink's addresses",
+                source,
+            })?;
+        (name, addresses)
+    };
+    Ok(global_address6(&addresses).map(|(pod_ip, prefix)| PodNet6 {
+        uplink,
+        pod_ip,
+        prefix,
+    }))
+}
+
+/// The interface of the main table's IPv6 default route with the lowest metric.
+pub(crate) fn default_route6(routes: &[RouteMessage]) -> Option<u32> {
+    routes
+        .iter()
+        .filter(|r| {
+            r.header.address_family == AddressFamily::Inet6
+                && r.header.destination_prefix_length == 0
+                && r.header.kind == RouteType::Unicast
+                && table_of(r) == u32::from(RouteHeader::RT_TABLE_MAIN)
+        })
+        .filter_map(|r| {
+            let mut oif = None;
+            let mut metric = 0;
+            for attr in &r.attributes {
+                match attr {
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::Priority(p) => metric = *p,
+                    _ => {}
+                }
+            }
+            oif.map(|oif| (metric, oif))
+        })
+        .min_by_key(|(metric, _)| *metric)
+        .map(|(_, oif)| oif)
+}
+
+/// The first global-scope IPv6 address that is usable (not deprecated, DAD not failed).
+/// ULAs count: clusters often number pods from fd00::/8.
+pub(crate) fn global_address6(addresses: &[AddressMessage]) -> Option<(Ipv6Addr, u8)> {
+    addresses
+        .iter()
+        .filter(|a| {
+            a.header.family == AddressFamily::Inet6
+                && a.header.scope == AddressScope::Universe
+                && !a
+                    .header
+                    .flags
+                    .intersects(AddressHeaderFlags::Dadfailed | AddressHeaderFlags::Deprecated)
+        })
+        .find_map(|a| {
+            a.attributes.iter().find_map(|attr| match attr {
+                AddressAttribute::Address(IpAddr::V6(ip))
+                | AddressAttribute::Local(IpAddr::V6(ip))
+                    if !ip.is_loopback() =>
+                {
+                    Some((*ip, a.header.prefix_len))
+                }
+                _ => None,
+            })
+        })
+}
+// --- end issue 23 ---
 
 /// The main table's IPv4 default route with the lowest metric.
 pub(crate) fn default_route(routes: &[RouteMessage]) -> Option<DefaultRoute> {
@@ -226,6 +363,40 @@ mod tests {
                 gateway: Some(gw)
             })
         );
+    }
+
+    #[test]
+    fn the_ipv6_default_route_and_global_address_are_found_and_link_local_ones_skipped() {
+        let mut v6 = route(0, 254, vec![RouteAttribute::Oif(4)]);
+        v6.header.address_family = AddressFamily::Inet6;
+        let v4 = route(0, 254, vec![RouteAttribute::Oif(2)]);
+        assert_eq!(default_route6(&[v4.clone(), v6]), Some(4));
+        assert_eq!(default_route6(&[v4]), None);
+
+        let address = |ip: &str, scope: AddressScope, flags: AddressHeaderFlags| {
+            let mut a = AddressMessage::default();
+            a.header.family = AddressFamily::Inet6;
+            a.header.prefix_len = 64;
+            a.header.scope = scope;
+            a.header.flags = flags;
+            a.attributes = vec![AddressAttribute::Address(IpAddr::V6(
+                ip.parse().expect("v6"),
+            ))];
+            a
+        };
+        let none = AddressHeaderFlags::empty();
+        let link = address("fe80::1", AddressScope::Link, none);
+        let failed = address(
+            "fd00::9",
+            AddressScope::Universe,
+            AddressHeaderFlags::Dadfailed,
+        );
+        let global = address("fd00::5", AddressScope::Universe, none);
+        assert_eq!(
+            global_address6(&[link.clone(), failed, global]),
+            Some(("fd00::5".parse().expect("v6"), 64))
+        );
+        assert_eq!(global_address6(&[link]), None);
     }
 
     #[test]

@@ -9,11 +9,14 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use futures_util::TryStreamExt as _;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
+};
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec};
 
+use super::ip6::Net64;
 use super::plan::NetPlan;
 use super::slash30::Slash30;
 use super::{tap, NetError};
@@ -87,6 +90,7 @@ pub(crate) async fn converge_links(handle: &Handle, plan: &NetPlan) -> Result<()
     } else {
         ensure_only_address(handle, bridge, plan.slash30.gw()).await?;
     }
+    converge_ip6(handle, bridge, plan).await?;
 
     // A tun-kind link is reattached as it is; anything else by that name is removed first.
     ensure_kind(handle, &plan.tap, InfoKind::Tun).await?;
@@ -253,6 +257,99 @@ async fn add_address(handle: &Handle, index: u32, gw: Ipv4Addr) -> Result<(), Ne
         .await
         .map_err(|source| netlink("add VM_GW to the bridge", source))
 }
+
+// --- issue 23: the bridge's IPv6 ---
+/// Leaves exactly `VM_GW6/64` (or, without IPv6, no global address) on the bridge; its
+/// link-local address (the source of our RAs) is the kernel's and stays.
+async fn converge_ip6(handle: &Handle, index: u32, plan: &NetPlan) -> Result<(), NetError> {
+    let wanted = plan.ipv6.as_ref().map(|v6| v6.gw);
+    if wanted.is_some() {
+        // Before the address: a pod whose default disables IPv6 on new links, and a bridge
+        // that would take a router's advertisements as a host, are both fixed here.
+        let conf = format!("/proc/sys/net/ipv6/conf/{}", plan.bridge);
+        let path = PathBuf::from(format!("{conf}/disable_ipv6"));
+        write_value(&path, "0").map_err(|source| NetError::Ip6Disabled { path, source })?;
+        // No DAD on the bridge either (its link-local address sources our first RAs); both
+        // only refine, so a read-only /proc/sys leaves them as they are.
+        for key in ["accept_ra", "accept_dad"] {
+            let path = PathBuf::from(format!("{conf}/{key}"));
+            if let Err(e) = write_value(&path, "0") {
+                tracing::debug!(path = %path.display(), error = %e, "bridge IPv6 setting left as it is");
+            }
+        }
+    }
+    let addresses: Vec<AddressMessage> = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|source| netlink("list the bridge's addresses", source))?;
+    let mut present = false;
+    for address in addresses.into_iter().filter(|a| {
+        a.header.family == AddressFamily::Inet6 && a.header.scope == AddressScope::Universe
+    }) {
+        let local = address.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
+            _ => None,
+        });
+        if local.is_some() && local == wanted && address.header.prefix_len == Net64::PREFIX {
+            present = true;
+            continue;
+        }
+        tracing::warn!(?local, "removing a stale bridge IPv6 address");
+        handle
+            .address()
+            .del(address)
+            .execute()
+            .await
+            .map_err(|source| netlink("remove a stale bridge IPv6 address", source))?;
+    }
+    if let (Some(gw), false) = (wanted, present) {
+        let mut add = handle.address().add(index, IpAddr::V6(gw), Net64::PREFIX);
+        // No duplicate detection: the /64 is ours alone, and a tentative address could not
+        // be the source of our first router advertisements.
+        let message = add.message_mut();
+        message.header.flags |= AddressHeaderFlags::Nodad;
+        message
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        add.execute()
+            .await
+            .map_err(|source| netlink("add VM_GW6 to the bridge", source))?;
+    }
+    Ok(())
+}
+
+/// `net.ipv6.conf.all.forwarding=1` for a VM with IPv6. An uplink that takes its default
+/// route from router advertisements (accept_ra=1) would stop taking them once forwarding is
+/// on: it is moved to accept_ra=2, which keeps taking them.
+pub(crate) fn set_sysctls6(plan: &NetPlan) -> Result<(), NetError> {
+    let Some(v6) = &plan.ipv6 else {
+        return Ok(());
+    };
+    let accept_ra = PathBuf::from(format!("/proc/sys/net/ipv6/conf/{}/accept_ra", v6.uplink));
+    if std::fs::read_to_string(&accept_ra).is_ok_and(|v| v.trim() == "1") {
+        if let Err(e) = std::fs::write(&accept_ra, b"2\n") {
+            tracing::warn!(path = %accept_ra.display(), error = %e, "cannot keep the uplink taking router advertisements once IPv6 forwarding is on");
+        }
+    }
+    let forward = PathBuf::from("/proc/sys/net/ipv6/conf/all/forwarding");
+    write_value(&forward, "1").map_err(|source| NetError::Ip6Forward {
+        path: forward.clone(),
+        source,
+    })
+}
+
+/// Writes `value` unless it is already there (a read-only /proc/sys is fine then).
+fn write_value(path: &PathBuf, value: &str) -> std::io::Result<()> {
+    if std::fs::read_to_string(path)?.trim() == value {
+        return Ok(());
+    }
+    std::fs::write(path, format!("{value}\n"))
+}
+// --- end issue 23 ---
 
 /// `net.ipv4.ip_forward=1` (required) and `route_localnet=1` on the bridge (needed only for
 /// port-forwards to 127.0.0.1, so a read-only /proc/sys there is a warning).

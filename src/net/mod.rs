@@ -12,6 +12,7 @@
 
 pub(crate) mod discover;
 pub(crate) mod host;
+pub(crate) mod ip6;
 pub(crate) mod mode;
 pub(crate) mod nft;
 pub(crate) mod passt;
@@ -63,6 +64,29 @@ pub(crate) enum NetError {
          /30 the cluster does not use, e.g. VM_GW=192.168.254.1 VM_IP=192.168.254.2"
     )]
     Overlap { vm_net: String, pod_net: String },
+    #[error(
+        "VM_GW6's /64 {vm_net} overlaps the pod's IPv6 {pod_net}. Fix: set VM_GW6 (and VM_IP6) \
+         to a /64 the cluster does not use, e.g. VM_GW6=fd6b:766d::1, or set IPV6=off"
+    )]
+    Overlap6 { vm_net: String, pod_net: String },
+    #[error(
+        "could not enable IPv6 on the bridge through {path}. Fix: allow the sysctl on the pod, \
+         or set IPV6=off to give the VM IPv4 only"
+    )]
+    Ip6Disabled {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "could not enable IPv6 forwarding through {path}. Fix: allow the sysctl on the pod \
+         (net.ipv6.conf.all.forwarding=1), or set IPV6=off to give the VM IPv4 only"
+    )]
+    Ip6Forward {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "VM_IP's /30 {vm_net} contains the pod's default gateway {gateway}. Fix: set VM_IP and \
          VM_GW to a /30 the cluster does not use, e.g. VM_GW=192.168.254.1 VM_IP=192.168.254.2"
@@ -193,6 +217,10 @@ pub(crate) async fn apply_links(plan: &NetPlan) -> Result<std::path::PathBuf, Ne
     let handle = discover::connect()?;
     host::converge_links(&handle, plan).await?;
     host::set_sysctls(&plan.bridge)?;
+    host::set_sysctls6(plan)?;
+    if let Some(why) = plan.no_ipv6_because {
+        tracing::info!(reason = why, "the VM gets IPv4 only");
+    }
     Ok(nft)
 }
 

@@ -6,11 +6,12 @@
 //! rejected as overlapping) is unit-tested without root; [`super::apply`] only carries it out.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use macaddr::MacAddr6;
 
 use super::discover::PodNet;
+use super::ip6::Net64;
 pub(crate) use super::slash30::Ipv4Net;
 use super::slash30::Slash30;
 use super::NetError;
@@ -45,6 +46,24 @@ pub struct NetPlan {
     /// Queue pairs of the tap and the VM's NIC; above 1 the tap is multiqueue. [`plan`] says 1,
     /// [`super::wire`] the VM's (`NIC_QUEUES`, issue 24).
     pub queues: u32,
+    /// The VM's IPv6 behind the pod's (issue 23); `None`: IPv4 only, see `no_ipv6_because`.
+    pub ipv6: Option<Plan6>,
+    /// Why the VM gets no IPv6, for the one log line that says so.
+    pub no_ipv6_because: Option<&'static str>,
+}
+
+/// The IPv6 half of the NAT: `VM_GW6/64` on the bridge, the VM's address, the pod's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan6 {
+    /// The IPv6 default route's interface (usually the IPv4 uplink).
+    pub uplink: String,
+    pub pod_ip: Ipv6Addr,
+    pub pod_prefix: u8,
+    /// `VM_GW6`: the bridge's address, the guest's router and DNS forwarder.
+    pub gw: Ipv6Addr,
+    /// `VM_IP6`, or the VM MAC's SLAAC address: where the ip6 DNAT sends.
+    pub vm: Ipv6Addr,
+    pub net: Net64,
 }
 
 /// A TCP port that is not forwarded to the VM, and why.
@@ -96,7 +115,10 @@ pub(crate) fn plan(net: &NetConfig, pod: &PodNet, vm_mac: MacAddr6) -> Result<Ne
             reason: "HTTP",
         });
     }
+    let (ipv6, no_ipv6_because) = plan6(net, pod, vm_mac)?;
     Ok(NetPlan {
+        ipv6,
+        no_ipv6_because,
         uplink: pod.uplink.clone(),
         bridge: BRIDGE.to_owned(),
         bridge_mac: gateway_mac(vm_mac),
@@ -111,6 +133,38 @@ pub(crate) fn plan(net: &NetConfig, pod: &PodNet, vm_mac: MacAddr6) -> Result<Ne
         queues: 1,
     })
 }
+
+// --- issue 23: the IPv6 half ---
+type Planned6 = (Option<Plan6>, Option<&'static str>);
+
+/// IPv6 when it is wanted and the pod has some; an overlap with the pod's prefix is refused.
+fn plan6(net: &NetConfig, pod: &PodNet, vm_mac: MacAddr6) -> Result<Planned6, NetError> {
+    let Some(config) = net.ipv6 else {
+        return Ok((None, Some("IPV6=off")));
+    };
+    let Some(pod6) = &pod.ipv6 else {
+        return Ok((None, Some("the pod has no global IPv6 address")));
+    };
+    let vm_net = config.net();
+    if vm_net.overlaps(pod6.pod_ip, pod6.prefix) {
+        return Err(NetError::Overlap6 {
+            vm_net: vm_net.to_string(),
+            pod_net: format!("{}/{}", pod6.pod_ip, pod6.prefix),
+        });
+    }
+    Ok((
+        Some(Plan6 {
+            uplink: pod6.uplink.clone(),
+            pod_ip: pod6.pod_ip,
+            pod_prefix: pod6.prefix,
+            gw: config.gw,
+            vm: config.vm_for(vm_mac),
+            net: vm_net,
+        }),
+        None,
+    ))
+}
+// --- end issue 23 ---
 
 /// Locally administered unicast, and never equal to `vm_mac` (the last octet differs).
 fn gateway_mac(vm_mac: MacAddr6) -> MacAddr6 {
@@ -177,7 +231,27 @@ impl fmt::Display for NetPlan {
             self.vm_net(),
             self.uplink,
             self.pod_ip
-        )
+        )?;
+        match (&self.ipv6, self.no_ipv6_because) {
+            (Some(v6), _) => {
+                writeln!(
+                    f,
+                    "ipv6:       bridge {}/{} vm {} pod {}/{} on {}",
+                    v6.gw,
+                    Net64::PREFIX,
+                    v6.vm,
+                    v6.pod_ip,
+                    v6.pod_prefix,
+                    v6.uplink
+                )?;
+                writeln!(
+                    f,
+                    "dnat6:      every protocol to {} -> {}; snat6 {} -> {}",
+                    v6.pod_ip, v6.vm, v6.net, v6.pod_ip
+                )
+            }
+            (None, why) => writeln!(f, "ipv6:       none ({})", why.unwrap_or("off")),
+        }
     }
 }
 

@@ -21,8 +21,9 @@
 //!   else is a forged source: dropped and counted in the named counter [`SPOOFED_COUNTER`],
 //!   which `/metrics` reads. At most one such packet a minute is also sent to nflog group
 //!   [`SPOOFED_LOG_GROUP`]: that wakes the watch that logs it ([`super::spoof`]), which
-//!   otherwise sleeps. IPv6 is not in this table: kvm-manager forwards none, so the
-//!   VM's link-local IPv6 address stays usable on the bridge.
+//!   otherwise sleeps. IPv6 is the `ip6 kvm_manager` table's (issue 23), declared
+//!   in the same transaction when the VM has IPv6 and deleted otherwise; link-local sources
+//!   stay usable on the bridge there.
 
 use std::fmt::Write as _;
 
@@ -121,17 +122,97 @@ pub(crate) fn ruleset(plan: &NetPlan) -> String {
     line!("\t\tcounter name \"{SPOOFED_COUNTER}\" drop");
     line!("\t}}");
     line!("}}");
+    ruleset6(plan, excluded.as_deref(), &mut out);
     out
 }
+
+// --- issue 23: the ip6 table, in the same transaction ---
+/// NDP, RS/RA and MLD addressed to the pod's own IPv6 stay with the pod: its neighbours'
+/// reachability probes must be answered by the pod, not by the VM.
+const NDP: &str = "nd-router-solicit, nd-router-advert, nd-neighbor-solicit, \
+     nd-neighbor-advert, nd-redirect, mld-listener-query, mld-listener-report, \
+     mld2-listener-report";
+
+/// `table ip6 kvm_manager`: the same NAT as the ip table for the VM's IPv6. Without IPv6 the
+/// table is only deleted, so turning `IPV6=off` leaves no ip6 table behind.
+fn ruleset6(plan: &NetPlan, excluded: Option<&str>, out: &mut String) {
+    macro_rules! line {
+        ($($arg:tt)*) => { let _ = writeln!(out, $($arg)*); };
+    }
+    line!("table ip6 {TABLE}");
+    line!("delete table ip6 {TABLE}");
+    let Some(v6) = &plan.ipv6 else {
+        return;
+    };
+    let (pod, vm, bridge, uplink) = (v6.pod_ip, v6.vm, &plan.bridge, &v6.uplink);
+    line!("table ip6 {TABLE} {{");
+    line!("\tchain prerouting {{");
+    line!("\t\ttype nat hook prerouting priority dstnat; policy accept;");
+    line!("\t\tiifname \"{bridge}\" return");
+    line!("\t\ticmpv6 type {{ {NDP} }} return");
+    if let Some(ports) = excluded {
+        line!("\t\tip6 daddr {pod} tcp dport {ports} return");
+    }
+    line!("\t\tip6 daddr {pod} dnat to {vm}");
+    line!("\t}}");
+    line!("\tchain output {{");
+    line!("\t\ttype nat hook output priority -100; policy accept;");
+    line!("\t\tmeta mark {LOCAL_MARK:#x} return");
+    line!("\t\ticmpv6 type {{ {NDP} }} return");
+    if let Some(ports) = excluded {
+        line!("\t\tip6 daddr {pod} tcp dport {ports} return");
+    }
+    // No `::1` twin of the 127.0.0.1 port-forward: IPv6 has no route_localnet, and the
+    // kernel never sends a loopback source out of `lo` (seen: a DNAT'ed [::1] connection
+    // hangs), so [::1] is left to fail fast; port-forwards use 127.0.0.1.
+    line!("\t\tip6 daddr {pod} dnat to {vm}");
+    line!("\t}}");
+    line!("\tchain postrouting {{");
+    line!("\t\ttype nat hook postrouting priority srcnat; policy accept;");
+    line!("\t\toifname \"{bridge}\" ip6 saddr {pod} snat to {}", v6.gw);
+    line!(
+        "\t\toifname \"{uplink}\" ip6 saddr {} snat to {pod}",
+        v6.net
+    );
+    line!("\t}}");
+    line!("\tchain forward {{");
+    line!("\t\ttype filter hook forward priority mangle; policy accept;");
+    line!("\t\ttcp flags syn tcp option maxseg size set rt mtu");
+    line!("\t}}");
+    line!("\tcounter {SPOOFED_COUNTER} {{");
+    line!("\t}}");
+    // The VM may use any address of its /64 (SLAAC, privacy addresses), link-local ones on
+    // the bridge, and :: while it probes for duplicates.
+    line!("\tchain antispoof {{");
+    line!("\t\ttype filter hook prerouting priority raw; policy accept;");
+    line!("\t\tiifname != \"{bridge}\" return");
+    line!("\t\tmeta mark {LOCAL_MARK:#x} return");
+    line!("\t\tip6 saddr {{ {}, fe80::/10, :: }} return", v6.net);
+    line!("\t\tlimit rate 1/minute burst 1 packets log group {SPOOFED_LOG_GROUP}");
+    line!("\t\tcounter name \"{SPOOFED_COUNTER}\" drop");
+    line!("\t}}");
+    line!("}}");
+}
+// --- end issue 23 ---
 
 /// `ruleset` with its `delete table` turned into `flush table`: the same rules end up in the
 /// table, but existing chains are kept (so their hook and priority must not have changed).
 pub(crate) fn flushing(ruleset: &str) -> String {
-    ruleset.replacen(
+    let text = ruleset.replacen(
         &format!("delete table ip {TABLE}"),
         &format!("flush table ip {TABLE}"),
         1,
-    )
+    );
+    // Only an ip6 table that is declared again is flushed; one that is going away is deleted.
+    if text.contains(&format!("table ip6 {TABLE} {{")) {
+        text.replacen(
+            &format!("delete table ip6 {TABLE}"),
+            &format!("flush table ip6 {TABLE}"),
+            1,
+        )
+    } else {
+        text
+    }
 }
 
 /// `ruleset` without the rule that notifies nflog, for a kernel without `nfnetlink_log` (where
@@ -150,6 +231,16 @@ pub(crate) fn without_spoof_log(ruleset: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_flushing_variant_flushes_an_ip6_table_only_when_it_is_declared_again() {
+        let on = "table ip kvm_manager\ndelete table ip kvm_manager\ntable ip6 kvm_manager\n\
+                  delete table ip6 kvm_manager\ntable ip6 kvm_manager {\n}\n";
+        assert!(flushing(on).contains("flush table ip6 kvm_manager\n"));
+        let off = "table ip kvm_manager\ndelete table ip kvm_manager\ntable ip6 kvm_manager\n\
+                   delete table ip6 kvm_manager\n";
+        assert!(flushing(off).contains("delete table ip6 kvm_manager\n"));
+    }
 
     #[test]
     fn the_flushing_variant_only_swaps_the_delete() {

@@ -30,6 +30,8 @@ const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_NEWOBJ: u16 = 18;
 const NFT_MSG_GETOBJ: u16 = 19;
 const NFPROTO_IPV4: u8 = 2;
+/// The `ip6 kvm_manager` table's counter (issue 23).
+const NFPROTO_IPV6: u8 = 10;
 const NFTA_OBJ_TABLE: u16 = 1;
 const NFTA_OBJ_NAME: u16 = 2;
 const NFTA_OBJ_TYPE: u16 = 3;
@@ -57,8 +59,14 @@ fn push_attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
 }
 
 /// `NFT_MSG_GETOBJ` for our counter in `table ip kvm_manager`.
+#[cfg(test)]
 pub(crate) fn request(seq: u32) -> Vec<u8> {
-    let mut body = vec![NFPROTO_IPV4, 0, 0, 0];
+    request_in(NFPROTO_IPV4, seq)
+}
+
+/// The same for the table of `family` (`ip` or `ip6`).
+fn request_in(family: u8, seq: u32) -> Vec<u8> {
+    let mut body = vec![family, 0, 0, 0];
     push_attr(&mut body, NFTA_OBJ_TABLE, format!("{TABLE}\0").as_bytes());
     push_attr(
         &mut body,
@@ -118,8 +126,14 @@ pub(crate) fn packets(answer: &[u8]) -> std::io::Result<u64> {
     Ok(u64::from_be_bytes(value.try_into().map_err(|_| invalid())?))
 }
 
-/// Packets dropped so far because of a forged source (our table must exist).
+/// Packets dropped so far because of a forged source (our ip table must exist), IPv4 and
+/// IPv6 together: the ip6 table exists only while the VM has IPv6.
 pub(crate) fn read_count() -> std::io::Result<u64> {
+    let v4 = read_family(NFPROTO_IPV4)?;
+    Ok(v4.saturating_add(read_family(NFPROTO_IPV6).unwrap_or(0)))
+}
+
+fn read_family(family: u8) -> std::io::Result<u64> {
     let fd = socket::socket(
         AddressFamily::Netlink,
         socket::SockType::Raw,
@@ -129,7 +143,7 @@ pub(crate) fn read_count() -> std::io::Result<u64> {
     let timeout = TimeVal::new(0, i64::try_from(RECEIVE_TIMEOUT.as_micros()).unwrap_or(0));
     socket::setsockopt(&fd, sockopt::ReceiveTimeout, &timeout)?;
     socket::bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
-    socket::send(fd.as_raw_fd(), &request(1), MsgFlags::empty())?;
+    socket::send(fd.as_raw_fd(), &request_in(family, 1), MsgFlags::empty())?;
     let mut answer = vec![0u8; 8192];
     let len = socket::recv(fd.as_raw_fd(), &mut answer, MsgFlags::empty())?;
     packets(&answer[..len])
@@ -228,8 +242,9 @@ impl Report {
                         dropped = total - self.reported,
                         total,
                         vm_ip = %self.vm_ip,
-                        "dropped packets from the VM whose source address is not VM_IP (a \
-                         forged source); see kvm_manager_spoofed_packets_total"
+                        "dropped packets from the VM whose source address is not VM_IP (or, \
+                         for IPv6, not in VM_GW6's /64: a forged source); see \
+                         kvm_manager_spoofed_packets_total"
                     );
                     self.reported = total;
                 }
@@ -248,6 +263,14 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ip6_request_differs_only_in_its_family() {
+        let (v4, v6) = (request(3), request_in(NFPROTO_IPV6, 3));
+        assert_eq!(v6[NLMSG_HDRLEN], NFPROTO_IPV6);
+        assert_eq!(v4[NLMSG_HDRLEN + 1..], v6[NLMSG_HDRLEN + 1..]);
+        assert_eq!(v4[..NLMSG_HDRLEN], v6[..NLMSG_HDRLEN]);
+    }
 
     #[test]
     fn the_request_names_our_table_and_counter() {

@@ -18,6 +18,7 @@ mod flood;
 mod http;
 mod ignition;
 mod image;
+mod ipv6;
 mod multiqueue;
 mod network;
 mod passt;

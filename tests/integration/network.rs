@@ -2,7 +2,7 @@
 //! eth0, MTU 1450 like an overlay CNI, default route via the node), and a "VM" namespace
 //! plugged into our bridge by a veth that carries VM_MAC/VM_IP in place of qemu's tap.
 
-mod topology;
+pub(crate) mod topology;
 
 use std::path::Path;
 

@@ -107,6 +107,52 @@ impl Pod {
         }
     }
 
+    // --- issue 23: a dual-stack pod ---
+    /// Makes this pod dual-stack (additive: pods are IPv4-only unless a test calls this
+    /// before kvm-manager starts): a global IPv6 on the pod's uplink, the node's on its end,
+    /// the pod's IPv6 default route via the node. Returns (node IPv6, pod IPv6).
+    pub fn add_ipv6(&self) -> (String, String) {
+        let subnet = self.node_ip.trim_end_matches(".1").replace('.', ":");
+        let subnet = subnet.trim_start_matches("10:");
+        let (node6, pod6) = (format!("fd98:{subnet}::1"), format!("fd98:{subnet}::2"));
+        let veth_node = format!("{}n", self.tag);
+        run(&[
+            "ip",
+            "-n",
+            &self.node_ns,
+            "addr",
+            "add",
+            &format!("{node6}/64"),
+            "dev",
+            &veth_node,
+            "nodad",
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &self.pod_ns,
+            "addr",
+            "add",
+            &format!("{pod6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &self.pod_ns,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &node6,
+        ]);
+        (node6, pod6)
+    }
+    // --- end issue 23 ---
+
     pub fn path(&self, sub: &str) -> PathBuf {
         self.dir.path().join(sub)
     }

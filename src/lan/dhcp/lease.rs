@@ -137,6 +137,7 @@ mod tests {
             dns_mode: mode,
             resolv: ResolvConf::parse(resolv),
             no_dhcp: false,
+            ipv6: None,
         }
     }
 

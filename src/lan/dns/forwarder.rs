@@ -1,9 +1,9 @@
-//! The listening half: UDP and TCP on `VM_GW:53` only (never 0.0.0.0, never the pod IP: the
+//! The listening half: UDP and TCP on `VM_GW:53` (and `[VM_GW6]:53` with IPv6) only (never 0.0.0.0, never the pod IP: the
 //! pod IP's port 53 belongs to the VM through the NAT, and we are not an open resolver).
 //! Each query is planned by [`query`], relayed by [`Upstreams`], and answered — with SERVFAIL
 //! when every upstream failed, never with silence.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,16 +37,26 @@ pub struct Shared {
     pub lines: std::sync::Mutex<LogLimits>,
 }
 
-pub fn bind_udp(bridge: &str, ip: Ipv4Addr) -> std::io::Result<UdpSocket> {
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+pub fn bind_udp(bridge: &str, ip: impl Into<IpAddr>) -> std::io::Result<UdpSocket> {
+    let ip = ip.into();
+    let socket = Socket::new(domain(ip), Type::DGRAM, Some(Protocol::UDP))?;
     socket.bind_device(Some(bridge.as_bytes()))?;
     socket.set_nonblocking(true)?;
     socket.bind(&SocketAddr::from((ip, PORT)).into())?;
     UdpSocket::from_std(socket.into())
 }
 
-pub fn bind_tcp(bridge: &str, ip: Ipv4Addr) -> std::io::Result<TcpListener> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+/// `VM_GW` or, for a VM with IPv6 (issue 23), `VM_GW6`.
+fn domain(ip: IpAddr) -> Domain {
+    match ip {
+        IpAddr::V4(_) => Domain::IPV4,
+        IpAddr::V6(_) => Domain::IPV6,
+    }
+}
+
+pub fn bind_tcp(bridge: &str, ip: impl Into<IpAddr>) -> std::io::Result<TcpListener> {
+    let ip = ip.into();
+    let socket = Socket::new(domain(ip), Type::STREAM, Some(Protocol::TCP))?;
     socket.bind_device(Some(bridge.as_bytes()))?;
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;

@@ -19,11 +19,11 @@ use crate::lan::{DropLog, Lan, LogLimits, ResolvConfError};
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
     #[error(
-        "could not listen on {ip}:53 ({transport}) on bridge {bridge} (does the bridge carry \
-         VM_GW?)"
+        "could not listen on {ip} port 53 ({transport}) on bridge {bridge} (does the bridge \
+         carry VM_GW, or VM_GW6?)"
     )]
     Bind {
-        ip: std::net::Ipv4Addr,
+        ip: std::net::IpAddr,
         bridge: String,
         transport: &'static str,
         #[source]
@@ -60,8 +60,8 @@ pub async fn serve(cfg: &Lan) -> Result<DnsServer, DnsError> {
         tracing::info!("DNS_MODE=passthrough; the VM uses the pod's nameservers directly");
         return Ok(DnsServer { tasks: Vec::new() });
     }
-    let bind_error = |transport| {
-        let (ip, bridge) = (cfg.vm_gw, cfg.bridge.clone());
+    let bind_error = |transport, ip: std::net::IpAddr| {
+        let bridge = cfg.bridge.clone();
         move |source| DnsError::Bind {
             ip,
             bridge,
@@ -69,8 +69,20 @@ pub async fn serve(cfg: &Lan) -> Result<DnsServer, DnsError> {
             source,
         }
     };
-    let udp = forwarder::bind_udp(&cfg.bridge, cfg.vm_gw).map_err(bind_error("udp"))?;
-    let tcp = forwarder::bind_tcp(&cfg.bridge, cfg.vm_gw).map_err(bind_error("tcp"))?;
+    let gw = cfg.vm_gw.into();
+    let udp = forwarder::bind_udp(&cfg.bridge, gw).map_err(bind_error("udp", gw))?;
+    let tcp = forwarder::bind_tcp(&cfg.bridge, gw).map_err(bind_error("tcp", gw))?;
+    // Issue 23: the same forwarder on VM_GW6, which our RAs and DHCPv6 name.
+    let v6 = match &cfg.ipv6 {
+        Some(v6) => {
+            let gw6 = v6.gw.into();
+            Some((
+                forwarder::bind_udp(&cfg.bridge, gw6).map_err(bind_error("udp", gw6))?,
+                forwarder::bind_tcp(&cfg.bridge, gw6).map_err(bind_error("tcp", gw6))?,
+            ))
+        }
+        None => None,
+    };
     let (upstreams, mut tasks) = upstream::Upstreams::open(
         &cfg.resolv.nameservers,
         cfg.resolv.timeout,
@@ -91,6 +103,11 @@ pub async fn serve(cfg: &Lan) -> Result<DnsServer, DnsError> {
     });
     tracing::info!(listen = %cfg.vm_gw, upstreams = ?cfg.resolv.nameservers, "serving DNS");
     tasks.push(tokio::spawn(forwarder::serve_udp(udp, Arc::clone(&shared))).abort_handle());
+    if let Some((udp6, tcp6)) = v6 {
+        tracing::info!(listen = %udp6.local_addr().map(|a| a.ip().to_string()).unwrap_or_default(), "serving DNS over IPv6");
+        tasks.push(tokio::spawn(forwarder::serve_udp(udp6, Arc::clone(&shared))).abort_handle());
+        tasks.push(tokio::spawn(forwarder::serve_tcp(tcp6, Arc::clone(&shared))).abort_handle());
+    }
     tasks.push(tokio::spawn(forwarder::serve_tcp(tcp, shared)).abort_handle());
     Ok(DnsServer { tasks })
 }

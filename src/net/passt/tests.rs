@@ -22,6 +22,7 @@ fn net(no_vnc: bool, http_port: Option<u16>, dns_mode: DnsMode) -> NetConfig {
         http_port,
         ready_port: 22,
         mode: NetworkMode::Passt,
+        ipv6: None,
     }
 }
 

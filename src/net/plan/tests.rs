@@ -22,6 +22,7 @@ fn net() -> NetConfig {
         http_port: Some(8080),
         ready_port: 22,
         mode: crate::config::NetworkMode::Auto,
+        ipv6: None,
     }
 }
 
@@ -35,6 +36,7 @@ pub(crate) fn pod() -> PodNet {
         mtu: 1450,
         gateway: Some(Ipv4Addr::new(10, 244, 1, 1)),
         vhost_net: true,
+        ipv6: None,
     }
 }
 
@@ -140,7 +142,9 @@ fn the_ruleset_replaces_only_our_table() {
         [
             "table ip kvm_manager",
             "delete table ip kvm_manager",
-            "table ip kvm_manager {"
+            "table ip kvm_manager {",
+            "table ip6 kvm_manager",
+            "delete table ip6 kvm_manager",
         ]
     );
 }
@@ -282,3 +286,102 @@ fn without_the_spoof_log_only_the_nflog_rule_is_gone() {
     assert!(full.contains(&rule), "{full}");
     assert_eq!(without_spoof_log(&full), full.replacen(&rule, "", 1));
 }
+// --- issue 23: the IPv6 half of the plan and the ip6 table ---
+fn a6(s: &str) -> std::net::Ipv6Addr {
+    s.parse().expect("an IPv6 address")
+}
+
+fn dual_pod() -> PodNet {
+    PodNet {
+        ipv6: Some(crate::net::discover::PodNet6 {
+            uplink: "eth0".into(),
+            pod_ip: a6("fd00:10:244:1::5"),
+            prefix: 64,
+        }),
+        ..pod()
+    }
+}
+
+fn net6() -> NetConfig {
+    NetConfig {
+        ipv6: Some(crate::net::ip6::Ip6Config::new(a6("fd6b:766d::1"), None).expect("valid")),
+        ..net()
+    }
+}
+
+#[test]
+fn a_dual_stack_pod_gives_the_vm_its_slaac_address_and_the_ip6_table() {
+    let plan = plan(&net6(), &dual_pod(), MAC).expect("a valid plan");
+    let v6 = plan.ipv6.as_ref().expect("IPv6 planned");
+    assert_eq!(v6.vm, a6("fd6b:766d::5054:ff:fe12:3456"));
+    assert_eq!(v6.gw, a6("fd6b:766d::1"));
+    assert_eq!(plan.no_ipv6_because, None);
+    golden("dual_stack", &ruleset(&plan));
+    let text = crate::net::printout(&plan);
+    assert!(
+        text.contains("ipv6:       bridge fd6b:766d::1/64 vm fd6b:766d::5054:ff:fe12:3456"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_fixed_vm_ip6_and_no_exclusions_flow_into_the_ip6_table() {
+    let config = NetConfig {
+        ipv6: Some(
+            crate::net::ip6::Ip6Config::new(a6("fd00:aa::1"), Some(a6("fd00:aa::2")))
+                .expect("valid"),
+        ),
+        no_vnc: true,
+        http_port: None,
+        ..net()
+    };
+    let plan = plan(&config, &dual_pod(), MAC).expect("a valid plan");
+    golden("dual_stack_all_ports", &ruleset(&plan));
+}
+
+#[test]
+fn an_ipv4_only_pod_or_ipv6_off_plans_no_ipv6_and_deletes_the_ip6_table() {
+    let v4_only = plan(&net6(), &pod(), MAC).expect("a valid plan");
+    assert_eq!(v4_only.ipv6, None);
+    assert_eq!(
+        v4_only.no_ipv6_because,
+        Some("the pod has no global IPv6 address")
+    );
+    let off = plan(&net(), &dual_pod(), MAC).expect("a valid plan");
+    assert_eq!(off.ipv6, None);
+    assert_eq!(off.no_ipv6_because, Some("IPV6=off"));
+    for plan in [v4_only, off] {
+        let text = ruleset(&plan);
+        assert!(text.ends_with("table ip6 kvm_manager\ndelete table ip6 kvm_manager\n"));
+        assert!(!text.contains("table ip6 kvm_manager {"), "{text}");
+    }
+}
+
+#[test]
+fn a_vm_64_overlapping_the_pods_ipv6_is_refused_naming_vm_gw6_and_ipv6_off() {
+    let pod = PodNet {
+        ipv6: Some(crate::net::discover::PodNet6 {
+            uplink: "eth0".into(),
+            pod_ip: a6("fd6b:766d::99"),
+            prefix: 48,
+        }),
+        ..pod()
+    };
+    let err = plan(&net6(), &pod, MAC).expect_err("overlap");
+    let message = err.to_string();
+    assert!(matches!(err, NetError::Overlap6 { .. }), "{err:?}");
+    assert!(
+        message.contains("VM_GW6") && message.contains("IPV6=off"),
+        "{message}"
+    );
+}
+
+#[test]
+fn ndp_to_the_pods_ipv6_is_never_sent_to_the_vm() {
+    let text = ruleset(&plan(&net6(), &dual_pod(), MAC).expect("a valid plan"));
+    let ip6 = &text[text.find("table ip6 kvm_manager {").expect("ip6 table")..];
+    let nd = ip6.find("nd-neighbor-solicit").expect("NDP excluded");
+    let dnat = ip6.find("dnat to").expect("a dnat");
+    assert!(nd < dnat, "{ip6}");
+}
+// --- end issue 23 ---

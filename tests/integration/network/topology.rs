@@ -13,6 +13,10 @@ pub const NODE_IP: &str = "10.99.0.1";
 pub const POD_IP: &str = "10.99.0.2";
 pub const VM_IP: &str = "192.168.254.2";
 pub const VM_MAC: &str = "52:54:00:aa:bb:cc";
+// --- issue 23 ---
+pub const NODE_IP6: &str = "fd99::1";
+pub const POD_IP6: &str = "fd99::2";
+// --- end issue 23 ---
 const PYTHON: &str = "/usr/bin/python3";
 
 /// `serve PROTO HOST PORT`: prints `ready`, answers one peer with `saw <peer ip>`, prints
@@ -20,7 +24,8 @@ const PYTHON: &str = "/usr/bin/python3";
 const PEER: &str = r#"
 import socket, sys
 role, proto, host, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+family = socket.AF_INET6 if ":" in host else socket.AF_INET
+s = socket.socket(family, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
 if role == "serve":
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((host, port))
@@ -123,6 +128,49 @@ impl Topology {
     pub fn sysctl(&self, setting: &str) {
         must(&["ip", "netns", "exec", &self.pod, "sysctl", "-qw", setting]);
     }
+
+    // --- issue 23: a dual-stack pod ---
+    /// [`Topology::new`] plus IPv6: the pod's global [`POD_IP6`] on eth0 (its default route
+    /// via the node's [`NODE_IP6`]), and the VM's veth with no IPv6 config of its own beyond
+    /// what the kernel does (link-local, SLAAC from our router advertisements).
+    pub fn dual_stack(tag: &str) -> Option<Self> {
+        let topo = Self::for_test(tag)?;
+        // nodad: the address is usable at once, as a CNI's is by the time the pod starts.
+        must(&[
+            "ip",
+            "-n",
+            &topo.node,
+            "addr",
+            "add",
+            &format!("{NODE_IP6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        must(&[
+            "ip",
+            "-n",
+            &topo.pod,
+            "addr",
+            "add",
+            &format!("{POD_IP6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        must(&[
+            "ip", "-n", &topo.pod, "-6", "route", "add", "default", "via", NODE_IP6,
+        ]);
+        Some(topo)
+    }
+
+    /// A command's stdout in `ns`, asserting it succeeded.
+    pub fn must_in(&self, ns: &str, args: &[&str]) -> String {
+        let mut all = vec!["ip", "netns", "exec", ns];
+        all.extend_from_slice(args);
+        must(&all)
+    }
+    // --- end issue 23 ---
 
     /// A network phase that failed changed nothing: no bridge in the pod.
     pub fn assert_nothing_created(&self) {
