@@ -206,7 +206,10 @@ fn qemu_args(config: &Config) -> Result<u8, Error> {
     runtime.block_on(async {
         let state = crate::state::peek(&config.pet_dir, &config.hostname, config.net.vm_mac)?;
         let wiring = net::wire(&config.net, &config.runtime_dir, state.mac(), false).await?;
-        let launch = launch::decide(config, Some(&wiring), None)?;
+        let stored = crate::state::stored(&config.pet_dir, &config.hostname)?;
+        let record = stored.as_ref().and_then(|s| s.firmware.as_ref());
+        let firmware = launch::firmware(config, stored.is_some(), record)?;
+        let launch = launch::decide(config, Some(&wiring), None, &firmware)?;
         let mut out = std::io::stdout().lock();
         for arg in crate::qemu::args::build(&launch) {
             let _ = writeln!(out, "{}", arg.to_string_lossy());

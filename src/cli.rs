@@ -303,6 +303,22 @@ pub struct Settings {
     #[arg(long, env = "ACCEL", global = true, default_value = "auto")]
     pub accel: String,
 
+    /// `bios` (SeaBIOS) or `uefi` (OVMF with a variable store `PET_DIR/<hostname>.vars`,
+    /// copied once from the template and kept). Recorded at the VM's first boot; a different
+    /// value on an existing VM is refused unless FIRMWARE_RESET is set.
+    #[arg(long, env = "FIRMWARE", global = true, default_value = "bios")]
+    pub firmware: String,
+
+    /// `pc` (i440fx) or `q35`. Default: `q35` with UEFI, `pc` with BIOS. UEFI needs `q35`.
+    #[arg(long, env = "MACHINE", global = true)]
+    pub machine: Option<String>,
+
+    /// Accept a FIRMWARE or MACHINE different from the one the VM first booted with, and
+    /// re-create the UEFI variable store from the template (boot entries and variables are
+    /// lost) on every start while set. Same values as NO_VNC.
+    #[arg(long, env = "FIRMWARE_RESET", global = true, action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
+    pub firmware_reset: bool,
+
     /// Path or name of the qemu binary (RHEL-style images: /usr/libexec/qemu-kvm).
     #[arg(
         long,

@@ -78,6 +78,8 @@ pub struct Config {
     pub config_drive: ConfigDriveConfig,
     pub log: LogConfig,
     pub agent: AgentConfig,
+    /// `FIRMWARE`, `MACHINE`, `FIRMWARE_RESET`.
+    pub firmware: FirmwareConfig,
     /// Accepted but questionable settings, logged once logging is up.
     pub warnings: Vec<String>,
 }
@@ -333,6 +335,7 @@ impl Config {
         let net = net::parse_net(settings)?;
         let vm = vm::parse_vm(settings, extra_args)?;
         let agent = agent::parse_agent(settings, net.no_dhcp)?;
+        let firmware = firmware::parse_firmware(settings)?;
         if let (Some(_), true) = (&vm.vnc_password, net.no_vnc) {
             warnings.push("VNC_PASSWORD is ignored because NO_VNC is set".to_owned());
         }
@@ -361,6 +364,7 @@ impl Config {
             config_drive,
             log,
             agent,
+            firmware,
             warnings,
         };
         Ok((config, needed))
@@ -399,6 +403,7 @@ mod agent;
 mod auth;
 mod duration;
 mod fetch_limits;
+mod firmware;
 mod image;
 mod net;
 mod url;
@@ -406,6 +411,7 @@ mod vm;
 
 pub(crate) use auth::ImageAuth;
 pub(crate) use fetch_limits::{FetchLimits, Reserve};
+pub(crate) use firmware::{Firmware, FirmwareConfig, Machine};
 pub(crate) use url::{redact_url, ImageUrl};
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use crate::lan::LanError;
 use crate::logging::LogError;
 use crate::net::NetError;
 use crate::pid1::Pid1Error;
+use crate::qemu::firmware::FirmwareError;
 use crate::qemu::QemuError;
 use crate::state::StateError;
 
@@ -56,6 +57,8 @@ pub(crate) enum Error {
     State(#[from] StateError),
     #[error("could not build the config drive")]
     ConfigDrive(#[from] ConfigDriveError),
+    #[error("could not set up the VM's firmware")]
+    Firmware(#[from] FirmwareError),
 }
 
 /// The LAN services' error keeps its own top line ("the DHCP server failed", "the DNS forwarder
@@ -83,6 +86,7 @@ impl Error {
             Error::Owner(e) => owner_code(e),
             Error::Qemu(e) => qemu_code(e),
             Error::ConfigDrive(_) => exit::CONFIG_DRIVE,
+            Error::Firmware(e) => firmware_code(e),
         }
     }
 }
@@ -148,6 +152,15 @@ fn image_code(error: &ImageError) -> u8 {
         | ImageError::BackingMismatch { .. }
         | ImageError::OverlayInUse { .. }
         | ImageError::Internal(_) => exit::IMAGE,
+    }
+}
+
+fn firmware_code(error: &FirmwareError) -> u8 {
+    match error {
+        // The operator's setting contradicts the pet: a configuration to fix.
+        FirmwareError::Changed { .. } => exit::CONFIG,
+        FirmwareError::Missing { .. } => exit::QEMU_START,
+        FirmwareError::Vars { .. } => exit::IMAGE,
     }
 }
 
@@ -304,7 +317,37 @@ mod tests {
                 "a sample",
             ))
             .into(),
+            firmware_changed().into(),
+            FirmwareError::Missing {
+                path: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+                source: io::Error::from(io::ErrorKind::NotFound),
+            }
+            .into(),
+            FirmwareError::Vars {
+                path: "/pet/vm-0.vars".into(),
+                source: denied(),
+            }
+            .into(),
         ]
+    }
+
+    fn firmware_changed() -> FirmwareError {
+        use crate::config::{Firmware, Machine};
+        use crate::state::FirmwareRecord;
+        let record = |firmware, machine| FirmwareRecord {
+            firmware,
+            machine,
+            vars_template: None,
+        };
+        FirmwareError::Changed {
+            recorded: record(Firmware::Bios, Machine::Pc),
+            wanted: record(Firmware::Uefi, Machine::Q35),
+        }
+    }
+
+    #[test]
+    fn a_firmware_change_on_an_existing_vm_is_a_configuration_error() {
+        assert_eq!(Error::from(firmware_changed()).exit_code(), exit::CONFIG);
     }
 
     /// Every run of three words of `message`, lowercased, punctuation and quotes aside, that
@@ -343,6 +386,7 @@ mod tests {
                 Error::Owner(_) => "owner",
                 Error::State(_) => "state",
                 Error::ConfigDrive(_) => "config-drive",
+                Error::Firmware(_) => "firmware",
             });
             let mut levels = vec![error.to_string()];
             let mut source = std::error::Error::source(error);
@@ -365,7 +409,7 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
-        assert_eq!(covered.len(), 12, "a sample of every variant: {covered:?}");
+        assert_eq!(covered.len(), 13, "a sample of every variant: {covered:?}");
     }
 
     #[test]

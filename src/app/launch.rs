@@ -9,7 +9,8 @@ use crate::image::source::DiskFormat;
 use crate::image::BaseImage;
 use crate::net::Wiring;
 use crate::qemu::accel::{self, KVM_FIX};
-use crate::qemu::args::{Accel, Base, BaseFormat, Launch, Nic, NicBackend, Vnc};
+use crate::qemu::args::{Accel, Base, BaseFormat, Firmware, Launch, Nic, NicBackend, Vnc};
+use crate::qemu::firmware::{self, FirmwareError, Plan, Uefi, VarsAction};
 use crate::qemu::sizing::{self, Limits};
 use crate::qemu::QemuError;
 
@@ -79,6 +80,33 @@ pub(super) fn probe(config: &Config, known: Option<&BaseImage>) -> Result<Probed
     })
 }
 
+/// The firmware of this start, from the config and what the pet state recorded (`existed`:
+/// the state file was there, so the VM booted before).
+pub(super) fn firmware(
+    config: &Config,
+    existed: bool,
+    record: Option<&crate::state::FirmwareRecord>,
+) -> Result<Plan, FirmwareError> {
+    let recorded = firmware::recorded(existed, record);
+    let vars = firmware::vars_path(&config.pet_dir, &config.hostname);
+    firmware::decide(&config.firmware, recorded.as_ref(), vars)
+}
+
+/// Creates or reuses the UEFI variable store, and says which.
+pub(super) fn prepare_vars(uefi: &Uefi, action: VarsAction) -> Result<(), FirmwareError> {
+    let created = firmware::prepare_vars(uefi, action)?;
+    match (created, action) {
+        (true, VarsAction::Recreate) => {
+            tracing::warn!(vars = %uefi.vars.display(), template = %uefi.template.display(), "FIRMWARE_RESET is set: the UEFI variable store was re-created from the template (boot entries and variables reset); unset FIRMWARE_RESET to keep them from now on")
+        }
+        (true, VarsAction::Keep) => {
+            tracing::info!(vars = %uefi.vars.display(), template = %uefi.template.display(), "UEFI variable store created from the template")
+        }
+        (false, _) => tracing::info!(vars = %uefi.vars.display(), "UEFI variable store reused"),
+    }
+    Ok(())
+}
+
 /// The VM's NIC: the tap on our bridge (NAT) or passt's socket.
 fn nic(wiring: &Wiring) -> Nic {
     match wiring {
@@ -105,6 +133,7 @@ pub(super) fn compose(
     config: &Config,
     wiring: Option<&Wiring>,
     probed: &Probed,
+    firmware: &Plan,
 ) -> Result<Launch, QemuError> {
     Ok(Launch {
         qemu: config.vm.qemu.clone(),
@@ -120,6 +149,10 @@ pub(super) fn compose(
         }),
         qmp_socket: qmp_socket(config),
         agent_socket: crate::qemu::agent::socket_path(&config.runtime_dir),
+        firmware: Firmware {
+            machine: firmware.machine,
+            uefi: firmware.uefi.as_ref().map(|(uefi, _)| uefi.clone()),
+        },
         extra: config.vm.extra_args.clone(),
     })
 }
@@ -130,6 +163,7 @@ pub(super) fn decide(
     config: &Config,
     wiring: Option<&Wiring>,
     base: Option<&BaseImage>,
+    firmware: &Plan,
 ) -> Result<Launch, QemuError> {
     let probed = probe(config, base)?;
     if let Some(accel::Fallback(reason)) = &probed.fallback {
@@ -139,7 +173,7 @@ pub(super) fn decide(
             "no usable KVM: the VM runs under TCG software emulation, many times slower; {KVM_FIX}"
         );
     }
-    let launch = compose(config, wiring, &probed)?;
+    let launch = compose(config, wiring, &probed, firmware)?;
     tracing::info!(
         cpus = launch.sizing.cpus,
         memory_mib = launch.sizing.memory_mib,
@@ -168,6 +202,12 @@ mod tests {
         let settings = Cli::try_parse_from(argv).expect("valid arguments").settings;
         let hostname = Hostname::parse("vm-0").expect("valid hostname");
         Config::from_settings(&settings, hostname, Vec::new()).expect("valid")
+    }
+
+    fn bios() -> Plan {
+        let wanted = config(&[]).firmware;
+        crate::qemu::firmware::decide(&wanted, None, PathBuf::from("/pet/vm-0.vars"))
+            .expect("a first boot")
     }
 
     fn host(limits: Limits) -> Probed {
@@ -222,13 +262,14 @@ mod tests {
             cpu_millis: Some(2500),
             memory: Some(4 * GIB),
         };
-        let launch = compose(&config(&[]), None, &host(limits)).expect("composes");
+        let launch = compose(&config(&[]), None, &host(limits), &bios()).expect("composes");
         assert_eq!(launch.sizing.cpus, 3);
         assert_eq!(launch.sizing.memory_mib, (4 * GIB - 512 * MIB) / MIB);
         let launch = compose(
             &config(&["--vm-cpus", "1", "--vm-memory", "2G"]),
             None,
             &host(limits),
+            &bios(),
         )
         .expect("composes");
         assert_eq!((launch.sizing.cpus, launch.sizing.memory_mib), (1, 2048));
@@ -240,7 +281,7 @@ mod tests {
             cpu_millis: None,
             memory: Some(200 * MIB),
         };
-        let err = compose(&config(&[]), None, &host(tiny)).expect_err("too small");
+        let err = compose(&config(&[]), None, &host(tiny), &bios()).expect_err("too small");
         assert!(matches!(err, QemuError::Sizing(_)), "{err}");
     }
 
@@ -250,6 +291,7 @@ mod tests {
             &config(&["--no-vnc"]),
             Some(&plan()),
             &host(Limits::default()),
+            &bios(),
         )
         .expect("composes");
         let nic = launch.nic.expect("a NIC");
@@ -275,7 +317,7 @@ mod tests {
             path: PathBuf::from("/images/base.raw"),
             format: BaseFormat::Raw,
         });
-        let launch = compose(&config(&[]), None, &probed).expect("composes");
+        let launch = compose(&config(&[]), None, &probed, &bios()).expect("composes");
         assert_eq!(launch.vnc, Some(Vnc { password: false }));
         assert_eq!(launch.base, probed.base);
         assert!(launch.nic.is_none());

@@ -197,10 +197,20 @@ async fn prepare(
         path: config.runtime_dir.clone(),
         source,
     })?;
-    let loaded = state::load(&config.pet_dir, &config.hostname, config.net.vm_mac)?;
+    let mut loaded = state::load(&config.pet_dir, &config.hostname, config.net.vm_mac)?;
+    let firmware = launch::firmware(config, loaded.existed, loaded.state.firmware.as_ref())?;
+    loaded.record_firmware(firmware.record.clone())?;
     let (mac, state) = (loaded.state.mac(), loaded.state.clone());
 
-    let state_saved = on_worker(move || loaded.persist().map_err(Error::from));
+    // The variable store after the state: a store whose record is lost would be re-created.
+    let uefi = firmware.uefi.clone();
+    let state_saved = on_worker(move || {
+        loaded.persist()?;
+        if let Some((uefi, action)) = uefi {
+            launch::prepare_vars(&uefi, action)?;
+        }
+        Ok::<_, Error>(())
+    });
     let disk = async {
         let base = timed("image", image::ensure_base(&config.image, target)).await?;
         let overlay_path = config.overlay_path();
@@ -243,6 +253,6 @@ async fn prepare(
         Ok::<_, Error>(wiring)
     };
     let ((), base, (), wiring) = tokio::try_join!(state_saved, disk, drive, network)?;
-    let launch = launch::decide(config, Some(&wiring), Some(&base))?;
+    let launch = launch::decide(config, Some(&wiring), Some(&base), &firmware)?;
     Ok((launch, wiring))
 }

@@ -67,7 +67,16 @@ pub(crate) struct Launch {
     pub qmp_socket: PathBuf,
     /// The guest agent's channel (always there: a guest without an agent never opens it).
     pub agent_socket: PathBuf,
+    /// Board and firmware (OVMF's files for UEFI).
+    pub firmware: Firmware,
     pub extra: Vec<String>,
+}
+
+/// The board and, for UEFI, OVMF's code and the VM's variable store (pflash 0 and 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Firmware {
+    pub machine: crate::config::Machine,
+    pub uefi: Option<super::firmware::Uefi>,
 }
 
 /// The base image: its path and the format qemu must open it with (never probed).
@@ -132,7 +141,10 @@ pub(crate) fn build(launch: &Launch) -> Vec<OsString> {
         Accel::Kvm => ("kvm", "host"),
         Accel::Tcg => ("tcg", "max"),
     };
-    push(&["-machine", &format!("pc,accel={accel}")]);
+    push(&["-machine", &machine_option(&launch.firmware, accel)]);
+    for node in firmware_nodes(&launch.firmware) {
+        push(&["-blockdev", &node.to_string()]);
+    }
     push(&["-cpu", cpu]);
     push(&["-smp", &launch.sizing.cpus.to_string()]);
     push(&["-m", &format!("{}M", launch.sizing.memory_mib)]);
@@ -186,6 +198,43 @@ pub(crate) fn build(launch: &Launch) -> Vec<OsString> {
     argv.extend(args.into_iter().map(OsString::from));
     argv.extend(launch.extra.iter().map(OsString::from));
     argv
+}
+
+/// `-machine`: the board, the accelerator, and OVMF's flash nodes for UEFI.
+fn machine_option(firmware: &Firmware, accel: &str) -> String {
+    let mut option = format!("{},accel={accel}", firmware.machine.name());
+    if firmware.uefi.is_some() {
+        option.push_str(",pflash0=fw-code,pflash1=fw-vars");
+    }
+    option
+}
+
+/// OVMF as two `-blockdev` graphs: the code read-only, the VM's variable store writable.
+/// Formats named (raw), never probed.
+fn firmware_nodes(firmware: &Firmware) -> Vec<serde_json::Value> {
+    use serde_json::json;
+    let Some(uefi) = &firmware.uefi else {
+        return Vec::new();
+    };
+    let mut nodes = Vec::new();
+    for (name, path, read_only) in [
+        ("fw-code", &uefi.code, true),
+        ("fw-vars", &uefi.vars, false),
+    ] {
+        nodes.push(json!({
+            "driver": "file",
+            "node-name": format!("{name}-file"),
+            "filename": path.to_string_lossy(),
+            "read-only": read_only,
+        }));
+        nodes.push(json!({
+            "driver": "raw",
+            "node-name": name,
+            "file": format!("{name}-file"),
+            "read-only": read_only,
+        }));
+    }
+    nodes
 }
 
 /// `-netdev` and `-device` of the VM's NIC: a tap (NAT mode) or passt's socket.

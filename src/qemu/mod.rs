@@ -5,6 +5,7 @@ pub(crate) mod agent;
 pub(crate) mod args;
 pub(crate) mod attach;
 pub(crate) mod console;
+pub(crate) mod firmware;
 pub(crate) mod pause;
 pub(crate) mod process;
 pub(crate) mod qmp;

@@ -57,6 +57,7 @@ pkgs=("$kernel_pkg" busybox-static toybox libc6 libcrypt1)
 agent_pkgs=(qemu-guest-agent libglib2.0-0 libnuma1 libudev1 liburing2 libffi8 libpcre2-8-0
     libmount1 libselinux1 libblkid1 zlib1g libgcc-s1)
 pkgs+=("${agent_pkgs[@]}")
+pkgs+=(systemd-boot-efi) # issue 20: the UEFI variant's boot loader
 for pkg in "${pkgs[@]}"; do
     if ! compgen -G "$debs/${pkg}_*.deb" >/dev/null; then
         log "downloading $pkg"
@@ -133,6 +134,7 @@ wanted=(
     virtio_console                               # the guest agent's virtio-serial port
     brd ext4 crc32c_generic                      # option tick: a freezable ext2 on a RAM disk
 )
+wanted+=(efivarfs) # issue 20: UEFI variables (option efivar)
 mods=$work/pkgs/lib/modules/$kver
 depmod -b "$work/pkgs" "$kver"
 # modules.dep lists each module's full dependency closure; order it depth first, deps first.
@@ -189,6 +191,20 @@ mcopy -i "$raw" "$work/initrd.gz" ::initrd.gz
 mcopy -i "$raw" "$work/syslinux.cfg" ::syslinux.cfg
 syslinux --install "$raw"
 qemu-img convert -q -f raw -O qcow2 "$raw" "$work/guest.qcow2"
+
+# --- issue 20: UEFI variant -------------------------------------------------------------------
+# guest-uefi.qcow2 beside the image: the same vfat superfloppy plus systemd-boot as the UEFI
+# removable-media loader (\EFI\BOOT\BOOTX64.EFI), which OVMF finds on a partitionless FAT
+# disk; its entry boots the same kernel and initrd. (SeaBIOS still boots it with syslinux.)
+uefi_image=${image%.qcow2}-uefi.qcow2
+mmd -i "$raw" ::EFI ::EFI/BOOT ::loader ::loader/entries
+mcopy -i "$raw" "$work/pkgs/usr/lib/systemd/boot/efi/systemd-bootx64.efi" ::EFI/BOOT/BOOTX64.EFI
+printf 'default kvmtest.conf\ntimeout 0\n' >"$work/loader.conf"
+printf 'title kvmtest\nlinux /vmlinuz\ninitrd /initrd.gz\noptions console=ttyS0,115200 quiet panic=-1\n' >"$work/kvmtest.conf"
+mcopy -i "$raw" "$work/loader.conf" ::loader/loader.conf
+mcopy -i "$raw" "$work/kvmtest.conf" ::loader/entries/kvmtest.conf
+qemu-img convert -q -f raw -O qcow2 "$raw" "$work/guest-uefi.qcow2"
+mv -f "$work/guest-uefi.qcow2" "$uefi_image"
 
 mv -f "$work/guest.qcow2" "$image"
 echo "$inputs" >"$image.inputs"

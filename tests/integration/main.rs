@@ -13,6 +13,7 @@ mod configdrive;
 mod dhcp;
 mod dns;
 mod e2e;
+mod firmware;
 mod flood;
 mod http;
 mod image;

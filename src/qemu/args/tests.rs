@@ -41,6 +41,10 @@ fn base() -> Launch {
         vnc: Some(Vnc { password: false }),
         qmp_socket: "/run/kvm-manager/qmp.sock".into(),
         agent_socket: "/run/kvm-manager/agent.sock".into(),
+        firmware: Firmware {
+            machine: crate::config::Machine::Pc,
+            uefi: None,
+        },
         extra: Vec::new(),
     }
 }
@@ -253,4 +257,38 @@ fn a_raw_base_is_opened_as_raw() {
         r#"{"driver":"raw","file":"base-file","node-name":"base","read-only":true}"#
     )));
     golden("raw-base", &argv);
+}
+
+#[test]
+fn uefi_on_q35_maps_ovmf_code_read_only_and_the_vms_own_variable_store() {
+    let mut launch = base();
+    launch.accel = Accel::Tcg;
+    launch.firmware = Firmware {
+        machine: crate::config::Machine::Q35,
+        uefi: Some(crate::qemu::firmware::Uefi {
+            code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+            vars: "/pet/vm-0.vars".into(),
+            template: "/usr/share/OVMF/OVMF_VARS_4M.fd".into(),
+        }),
+    };
+    let argv = build(&launch);
+    assert!(argv
+        .windows(2)
+        .any(|w| w[0] == "-machine" && w[1] == "q35,accel=tcg,pflash0=fw-code,pflash1=fw-vars"));
+    // The template itself is never handed to qemu: the guest writes only its own copy.
+    assert!(!argv
+        .iter()
+        .any(|a| a.to_string_lossy().contains("OVMF_VARS")));
+    golden("uefi-q35", &argv);
+}
+
+#[test]
+fn bios_on_q35_has_no_flash() {
+    let mut launch = base();
+    launch.firmware.machine = crate::config::Machine::Q35;
+    let argv = build(&launch);
+    assert!(argv
+        .windows(2)
+        .any(|w| w[0] == "-machine" && w[1] == "q35,accel=kvm"));
+    assert!(!argv.iter().any(|a| a.to_string_lossy().contains("pflash")));
 }

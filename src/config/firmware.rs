@@ -1,0 +1,136 @@
+//! The VM's firmware and board: `FIRMWARE`, `MACHINE`, `FIRMWARE_RESET`.
+//!
+//! What is recorded in the pet state (and refused when it changes) is decided in
+//! [`crate::qemu::firmware`]; here only what the operator asked for is parsed.
+
+use serde::{Deserialize, Serialize};
+
+use super::{choice, invalid, non_empty, ConfigError};
+use crate::cli::Settings;
+
+/// `FIRMWARE`: SeaBIOS or OVMF.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+impl Firmware {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Bios => "bios",
+            Self::Uefi => "uefi",
+        }
+    }
+}
+
+/// `MACHINE`: qemu's board.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Machine {
+    /// i440fx + PIIX: the widest legacy support.
+    Pc,
+    /// Q35 + ICH9 (AHCI, PCIe): what UEFI guests expect.
+    Q35,
+}
+
+impl Machine {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Pc => "pc",
+            Self::Q35 => "q35",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FirmwareConfig {
+    pub firmware: Firmware,
+    /// `MACHINE`, resolved: `q35` for UEFI and `pc` for BIOS unless set.
+    pub machine: Machine,
+    /// `FIRMWARE_RESET`: accept a firmware or machine different from the recorded one, and
+    /// re-create the UEFI variable store.
+    pub reset: bool,
+}
+
+pub(super) fn parse_firmware(settings: &Settings) -> Result<FirmwareConfig, ConfigError> {
+    let firmware = choice(
+        "FIRMWARE",
+        &settings.firmware,
+        &[("bios", Firmware::Bios), ("uefi", Firmware::Uefi)],
+    )?;
+    let machine = match non_empty(&settings.machine) {
+        Some(raw) => choice(
+            "MACHINE",
+            raw,
+            &[("pc", Machine::Pc), ("q35", Machine::Q35)],
+        )?,
+        None if firmware == Firmware::Bios => Machine::Pc,
+        None => Machine::Q35,
+    };
+    if firmware != Firmware::Bios && machine == Machine::Pc {
+        // OVMF leaves the PIIX IDE controller of `pc` unused, so the config drive (an IDE
+        // cdrom) would be invisible to a UEFI guest.
+        return Err(invalid(
+            "MACHINE",
+            settings.machine.as_deref().unwrap_or_default(),
+            "UEFI firmware does not see pc's IDE controller, where the config drive sits",
+            "use MACHINE=q35 (or unset it) with FIRMWARE=uefi",
+        ));
+    }
+    Ok(FirmwareConfig {
+        firmware,
+        machine,
+        reset: settings.firmware_reset,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::Cli;
+
+    fn parse(args: &[&str]) -> Result<FirmwareConfig, ConfigError> {
+        let mut argv = vec!["kvm-manager"];
+        argv.extend_from_slice(args);
+        parse_firmware(&Cli::try_parse_from(argv).expect("valid arguments").settings)
+    }
+
+    #[test]
+    fn bios_on_pc_is_the_default_and_uefi_defaults_to_q35() {
+        let default = parse(&[]).expect("valid");
+        assert_eq!(
+            (default.firmware, default.machine),
+            (Firmware::Bios, Machine::Pc)
+        );
+        assert!(!default.reset);
+        let uefi = parse(&["--firmware", "UEFI"]).expect("valid");
+        assert_eq!(
+            (uefi.firmware, uefi.machine),
+            (Firmware::Uefi, Machine::Q35)
+        );
+        let bios_q35 = parse(&["--machine", "q35"]).expect("valid");
+        assert_eq!(bios_q35.machine, Machine::Q35);
+    }
+
+    #[test]
+    fn uefi_on_pc_is_refused_naming_machine() {
+        let err = parse(&["--firmware", "uefi", "--machine", "pc"]).expect_err("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("MACHINE (--machine)") && text.contains("q35"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn unknown_words_name_the_variable() {
+        let err = parse(&["--firmware", "efi"]).expect_err("refused");
+        assert!(err.to_string().contains("FIRMWARE (--firmware)"), "{err}");
+        let err = parse(&["--machine", "virt"]).expect_err("refused");
+        assert!(err.to_string().contains("MACHINE (--machine)"), "{err}");
+    }
+}
