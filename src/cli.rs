@@ -18,7 +18,7 @@ configuration or usage; 3 base image, pet overlay or PET_DIR error; 4 network er
 (also a NETWORK_MODE that cannot work, and passt dying under a running VM); \
 5 config-drive error; 6 qemu could not be started; 7 the guest ignored the ACPI power button \
 for SHUTDOWN_TIMEOUT and qemu was stopped; 8 another kvm-manager owns this pet \
-(PET_DIR/<hostname>.lock); otherwise qemu's own exit code, or 128+N when the supervised \
+(PET_DIR/<hostname>.lock); 9 swtpm (TPM=2.0) died under the VM or refused its state; otherwise qemu's own exit code, or 128+N when the supervised \
 process was killed by signal N.";
 
 /// PID 1 for a pod that runs one virtual machine: fetches the base image, creates the pet
@@ -318,6 +318,12 @@ pub struct Settings {
     /// lost) on every start while set. Same values as NO_VNC.
     #[arg(long, env = "FIRMWARE_RESET", global = true, action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
     pub firmware_reset: bool,
+
+    /// `none` or `2.0`: a TPM 2.0 (swtpm, a supervised child) whose state lives in
+    /// `PET_DIR/<hostname>.tpm/`, created once and reused; a state that cannot be read is an
+    /// error, never replaced. swtpm dying stops the VM (exit 9).
+    #[arg(long, env = "TPM", global = true, default_value = "none")]
+    pub tpm: String,
 
     /// Path or name of the qemu binary (RHEL-style images: /usr/libexec/qemu-kvm).
     #[arg(

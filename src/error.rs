@@ -14,6 +14,7 @@ use crate::logging::LogError;
 use crate::net::NetError;
 use crate::pid1::Pid1Error;
 use crate::qemu::firmware::FirmwareError;
+use crate::qemu::tpm::TpmError;
 use crate::qemu::QemuError;
 use crate::state::StateError;
 
@@ -29,6 +30,8 @@ pub(crate) mod exit {
     pub(crate) const SHUTDOWN_FORCED: u8 = 7;
     /// Another kvm-manager owns this pet (`PET_DIR/<hostname>.lock`); nothing was changed.
     pub(crate) const PET_OWNED: u8 = 8;
+    /// swtpm (`TPM=2.0`) died under the running VM, or refused to start.
+    pub(crate) const TPM: u8 = 9;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +62,8 @@ pub(crate) enum Error {
     ConfigDrive(#[from] ConfigDriveError),
     #[error("could not set up the VM's firmware")]
     Firmware(#[from] FirmwareError),
+    #[error("the VM's TPM failed")]
+    Tpm(#[from] TpmError),
 }
 
 /// The LAN services' error keeps its own top line ("the DHCP server failed", "the DNS forwarder
@@ -87,6 +92,7 @@ impl Error {
             Error::Qemu(e) => qemu_code(e),
             Error::ConfigDrive(_) => exit::CONFIG_DRIVE,
             Error::Firmware(e) => firmware_code(e),
+            Error::Tpm(e) => tpm_code(e),
         }
     }
 }
@@ -161,6 +167,19 @@ fn firmware_code(error: &FirmwareError) -> u8 {
         FirmwareError::Changed { .. } => exit::CONFIG,
         FirmwareError::Missing { .. } => exit::QEMU_START,
         FirmwareError::Vars { .. } => exit::IMAGE,
+    }
+}
+
+fn tpm_code(error: &TpmError) -> u8 {
+    match error {
+        // The pet's TPM state is missing or unreadable: a pet-volume problem, like the disk's.
+        TpmError::Incomplete { .. } | TpmError::Unreadable { .. } | TpmError::CreateDir { .. } => {
+            exit::IMAGE
+        }
+        TpmError::Spawn(_)
+        | TpmError::EarlyExit { .. }
+        | TpmError::NoSocket { .. }
+        | TpmError::Died { .. } => exit::TPM,
     }
 }
 
@@ -328,6 +347,11 @@ mod tests {
                 source: denied(),
             }
             .into(),
+            TpmError::Died {
+                status: crate::pid1::ExitStatus::Signaled(nix::sys::signal::Signal::SIGKILL),
+                last_words: String::new(),
+            }
+            .into(),
         ]
     }
 
@@ -387,6 +411,7 @@ mod tests {
                 Error::State(_) => "state",
                 Error::ConfigDrive(_) => "config-drive",
                 Error::Firmware(_) => "firmware",
+                Error::Tpm(_) => "tpm",
             });
             let mut levels = vec![error.to_string()];
             let mut source = std::error::Error::source(error);
@@ -409,7 +434,7 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
-        assert_eq!(covered.len(), 13, "a sample of every variant: {covered:?}");
+        assert_eq!(covered.len(), 14, "a sample of every variant: {covered:?}");
     }
 
     #[test]

@@ -153,6 +153,14 @@ pub(super) fn compose(
             machine: firmware.machine,
             uefi: firmware.uefi.as_ref().map(|(uefi, _)| uefi.clone()),
         },
+        tpm: config.firmware.tpm.then(|| {
+            crate::qemu::tpm::plan(
+                &config.pet_dir,
+                &config.hostname,
+                &config.runtime_dir,
+                firmware.machine,
+            )
+        }),
         extra: config.vm.extra_args.clone(),
     })
 }

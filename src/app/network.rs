@@ -1,6 +1,7 @@
 //! `run`'s network around qemu, in either mode: NAT (the ruleset applied and DHCP/DNS started
 //! while qemu starts) or passt (started before qemu, which connects to its socket); then
-//! readiness from the lease, supervision (passt dying stops the VM: exit 4) and teardown.
+//! readiness from the lease, supervision (passt dying stops the VM: exit 4; swtpm: exit 9) and
+//! teardown.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -13,9 +14,10 @@ use crate::error::Error;
 use crate::http::{Readiness, VmStatus};
 use crate::lan::{Lan, Services};
 use crate::net::passt::child::{self, Passt};
-use crate::net::{self, NetError, Wiring};
+use crate::net::{self, Wiring};
 use crate::pid1::Pid1;
 use crate::qemu::process::{Outcome, Qemu};
+use crate::qemu::tpm::Swtpm;
 use crate::qemu::{self, QemuError};
 
 /// What serves the VM's network while qemu runs.
@@ -137,32 +139,45 @@ impl Attached {
         }
     }
 
-    /// Runs the VM until qemu exits (SIGTERM: the graceful ladder). passt dying stops the VM
-    /// the same graceful way and is the error.
+    /// Runs the VM until qemu exits (SIGTERM: the graceful ladder). passt or swtpm (`tpm`)
+    /// dying stops the VM the same graceful way and is the error.
     pub(super) async fn supervise(
         &mut self,
         vm: Qemu,
         pid1: &Pid1,
         shutdown_timeout: Duration,
+        tpm: Option<&mut Swtpm>,
     ) -> Result<Outcome, Error> {
-        match self {
-            Attached::Nat(_) => Ok(vm.supervise(pid1, shutdown_timeout).await?),
-            Attached::Passt { passt, .. } => {
-                let (outcome, died): (Result<Outcome, QemuError>, Option<NetError>) = vm
-                    .supervise_unless(pid1, shutdown_timeout, passt.died())
-                    .await;
-                match died {
-                    Some(e) => {
-                        tracing::error!(error = %crate::logging::render_chain(&e), "passt died: stopping the VM");
-                        // The VM's end is reported; how it ended is secondary to why.
-                        if let Ok(outcome) = &outcome {
-                            tracing::info!(status = %outcome.status, forced = outcome.forced, "qemu stopped");
-                        }
-                        Err(e.into())
-                    }
-                    None => Ok(outcome?),
-                }
+        let with_tpm = tpm.is_some();
+        let tpm_died = async move {
+            match tpm {
+                Some(tpm) => Error::from(tpm.died().await),
+                None => std::future::pending().await,
             }
+        };
+        let (outcome, died): (Result<Outcome, QemuError>, Option<Error>) = match self {
+            Attached::Nat(_) if !with_tpm => (vm.supervise(pid1, shutdown_timeout).await, None),
+            Attached::Nat(_) => vm.supervise_unless(pid1, shutdown_timeout, tpm_died).await,
+            Attached::Passt { passt, .. } => {
+                let fatal = async {
+                    tokio::select! {
+                        e = passt.died() => Error::from(e),
+                        e = tpm_died => e,
+                    }
+                };
+                vm.supervise_unless(pid1, shutdown_timeout, fatal).await
+            }
+        };
+        match died {
+            Some(e) => {
+                tracing::error!(error = %crate::logging::render_chain(&e), "a program the VM depends on died: stopping the VM");
+                // The VM's end is reported; how it ended is secondary to why.
+                if let Ok(outcome) = &outcome {
+                    tracing::info!(status = %outcome.status, forced = outcome.forced, "qemu stopped");
+                }
+                Err(e)
+            }
+            None => Ok(outcome?),
         }
     }
 

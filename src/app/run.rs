@@ -42,8 +42,25 @@ pub(super) async fn run(config: &Config, target: &ImageTarget) -> Result<u8, Err
         }
     };
 
-    let (vm, attached) = start(config, &pid1, &launch, &network).await?;
-    supervise(config, &pid1, vm, attached, &status, &launch).await
+    // swtpm before qemu, which connects to its socket at start.
+    let mut tpm = match &launch.tpm {
+        Some(plan) => Some(timed("swtpm", qemu::tpm::start(plan, pid1.reaper())).await?),
+        None => None,
+    };
+    let (vm, attached) = match start(config, &pid1, &launch, &network).await {
+        Ok(started) => started,
+        Err(e) => {
+            if let Some(tpm) = tpm {
+                tpm.stop().await;
+            }
+            return Err(e);
+        }
+    };
+    let code = supervise(config, &pid1, vm, attached, &status, &launch, tpm.as_mut()).await;
+    if let Some(tpm) = tpm {
+        tpm.stop().await;
+    }
+    code
 }
 
 /// The probes (503 while we prepare) and the web console, when HTTP_PORT is set.
@@ -105,6 +122,7 @@ async fn supervise(
     mut attached: Attached,
     status: &Arc<VmStatus>,
     launch: &qemu::args::Launch,
+    tpm: Option<&mut qemu::tpm::Swtpm>,
 ) -> Result<u8, Error> {
     let guest = super::guest::start(config, launch, &mut vm, status, &attached);
     attached.report(status, config.agent.ready_on);
@@ -130,7 +148,7 @@ async fn supervise(
         std::future::pending::<()>().await;
     };
     let outcome = tokio::select! {
-        outcome = attached.supervise(vm, pid1, config.vm.shutdown_timeout) => outcome,
+        outcome = attached.supervise(vm, pid1, config.vm.shutdown_timeout, tpm) => outcome,
         () = stopping => unreachable!("pending() never completes"),
     };
     status.set_phase(Phase::Stopped);

@@ -1,4 +1,4 @@
-//! The VM's firmware and board: `FIRMWARE`, `MACHINE`, `FIRMWARE_RESET`.
+//! The VM's firmware, board and TPM: `FIRMWARE`, `MACHINE`, `FIRMWARE_RESET`, `TPM`.
 //!
 //! What is recorded in the pet state (and refused when it changes) is decided in
 //! [`crate::qemu::firmware`]; here only what the operator asked for is parsed.
@@ -52,6 +52,8 @@ pub struct FirmwareConfig {
     /// `FIRMWARE_RESET`: accept a firmware or machine different from the recorded one, and
     /// re-create the UEFI variable store.
     pub reset: bool,
+    /// `TPM=2.0`: a software TPM (swtpm) with its state in the pet volume.
+    pub tpm: bool,
 }
 
 pub(super) fn parse_firmware(settings: &Settings) -> Result<FirmwareConfig, ConfigError> {
@@ -79,10 +81,12 @@ pub(super) fn parse_firmware(settings: &Settings) -> Result<FirmwareConfig, Conf
             "use MACHINE=q35 (or unset it) with FIRMWARE=uefi",
         ));
     }
+    let tpm = choice("TPM", &settings.tpm, &[("none", false), ("2.0", true)])?;
     Ok(FirmwareConfig {
         firmware,
         machine,
         reset: settings.firmware_reset,
+        tpm,
     })
 }
 
@@ -132,5 +136,8 @@ mod tests {
         assert!(err.to_string().contains("FIRMWARE (--firmware)"), "{err}");
         let err = parse(&["--machine", "virt"]).expect_err("refused");
         assert!(err.to_string().contains("MACHINE (--machine)"), "{err}");
+        let err = parse(&["--tpm", "1.2"]).expect_err("refused");
+        assert!(err.to_string().contains("TPM (--tpm)"), "{err}");
+        assert!(parse(&["--tpm", "2.0"]).expect("valid").tpm);
     }
 }

@@ -69,6 +69,8 @@ pub(crate) struct Launch {
     pub agent_socket: PathBuf,
     /// Board and firmware (OVMF's files for UEFI).
     pub firmware: Firmware,
+    /// `TPM=2.0`: swtpm's socket and the device qemu shows the guest.
+    pub tpm: Option<super::tpm::TpmPlan>,
     pub extra: Vec<String>,
 }
 
@@ -168,6 +170,10 @@ pub(crate) fn build(launch: &Launch) -> Vec<OsString> {
         push(&["-device", "ide-cd,drive=cd0,bus=ide.1,unit=0"]);
     }
 
+    if let Some(tpm) = &launch.tpm {
+        push(&tpm_args(tpm).each_ref().map(String::as_str));
+    }
+
     if let Some(nic) = &launch.nic {
         push(&nic_args(nic).each_ref().map(String::as_str));
     }
@@ -235,6 +241,18 @@ fn firmware_nodes(firmware: &Firmware) -> Vec<serde_json::Value> {
         }));
     }
     nodes
+}
+
+/// The TPM: qemu's emulator backend on swtpm's control socket, and the device.
+fn tpm_args(tpm: &super::tpm::TpmPlan) -> [String; 6] {
+    [
+        "-chardev".to_owned(),
+        format!("socket,id=tpm0-ctrl,path={}", path_value(&tpm.socket)),
+        "-tpmdev".to_owned(),
+        "emulator,id=tpm0,chardev=tpm0-ctrl".to_owned(),
+        "-device".to_owned(),
+        format!("{},tpmdev=tpm0", tpm.device),
+    ]
 }
 
 /// `-netdev` and `-device` of the VM's NIC: a tap (NAT mode) or passt's socket.

@@ -174,6 +174,7 @@ mod tests {
             firmware,
             machine,
             reset,
+            tpm: false,
         }
     }
 

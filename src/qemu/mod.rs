@@ -10,6 +10,7 @@ pub(crate) mod pause;
 pub(crate) mod process;
 pub(crate) mod qmp;
 pub(crate) mod sizing;
+pub(crate) mod tpm;
 
 use std::path::PathBuf;
 

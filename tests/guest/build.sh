@@ -168,6 +168,9 @@ for mod in "${order[@]}"; do
     echo "/lib/modules/$kver/$mod" >>"$rd/etc/modules.load"
 done
 log "modules: $(printf '%s ' "${order[@]##*/}")"
+# --- issue 20: efivarfs only under UEFI -------------------------------------------------------
+# efivarfs refuses to load without EFI: init loads it itself when /sys/firmware/efi exists.
+sed -i '/efivarfs/d' "$rd/etc/modules.load"
 
 (cd "$rd" && find . -print0 | sort -z | cpio --null -o -H newc --quiet -R 0:0) | gzip -9 >"$work/initrd.gz"
 

@@ -24,5 +24,6 @@ mod pet;
 mod pid1;
 mod pod;
 mod support;
+mod tpm;
 mod vm;
 mod vmnet;

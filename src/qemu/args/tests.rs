@@ -45,6 +45,7 @@ fn base() -> Launch {
             machine: crate::config::Machine::Pc,
             uefi: None,
         },
+        tpm: None,
         extra: Vec::new(),
     }
 }
@@ -291,4 +292,23 @@ fn bios_on_q35_has_no_flash() {
         .windows(2)
         .any(|w| w[0] == "-machine" && w[1] == "q35,accel=kvm"));
     assert!(!argv.iter().any(|a| a.to_string_lossy().contains("pflash")));
+}
+
+#[test]
+fn a_tpm_is_swtpms_socket_behind_crb_on_q35() {
+    let mut launch = base();
+    launch.accel = Accel::Tcg;
+    launch.firmware.machine = crate::config::Machine::Q35;
+    let hostname = crate::config::Hostname::parse("vm-0").expect("valid");
+    launch.tpm = Some(crate::qemu::tpm::plan(
+        std::path::Path::new("/pet"),
+        &hostname,
+        std::path::Path::new("/run/kvm-manager"),
+        crate::config::Machine::Q35,
+    ));
+    let argv = build(&launch);
+    assert!(argv
+        .windows(2)
+        .any(|w| w[0] == "-device" && w[1] == "tpm-crb,tpmdev=tpm0"));
+    golden("tpm-q35", &argv);
 }
