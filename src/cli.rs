@@ -303,8 +303,9 @@ pub struct Settings {
     #[arg(long, env = "ACCEL", global = true, default_value = "auto")]
     pub accel: String,
 
-    /// `bios` (SeaBIOS) or `uefi` (OVMF with a variable store `PET_DIR/<hostname>.vars`,
-    /// copied once from the template and kept). Recorded at the VM's first boot; a different
+    /// `bios` (SeaBIOS), `uefi` (OVMF with a variable store `PET_DIR/<hostname>.vars`,
+    /// copied once from the template and kept) or `uefi-secure` (Secure Boot with
+    /// Microsoft's keys enrolled; q35 with SMM). Recorded at the VM's first boot; a different
     /// value on an existing VM is refused unless FIRMWARE_RESET is set.
     #[arg(long, env = "FIRMWARE", global = true, default_value = "bios")]
     pub firmware: String,

@@ -14,6 +14,9 @@ use crate::cli::Settings;
 pub enum Firmware {
     Bios,
     Uefi,
+    /// OVMF's Secure Boot build with Microsoft's keys enrolled, q35 with SMM.
+    #[serde(rename = "uefi-secure")]
+    UefiSecure,
 }
 
 impl Firmware {
@@ -21,6 +24,7 @@ impl Firmware {
         match self {
             Self::Bios => "bios",
             Self::Uefi => "uefi",
+            Self::UefiSecure => "uefi-secure",
         }
     }
 }
@@ -60,7 +64,11 @@ pub(super) fn parse_firmware(settings: &Settings) -> Result<FirmwareConfig, Conf
     let firmware = choice(
         "FIRMWARE",
         &settings.firmware,
-        &[("bios", Firmware::Bios), ("uefi", Firmware::Uefi)],
+        &[
+            ("bios", Firmware::Bios),
+            ("uefi", Firmware::Uefi),
+            ("uefi-secure", Firmware::UefiSecure),
+        ],
     )?;
     let machine = match non_empty(&settings.machine) {
         Some(raw) => choice(
@@ -78,7 +86,7 @@ pub(super) fn parse_firmware(settings: &Settings) -> Result<FirmwareConfig, Conf
             "MACHINE",
             settings.machine.as_deref().unwrap_or_default(),
             "UEFI firmware does not see pc's IDE controller, where the config drive sits",
-            "use MACHINE=q35 (or unset it) with FIRMWARE=uefi",
+            "use MACHINE=q35 (or unset it) with FIRMWARE=uefi or uefi-secure",
         ));
     }
     let tpm = choice("TPM", &settings.tpm, &[("none", false), ("2.0", true)])?;
@@ -116,6 +124,9 @@ mod tests {
             (uefi.firmware, uefi.machine),
             (Firmware::Uefi, Machine::Q35)
         );
+        let secure = parse(&["--firmware", "uefi-secure"]).expect("valid");
+        assert_eq!(secure.machine, Machine::Q35);
+        assert!(parse(&["--firmware", "uefi-secure", "--machine", "pc"]).is_err());
         let bios_q35 = parse(&["--machine", "q35"]).expect("valid");
         assert_eq!(bios_q35.machine, Machine::Q35);
     }

@@ -147,6 +147,15 @@ pub(crate) fn build(launch: &Launch) -> Vec<OsString> {
     for node in firmware_nodes(&launch.firmware) {
         push(&["-blockdev", &node.to_string()]);
     }
+    if launch
+        .firmware
+        .uefi
+        .as_ref()
+        .is_some_and(|uefi| uefi.secure)
+    {
+        // Only SMM code may write the flash: the OS cannot replace the Secure Boot keys.
+        push(&["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+    }
     push(&["-cpu", cpu]);
     push(&["-smp", &launch.sizing.cpus.to_string()]);
     push(&["-m", &format!("{}M", launch.sizing.memory_mib)]);
@@ -209,8 +218,11 @@ pub(crate) fn build(launch: &Launch) -> Vec<OsString> {
 /// `-machine`: the board, the accelerator, and OVMF's flash nodes for UEFI.
 fn machine_option(firmware: &Firmware, accel: &str) -> String {
     let mut option = format!("{},accel={accel}", firmware.machine.name());
-    if firmware.uefi.is_some() {
+    if let Some(uefi) = &firmware.uefi {
         option.push_str(",pflash0=fw-code,pflash1=fw-vars");
+        if uefi.secure {
+            option.push_str(",smm=on");
+        }
     }
     option
 }

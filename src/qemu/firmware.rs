@@ -19,6 +19,10 @@ pub(crate) const OVMF_DIR: &str = "/usr/share/OVMF";
 /// 4 MiB builds: the 2 MiB ones are too small for Secure Boot's key databases.
 const OVMF_CODE: &str = "OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "OVMF_VARS_4M.fd";
+/// Secure Boot: the build that needs SMM (so the guest OS cannot write the key databases
+/// behind the firmware's back), and a template with Microsoft's keys enrolled (shim, Windows).
+const OVMF_CODE_SECURE: &str = "OVMF_CODE_4M.secboot.fd";
+const OVMF_VARS_SECURE: &str = "OVMF_VARS_4M.ms.fd";
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum FirmwareError {
@@ -59,6 +63,8 @@ pub(crate) struct Uefi {
     /// The VM's own variable store (pflash 1).
     pub vars: PathBuf,
     pub template: PathBuf,
+    /// Secure Boot: SMM on, the flash writable only from SMM.
+    pub secure: bool,
 }
 
 /// What to do with the variable store.
@@ -104,11 +110,17 @@ pub(crate) fn decide(
     vars: PathBuf,
 ) -> Result<Plan, FirmwareError> {
     let ovmf = Path::new(OVMF_DIR);
-    let template = ovmf.join(OVMF_VARS);
+    let secure = wanted.firmware == Firmware::UefiSecure;
+    let (code, template) = if secure {
+        (OVMF_CODE_SECURE, OVMF_VARS_SECURE)
+    } else {
+        (OVMF_CODE, OVMF_VARS)
+    };
+    let template = ovmf.join(template);
     let record = FirmwareRecord {
         firmware: wanted.firmware,
         machine: wanted.machine,
-        vars_template: (wanted.firmware == Firmware::Uefi).then(|| template.clone()),
+        vars_template: (wanted.firmware != Firmware::Bios).then(|| template.clone()),
     };
     let same = |r: &FirmwareRecord| r.firmware == record.firmware && r.machine == record.machine;
     let record = match recorded {
@@ -127,11 +139,12 @@ pub(crate) fn decide(
     } else {
         VarsAction::Keep
     };
-    let uefi = (record.firmware == Firmware::Uefi).then(|| {
+    let uefi = (record.firmware != Firmware::Bios).then(|| {
         let uefi = Uefi {
-            code: ovmf.join(OVMF_CODE),
+            code: ovmf.join(code),
             vars,
             template: record.vars_template.clone().unwrap_or(template),
+            secure,
         };
         (uefi, action)
     });
@@ -195,6 +208,35 @@ mod tests {
             plan.record.vars_template,
             Some(PathBuf::from("/usr/share/OVMF/OVMF_VARS_4M.fd"))
         );
+    }
+
+    #[test]
+    fn secure_boot_uses_the_smm_build_and_microsofts_keys() {
+        let plan = decide(
+            &wanted(Firmware::UefiSecure, Machine::Q35, false),
+            None,
+            vars(),
+        )
+        .expect("decided");
+        let (uefi, _) = plan.uefi.expect("uefi");
+        assert!(uefi.secure);
+        assert_eq!(
+            uefi.code,
+            PathBuf::from("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
+        );
+        assert_eq!(
+            uefi.template,
+            PathBuf::from("/usr/share/OVMF/OVMF_VARS_4M.ms.fd")
+        );
+        // uefi and uefi-secure are different firmware: a switch is refused like any other.
+        assert!(matches!(
+            decide(
+                &wanted(Firmware::Uefi, Machine::Q35, false),
+                Some(&plan.record),
+                vars()
+            ),
+            Err(FirmwareError::Changed { .. })
+        ));
     }
 
     #[test]
@@ -281,6 +323,7 @@ mod tests {
             code,
             vars: dir.path().join("vm-0.vars"),
             template,
+            secure: false,
         };
         assert!(prepare_vars(&uefi, VarsAction::Keep).expect("created"));
         std::fs::write(&uefi.vars, b"guest wrote").expect("guest");
@@ -297,6 +340,7 @@ mod tests {
             code: dir.path().join("nope.fd"),
             vars: dir.path().join("vm-0.vars"),
             template: dir.path().join("VARS.fd"),
+            secure: false,
         };
         let err = prepare_vars(&uefi, VarsAction::Keep).expect_err("missing");
         assert!(err.to_string().contains("ovmf package"), "{err}");

@@ -11,7 +11,14 @@ use crate::vm::{field, stop, Cluster, BOOT, T};
 const CONFIG: i32 = 2;
 
 fn uefi_image_url(cluster: &Cluster) -> String {
-    cluster.image_url.replace("guest.qcow2", "guest-uefi.qcow2")
+    variant_url(cluster, "uefi")
+}
+
+/// The URL of `guest-NAME.qcow2`, built beside the test guest.
+fn variant_url(cluster: &Cluster, name: &str) -> String {
+    cluster
+        .image_url
+        .replace("guest.qcow2", &format!("guest-{name}.qcow2"))
 }
 
 fn state(pet: &Path, hostname: &str) -> serde_json::Value {
@@ -118,4 +125,56 @@ fn changing_the_firmware_of_an_existing_vm_exits_2_unless_firmware_reset_is_set(
         "{}",
         vm.output()
     );
+}
+
+#[test]
+fn under_uefi_secure_a_signed_chain_boots_with_secure_boot_on() {
+    let Some(cluster) = Cluster::for_test("kmsb", "vm-sb") else {
+        return;
+    };
+    let url = variant_url(&cluster, "secure");
+    let env = [
+        ("IMG_SOURCE", url.as_str()),
+        ("FIRMWARE", "uefi-secure"),
+        ("VM_MEMORY", "512"),
+    ];
+    let mut vm = cluster.start(&env);
+    let efi = vm.wait_for_line("KVMTEST efi ", BOOT);
+    assert_eq!(field(&efi, "secureboot"), "1", "{efi}");
+    let drive = vm.wait_for_line("KVMTEST configdrive", BOOT);
+    assert_eq!(field(&drive, "label"), "config-2", "{drive}");
+    vm.wait_for_line("KVMTEST READY", BOOT);
+    stop(&mut vm);
+    let recorded = state(&cluster.pod.path("pet"), "vm-sb");
+    assert_eq!(
+        recorded["firmware"]["firmware"], "uefi-secure",
+        "{recorded}"
+    );
+}
+
+#[test]
+fn under_uefi_secure_an_unsigned_loader_is_refused() {
+    let Some(cluster) = Cluster::for_test("kmsu", "vm-su") else {
+        return;
+    };
+    // The UEFI guest's loader, systemd-boot, is not signed.
+    let url = uefi_image_url(&cluster);
+    let env = [
+        ("IMG_SOURCE", url.as_str()),
+        ("FIRMWARE", "uefi-secure"),
+        ("VM_MEMORY", "512"),
+        ("SHUTDOWN_TIMEOUT", "1s"),
+    ];
+    let mut vm = cluster.start(&env);
+    let refused = vm.wait_for_line("Access Denied", BOOT);
+    assert!(refused.contains("BdsDxe: failed"), "{refused}");
+    assert!(
+        !vm.output().contains("KVMTEST boot"),
+        "the unsigned loader booted:\n{}",
+        vm.output()
+    );
+    // Nothing in the VM answers the power button: the ladder ends in a forced stop (exit 7).
+    let pid = crate::vm::pid1(&vm);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    assert_eq!(vm.wait(T).code(), Some(7), "{}", vm.output());
 }

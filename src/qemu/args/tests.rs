@@ -270,6 +270,7 @@ fn uefi_on_q35_maps_ovmf_code_read_only_and_the_vms_own_variable_store() {
             code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
             vars: "/pet/vm-0.vars".into(),
             template: "/usr/share/OVMF/OVMF_VARS_4M.fd".into(),
+            secure: false,
         }),
     };
     let argv = build(&launch);
@@ -311,4 +312,28 @@ fn a_tpm_is_swtpms_socket_behind_crb_on_q35() {
         .windows(2)
         .any(|w| w[0] == "-device" && w[1] == "tpm-crb,tpmdev=tpm0"));
     golden("tpm-q35", &argv);
+}
+
+#[test]
+fn secure_boot_turns_on_smm_and_guards_the_flash() {
+    let mut launch = base();
+    launch.accel = Accel::Tcg;
+    launch.firmware = Firmware {
+        machine: crate::config::Machine::Q35,
+        uefi: Some(crate::qemu::firmware::Uefi {
+            code: "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd".into(),
+            vars: "/pet/vm-0.vars".into(),
+            template: "/usr/share/OVMF/OVMF_VARS_4M.ms.fd".into(),
+            secure: true,
+        }),
+    };
+    let argv = build(&launch);
+    assert!(argv
+        .windows(2)
+        .any(|w| w[0] == "-machine"
+            && w[1] == "q35,accel=tcg,pflash0=fw-code,pflash1=fw-vars,smm=on"));
+    assert!(argv
+        .windows(2)
+        .any(|w| w[0] == "-global" && w[1] == "driver=cfi.pflash01,property=secure,value=on"));
+    golden("uefi-secure", &argv);
 }
