@@ -326,6 +326,11 @@ pub struct Settings {
     #[arg(long, env = "TPM", global = true, default_value = "none")]
     pub tpm: String,
 
+    /// Path of another ISO (e.g. a driver disk) attached as a second read-only CD-ROM, after
+    /// the installer when IMG_SOURCE is an ISO.
+    #[arg(long, env = "INSTALL_MEDIA", global = true, value_name = "PATH")]
+    pub install_media: Option<String>,
+
     /// Path or name of the qemu binary (RHEL-style images: /usr/libexec/qemu-kvm).
     #[arg(
         long,

@@ -130,6 +130,7 @@ fn image_code(error: &ImageError) -> u8 {
     match error {
         // The shell convention for "killed by a signal".
         ImageError::Interrupted(signal) => 128u8.wrapping_add(*signal as i32 as u8),
+        ImageError::IsoNeedsDiskSize { .. } => exit::CONFIG,
         ImageError::NoSource { .. }
         | ImageError::CreateDir { .. }
         | ImageError::Lock { .. }
@@ -157,6 +158,7 @@ fn image_code(error: &ImageError) -> u8 {
         | ImageError::Overlay { .. }
         | ImageError::BackingMismatch { .. }
         | ImageError::OverlayInUse { .. }
+        | ImageError::NotBlank { .. }
         | ImageError::Internal(_) => exit::IMAGE,
     }
 }

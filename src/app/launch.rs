@@ -56,6 +56,8 @@ pub(super) struct Probed {
     pub limits: Limits,
     /// `None` when no image is configured (`qemu-args` without `IMG_TARGET`).
     pub base: Option<Base>,
+    /// The base is an installer ISO: a CD-ROM, not the disk's backing file.
+    pub base_is_iso: bool,
 }
 
 /// The IO half of [`decide`]: opens /dev/kvm, reads our cgroup limits, and the base's format
@@ -72,11 +74,15 @@ pub(super) fn probe(config: &Config, known: Option<&BaseImage>) -> Result<Probed
             .as_ref()
             .map(|target| probe_base(target.path(&config.image.dir))),
     };
+    let base_is_iso = base
+        .as_ref()
+        .is_some_and(|base| crate::image::iso_detect::is_iso(&base.path).unwrap_or(false));
     Ok(Probed {
         accel,
         fallback,
         limits: sizing::read_own_limits(),
         base,
+        base_is_iso,
     })
 }
 
@@ -141,7 +147,7 @@ pub(super) fn compose(
         accel: probed.accel,
         sizing: sizing::decide(config.vm.cpus, config.vm.memory, probed.limits)?,
         disk: config.overlay_path(),
-        base: probed.base.clone(),
+        base: probed.base.clone().filter(|_| !probed.base_is_iso),
         config_drive: config_drive_path(config),
         nic: wiring.map(nic),
         vnc: (!config.net.no_vnc).then_some(Vnc {
@@ -153,6 +159,13 @@ pub(super) fn compose(
             machine: firmware.machine,
             uefi: firmware.uefi.as_ref().map(|(uefi, _)| uefi.clone()),
         },
+        media: probed
+            .base
+            .iter()
+            .filter(|_| probed.base_is_iso)
+            .map(|base| base.path.clone())
+            .chain(config.firmware.install_media.clone())
+            .collect(),
         tpm: config.firmware.tpm.then(|| {
             crate::qemu::tpm::plan(
                 &config.pet_dir,
@@ -224,6 +237,7 @@ mod tests {
             fallback: None,
             limits,
             base: None,
+            base_is_iso: false,
         }
     }
 

@@ -48,7 +48,7 @@ impl Machine {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FirmwareConfig {
     pub firmware: Firmware,
     /// `MACHINE`, resolved: `q35` for UEFI and `pc` for BIOS unless set.
@@ -58,6 +58,8 @@ pub struct FirmwareConfig {
     pub reset: bool,
     /// `TPM=2.0`: a software TPM (swtpm) with its state in the pet volume.
     pub tpm: bool,
+    /// `INSTALL_MEDIA`: another ISO (e.g. a driver disk) as a second read-only CD-ROM.
+    pub install_media: Option<std::path::PathBuf>,
 }
 
 pub(super) fn parse_firmware(settings: &Settings) -> Result<FirmwareConfig, ConfigError> {
@@ -90,11 +92,24 @@ pub(super) fn parse_firmware(settings: &Settings) -> Result<FirmwareConfig, Conf
         ));
     }
     let tpm = choice("TPM", &settings.tpm, &[("none", false), ("2.0", true)])?;
+    let install_media = match non_empty(&settings.install_media) {
+        Some(raw) if raw.starts_with('/') => Some(std::path::PathBuf::from(raw)),
+        Some(raw) => {
+            return Err(invalid(
+                "INSTALL_MEDIA",
+                raw,
+                "not an absolute path",
+                "give the path of an ISO in the container, e.g. a volume mounted at /media",
+            ))
+        }
+        None => None,
+    };
     Ok(FirmwareConfig {
         firmware,
         machine,
         reset: settings.firmware_reset,
         tpm,
+        install_media,
     })
 }
 
@@ -138,6 +153,20 @@ mod tests {
         assert!(
             text.contains("MACHINE (--machine)") && text.contains("q35"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn install_media_is_an_absolute_path() {
+        let media = parse(&["--install-media", "/media/drivers.iso"]).expect("valid");
+        assert_eq!(
+            media.install_media,
+            Some(std::path::PathBuf::from("/media/drivers.iso"))
+        );
+        let err = parse(&["--install-media", "drivers.iso"]).expect_err("relative");
+        assert!(
+            err.to_string().contains("INSTALL_MEDIA (--install-media)"),
+            "{err}"
         );
     }
 

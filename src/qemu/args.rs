@@ -69,6 +69,9 @@ pub(crate) struct Launch {
     pub agent_socket: PathBuf,
     /// Board and firmware (OVMF's files for UEFI).
     pub firmware: Firmware,
+    /// Read-only CD-ROMs after the disk in the boot order: the installer ISO (when the base
+    /// is one) and `INSTALL_MEDIA`.
+    pub media: Vec<PathBuf>,
     /// `TPM=2.0`: swtpm's socket and the device qemu shows the guest.
     pub tpm: Option<super::tpm::TpmPlan>,
     pub extra: Vec<String>,
@@ -179,6 +182,24 @@ pub(crate) fn build(launch: &Launch) -> Vec<OsString> {
         push(&["-device", "ide-cd,drive=cd0,bus=ide.1,unit=0"]);
     }
 
+    for (i, (iso, slot)) in launch
+        .media
+        .iter()
+        .zip(media_slots(launch.firmware.machine))
+        .enumerate()
+    {
+        push(&[
+            "-drive",
+            &format!(
+                "file={},if=none,id=media{i},media=cdrom,readonly=on,format=raw",
+                path_value(iso)
+            ),
+        ]);
+        push(&[
+            "-device",
+            &format!("ide-cd,drive=media{i},{slot},bootindex={}", i + 2),
+        ]);
+    }
     if let Some(tpm) = &launch.tpm {
         push(&tpm_args(tpm).each_ref().map(String::as_str));
     }
@@ -253,6 +274,16 @@ fn firmware_nodes(firmware: &Firmware) -> Vec<serde_json::Value> {
         }));
     }
     nodes
+}
+
+/// Where the install CD-ROMs go: the IDE (pc) or AHCI (q35) places the config drive
+/// (`ide.1`, unit 0) leaves free, after it where there is room, so that the guest finds the
+/// config drive as its first CD-ROM.
+fn media_slots(machine: crate::config::Machine) -> [&'static str; 2] {
+    match machine {
+        crate::config::Machine::Pc => ["bus=ide.1,unit=1", "bus=ide.0,unit=0"],
+        crate::config::Machine::Q35 => ["bus=ide.2,unit=0", "bus=ide.3,unit=0"],
+    }
 }
 
 /// The TPM: qemu's emulator backend on swtpm's control socket, and the device.

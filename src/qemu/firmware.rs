@@ -188,6 +188,7 @@ mod tests {
             machine,
             reset,
             tpm: false,
+            install_media: None,
         }
     }
 

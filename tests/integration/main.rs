@@ -17,6 +17,7 @@ mod firmware;
 mod flood;
 mod http;
 mod image;
+mod install;
 mod network;
 mod passt;
 mod pause;

@@ -45,6 +45,7 @@ fn base() -> Launch {
             machine: crate::config::Machine::Pc,
             uefi: None,
         },
+        media: Vec::new(),
         tpm: None,
         extra: Vec::new(),
     }
@@ -336,4 +337,19 @@ fn secure_boot_turns_on_smm_and_guards_the_flash() {
         .windows(2)
         .any(|w| w[0] == "-global" && w[1] == "driver=cfi.pflash01,property=secure,value=on"));
     golden("uefi-secure", &argv);
+}
+
+#[test]
+fn an_installer_iso_and_install_media_are_read_only_cdroms_after_the_disk() {
+    let mut launch = base();
+    launch.base = None;
+    launch.media = vec!["/image/installer.iso".into(), "/media/drivers.iso".into()];
+    let argv = build(&launch);
+    assert!(argv
+        .windows(2)
+        .any(|w| w[0] == "-device" && w[1] == "ide-cd,drive=media0,bus=ide.1,unit=1,bootindex=2"));
+    assert!(argv
+        .windows(2)
+        .any(|w| w[0] == "-device" && w[1] == "ide-cd,drive=media1,bus=ide.0,unit=0,bootindex=3"));
+    golden("install-media", &argv);
 }
