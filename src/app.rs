@@ -209,7 +209,7 @@ fn qemu_args(config: &Config) -> Result<u8, Error> {
         let stored = crate::state::stored(&config.pet_dir, &config.hostname)?;
         let record = stored.as_ref().and_then(|s| s.firmware.as_ref());
         let firmware = launch::firmware(config, stored.is_some(), record)?;
-        let launch = launch::decide(config, Some(&wiring), None, &firmware)?;
+        let launch = launch::decide(config, Some(&wiring), None, &firmware, &state.instance_id)?;
         let mut out = std::io::stdout().lock();
         for arg in crate::qemu::args::build(&launch) {
             let _ = writeln!(out, "{}", arg.to_string_lossy());

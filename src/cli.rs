@@ -331,6 +331,16 @@ pub struct Settings {
     #[arg(long, env = "INSTALL_MEDIA", global = true, value_name = "PATH")]
     pub install_media: Option<String>,
 
+    /// SMBIOS system UUID (type 1) the guest sees. Default: the VM's instance id (kept in the
+    /// pet state), so licensing and cloud-init see the same machine after every restart.
+    #[arg(long, env = "VM_UUID", global = true, value_name = "UUID")]
+    pub vm_uuid: Option<String>,
+
+    /// SMBIOS system serial number (type 1), at most 64 printable ASCII characters. Default:
+    /// the VM's instance id.
+    #[arg(long, env = "VM_SERIAL", global = true)]
+    pub vm_serial: Option<String>,
+
     /// Path or name of the qemu binary (RHEL-style images: /usr/libexec/qemu-kvm).
     #[arg(
         long,

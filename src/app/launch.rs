@@ -9,7 +9,7 @@ use crate::image::source::DiskFormat;
 use crate::image::BaseImage;
 use crate::net::Wiring;
 use crate::qemu::accel::{self, KVM_FIX};
-use crate::qemu::args::{Accel, Base, BaseFormat, Firmware, Launch, Nic, NicBackend, Vnc};
+use crate::qemu::args::{Accel, Base, BaseFormat, Firmware, Launch, Nic, NicBackend, Smbios, Vnc};
 use crate::qemu::firmware::{self, FirmwareError, Plan, Uefi, VarsAction};
 use crate::qemu::sizing::{self, Limits};
 use crate::qemu::QemuError;
@@ -113,6 +113,21 @@ pub(super) fn prepare_vars(uefi: &Uefi, action: VarsAction) -> Result<(), Firmwa
     Ok(())
 }
 
+/// `VM_UUID` and `VM_SERIAL`, each defaulting to the instance id: a UUID the pet state keeps.
+fn smbios(config: &Config, instance_id: &str) -> Smbios {
+    Smbios {
+        uuid: config
+            .firmware
+            .uuid
+            .map_or_else(|| instance_id.to_owned(), |uuid| uuid.to_string()),
+        serial: config
+            .firmware
+            .serial
+            .clone()
+            .unwrap_or_else(|| instance_id.to_owned()),
+    }
+}
+
 /// The VM's NIC: the tap on our bridge (NAT) or passt's socket.
 fn nic(wiring: &Wiring) -> Nic {
     match wiring {
@@ -159,6 +174,7 @@ pub(super) fn compose(
             machine: firmware.machine,
             uefi: firmware.uefi.as_ref().map(|(uefi, _)| uefi.clone()),
         },
+        smbios: None,
         media: probed
             .base
             .iter()
@@ -185,6 +201,7 @@ pub(super) fn decide(
     wiring: Option<&Wiring>,
     base: Option<&BaseImage>,
     firmware: &Plan,
+    instance_id: &str,
 ) -> Result<Launch, QemuError> {
     let probed = probe(config, base)?;
     if let Some(accel::Fallback(reason)) = &probed.fallback {
@@ -194,7 +211,8 @@ pub(super) fn decide(
             "no usable KVM: the VM runs under TCG software emulation, many times slower; {KVM_FIX}"
         );
     }
-    let launch = compose(config, wiring, &probed, firmware)?;
+    let mut launch = compose(config, wiring, &probed, firmware)?;
+    launch.smbios = Some(smbios(config, instance_id));
     tracing::info!(
         cpus = launch.sizing.cpus,
         memory_mib = launch.sizing.memory_mib,

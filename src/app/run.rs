@@ -219,6 +219,7 @@ async fn prepare(
     let firmware = launch::firmware(config, loaded.existed, loaded.state.firmware.as_ref())?;
     loaded.record_firmware(firmware.record.clone())?;
     let (mac, state) = (loaded.state.mac(), loaded.state.clone());
+    let instance_id = state.instance_id.clone();
 
     // The variable store after the state: a store whose record is lost would be re-created.
     let uefi = firmware.uefi.clone();
@@ -271,6 +272,6 @@ async fn prepare(
         Ok::<_, Error>(wiring)
     };
     let ((), base, (), wiring) = tokio::try_join!(state_saved, disk, drive, network)?;
-    let launch = launch::decide(config, Some(&wiring), Some(&base), &firmware)?;
+    let launch = launch::decide(config, Some(&wiring), Some(&base), &firmware, &instance_id)?;
     Ok((launch, wiring))
 }

@@ -60,6 +60,10 @@ pub struct FirmwareConfig {
     pub tpm: bool,
     /// `INSTALL_MEDIA`: another ISO (e.g. a driver disk) as a second read-only CD-ROM.
     pub install_media: Option<std::path::PathBuf>,
+    /// `VM_UUID`: the SMBIOS system UUID; default: the pet state's instance id.
+    pub uuid: Option<uuid::Uuid>,
+    /// `VM_SERIAL`: the SMBIOS system serial number; default: the pet state's instance id.
+    pub serial: Option<String>,
 }
 
 pub(super) fn parse_firmware(settings: &Settings) -> Result<FirmwareConfig, ConfigError> {
@@ -104,12 +108,39 @@ pub(super) fn parse_firmware(settings: &Settings) -> Result<FirmwareConfig, Conf
         }
         None => None,
     };
+    let uuid = non_empty(&settings.vm_uuid)
+        .map(|raw| {
+            uuid::Uuid::parse_str(raw).map_err(|e| {
+                invalid(
+                    "VM_UUID",
+                    raw,
+                    format!("not a UUID ({e})"),
+                    "e.g. VM_UUID=4c4c4544-0042-3510-8052-b4c04f4e3132, or unset it to use the \
+                     VM's instance id",
+                )
+            })
+        })
+        .transpose()?;
+    let serial = match non_empty(&settings.vm_serial) {
+        Some(raw) if raw.len() > 64 || !raw.chars().all(|c| c.is_ascii_graphic() || c == ' ') => {
+            return Err(invalid(
+                "VM_SERIAL",
+                raw,
+                "not at most 64 printable ASCII characters",
+                "e.g. VM_SERIAL=SN-0001, or unset it to use the VM's instance id",
+            ))
+        }
+        Some(raw) => Some(raw.to_owned()),
+        None => None,
+    };
     Ok(FirmwareConfig {
         firmware,
         machine,
         reset: settings.firmware_reset,
         tpm,
         install_media,
+        uuid,
+        serial,
     })
 }
 
@@ -168,6 +199,26 @@ mod tests {
             err.to_string().contains("INSTALL_MEDIA (--install-media)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn vm_uuid_must_be_a_uuid_and_vm_serial_printable() {
+        let set = parse(&[
+            "--vm-uuid",
+            "4C4C4544-0042-3510-8052-B4C04F4E3132",
+            "--vm-serial",
+            "SN 1",
+        ])
+        .expect("valid");
+        assert_eq!(
+            set.uuid.map(|u| u.to_string()).as_deref(),
+            Some("4c4c4544-0042-3510-8052-b4c04f4e3132")
+        );
+        assert_eq!(set.serial.as_deref(), Some("SN 1"));
+        let err = parse(&["--vm-uuid", "not-a-uuid"]).expect_err("refused");
+        assert!(err.to_string().contains("VM_UUID (--vm-uuid)"), "{err}");
+        let err = parse(&["--vm-serial", "a\tb"]).expect_err("refused");
+        assert!(err.to_string().contains("VM_SERIAL (--vm-serial)"), "{err}");
     }
 
     #[test]

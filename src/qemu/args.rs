@@ -72,9 +72,18 @@ pub(crate) struct Launch {
     /// Read-only CD-ROMs after the disk in the boot order: the installer ISO (when the base
     /// is one) and `INSTALL_MEDIA`.
     pub media: Vec<PathBuf>,
+    /// SMBIOS type 1 system UUID and serial (`None` only in unit tests' bare launches).
+    pub smbios: Option<Smbios>,
     /// `TPM=2.0`: swtpm's socket and the device qemu shows the guest.
     pub tpm: Option<super::tpm::TpmPlan>,
     pub extra: Vec<String>,
+}
+
+/// The machine's identity in SMBIOS type 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Smbios {
+    pub uuid: String,
+    pub serial: String,
 }
 
 /// The board and, for UEFI, OVMF's code and the VM's variable store (pflash 0 and 1).
@@ -163,6 +172,13 @@ pub(crate) fn build(launch: &Launch) -> Vec<OsString> {
     push(&["-smp", &launch.sizing.cpus.to_string()]);
     push(&["-m", &format!("{}M", launch.sizing.memory_mib)]);
     push(&["-rtc", "base=utc"]);
+    if let Some(smbios) = &launch.smbios {
+        push(&["-uuid", &smbios.uuid]);
+        push(&[
+            "-smbios",
+            &format!("type=1,serial={}", escape(&smbios.serial)),
+        ]);
+    }
 
     for node in disk_nodes(launch) {
         push(&["-blockdev", &node.to_string()]);

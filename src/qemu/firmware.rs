@@ -189,6 +189,8 @@ mod tests {
             reset,
             tpm: false,
             install_media: None,
+            uuid: None,
+            serial: None,
         }
     }
 

@@ -178,3 +178,26 @@ fn under_uefi_secure_an_unsigned_loader_is_refused() {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     assert_eq!(vm.wait(T).code(), Some(7), "{}", vm.output());
 }
+
+#[test]
+fn the_smbios_uuid_and_serial_default_to_the_instance_id_and_follow_vm_uuid_and_vm_serial() {
+    let Some(cluster) = Cluster::for_test("kmid", "vm-id") else {
+        return;
+    };
+    let mut vm = cluster.start(&[]);
+    let smbios = vm.wait_for_line("KVMTEST smbios", BOOT);
+    vm.wait_for_line("KVMTEST READY", BOOT);
+    stop(&mut vm);
+    let recorded = state(&cluster.pod.path("pet"), "vm-id");
+    let id = recorded["instance_id"].as_str().expect("an instance id");
+    assert_eq!(field(&smbios, "uuid"), id, "{smbios}");
+    assert_eq!(field(&smbios, "serial"), id, "{smbios}");
+
+    let uuid = "4c4c4544-0042-3510-8052-b4c04f4e3132";
+    let mut vm = cluster.start(&[("VM_UUID", uuid), ("VM_SERIAL", "SN-0001")]);
+    let smbios = vm.wait_for_line("KVMTEST smbios", BOOT);
+    assert_eq!(field(&smbios, "uuid"), uuid, "{smbios}");
+    assert_eq!(field(&smbios, "serial"), "SN-0001", "{smbios}");
+    vm.wait_for_line("KVMTEST READY", BOOT);
+    stop(&mut vm);
+}

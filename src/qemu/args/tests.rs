@@ -46,6 +46,7 @@ fn base() -> Launch {
             uefi: None,
         },
         media: Vec::new(),
+        smbios: None,
         tpm: None,
         extra: Vec::new(),
     }
@@ -352,4 +353,20 @@ fn an_installer_iso_and_install_media_are_read_only_cdroms_after_the_disk() {
         .windows(2)
         .any(|w| w[0] == "-device" && w[1] == "ide-cd,drive=media1,bus=ide.0,unit=0,bootindex=3"));
     golden("install-media", &argv);
+}
+
+#[test]
+fn the_smbios_uuid_and_serial_are_the_vms_identity() {
+    let mut launch = base();
+    launch.smbios = Some(Smbios {
+        uuid: "5f0c1b2e-8a47-4c1e-9d3a-0b6f2e7c9a10".into(),
+        serial: "SN,1".into(),
+    });
+    let argv = build(&launch);
+    assert!(argv
+        .windows(2)
+        .any(|w| w[0] == "-uuid" && w[1] == "5f0c1b2e-8a47-4c1e-9d3a-0b6f2e7c9a10"));
+    assert!(argv
+        .windows(2)
+        .any(|w| w[0] == "-smbios" && w[1] == "type=1,serial=SN,,1"));
 }
