@@ -1,6 +1,7 @@
 //! The only place that sequences phases: parse, log, then run the chosen subcommand.
 
 mod backup;
+mod companions;
 mod guest;
 mod launch;
 mod network;
@@ -225,7 +226,17 @@ fn qemu_args(config: &Config) -> Result<u8, Error> {
             &config.runtime_dir,
             false,
         )?;
-        let launch = launch::decide(config, Some(&wiring), None, ignition.as_ref())?;
+        let stored = crate::state::stored(&config.pet_dir, &config.hostname)?;
+        let record = stored.as_ref().and_then(|s| s.firmware.as_ref());
+        let firmware = launch::firmware(config, stored.is_some(), record)?;
+        let launch = launch::decide(
+            config,
+            Some(&wiring),
+            None,
+            ignition.as_ref(),
+            &firmware,
+            &state.instance_id,
+        )?;
         let mut out = std::io::stdout().lock();
         for arg in crate::qemu::args::build(&launch) {
             let _ = writeln!(out, "{}", arg.to_string_lossy());

@@ -19,7 +19,7 @@ configuration or usage; 3 base image, pet overlay or PET_DIR error; 4 network er
 5 config-drive error; 6 qemu could not be started; 7 the guest ignored the ACPI power button \
 for SHUTDOWN_TIMEOUT and qemu was stopped; 8 another kvm-manager owns this pet \
 (PET_DIR/<hostname>.lock); 9 a virtio-fs share's virtiofsd could not start, or died under \
-the running VM (which was shut down first); otherwise qemu's own exit code, or 128+N when the supervised \
+the running VM (which was shut down first); 10 swtpm (TPM=2.0) died under the VM or refused its state; otherwise qemu's own exit code, or 128+N when the supervised \
 process was killed by signal N.";
 
 /// PID 1 for a pod that runs one virtual machine: fetches the base image, creates the pet
@@ -362,6 +362,44 @@ pub struct Settings {
     /// `auto` (kvm when /dev/kvm is usable, else tcg with a warning), `kvm` or `tcg`.
     #[arg(long, env = "ACCEL", global = true, default_value = "auto")]
     pub accel: String,
+
+    /// `bios` (SeaBIOS), `uefi` (OVMF with a variable store `PET_DIR/<hostname>.vars`,
+    /// copied once from the template and kept) or `uefi-secure` (Secure Boot with
+    /// Microsoft's keys enrolled; q35 with SMM). Recorded at the VM's first boot; a different
+    /// value on an existing VM is refused unless FIRMWARE_RESET is set.
+    #[arg(long, env = "FIRMWARE", global = true, default_value = "bios")]
+    pub firmware: String,
+
+    /// `pc` (i440fx) or `q35`. Default: `q35` with UEFI, `pc` with BIOS. UEFI needs `q35`.
+    #[arg(long, env = "MACHINE", global = true)]
+    pub machine: Option<String>,
+
+    /// Accept a FIRMWARE or MACHINE different from the one the VM first booted with, and
+    /// re-create the UEFI variable store from the template (boot entries and variables are
+    /// lost) on every start while set. Same values as NO_VNC.
+    #[arg(long, env = "FIRMWARE_RESET", global = true, action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
+    pub firmware_reset: bool,
+
+    /// `none` or `2.0`: a TPM 2.0 (swtpm, a supervised child) whose state lives in
+    /// `PET_DIR/<hostname>.tpm/`, created once and reused; a state that cannot be read is an
+    /// error, never replaced. swtpm dying stops the VM (exit 9).
+    #[arg(long, env = "TPM", global = true, default_value = "none")]
+    pub tpm: String,
+
+    /// Path of another ISO (e.g. a driver disk) attached as a second read-only CD-ROM, after
+    /// the installer when IMG_SOURCE is an ISO.
+    #[arg(long, env = "INSTALL_MEDIA", global = true, value_name = "PATH")]
+    pub install_media: Option<String>,
+
+    /// SMBIOS system UUID (type 1) the guest sees. Default: the VM's instance id (kept in the
+    /// pet state), so licensing and cloud-init see the same machine after every restart.
+    #[arg(long, env = "VM_UUID", global = true, value_name = "UUID")]
+    pub vm_uuid: Option<String>,
+
+    /// SMBIOS system serial number (type 1), at most 64 printable ASCII characters. Default:
+    /// the VM's instance id.
+    #[arg(long, env = "VM_SERIAL", global = true)]
+    pub vm_serial: Option<String>,
 
     /// Path or name of the qemu binary (RHEL-style images: /usr/libexec/qemu-kvm).
     #[arg(

@@ -82,6 +82,8 @@ pub struct Config {
     pub(crate) guest_io: GuestIoConfig,
     /// Issue 22: scheduled backups.
     pub backup: backup::BackupConfig,
+    /// `FIRMWARE`, `MACHINE`, `FIRMWARE_RESET`.
+    pub firmware: FirmwareConfig,
     /// Accepted but questionable settings, logged once logging is up.
     pub warnings: Vec<String>,
 }
@@ -343,6 +345,7 @@ impl Config {
         let agent = agent::parse_agent(settings, net.no_dhcp)?;
         let guest_io = shares::parse_guest_io(&settings.guest_io)?;
         let backup = backup::parse_backup(settings)?;
+        let firmware = firmware::parse_firmware(settings)?;
         if let (Some(_), true) = (&vm.vnc_password, net.no_vnc) {
             warnings.push("VNC_PASSWORD is ignored because NO_VNC is set".to_owned());
         }
@@ -374,6 +377,7 @@ impl Config {
             agent,
             guest_io,
             backup,
+            firmware,
             warnings,
         };
         Ok((config, needed))
@@ -413,6 +417,7 @@ mod auth;
 mod backup;
 mod duration;
 mod fetch_limits;
+mod firmware;
 mod image;
 mod net;
 mod shares;
@@ -421,6 +426,7 @@ mod vm;
 
 pub(crate) use auth::ImageAuth;
 pub(crate) use fetch_limits::{FetchLimits, Reserve};
+pub(crate) use firmware::{Firmware, FirmwareConfig, Machine};
 pub(crate) use shares::{GuestIoConfig, IgnitionMode, ShareTransport};
 pub(crate) use url::{redact_url, ImageUrl};
 

@@ -13,6 +13,8 @@ use crate::lan::LanError;
 use crate::logging::LogError;
 use crate::net::NetError;
 use crate::pid1::Pid1Error;
+use crate::qemu::firmware::FirmwareError;
+use crate::qemu::tpm::TpmError;
 use crate::qemu::virtiofsd::ShareError;
 use crate::qemu::QemuError;
 use crate::state::StateError;
@@ -32,6 +34,8 @@ pub(crate) mod exit {
     /// A virtio-fs share's virtiofsd could not start, or died under the running VM (which was
     /// then stopped).
     pub(crate) const SHARE: u8 = 9;
+    /// swtpm (`TPM=2.0`) died under the running VM, or refused to start.
+    pub(crate) const TPM: u8 = 10;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +70,10 @@ pub(crate) enum Error {
     Share(#[from] ShareError),
     #[error("backup or restore failed")]
     Backup(#[from] crate::backup::BackupError),
+    #[error("could not set up the VM's firmware")]
+    Firmware(#[from] FirmwareError),
+    #[error("the VM's TPM failed")]
+    Tpm(#[from] TpmError),
 }
 
 /// The LAN services' error keeps its own top line ("the DHCP server failed", "the DNS forwarder
@@ -98,6 +106,8 @@ impl Error {
             Error::ConfigDrive(_) => exit::CONFIG_DRIVE,
             Error::Share(_) => exit::SHARE,
             Error::Backup(e) => backup_code(e),
+            Error::Firmware(e) => firmware_code(e),
+            Error::Tpm(e) => tpm_code(e),
         }
     }
 }
@@ -158,6 +168,7 @@ fn image_code(error: &ImageError) -> u8 {
     match error {
         // The shell convention for "killed by a signal".
         ImageError::Interrupted(signal) => 128u8.wrapping_add(*signal as i32 as u8),
+        ImageError::IsoNeedsDiskSize { .. } => exit::CONFIG,
         ImageError::NoSource { .. }
         | ImageError::CreateDir { .. }
         | ImageError::Lock { .. }
@@ -185,7 +196,30 @@ fn image_code(error: &ImageError) -> u8 {
         | ImageError::Overlay { .. }
         | ImageError::BackingMismatch { .. }
         | ImageError::OverlayInUse { .. }
+        | ImageError::NotBlank { .. }
         | ImageError::Internal(_) => exit::IMAGE,
+    }
+}
+
+fn firmware_code(error: &FirmwareError) -> u8 {
+    match error {
+        // The operator's setting contradicts the pet: a configuration to fix.
+        FirmwareError::Changed { .. } => exit::CONFIG,
+        FirmwareError::Missing { .. } => exit::QEMU_START,
+        FirmwareError::Vars { .. } => exit::IMAGE,
+    }
+}
+
+fn tpm_code(error: &TpmError) -> u8 {
+    match error {
+        // The pet's TPM state is missing or unreadable: a pet-volume problem, like the disk's.
+        TpmError::Incomplete { .. } | TpmError::Unreadable { .. } | TpmError::CreateDir { .. } => {
+            exit::IMAGE
+        }
+        TpmError::Spawn(_)
+        | TpmError::EarlyExit { .. }
+        | TpmError::NoSocket { .. }
+        | TpmError::Died { .. } => exit::TPM,
     }
 }
 
@@ -358,7 +392,42 @@ mod tests {
                 pid: 42,
             }
             .into(),
+            firmware_changed().into(),
+            FirmwareError::Missing {
+                path: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+                source: io::Error::from(io::ErrorKind::NotFound),
+            }
+            .into(),
+            FirmwareError::Vars {
+                path: "/pet/vm-0.vars".into(),
+                source: denied(),
+            }
+            .into(),
+            TpmError::Died {
+                status: crate::pid1::ExitStatus::Signaled(nix::sys::signal::Signal::SIGKILL),
+                last_words: String::new(),
+            }
+            .into(),
         ]
+    }
+
+    fn firmware_changed() -> FirmwareError {
+        use crate::config::{Firmware, Machine};
+        use crate::state::FirmwareRecord;
+        let record = |firmware, machine| FirmwareRecord {
+            firmware,
+            machine,
+            vars_template: None,
+        };
+        FirmwareError::Changed {
+            recorded: record(Firmware::Bios, Machine::Pc),
+            wanted: record(Firmware::Uefi, Machine::Q35),
+        }
+    }
+
+    #[test]
+    fn a_firmware_change_on_an_existing_vm_is_a_configuration_error() {
+        assert_eq!(Error::from(firmware_changed()).exit_code(), exit::CONFIG);
     }
 
     /// Every run of three words of `message`, lowercased, punctuation and quotes aside, that
@@ -400,6 +469,8 @@ mod tests {
                 Error::ConfigDrive(_) => "config-drive",
                 Error::Share(_) => "share",
                 Error::Backup(_) => "backup",
+                Error::Firmware(_) => "firmware",
+                Error::Tpm(_) => "tpm",
             });
             let mut levels = vec![error.to_string()];
             let mut source = std::error::Error::source(error);
@@ -422,7 +493,7 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
-        assert_eq!(covered.len(), 15, "a sample of every variant: {covered:?}");
+        assert_eq!(covered.len(), 17, "a sample of every variant: {covered:?}");
     }
 
     #[test]

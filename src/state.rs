@@ -17,7 +17,7 @@ use macaddr::MacAddr6;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
-use crate::config::Hostname;
+use crate::config::{Firmware, Hostname, Machine};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StateError {
@@ -49,6 +49,21 @@ pub(crate) struct PetState {
     pub mac: Mac,
     /// A UUID, used as the config drive's instance id.
     pub instance_id: String,
+    /// The firmware the VM first booted with. Absent in states written before firmware
+    /// was recorded: such a VM booted SeaBIOS on `pc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<FirmwareRecord>,
+}
+
+/// Firmware, board and UEFI variable-store template, recorded at the first boot so that no
+/// VM is switched under its OS (see [`crate::qemu::firmware`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct FirmwareRecord {
+    pub firmware: Firmware,
+    pub machine: Machine,
+    /// The template the UEFI variable store was copied from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vars_template: Option<PathBuf>,
 }
 
 impl PetState {
@@ -149,6 +164,7 @@ pub(crate) fn peek(
         None => PetState {
             mac: mac.unwrap_or(Mac(derived_mac(hostname))),
             instance_id: "(created on first run)".to_owned(),
+            firmware: None,
         },
     })
 }
@@ -168,10 +184,24 @@ pub(crate) fn load_or_create(
 #[derive(Debug)]
 pub(crate) struct Loaded {
     pub state: PetState,
+    /// Whether the state file was there: a VM that booted before.
+    pub existed: bool,
+    path: PathBuf,
     unsaved: Option<(PathBuf, Vec<u8>)>,
 }
 
 impl Loaded {
+    /// Records the firmware this start boots with; written by [`Loaded::persist`] if it is new.
+    pub(crate) fn record_firmware(&mut self, record: FirmwareRecord) -> Result<(), StateError> {
+        if self.state.firmware.as_ref() == Some(&record) {
+            return Ok(());
+        }
+        self.state.firmware = Some(record);
+        let bytes = serialize(&self.path, &self.state)?;
+        self.unsaved = Some((self.path.clone(), bytes));
+        Ok(())
+    }
+
     /// Writes the state durably if it is new or changed; nothing otherwise. `run` does this on
     /// a worker thread while it builds the rest, and before qemu starts.
     pub(crate) fn persist(&self) -> Result<(), StateError> {
@@ -194,11 +224,14 @@ pub(crate) fn load(
 ) -> Result<Loaded, StateError> {
     let path = path(pet_dir, hostname);
     let stored = read_stored(&path)?;
+    let existed = stored.is_some();
     let wanted_mac = configured.map(Mac);
     let state = match stored {
         Some(state) if wanted_mac.as_ref().is_none_or(|m| *m == state.mac) => {
             return Ok(Loaded {
                 state,
+                existed,
+                path,
                 unsaved: None,
             })
         }
@@ -210,16 +243,28 @@ pub(crate) fn load(
         None => PetState {
             mac: wanted_mac.unwrap_or(Mac(derived_mac(hostname))),
             instance_id: uuid::Uuid::new_v4().to_string(),
+            firmware: None,
         },
     };
-    let bytes = serde_json::to_vec_pretty(&state).map_err(|source| StateError::Parse {
-        path: path.clone(),
-        source,
-    })?;
+    let bytes = serialize(&path, &state)?;
     Ok(Loaded {
         state,
+        existed,
+        path: path.clone(),
         unsaved: Some((path, bytes)),
     })
+}
+
+fn serialize(path: &Path, state: &PetState) -> Result<Vec<u8>, StateError> {
+    serde_json::to_vec_pretty(state).map_err(|source| StateError::Parse {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The stored state, if there is one, read without deciding or writing anything.
+pub(crate) fn stored(pet_dir: &Path, hostname: &Hostname) -> Result<Option<PetState>, StateError> {
+    read_stored(&path(pet_dir, hostname))
 }
 
 #[cfg(test)]

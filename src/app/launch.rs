@@ -10,7 +10,8 @@ use crate::image::source::DiskFormat;
 use crate::image::BaseImage;
 use crate::net::Wiring;
 use crate::qemu::accel::{self, KVM_FIX};
-use crate::qemu::args::{Accel, Base, BaseFormat, Launch, Nic, NicBackend, Vnc};
+use crate::qemu::args::{Accel, Base, BaseFormat, Firmware, Launch, Nic, NicBackend, Smbios, Vnc};
+use crate::qemu::firmware::{self, FirmwareError, Plan, Uefi, VarsAction};
 use crate::qemu::shares::{self, ShareBackend, ShareDevice, Transport};
 use crate::qemu::sizing::{self, Limits};
 use crate::qemu::QemuError;
@@ -59,6 +60,8 @@ pub(super) struct Probed {
     pub base: Option<Base>,
     /// The `VIRTIOFSD` binary, when it is found (`SHARE_TRANSPORT=auto` needs it for virtio-fs).
     pub virtiofsd: Option<PathBuf>,
+    /// The base is an installer ISO: a CD-ROM, not the disk's backing file.
+    pub base_is_iso: bool,
 }
 
 /// The IO half of [`decide`]: opens /dev/kvm, reads our cgroup limits, and the base's format
@@ -75,13 +78,59 @@ pub(super) fn probe(config: &Config, known: Option<&BaseImage>) -> Result<Probed
             .as_ref()
             .map(|target| probe_base(target.path(&config.image.dir))),
     };
+    let base_is_iso = base
+        .as_ref()
+        .is_some_and(|base| crate::image::iso_detect::is_iso(&base.path).unwrap_or(false));
     Ok(Probed {
         accel,
         fallback,
         limits: sizing::read_own_limits(),
         base,
         virtiofsd: find_program(&config.guest_io.virtiofsd),
+        base_is_iso,
     })
+}
+
+/// The firmware of this start, from the config and what the pet state recorded (`existed`:
+/// the state file was there, so the VM booted before).
+pub(super) fn firmware(
+    config: &Config,
+    existed: bool,
+    record: Option<&crate::state::FirmwareRecord>,
+) -> Result<Plan, FirmwareError> {
+    let recorded = firmware::recorded(existed, record);
+    let vars = firmware::vars_path(&config.pet_dir, &config.hostname);
+    firmware::decide(&config.firmware, recorded.as_ref(), vars)
+}
+
+/// Creates or reuses the UEFI variable store, and says which.
+pub(super) fn prepare_vars(uefi: &Uefi, action: VarsAction) -> Result<(), FirmwareError> {
+    let created = firmware::prepare_vars(uefi, action)?;
+    match (created, action) {
+        (true, VarsAction::Recreate) => {
+            tracing::warn!(vars = %uefi.vars.display(), template = %uefi.template.display(), "FIRMWARE_RESET is set: the UEFI variable store was re-created from the template (boot entries and variables reset); unset FIRMWARE_RESET to keep them from now on")
+        }
+        (true, VarsAction::Keep) => {
+            tracing::info!(vars = %uefi.vars.display(), template = %uefi.template.display(), "UEFI variable store created from the template")
+        }
+        (false, _) => tracing::info!(vars = %uefi.vars.display(), "UEFI variable store reused"),
+    }
+    Ok(())
+}
+
+/// `VM_UUID` and `VM_SERIAL`, each defaulting to the instance id: a UUID the pet state keeps.
+fn smbios(config: &Config, instance_id: &str) -> Smbios {
+    Smbios {
+        uuid: config
+            .firmware
+            .uuid
+            .map_or_else(|| instance_id.to_owned(), |uuid| uuid.to_string()),
+        serial: config
+            .firmware
+            .serial
+            .clone()
+            .unwrap_or_else(|| instance_id.to_owned()),
+    }
 }
 
 /// `program` as given when it names a path, else the first match on PATH.
@@ -159,6 +208,7 @@ pub(super) fn compose(
     wiring: Option<&Wiring>,
     probed: &Probed,
     ignition: Option<&Ignition>,
+    firmware: &Plan,
 ) -> Result<Launch, QemuError> {
     Ok(Launch {
         qemu: config.vm.qemu.clone(),
@@ -166,7 +216,7 @@ pub(super) fn compose(
         accel: probed.accel,
         sizing: sizing::decide(config.vm.cpus, config.vm.memory, probed.limits)?,
         disk: config.overlay_path(),
-        base: probed.base.clone(),
+        base: probed.base.clone().filter(|_| !probed.base_is_iso),
         config_drive: config_drive_path(config),
         nic: wiring.map(nic),
         vnc: (!config.net.no_vnc).then_some(Vnc {
@@ -176,6 +226,26 @@ pub(super) fn compose(
         agent_socket: crate::qemu::agent::socket_path(&config.runtime_dir),
         ignition: ignition.map(|i| i.path.clone()),
         shares: share_devices(config, probed.virtiofsd.is_some()),
+        firmware: Firmware {
+            machine: firmware.machine,
+            uefi: firmware.uefi.as_ref().map(|(uefi, _)| uefi.clone()),
+        },
+        smbios: None,
+        media: probed
+            .base
+            .iter()
+            .filter(|_| probed.base_is_iso)
+            .map(|base| base.path.clone())
+            .chain(config.firmware.install_media.clone())
+            .collect(),
+        tpm: config.firmware.tpm.then(|| {
+            crate::qemu::tpm::plan(
+                &config.pet_dir,
+                &config.hostname,
+                &config.runtime_dir,
+                firmware.machine,
+            )
+        }),
         extra: config.vm.extra_args.clone(),
     })
 }
@@ -188,6 +258,8 @@ pub(super) fn decide(
     wiring: Option<&Wiring>,
     base: Option<&BaseImage>,
     ignition: Option<&Ignition>,
+    firmware: &Plan,
+    instance_id: &str,
 ) -> Result<Launch, QemuError> {
     let probed = probe(config, base)?;
     if let Some(accel::Fallback(reason)) = &probed.fallback {
@@ -206,7 +278,8 @@ pub(super) fn decide(
             "virtiofsd not found: SHARES go by 9p (slower); install virtiofsd or set VIRTIOFSD"
         );
     }
-    let launch = compose(config, wiring, &probed, ignition)?;
+    let mut launch = compose(config, wiring, &probed, ignition, firmware)?;
+    launch.smbios = Some(smbios(config, instance_id));
     tracing::info!(
         cpus = launch.sizing.cpus,
         memory_mib = launch.sizing.memory_mib,
@@ -237,6 +310,12 @@ mod tests {
         Config::from_settings(&settings, hostname, Vec::new()).expect("valid")
     }
 
+    fn bios() -> Plan {
+        let wanted = config(&[]).firmware;
+        crate::qemu::firmware::decide(&wanted, None, PathBuf::from("/pet/vm-0.vars"))
+            .expect("a first boot")
+    }
+
     fn host(limits: Limits) -> Probed {
         Probed {
             accel: Accel::Tcg,
@@ -244,6 +323,7 @@ mod tests {
             limits,
             base: None,
             virtiofsd: None,
+            base_is_iso: false,
         }
     }
 
@@ -293,7 +373,7 @@ mod tests {
             cpu_millis: Some(2500),
             memory: Some(4 * GIB),
         };
-        let launch = compose(&config(&[]), None, &host(limits), None).expect("composes");
+        let launch = compose(&config(&[]), None, &host(limits), None, &bios()).expect("composes");
         assert_eq!(launch.sizing.cpus, 3);
         assert_eq!(launch.sizing.memory_mib, (4 * GIB - 512 * MIB) / MIB);
         let launch = compose(
@@ -301,6 +381,7 @@ mod tests {
             None,
             &host(limits),
             None,
+            &bios(),
         )
         .expect("composes");
         assert_eq!((launch.sizing.cpus, launch.sizing.memory_mib), (1, 2048));
@@ -312,7 +393,7 @@ mod tests {
             cpu_millis: None,
             memory: Some(200 * MIB),
         };
-        let err = compose(&config(&[]), None, &host(tiny), None).expect_err("too small");
+        let err = compose(&config(&[]), None, &host(tiny), None, &bios()).expect_err("too small");
         assert!(matches!(err, QemuError::Sizing(_)), "{err}");
     }
 
@@ -323,6 +404,7 @@ mod tests {
             Some(&plan()),
             &host(Limits::default()),
             None,
+            &bios(),
         )
         .expect("composes");
         let nic = launch.nic.expect("a NIC");
@@ -348,7 +430,7 @@ mod tests {
             path: PathBuf::from("/images/base.raw"),
             format: BaseFormat::Raw,
         });
-        let launch = compose(&config(&[]), None, &probed, None).expect("composes");
+        let launch = compose(&config(&[]), None, &probed, None, &bios()).expect("composes");
         assert_eq!(launch.vnc, Some(Vnc { password: false }));
         assert_eq!(launch.base, probed.base);
         assert!(launch.nic.is_none());
@@ -377,7 +459,8 @@ mod tests {
             share_devices(&forced, true)[0].backend,
             ShareBackend::NineP { .. }
         ));
-        let launch = compose(&config, None, &host(Limits::default()), None).expect("composes");
+        let launch =
+            compose(&config, None, &host(Limits::default()), None, &bios()).expect("composes");
         assert_eq!(
             launch.shares[0].backend,
             ShareBackend::NineP {

@@ -1,22 +1,23 @@
 //! `run`'s network around qemu, in either mode: NAT (the ruleset applied and DHCP/DNS started
 //! while qemu starts) or passt (started before qemu, which connects to its socket); then
-//! readiness from the lease, supervision (passt dying stops the VM: exit 4) and teardown.
+//! readiness from the lease, supervision (passt dying stops the VM: exit 4; swtpm: exit 9) and
+//! teardown.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::companions::Companions;
 use super::phase::timed;
 use crate::config::{Config, ReadyOn};
 use crate::error::Error;
 use crate::http::{Readiness, VmStatus};
 use crate::lan::{Lan, Services};
 use crate::net::passt::child::{self, Passt};
-use crate::net::{self, NetError, Wiring};
+use crate::net::{self, Wiring};
 use crate::pid1::Pid1;
 use crate::qemu::process::{Outcome, Qemu};
-use crate::qemu::virtiofsd::{ShareError, Virtiofsds};
 use crate::qemu::{self, QemuError};
 
 /// What serves the VM's network while qemu runs.
@@ -146,51 +147,45 @@ impl Attached {
         }
     }
 
-    /// Runs the VM until qemu exits (SIGTERM: the graceful ladder). passt dying stops the VM
-    /// the same graceful way and is the error.
-    /// A virtio-fs share's virtiofsd dying (issue 24) does the same.
+    /// Runs the VM until qemu exits (SIGTERM: the graceful ladder). passt, swtpm (`tpm`) or a
+    /// virtio-fs share's virtiofsd dying stops the VM the same graceful way and is the error.
     pub(super) async fn supervise(
         &mut self,
         vm: Qemu,
         pid1: &Pid1,
         shutdown_timeout: Duration,
-        shares: &mut Virtiofsds,
+        companions: &mut Companions,
     ) -> Result<Outcome, Error> {
-        match self {
-            Attached::Nat(_) if shares.is_empty() => {
-                Ok(vm.supervise(pid1, shutdown_timeout).await?)
+        let with_companions = !companions.is_empty();
+        let child_died = companions.died();
+        let (outcome, died): (Result<Outcome, QemuError>, Option<Error>) = match self {
+            Attached::Nat(_) if !with_companions => {
+                (vm.supervise(pid1, shutdown_timeout).await, None)
             }
             Attached::Nat(_) => {
-                let (outcome, died) = vm
-                    .supervise_unless(pid1, shutdown_timeout, shares.died())
-                    .await;
-                share_died(outcome, died)
+                vm.supervise_unless(pid1, shutdown_timeout, child_died)
+                    .await
             }
             Attached::Passt { passt, .. } => {
                 let fatal = async {
                     tokio::select! {
-                        e = passt.died() => Err(e),
-                        e = shares.died() => Ok(e),
+                        e = passt.died() => Error::from(e),
+                        e = child_died => e,
                     }
                 };
-                let (outcome, died) = vm.supervise_unless(pid1, shutdown_timeout, fatal).await;
-                let died: Option<NetError> = match died {
-                    Some(Ok(share)) => return share_died(outcome, Some(share)),
-                    Some(Err(net)) => Some(net),
-                    None => None,
-                };
-                match died {
-                    Some(e) => {
-                        tracing::error!(error = %crate::logging::render_chain(&e), "passt died: stopping the VM");
-                        // The VM's end is reported; how it ended is secondary to why.
-                        if let Ok(outcome) = &outcome {
-                            tracing::info!(status = %outcome.status, forced = outcome.forced, "qemu stopped");
-                        }
-                        Err(e.into())
-                    }
-                    None => Ok(outcome?),
-                }
+                vm.supervise_unless(pid1, shutdown_timeout, fatal).await
             }
+        };
+        match died {
+            Some(e) => {
+                tracing::error!(error = %crate::logging::render_chain(&e), "a program the VM depends on died: stopping the VM");
+                // The VM's end is reported; how it ended is secondary to why.
+                if let Ok(outcome) = &outcome {
+                    tracing::info!(status = %outcome.status, forced = outcome.forced, "qemu stopped");
+                }
+                Err(e)
+            }
+            None => Ok(outcome?),
         }
     }
 
@@ -200,22 +195,5 @@ impl Attached {
             Attached::Nat(services) => drop(services),
             Attached::Passt { passt, .. } => passt.stop().await,
         }
-    }
-}
-
-/// The end of a VM whose virtiofsd died (`died`), else its outcome: the death is the error.
-fn share_died(
-    outcome: Result<Outcome, QemuError>,
-    died: Option<ShareError>,
-) -> Result<Outcome, Error> {
-    match died {
-        Some(e) => {
-            tracing::error!(error = %crate::logging::render_chain(&e), "a share's virtiofsd died: stopping the VM");
-            if let Ok(outcome) = &outcome {
-                tracing::info!(status = %outcome.status, forced = outcome.forced, "qemu stopped");
-            }
-            Err(e.into())
-        }
-        None => Ok(outcome?),
     }
 }

@@ -21,6 +21,7 @@ use crate::qemu::process::Qemu;
 use crate::qemu::{self, attach, QemuError};
 use crate::{configdrive, image, metrics, net, state};
 
+use super::companions::Companions;
 use super::launch;
 use super::network::Attached;
 use super::phase::{timed, timed_blocking};
@@ -42,19 +43,26 @@ pub(super) async fn run(config: &Config, target: &ImageTarget) -> Result<u8, Err
         }
     };
 
-    // virtio-fs shares' daemons first: qemu connects to their sockets once, at start.
-    let mut shares =
-        qemu::virtiofsd::start(&launch.shares, &config.guest_io, pid1.reaper()).await?;
+    let mut companions = Companions::start(config, &launch, &pid1).await?;
     let (vm, attached) = match start(config, &pid1, &launch, &network).await {
         Ok(started) => started,
         Err(e) => {
-            shares.stop().await;
+            companions.stop().await;
             return Err(e);
         }
     };
-    let outcome = supervise(config, &pid1, vm, attached, &status, &launch, &mut shares).await;
-    shares.stop().await;
-    outcome
+    let code = supervise(
+        config,
+        &pid1,
+        vm,
+        attached,
+        &status,
+        &launch,
+        &mut companions,
+    )
+    .await;
+    companions.stop().await;
+    code
 }
 
 /// The probes (503 while we prepare) and the web console, when HTTP_PORT is set.
@@ -116,7 +124,7 @@ async fn supervise(
     mut attached: Attached,
     status: &Arc<VmStatus>,
     launch: &qemu::args::Launch,
-    shares: &mut qemu::virtiofsd::Virtiofsds,
+    companions: &mut Companions,
 ) -> Result<u8, Error> {
     let guest = super::guest::start(config, launch, &mut vm, status, &attached);
     attached.report(status, config.agent.ready_on);
@@ -145,7 +153,7 @@ async fn supervise(
         std::future::pending::<()>().await;
     };
     let outcome = tokio::select! {
-        outcome = attached.supervise(vm, pid1, config.vm.shutdown_timeout, shares) => outcome,
+        outcome = attached.supervise(vm, pid1, config.vm.shutdown_timeout, companions) => outcome,
         () = stopping => unreachable!("pending() never completes"),
     };
     status.set_phase(Phase::Stopped);
@@ -213,11 +221,22 @@ async fn prepare(
         path: config.runtime_dir.clone(),
         source,
     })?;
-    let loaded = state::load(&config.pet_dir, &config.hostname, config.net.vm_mac)?;
+    let mut loaded = state::load(&config.pet_dir, &config.hostname, config.net.vm_mac)?;
+    let firmware = launch::firmware(config, loaded.existed, loaded.state.firmware.as_ref())?;
+    loaded.record_firmware(firmware.record.clone())?;
     let (mac, state) = (loaded.state.mac(), loaded.state.clone());
+    let instance_id = state.instance_id.clone();
 
     let queues = launch::nic_queues(config)?;
-    let state_saved = on_worker(move || loaded.persist().map_err(Error::from));
+    // The variable store after the state: a store whose record is lost would be re-created.
+    let uefi = firmware.uefi.clone();
+    let state_saved = on_worker(move || {
+        loaded.persist()?;
+        if let Some((uefi, action)) = uefi {
+            launch::prepare_vars(&uefi, action)?;
+        }
+        Ok::<_, Error>(())
+    });
     let disk = async {
         let base = timed("image", image::ensure_base(&config.image, target)).await?;
         let overlay_path = config.overlay_path();
@@ -263,6 +282,13 @@ async fn prepare(
         Ok::<_, Error>(wiring)
     };
     let ((), base, ignition, wiring) = tokio::try_join!(state_saved, disk, drive, network)?;
-    let launch = launch::decide(config, Some(&wiring), Some(&base), ignition.as_ref())?;
+    let launch = launch::decide(
+        config,
+        Some(&wiring),
+        Some(&base),
+        ignition.as_ref(),
+        &firmware,
+        &instance_id,
+    )?;
     Ok((launch, wiring))
 }

@@ -15,6 +15,7 @@ fn state() -> PetState {
     PetState {
         mac: "52:54:00:12:34:56".parse().expect("a MAC"),
         instance_id: "5f0c1b2e-8a47-4c1e-9d3a-0b6f2e7c9a10".into(),
+        firmware: None,
     }
 }
 

@@ -201,6 +201,17 @@ pub(crate) enum ImageError {
     )]
     OverlayInUse { path: PathBuf, holder: String },
     #[error(
+        "the base image {path} is an installer ISO: the VM installs onto a blank disk whose \
+         size VM_DISK_SIZE (--vm-disk-size) must give. Fix: set VM_DISK_SIZE, e.g. 20Gi"
+    )]
+    IsoNeedsDiskSize { path: PathBuf },
+    #[error(
+        "the pet disk {path} is backed by {recorded}, but the base image is now an installer \
+         ISO (installs go to a blank disk). Fix: set IMG_SOURCE back, or move the pet disk \
+         aside to install anew"
+    )]
+    NotBlank { path: PathBuf, recorded: String },
+    #[error(
         "interrupted by {0}; a partial download that can be resumed is kept for the next start"
     )]
     Interrupted(nix::sys::signal::Signal),

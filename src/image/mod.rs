@@ -14,6 +14,7 @@
 
 mod error;
 pub(crate) mod fetch;
+pub(crate) mod iso_detect;
 pub(crate) mod local;
 pub(crate) mod lock;
 pub(crate) mod overlay;

@@ -148,6 +148,10 @@ pub(crate) fn ensure_overlay(
     disk_size: Option<ByteSize>,
 ) -> Result<Overlay, ImageError> {
     let base_format = base.format;
+    let iso = super::iso_detect::is_iso(&base.path).map_err(|source| ImageError::Read {
+        path: base.path.clone(),
+        source,
+    })?;
     let base = std::path::absolute(&base.path).map_err(|source| ImageError::Read {
         path: base.path.clone(),
         source,
@@ -157,7 +161,11 @@ pub(crate) fn ensure_overlay(
     } else {
         None
     };
-    let (plan, warnings) = plan(existing.as_ref(), overlay, &base, base_format, disk_size)?;
+    let (plan, warnings) = if iso {
+        plan_blank(existing.as_ref(), overlay, &base, disk_size)?
+    } else {
+        plan(existing.as_ref(), overlay, &base, base_format, disk_size)?
+    };
     for warning in warnings {
         tracing::warn!(overlay = %overlay.display(), "{warning}");
     }
@@ -182,7 +190,8 @@ pub(crate) fn ensure_overlay(
         }
         Plan::Create { size } => {
             let started = std::time::Instant::now();
-            create(overlay, &base, base_format, size)?;
+            let backing = (!iso).then_some((base.as_path(), base_format));
+            create(overlay, backing, size)?;
             let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             tracing::info!(overlay = %overlay.display(), base = %base.display(), size = %ByteSize(size), micros, "created the pet overlay");
             (size, true)
@@ -218,7 +227,48 @@ fn read(path: &Path) -> Result<Existing, ImageError> {
     })
 }
 
-fn create(overlay: &Path, base: &Path, format: DiskFormat, size: u64) -> Result<(), ImageError> {
+/// [`plan`] for an installer ISO base: a blank disk (no backing file) of `VM_DISK_SIZE`,
+/// required; an existing disk must be blank too (it holds what was installed).
+pub(crate) fn plan_blank(
+    existing: Option<&Existing>,
+    overlay: &Path,
+    iso: &Path,
+    disk_size: Option<ByteSize>,
+) -> Result<(Plan, Vec<String>), ImageError> {
+    let Some(wanted) = disk_size.map(|s| s.bytes().next_multiple_of(512)) else {
+        return Err(ImageError::IsoNeedsDiskSize {
+            path: iso.to_path_buf(),
+        });
+    };
+    let Some(existing) = existing else {
+        return Ok((Plan::Create { size: wanted }, Vec::new()));
+    };
+    if let Some(recorded) = &existing.backing_file {
+        return Err(ImageError::NotBlank {
+            path: overlay.to_path_buf(),
+            recorded: recorded.clone(),
+        });
+    }
+    let current = existing.virtual_size;
+    Ok(if wanted > current {
+        (
+            Plan::Grow {
+                from: current,
+                to: wanted,
+            },
+            Vec::new(),
+        )
+    } else {
+        (Plan::Reuse { size: current }, Vec::new())
+    })
+}
+
+/// Creates the pet disk: an overlay of `backing` (the base and its format), or blank.
+fn create(
+    overlay: &Path,
+    backing: Option<(&Path, DiskFormat)>,
+    size: u64,
+) -> Result<(), ImageError> {
     let overlay_err = |source| ImageError::Overlay {
         path: overlay.to_path_buf(),
         source,
@@ -234,11 +284,11 @@ fn create(overlay: &Path, base: &Path, format: DiskFormat, size: u64) -> Result<
     let storage =
         ImagoFile::from_open_file(file, StorageOpenOptions::new().write(true).filename(&temp))
             .map_err(err)?;
-    Qcow2::<ImagoFile>::create_builder(storage)
-        .backing(base.display().to_string(), format.name().to_owned())
-        .size(size)
-        .create()
-        .map_err(err)?;
+    let mut builder = Qcow2::<ImagoFile>::create_builder(storage).size(size);
+    if let Some((base, format)) = backing {
+        builder = builder.backing(base.display().to_string(), format.name().to_owned());
+    }
+    builder.create().map_err(err)?;
     named.as_file().sync_all().map_err(err)?;
     // link(2) fails if the overlay appeared meanwhile: never replace a pet disk.
     std::fs::hard_link(&temp, overlay).map_err(overlay_err)?;

@@ -73,7 +73,30 @@ pub(crate) struct Launch {
     pub ignition: Option<PathBuf>,
     /// `SHARES`, their transports decided.
     pub shares: Vec<super::shares::ShareDevice>,
+    /// Board and firmware (OVMF's files for UEFI).
+    pub firmware: Firmware,
+    /// Read-only CD-ROMs after the disk in the boot order: the installer ISO (when the base
+    /// is one) and `INSTALL_MEDIA`.
+    pub media: Vec<PathBuf>,
+    /// SMBIOS type 1 system UUID and serial (`None` only in unit tests' bare launches).
+    pub smbios: Option<Smbios>,
+    /// `TPM=2.0`: swtpm's socket and the device qemu shows the guest.
+    pub tpm: Option<super::tpm::TpmPlan>,
     pub extra: Vec<String>,
+}
+
+/// The machine's identity in SMBIOS type 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Smbios {
+    pub uuid: String,
+    pub serial: String,
+}
+
+/// The board and, for UEFI, OVMF's code and the VM's variable store (pflash 0 and 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Firmware {
+    pub machine: crate::config::Machine,
+    pub uefi: Option<super::firmware::Uefi>,
 }
 
 /// The base image: its path and the format qemu must open it with (never probed).
@@ -138,11 +161,30 @@ pub(crate) fn build(launch: &Launch) -> Vec<OsString> {
         Accel::Kvm => ("kvm", "host"),
         Accel::Tcg => ("tcg", "max"),
     };
-    push(&["-machine", &format!("pc,accel={accel}")]);
+    push(&["-machine", &machine_option(&launch.firmware, accel)]);
+    for node in firmware_nodes(&launch.firmware) {
+        push(&["-blockdev", &node.to_string()]);
+    }
+    if launch
+        .firmware
+        .uefi
+        .as_ref()
+        .is_some_and(|uefi| uefi.secure)
+    {
+        // Only SMM code may write the flash: the OS cannot replace the Secure Boot keys.
+        push(&["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+    }
     push(&["-cpu", cpu]);
     push(&["-smp", &launch.sizing.cpus.to_string()]);
     push(&["-m", &format!("{}M", launch.sizing.memory_mib)]);
     push(&["-rtc", "base=utc"]);
+    if let Some(smbios) = &launch.smbios {
+        push(&["-uuid", &smbios.uuid]);
+        push(&[
+            "-smbios",
+            &format!("type=1,serial={}", escape(&smbios.serial)),
+        ]);
+    }
 
     for node in disk_nodes(launch) {
         push(&["-blockdev", &node.to_string()]);
@@ -167,6 +209,27 @@ pub(crate) fn build(launch: &Launch) -> Vec<OsString> {
     }
     let shares = super::shares::args(&launch.shares, launch.sizing.memory_mib);
     push(&shares.iter().map(String::as_str).collect::<Vec<_>>());
+    for (i, (iso, slot)) in launch
+        .media
+        .iter()
+        .zip(media_slots(launch.firmware.machine))
+        .enumerate()
+    {
+        push(&[
+            "-drive",
+            &format!(
+                "file={},if=none,id=media{i},media=cdrom,readonly=on,format=raw",
+                path_value(iso)
+            ),
+        ]);
+        push(&[
+            "-device",
+            &format!("ide-cd,drive=media{i},{slot},bootindex={}", i + 2),
+        ]);
+    }
+    if let Some(tpm) = &launch.tpm {
+        push(&tpm_args(tpm).each_ref().map(String::as_str));
+    }
 
     if let Some(nic) = &launch.nic {
         push(&nic_args(nic).each_ref().map(String::as_str));
@@ -206,6 +269,68 @@ pub(crate) const IGNITION_FW_CFG: &str = "opt/com.coreos/config";
 /// `-fw_cfg`'s value for the Ignition config: qemu reads the file once, at start.
 fn ignition_value(file: &Path) -> String {
     format!("name={IGNITION_FW_CFG},file={}", path_value(file))
+}
+
+/// `-machine`: the board, the accelerator, and OVMF's flash nodes for UEFI.
+fn machine_option(firmware: &Firmware, accel: &str) -> String {
+    let mut option = format!("{},accel={accel}", firmware.machine.name());
+    if let Some(uefi) = &firmware.uefi {
+        option.push_str(",pflash0=fw-code,pflash1=fw-vars");
+        if uefi.secure {
+            option.push_str(",smm=on");
+        }
+    }
+    option
+}
+
+/// OVMF as two `-blockdev` graphs: the code read-only, the VM's variable store writable.
+/// Formats named (raw), never probed.
+fn firmware_nodes(firmware: &Firmware) -> Vec<serde_json::Value> {
+    use serde_json::json;
+    let Some(uefi) = &firmware.uefi else {
+        return Vec::new();
+    };
+    let mut nodes = Vec::new();
+    for (name, path, read_only) in [
+        ("fw-code", &uefi.code, true),
+        ("fw-vars", &uefi.vars, false),
+    ] {
+        nodes.push(json!({
+            "driver": "file",
+            "node-name": format!("{name}-file"),
+            "filename": path.to_string_lossy(),
+            "read-only": read_only,
+        }));
+        nodes.push(json!({
+            "driver": "raw",
+            "node-name": name,
+            "file": format!("{name}-file"),
+            "read-only": read_only,
+        }));
+    }
+    nodes
+}
+
+/// Where the install CD-ROMs go: the IDE (pc) or AHCI (q35) places the config drive
+/// (`ide.1`, unit 0) leaves free, after it where there is room, so that the guest finds the
+/// config drive as its first CD-ROM.
+fn media_slots(machine: crate::config::Machine) -> [&'static str; 2] {
+    match machine {
+        crate::config::Machine::Pc => ["bus=ide.1,unit=1", "bus=ide.0,unit=0"],
+        crate::config::Machine::Q35 => ["bus=ide.2,unit=0", "bus=ide.3,unit=0"],
+    }
+}
+
+/// The TPM: qemu's emulator backend on swtpm's control socket, and the device.
+fn tpm_args(tpm: &super::tpm::TpmPlan) -> [String; 6] {
+    [
+        "-chardev".to_owned(),
+        format!("socket,id=tpm0-ctrl,path={}", path_value(&tpm.socket)),
+        "-tpmdev".to_owned(),
+        "emulator,id=tpm0,chardev=tpm0-ctrl".to_owned(),
+        "-device".to_owned(),
+        format!("{},tpmdev=tpm0", tpm.device),
+    ]
 }
 
 /// `-netdev` and `-device` of the VM's NIC: a tap (NAT mode) or passt's socket.

@@ -5,11 +5,13 @@ pub(crate) mod agent;
 pub(crate) mod args;
 pub(crate) mod attach;
 pub(crate) mod console;
+pub(crate) mod firmware;
 pub(crate) mod pause;
 pub(crate) mod process;
 pub(crate) mod qmp;
 pub(crate) mod shares;
 pub(crate) mod sizing;
+pub(crate) mod tpm;
 pub(crate) mod virtiofsd;
 
 use std::path::PathBuf;

@@ -57,6 +57,8 @@ pkgs=("$kernel_pkg" busybox-static toybox libc6 libcrypt1)
 agent_pkgs=(qemu-guest-agent libglib2.0-0 libnuma1 libudev1 liburing2 libffi8 libpcre2-8-0
     libmount1 libselinux1 libblkid1 zlib1g libgcc-s1)
 pkgs+=("${agent_pkgs[@]}")
+pkgs+=(systemd-boot-efi) # issue 20: the UEFI variant's boot loader
+pkgs+=(shim-signed grub-efi-amd64-signed) # issue 20: the Secure Boot variant's signed loaders
 for pkg in "${pkgs[@]}"; do
     if ! compgen -G "$debs/${pkg}_*.deb" >/dev/null; then
         log "downloading $pkg"
@@ -136,6 +138,7 @@ wanted=(
 # --- issue 24: shares ---
 wanted+=(9p 9pnet_virtio virtiofs)                # option share: 9p (qemu -virtfs) and virtio-fs
 # --- end issue 24 ---
+wanted+=(efivarfs) # issue 20: UEFI variables (option efivar)
 mods=$work/pkgs/lib/modules/$kver
 depmod -b "$work/pkgs" "$kver"
 # modules.dep lists each module's full dependency closure; order it depth first, deps first.
@@ -169,6 +172,9 @@ for mod in "${order[@]}"; do
     echo "/lib/modules/$kver/$mod" >>"$rd/etc/modules.load"
 done
 log "modules: $(printf '%s ' "${order[@]##*/}")"
+# --- issue 20: efivarfs only under UEFI -------------------------------------------------------
+# efivarfs refuses to load without EFI: init loads it itself when /sys/firmware/efi exists.
+sed -i '/efivarfs/d' "$rd/etc/modules.load"
 
 (cd "$rd" && find . -print0 | sort -z | cpio --null -o -H newc --quiet -R 0:0) | gzip -9 >"$work/initrd.gz"
 
@@ -192,6 +198,32 @@ mcopy -i "$raw" "$work/initrd.gz" ::initrd.gz
 mcopy -i "$raw" "$work/syslinux.cfg" ::syslinux.cfg
 syslinux --install "$raw"
 qemu-img convert -q -f raw -O qcow2 "$raw" "$work/guest.qcow2"
+
+# --- issue 20: UEFI variant -------------------------------------------------------------------
+# guest-uefi.qcow2 beside the image: the same vfat superfloppy plus systemd-boot as the UEFI
+# removable-media loader (\EFI\BOOT\BOOTX64.EFI), which OVMF finds on a partitionless FAT
+# disk; its entry boots the same kernel and initrd. (SeaBIOS still boots it with syslinux.)
+uefi_image=${image%.qcow2}-uefi.qcow2
+mmd -i "$raw" ::EFI ::EFI/BOOT ::loader ::loader/entries
+mcopy -i "$raw" "$work/pkgs/usr/lib/systemd/boot/efi/systemd-bootx64.efi" ::EFI/BOOT/BOOTX64.EFI
+printf 'default kvmtest.conf\ntimeout 0\n' >"$work/loader.conf"
+printf 'title kvmtest\nlinux /vmlinuz\ninitrd /initrd.gz\noptions console=ttyS0,115200 quiet panic=-1\n' >"$work/kvmtest.conf"
+mcopy -i "$raw" "$work/loader.conf" ::loader/loader.conf
+mcopy -i "$raw" "$work/kvmtest.conf" ::loader/entries/kvmtest.conf
+qemu-img convert -q -f raw -O qcow2 "$raw" "$work/guest-uefi.qcow2"
+mv -f "$work/guest-uefi.qcow2" "$uefi_image"
+# guest-secure.qcow2: Secure Boot's chain, all signed: Debian's shim (signed by Microsoft) as
+# BOOTX64.EFI, which verifies Debian's signed GRUB beside it, which verifies the (signed)
+# kernel. The same grub.cfg where each GRUB build looks for it. Needs 512 MiB of guest
+# memory: OVMF's Secure Boot build plus GRUB leave 256 MiB too little to unpack the kernel.
+secure_image=${image%.qcow2}-secure.qcow2
+mcopy -o -i "$raw" "$work/pkgs/usr/lib/shim/shimx64.efi.signed" ::EFI/BOOT/BOOTX64.EFI
+mcopy -i "$raw" "$work/pkgs/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed" ::EFI/BOOT/grubx64.efi
+printf 'set timeout=0\nlinux /vmlinuz console=ttyS0,115200 quiet panic=-1\ninitrd /initrd.gz\nboot\n' >"$work/grub.cfg"
+mmd -i "$raw" ::EFI/debian ::boot ::boot/grub
+for dir in EFI/BOOT EFI/debian boot/grub; do mcopy -i "$raw" "$work/grub.cfg" "::$dir/grub.cfg"; done
+qemu-img convert -q -f raw -O qcow2 "$raw" "$work/guest-secure.qcow2"
+mv -f "$work/guest-secure.qcow2" "$secure_image"
 
 mv -f "$work/guest.qcow2" "$image"
 echo "$inputs" >"$image.inputs"

@@ -187,3 +187,29 @@ fn the_lock_probe_names_a_posix_holder_by_pid_and_qemu_by_its_locking() {
     let posix = lock_holder(&probe).expect("held");
     assert!(posix.contains("process 4242"), "{posix}");
 }
+
+#[test]
+fn an_installer_iso_needs_vm_disk_size_and_gets_a_blank_disk_kept_blank() {
+    let iso = Path::new("/image/installer.iso");
+    let overlay = Path::new("/pet/vm-0.qcow2");
+    let err = plan_blank(None, overlay, iso, None).expect_err("no size");
+    assert!(err.to_string().contains("VM_DISK_SIZE"), "{err}");
+    let size = Some(ByteSize(1 << 30));
+    let (plan, _) = plan_blank(None, overlay, iso, size).expect("create");
+    assert_eq!(plan, Plan::Create { size: 1 << 30 });
+    let blank = Existing {
+        backing_file: None,
+        backing_format: None,
+        virtual_size: 1 << 30,
+    };
+    let (plan, _) = plan_blank(Some(&blank), overlay, iso, size).expect("reuse");
+    assert_eq!(plan, Plan::Reuse { size: 1 << 30 });
+    let backed = Existing {
+        backing_file: Some("/image/debian.qcow2".into()),
+        ..blank
+    };
+    assert!(matches!(
+        plan_blank(Some(&backed), overlay, iso, size),
+        Err(ImageError::NotBlank { .. })
+    ));
+}

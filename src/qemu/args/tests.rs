@@ -44,6 +44,13 @@ fn base() -> Launch {
         agent_socket: "/run/kvm-manager/agent.sock".into(),
         ignition: None,
         shares: Vec::new(),
+        firmware: Firmware {
+            machine: crate::config::Machine::Pc,
+            uefi: None,
+        },
+        media: Vec::new(),
+        smbios: None,
+        tpm: None,
         extra: Vec::new(),
     }
 }
@@ -324,4 +331,113 @@ fn shares_add_their_devices_and_virtio_fs_shares_the_guest_memory() {
         "{argv:?}"
     );
     golden("shares", &argv);
+}
+
+#[test]
+fn uefi_on_q35_maps_ovmf_code_read_only_and_the_vms_own_variable_store() {
+    let mut launch = base();
+    launch.accel = Accel::Tcg;
+    launch.firmware = Firmware {
+        machine: crate::config::Machine::Q35,
+        uefi: Some(crate::qemu::firmware::Uefi {
+            code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+            vars: "/pet/vm-0.vars".into(),
+            template: "/usr/share/OVMF/OVMF_VARS_4M.fd".into(),
+            secure: false,
+        }),
+    };
+    let argv = build(&launch);
+    assert!(argv
+        .windows(2)
+        .any(|w| w[0] == "-machine" && w[1] == "q35,accel=tcg,pflash0=fw-code,pflash1=fw-vars"));
+    // The template itself is never handed to qemu: the guest writes only its own copy.
+    assert!(!argv
+        .iter()
+        .any(|a| a.to_string_lossy().contains("OVMF_VARS")));
+    golden("uefi-q35", &argv);
+}
+
+#[test]
+fn bios_on_q35_has_no_flash() {
+    let mut launch = base();
+    launch.firmware.machine = crate::config::Machine::Q35;
+    let argv = build(&launch);
+    assert!(argv
+        .windows(2)
+        .any(|w| w[0] == "-machine" && w[1] == "q35,accel=kvm"));
+    assert!(!argv.iter().any(|a| a.to_string_lossy().contains("pflash")));
+}
+
+#[test]
+fn a_tpm_is_swtpms_socket_behind_crb_on_q35() {
+    let mut launch = base();
+    launch.accel = Accel::Tcg;
+    launch.firmware.machine = crate::config::Machine::Q35;
+    let hostname = crate::config::Hostname::parse("vm-0").expect("valid");
+    launch.tpm = Some(crate::qemu::tpm::plan(
+        std::path::Path::new("/pet"),
+        &hostname,
+        std::path::Path::new("/run/kvm-manager"),
+        crate::config::Machine::Q35,
+    ));
+    let argv = build(&launch);
+    assert!(argv
+        .windows(2)
+        .any(|w| w[0] == "-device" && w[1] == "tpm-crb,tpmdev=tpm0"));
+    golden("tpm-q35", &argv);
+}
+
+#[test]
+fn secure_boot_turns_on_smm_and_guards_the_flash() {
+    let mut launch = base();
+    launch.accel = Accel::Tcg;
+    launch.firmware = Firmware {
+        machine: crate::config::Machine::Q35,
+        uefi: Some(crate::qemu::firmware::Uefi {
+            code: "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd".into(),
+            vars: "/pet/vm-0.vars".into(),
+            template: "/usr/share/OVMF/OVMF_VARS_4M.ms.fd".into(),
+            secure: true,
+        }),
+    };
+    let argv = build(&launch);
+    assert!(argv
+        .windows(2)
+        .any(|w| w[0] == "-machine"
+            && w[1] == "q35,accel=tcg,pflash0=fw-code,pflash1=fw-vars,smm=on"));
+    assert!(argv
+        .windows(2)
+        .any(|w| w[0] == "-global" && w[1] == "driver=cfi.pflash01,property=secure,value=on"));
+    golden("uefi-secure", &argv);
+}
+
+#[test]
+fn an_installer_iso_and_install_media_are_read_only_cdroms_after_the_disk() {
+    let mut launch = base();
+    launch.base = None;
+    launch.media = vec!["/image/installer.iso".into(), "/media/drivers.iso".into()];
+    let argv = build(&launch);
+    assert!(argv
+        .windows(2)
+        .any(|w| w[0] == "-device" && w[1] == "ide-cd,drive=media0,bus=ide.1,unit=1,bootindex=2"));
+    assert!(argv
+        .windows(2)
+        .any(|w| w[0] == "-device" && w[1] == "ide-cd,drive=media1,bus=ide.0,unit=0,bootindex=3"));
+    golden("install-media", &argv);
+}
+
+#[test]
+fn the_smbios_uuid_and_serial_are_the_vms_identity() {
+    let mut launch = base();
+    launch.smbios = Some(Smbios {
+        uuid: "5f0c1b2e-8a47-4c1e-9d3a-0b6f2e7c9a10".into(),
+        serial: "SN,1".into(),
+    });
+    let argv = build(&launch);
+    assert!(argv
+        .windows(2)
+        .any(|w| w[0] == "-uuid" && w[1] == "5f0c1b2e-8a47-4c1e-9d3a-0b6f2e7c9a10"));
+    assert!(argv
+        .windows(2)
+        .any(|w| w[0] == "-smbios" && w[1] == "type=1,serial=SN,,1"));
 }

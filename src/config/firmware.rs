@@ -1,0 +1,234 @@
+//! The VM's firmware, board and TPM: `FIRMWARE`, `MACHINE`, `FIRMWARE_RESET`, `TPM`.
+//!
+//! What is recorded in the pet state (and refused when it changes) is decided in
+//! [`crate::qemu::firmware`]; here only what the operator asked for is parsed.
+
+use serde::{Deserialize, Serialize};
+
+use super::{choice, invalid, non_empty, ConfigError};
+use crate::cli::Settings;
+
+/// `FIRMWARE`: SeaBIOS or OVMF.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    Bios,
+    Uefi,
+    /// OVMF's Secure Boot build with Microsoft's keys enrolled, q35 with SMM.
+    #[serde(rename = "uefi-secure")]
+    UefiSecure,
+}
+
+impl Firmware {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Bios => "bios",
+            Self::Uefi => "uefi",
+            Self::UefiSecure => "uefi-secure",
+        }
+    }
+}
+
+/// `MACHINE`: qemu's board.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Machine {
+    /// i440fx + PIIX: the widest legacy support.
+    Pc,
+    /// Q35 + ICH9 (AHCI, PCIe): what UEFI guests expect.
+    Q35,
+}
+
+impl Machine {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Pc => "pc",
+            Self::Q35 => "q35",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirmwareConfig {
+    pub firmware: Firmware,
+    /// `MACHINE`, resolved: `q35` for UEFI and `pc` for BIOS unless set.
+    pub machine: Machine,
+    /// `FIRMWARE_RESET`: accept a firmware or machine different from the recorded one, and
+    /// re-create the UEFI variable store.
+    pub reset: bool,
+    /// `TPM=2.0`: a software TPM (swtpm) with its state in the pet volume.
+    pub tpm: bool,
+    /// `INSTALL_MEDIA`: another ISO (e.g. a driver disk) as a second read-only CD-ROM.
+    pub install_media: Option<std::path::PathBuf>,
+    /// `VM_UUID`: the SMBIOS system UUID; default: the pet state's instance id.
+    pub uuid: Option<uuid::Uuid>,
+    /// `VM_SERIAL`: the SMBIOS system serial number; default: the pet state's instance id.
+    pub serial: Option<String>,
+}
+
+pub(super) fn parse_firmware(settings: &Settings) -> Result<FirmwareConfig, ConfigError> {
+    let firmware = choice(
+        "FIRMWARE",
+        &settings.firmware,
+        &[
+            ("bios", Firmware::Bios),
+            ("uefi", Firmware::Uefi),
+            ("uefi-secure", Firmware::UefiSecure),
+        ],
+    )?;
+    let machine = match non_empty(&settings.machine) {
+        Some(raw) => choice(
+            "MACHINE",
+            raw,
+            &[("pc", Machine::Pc), ("q35", Machine::Q35)],
+        )?,
+        None if firmware == Firmware::Bios => Machine::Pc,
+        None => Machine::Q35,
+    };
+    if firmware != Firmware::Bios && machine == Machine::Pc {
+        // OVMF leaves the PIIX IDE controller of `pc` unused, so the config drive (an IDE
+        // cdrom) would be invisible to a UEFI guest.
+        return Err(invalid(
+            "MACHINE",
+            settings.machine.as_deref().unwrap_or_default(),
+            "UEFI firmware does not see pc's IDE controller, where the config drive sits",
+            "use MACHINE=q35 (or unset it) with FIRMWARE=uefi or uefi-secure",
+        ));
+    }
+    let tpm = choice("TPM", &settings.tpm, &[("none", false), ("2.0", true)])?;
+    let install_media = match non_empty(&settings.install_media) {
+        Some(raw) if raw.starts_with('/') => Some(std::path::PathBuf::from(raw)),
+        Some(raw) => {
+            return Err(invalid(
+                "INSTALL_MEDIA",
+                raw,
+                "not an absolute path",
+                "give the path of an ISO in the container, e.g. a volume mounted at /media",
+            ))
+        }
+        None => None,
+    };
+    let uuid = non_empty(&settings.vm_uuid)
+        .map(|raw| {
+            uuid::Uuid::parse_str(raw).map_err(|e| {
+                invalid(
+                    "VM_UUID",
+                    raw,
+                    format!("not a UUID ({e})"),
+                    "e.g. VM_UUID=4c4c4544-0042-3510-8052-b4c04f4e3132, or unset it to use the \
+                     VM's instance id",
+                )
+            })
+        })
+        .transpose()?;
+    let serial = match non_empty(&settings.vm_serial) {
+        Some(raw) if raw.len() > 64 || !raw.chars().all(|c| c.is_ascii_graphic() || c == ' ') => {
+            return Err(invalid(
+                "VM_SERIAL",
+                raw,
+                "not at most 64 printable ASCII characters",
+                "e.g. VM_SERIAL=SN-0001, or unset it to use the VM's instance id",
+            ))
+        }
+        Some(raw) => Some(raw.to_owned()),
+        None => None,
+    };
+    Ok(FirmwareConfig {
+        firmware,
+        machine,
+        reset: settings.firmware_reset,
+        tpm,
+        install_media,
+        uuid,
+        serial,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::Cli;
+
+    fn parse(args: &[&str]) -> Result<FirmwareConfig, ConfigError> {
+        let mut argv = vec!["kvm-manager"];
+        argv.extend_from_slice(args);
+        parse_firmware(&Cli::try_parse_from(argv).expect("valid arguments").settings)
+    }
+
+    #[test]
+    fn bios_on_pc_is_the_default_and_uefi_defaults_to_q35() {
+        let default = parse(&[]).expect("valid");
+        assert_eq!(
+            (default.firmware, default.machine),
+            (Firmware::Bios, Machine::Pc)
+        );
+        assert!(!default.reset);
+        let uefi = parse(&["--firmware", "UEFI"]).expect("valid");
+        assert_eq!(
+            (uefi.firmware, uefi.machine),
+            (Firmware::Uefi, Machine::Q35)
+        );
+        let secure = parse(&["--firmware", "uefi-secure"]).expect("valid");
+        assert_eq!(secure.machine, Machine::Q35);
+        assert!(parse(&["--firmware", "uefi-secure", "--machine", "pc"]).is_err());
+        let bios_q35 = parse(&["--machine", "q35"]).expect("valid");
+        assert_eq!(bios_q35.machine, Machine::Q35);
+    }
+
+    #[test]
+    fn uefi_on_pc_is_refused_naming_machine() {
+        let err = parse(&["--firmware", "uefi", "--machine", "pc"]).expect_err("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("MACHINE (--machine)") && text.contains("q35"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn install_media_is_an_absolute_path() {
+        let media = parse(&["--install-media", "/media/drivers.iso"]).expect("valid");
+        assert_eq!(
+            media.install_media,
+            Some(std::path::PathBuf::from("/media/drivers.iso"))
+        );
+        let err = parse(&["--install-media", "drivers.iso"]).expect_err("relative");
+        assert!(
+            err.to_string().contains("INSTALL_MEDIA (--install-media)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn vm_uuid_must_be_a_uuid_and_vm_serial_printable() {
+        let set = parse(&[
+            "--vm-uuid",
+            "4C4C4544-0042-3510-8052-B4C04F4E3132",
+            "--vm-serial",
+            "SN 1",
+        ])
+        .expect("valid");
+        assert_eq!(
+            set.uuid.map(|u| u.to_string()).as_deref(),
+            Some("4c4c4544-0042-3510-8052-b4c04f4e3132")
+        );
+        assert_eq!(set.serial.as_deref(), Some("SN 1"));
+        let err = parse(&["--vm-uuid", "not-a-uuid"]).expect_err("refused");
+        assert!(err.to_string().contains("VM_UUID (--vm-uuid)"), "{err}");
+        let err = parse(&["--vm-serial", "a\tb"]).expect_err("refused");
+        assert!(err.to_string().contains("VM_SERIAL (--vm-serial)"), "{err}");
+    }
+
+    #[test]
+    fn unknown_words_name_the_variable() {
+        let err = parse(&["--firmware", "efi"]).expect_err("refused");
+        assert!(err.to_string().contains("FIRMWARE (--firmware)"), "{err}");
+        let err = parse(&["--machine", "virt"]).expect_err("refused");
+        assert!(err.to_string().contains("MACHINE (--machine)"), "{err}");
+        let err = parse(&["--tpm", "1.2"]).expect_err("refused");
+        assert!(err.to_string().contains("TPM (--tpm)"), "{err}");
+        assert!(parse(&["--tpm", "2.0"]).expect("valid").tpm);
+    }
+}

@@ -1,0 +1,203 @@
+//! UEFI firmware (issue 20): the UEFI test guest boots with `FIRMWARE=uefi` on q35, reads its
+//! config drive, and a variable it writes is still there after a container restart; the
+//! firmware a VM first booted with is kept, and a change is refused with exit 2 unless
+//! `FIRMWARE_RESET=1`.
+
+use std::path::Path;
+
+use crate::vm::{field, stop, Cluster, BOOT, T};
+
+/// A configuration error.
+const CONFIG: i32 = 2;
+
+fn uefi_image_url(cluster: &Cluster) -> String {
+    variant_url(cluster, "uefi")
+}
+
+/// The URL of `guest-NAME.qcow2`, built beside the test guest.
+fn variant_url(cluster: &Cluster, name: &str) -> String {
+    cluster
+        .image_url
+        .replace("guest.qcow2", &format!("guest-{name}.qcow2"))
+}
+
+fn state(pet: &Path, hostname: &str) -> serde_json::Value {
+    let bytes = std::fs::read(pet.join(format!("{hostname}.state.json"))).expect("state file");
+    serde_json::from_slice(&bytes).expect("state is JSON")
+}
+
+#[test]
+fn a_uefi_guest_reads_its_config_drive_and_keeps_its_variables_across_a_restart() {
+    let Some(cluster) = Cluster::for_test("kmfw", "vm-uefi") else {
+        return;
+    };
+    let url = uefi_image_url(&cluster);
+    let env = [("IMG_SOURCE", url.as_str()), ("FIRMWARE", "uefi")];
+    cluster.user_data("#cloud-config\n# kvmtest.efivar=kept-1\n");
+    let mut vm = cluster.start(&env);
+    let efi = vm.wait_for_line("KVMTEST efi ", BOOT);
+    assert_eq!(field(&efi, "kvmtest"), "", "{efi}");
+    vm.wait_for_line("KVMTEST efivar written=kept-1", T);
+    let drive = vm.wait_for_line("KVMTEST configdrive", BOOT);
+    assert_eq!(field(&drive, "label"), "config-2", "{drive}");
+    vm.wait_for_line("KVMTEST READY", BOOT);
+    stop(&mut vm);
+
+    let pet = cluster.pod.path("pet");
+    let vars = pet.join("vm-uefi.vars");
+    let template = std::fs::read("/usr/share/OVMF/OVMF_VARS_4M.fd").expect("ovmf installed");
+    assert_ne!(
+        std::fs::read(&vars).expect("the variable store"),
+        template,
+        "the guest's variable went to the template's copy"
+    );
+    let recorded = state(&pet, "vm-uefi");
+    assert_eq!(recorded["firmware"]["firmware"], "uefi", "{recorded}");
+    assert_eq!(recorded["firmware"]["machine"], "q35", "{recorded}");
+
+    // A container restart: the same store, so the variable is there.
+    let mut vm = cluster.start(&env);
+    let efi = vm.wait_for_line("KVMTEST efi ", BOOT);
+    assert_eq!(field(&efi, "kvmtest"), "kept-1", "{efi}");
+    assert_eq!(field(&efi, "secureboot"), "0", "{efi}");
+    assert!(
+        vm.output().contains("UEFI variable store reused"),
+        "{}",
+        vm.output()
+    );
+    vm.wait_for_line("KVMTEST READY", BOOT);
+    stop(&mut vm);
+}
+
+#[test]
+fn changing_the_firmware_of_an_existing_vm_exits_2_unless_firmware_reset_is_set() {
+    let Some(cluster) = Cluster::for_test("kmfx", "vm-old") else {
+        return;
+    };
+    let pod = &cluster.pod;
+    // A pet whose state predates firmware records: it booted SeaBIOS on pc.
+    let pet = pod.path("pet");
+    std::fs::create_dir_all(&pet).expect("PET_DIR");
+    let old_state =
+        r#"{"mac":"52:54:00:aa:bb:cc","instance_id":"0e3c8a52-6a9d-4bb4-a2b1-3f1de2f0b0c1"}"#;
+    std::fs::write(pet.join("vm-old.state.json"), old_state).expect("state");
+
+    let mut vm = cluster.start(&[("FIRMWARE", "uefi")]);
+    assert_eq!(vm.wait(T).code(), Some(CONFIG), "{}", vm.output());
+    let out = vm.output();
+    for words in [
+        "FIRMWARE=bios MACHINE=pc",
+        "FIRMWARE=uefi MACHINE=q35",
+        "FIRMWARE_RESET=1",
+    ] {
+        assert!(out.contains(words), "{words:?} not in:\n{out}");
+    }
+    assert!(!pet.join("vm-old.vars").exists(), "a store was created");
+    assert_eq!(
+        std::fs::read_to_string(pet.join("vm-old.state.json")).expect("state"),
+        old_state,
+        "the state changed"
+    );
+
+    // The same pet as it was keeps working: qemu-args shows BIOS on pc.
+    let mut args = pod.kvm_manager(&["qemu-args"], &cluster.env(&[]));
+    assert_eq!(args.wait(T).code(), Some(0), "{}", args.output());
+    assert!(args.output().contains("pc,accel=tcg"), "{}", args.output());
+
+    // FIRMWARE_RESET=1 says yes to the switch: qemu-args shows OVMF (and changes nothing).
+    let mut args = pod.kvm_manager(
+        &["qemu-args"],
+        &cluster.env(&[("FIRMWARE", "uefi"), ("FIRMWARE_RESET", "1")]),
+    );
+    assert_eq!(args.wait(T).code(), Some(0), "{}", args.output());
+    let out = args.output();
+    assert!(
+        out.contains("q35,accel=tcg,pflash0=fw-code,pflash1=fw-vars"),
+        "{out}"
+    );
+    assert!(out.contains("vm-old.vars"), "{out}");
+
+    // UEFI on pc is refused at once, naming MACHINE.
+    let mut vm = cluster.start(&[("FIRMWARE", "uefi"), ("MACHINE", "pc")]);
+    assert_eq!(vm.wait(T).code(), Some(CONFIG), "{}", vm.output());
+    assert!(
+        vm.output().contains("MACHINE (--machine)"),
+        "{}",
+        vm.output()
+    );
+}
+
+#[test]
+fn under_uefi_secure_a_signed_chain_boots_with_secure_boot_on() {
+    let Some(cluster) = Cluster::for_test("kmsb", "vm-sb") else {
+        return;
+    };
+    let url = variant_url(&cluster, "secure");
+    let env = [
+        ("IMG_SOURCE", url.as_str()),
+        ("FIRMWARE", "uefi-secure"),
+        ("VM_MEMORY", "512"),
+    ];
+    let mut vm = cluster.start(&env);
+    let efi = vm.wait_for_line("KVMTEST efi ", BOOT);
+    assert_eq!(field(&efi, "secureboot"), "1", "{efi}");
+    let drive = vm.wait_for_line("KVMTEST configdrive", BOOT);
+    assert_eq!(field(&drive, "label"), "config-2", "{drive}");
+    vm.wait_for_line("KVMTEST READY", BOOT);
+    stop(&mut vm);
+    let recorded = state(&cluster.pod.path("pet"), "vm-sb");
+    assert_eq!(
+        recorded["firmware"]["firmware"], "uefi-secure",
+        "{recorded}"
+    );
+}
+
+#[test]
+fn under_uefi_secure_an_unsigned_loader_is_refused() {
+    let Some(cluster) = Cluster::for_test("kmsu", "vm-su") else {
+        return;
+    };
+    // The UEFI guest's loader, systemd-boot, is not signed.
+    let url = uefi_image_url(&cluster);
+    let env = [
+        ("IMG_SOURCE", url.as_str()),
+        ("FIRMWARE", "uefi-secure"),
+        ("VM_MEMORY", "512"),
+        ("SHUTDOWN_TIMEOUT", "1s"),
+    ];
+    let mut vm = cluster.start(&env);
+    let refused = vm.wait_for_line("Access Denied", BOOT);
+    assert!(refused.contains("BdsDxe: failed"), "{refused}");
+    assert!(
+        !vm.output().contains("KVMTEST boot"),
+        "the unsigned loader booted:\n{}",
+        vm.output()
+    );
+    // Nothing in the VM answers the power button: the ladder ends in a forced stop (exit 7).
+    let pid = crate::vm::pid1(&vm);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    assert_eq!(vm.wait(T).code(), Some(7), "{}", vm.output());
+}
+
+#[test]
+fn the_smbios_uuid_and_serial_default_to_the_instance_id_and_follow_vm_uuid_and_vm_serial() {
+    let Some(cluster) = Cluster::for_test("kmid", "vm-id") else {
+        return;
+    };
+    let mut vm = cluster.start(&[]);
+    let smbios = vm.wait_for_line("KVMTEST smbios", BOOT);
+    vm.wait_for_line("KVMTEST READY", BOOT);
+    stop(&mut vm);
+    let recorded = state(&cluster.pod.path("pet"), "vm-id");
+    let id = recorded["instance_id"].as_str().expect("an instance id");
+    assert_eq!(field(&smbios, "uuid"), id, "{smbios}");
+    assert_eq!(field(&smbios, "serial"), id, "{smbios}");
+
+    let uuid = "4c4c4544-0042-3510-8052-b4c04f4e3132";
+    let mut vm = cluster.start(&[("VM_UUID", uuid), ("VM_SERIAL", "SN-0001")]);
+    let smbios = vm.wait_for_line("KVMTEST smbios", BOOT);
+    assert_eq!(field(&smbios, "uuid"), uuid, "{smbios}");
+    assert_eq!(field(&smbios, "serial"), "SN-0001", "{smbios}");
+    vm.wait_for_line("KVMTEST READY", BOOT);
+    stop(&mut vm);
+}

@@ -1,0 +1,143 @@
+//! Installing from an ISO (issue 20): `IMG_SOURCE` an installer ISO (known by its content)
+//! gives a blank pet disk of `VM_DISK_SIZE` (required) and the ISO as a read-only CD-ROM after
+//! the disk in the boot order. The ISO here is built in the test with xorriso: a UEFI El
+//! Torito image (systemd-boot, the test guest's kernel with `kvmtest.install=1`) and the UEFI
+//! test guest's disk as `disk.img`, which the guest copies onto the blank disk. The second
+//! start boots the installed disk, without fetching the ISO again.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::vm::{field, guest_image, Cluster, BOOT, T};
+
+fn run(command: &mut Command) {
+    let out = command.output().expect("run a tool");
+    assert!(
+        out.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Builds the installer ISO at `iso` from the UEFI test guest.
+fn build_iso(work: &Path, iso: &Path) {
+    let uefi = guest_image().with_file_name("guest-uefi.qcow2");
+    let tree = work.join("tree");
+    std::fs::create_dir_all(&tree).expect("tree");
+    let disk = tree.join("disk.img");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "qcow2", "-O", "raw"])
+        .arg(&uefi)
+        .arg(&disk));
+    // The El Torito EFI image: a small FAT with the guest's loader, kernel and initrd.
+    let efi = tree.join("efi.img");
+    run(Command::new("mkfs.vfat").arg("-C").arg(&efi).arg("24576"));
+    let from = |name: &str| format!("::{name}");
+    for (src, dst) in [
+        ("EFI/BOOT/BOOTX64.EFI", "bootx64.efi"),
+        ("vmlinuz", "vmlinuz"),
+        ("initrd.gz", "initrd.gz"),
+    ] {
+        run(Command::new("mcopy")
+            .arg("-i")
+            .arg(&disk)
+            .arg(from(src))
+            .arg(work.join(dst)));
+    }
+    std::fs::write(
+        work.join("loader.conf"),
+        "default install.conf\ntimeout 0\n",
+    )
+    .expect("conf");
+    std::fs::write(
+        work.join("install.conf"),
+        "title install\nlinux /vmlinuz\ninitrd /initrd.gz\noptions console=ttyS0,115200 quiet \
+         panic=-1 kvmtest.install=1\n",
+    )
+    .expect("entry");
+    run(Command::new("mmd").arg("-i").arg(&efi).args([
+        "::EFI",
+        "::EFI/BOOT",
+        "::loader",
+        "::loader/entries",
+    ]));
+    for (src, dst) in [
+        ("bootx64.efi", "::EFI/BOOT/BOOTX64.EFI"),
+        ("vmlinuz", "::vmlinuz"),
+        ("initrd.gz", "::initrd.gz"),
+        ("loader.conf", "::loader/loader.conf"),
+        ("install.conf", "::loader/entries/install.conf"),
+    ] {
+        run(Command::new("mcopy")
+            .arg("-i")
+            .arg(&efi)
+            .arg(work.join(src))
+            .arg(dst));
+    }
+    run(Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-R", "-J", "-V", "KVMINSTALL"])
+        .args(["-e", "efi.img", "-no-emul-boot", "-o"])
+        .arg(iso)
+        .arg(&tree));
+}
+
+#[test]
+fn an_iso_installs_onto_a_blank_disk_and_the_next_start_boots_the_disk_without_fetching() {
+    let Some(cluster) = Cluster::for_test("kmin", "vm-inst") else {
+        return;
+    };
+    let pod = &cluster.pod;
+    let work = pod.path("iso-build");
+    // Served by the cluster's image server, beside the test guest; named like a disk, since
+    // only the content says what it is.
+    let name = format!("install-{}.img", std::process::id());
+    let iso: PathBuf = guest_image().with_file_name(&name);
+    build_iso(&work, &iso);
+    let url = cluster.image_url.replace("guest.qcow2", &name);
+    let env = [
+        ("IMG_SOURCE", url.as_str()),
+        ("FIRMWARE", "uefi"),
+        ("VM_MEMORY", "512"),
+    ];
+
+    // Without VM_DISK_SIZE: a clear configuration error.
+    let mut vm = cluster.start(&env);
+    let code = vm.wait(BOOT).code();
+    let out = vm.output();
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("installer ISO") && out.contains("VM_DISK_SIZE"),
+        "{out}"
+    );
+
+    let mut env = env.to_vec();
+    env.push(("VM_DISK_SIZE", "128M"));
+    let mut vm = cluster.start(&env);
+    let done = vm.wait_for_line("KVMTEST install done", BOOT);
+    assert!(field(&done, "dev").starts_with("/dev/sr"), "{done}");
+    assert_eq!(vm.wait(T).code(), Some(0), "{}", vm.output());
+    let overlay = pod.path("pet/vm-inst.qcow2");
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&overlay)
+        .output()
+        .expect("qemu-img info");
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).expect("json");
+    assert_eq!(info["virtual-size"], 128 << 20, "{info}");
+    assert!(info.get("backing-filename").is_none(), "not blank: {info}");
+
+    // The second start: no download (the image server would hold it), the installed disk.
+    cluster.close_gate();
+    let mut vm = cluster.start(&env);
+    let boot = vm.wait_for_line("KVMTEST boot count=", BOOT);
+    assert_eq!(field(&boot, "count"), "1", "{boot}");
+    assert!(
+        !vm.output().contains("KVMTEST install"),
+        "the installer ran again:\n{}",
+        vm.output()
+    );
+    vm.wait_for_line("KVMTEST READY", BOOT);
+    crate::vm::stop(&mut vm);
+    cluster.open_gate();
+    let _ = std::fs::remove_file(&iso);
+}

@@ -1,0 +1,110 @@
+//! The VM's TPM 2.0 (issue 20): swtpm as a supervised child with its state in the pet. A
+//! value the guest stores in a TPM NV index is there after 3 container restarts; swtpm
+//! killed under a running VM stops it with exit 10 and leaves no process; a damaged or
+//! incomplete TPM state is refused and left as it was, never replaced by a fresh TPM.
+
+use std::path::Path;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::vm::{field, stop, Cluster, BOOT, T};
+
+/// swtpm died or refused its state.
+const TPM: i32 = 10;
+/// A `PET_DIR` problem.
+const PET: i32 = 3;
+
+/// The pids of the pod's processes named `name`.
+fn named(pids: &[String], name: &str) -> Vec<i32> {
+    pids.iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map(|comm| comm.trim() == name)
+                .unwrap_or(false)
+        })
+        .filter_map(|pid| pid.parse().ok())
+        .collect()
+}
+
+/// `FIRMWARE=bios MACHINE=q35`: SeaBIOS boots fast, and q35 gives the guest a CRB TPM.
+const ENV: [(&str, &str); 2] = [("TPM", "2.0"), ("MACHINE", "q35")];
+
+#[test]
+fn a_value_stored_in_the_tpm_survives_three_restarts_and_swtpm_dying_exits_10() {
+    let Some(cluster) = Cluster::for_test("kmtp", "vm-tpm") else {
+        return;
+    };
+    let pod = &cluster.pod;
+    cluster.user_data("#cloud-config\n# kvmtest.tpm_nv=tpmkept1\n");
+    let mut vm = cluster.start(&ENV);
+    let tpm = vm.wait_for_line("KVMTEST tpm dev=", BOOT);
+    assert_eq!(field(&tpm, "nv"), "", "a new TPM has no index yet: {tpm}");
+    vm.wait_for_line("KVMTEST tpm written=tpmkept1", T);
+    vm.wait_for_line("KVMTEST READY", BOOT);
+    stop(&mut vm);
+    assert!(
+        pod.path("pet/vm-tpm.tpm/tpm2-00.permall").exists(),
+        "no TPM state in the pet"
+    );
+
+    for restart in 1..=3 {
+        let mut vm = cluster.start(&ENV);
+        let tpm = vm.wait_for_line("KVMTEST tpm dev=", BOOT);
+        assert_eq!(field(&tpm, "nv"), "tpmkept1", "restart {restart}: {tpm}");
+        vm.wait_for_line("KVMTEST READY", BOOT);
+        if restart < 3 {
+            stop(&mut vm);
+            continue;
+        }
+        // The last one: swtpm is killed under the running VM.
+        let swtpm = named(&pod.pids(), "swtpm");
+        assert_eq!(swtpm.len(), 1, "one swtpm: {swtpm:?}");
+        kill(Pid::from_raw(swtpm[0]), Signal::SIGKILL).expect("kill -9 swtpm");
+        assert_eq!(vm.wait(BOOT).code(), Some(TPM), "{}", vm.output());
+        assert!(
+            vm.output().contains("swtpm"),
+            "the death is not reported:\n{}",
+            vm.output()
+        );
+        assert_eq!(
+            pod.pids(),
+            Vec::<String>::new(),
+            "processes left in the pod"
+        );
+    }
+}
+
+fn refused(cluster: &Cluster, permall: Option<&[u8]>, code: i32, words: &str) {
+    let dir = cluster.pod.path("pet/vm-bad.tpm");
+    std::fs::create_dir_all(&dir).expect("state directory");
+    let file = dir.join("tpm2-00.permall");
+    let _ = std::fs::remove_file(&file);
+    if let Some(bytes) = permall {
+        std::fs::write(&file, bytes).expect("state");
+    }
+    let mut vm = cluster.start(&ENV);
+    assert_eq!(vm.wait(T).code(), Some(code), "{}", vm.output());
+    assert!(
+        vm.output().contains(words),
+        "{words:?} not in:\n{}",
+        vm.output()
+    );
+    assert_eq!(
+        std::fs::read(&file).ok().as_deref(),
+        permall,
+        "the TPM state was replaced"
+    );
+    assert!(named(&cluster.pod.pids(), "swtpm").is_empty(), "swtpm left");
+}
+
+#[test]
+fn a_damaged_or_incomplete_tpm_state_is_refused_and_left_as_it_was() {
+    let Some(cluster) = Cluster::for_test("kmtb", "vm-bad") else {
+        return;
+    };
+    let damaged: Vec<u8> = (0..1362u32).map(|i| (i * 7 % 251) as u8).collect();
+    refused(&cluster, Some(&damaged), TPM, "never replaced");
+    refused(&cluster, None, PET, "is incomplete");
+    assert!(!Path::new(&cluster.pod.path("pet/vm-bad.vars")).exists());
+}
