@@ -342,7 +342,7 @@ fn dhcp_or_dns_that_cannot_start_beside_qemu_stops_qemu_and_exits_with_the_netwo
         status,
         &vm.output(),
         &[
-            "could not listen on 192.168.254.1:53 (udp)",
+            "could not listen on 192.168.254.1 port 53 (udp)",
             "Address already in use",
         ],
     );
