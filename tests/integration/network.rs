@@ -174,7 +174,7 @@ fn restarts_after_sigkill_leave_links_addresses_and_rules_identical() {
     let mut unique = rules.clone();
     unique.sort();
     unique.dedup();
-    assert_eq!(rules.len(), 14, "{rules:#?}");
+    assert_eq!(rules.len(), 15, "{rules:#?}");
     assert_eq!(unique.len(), rules.len(), "a rule is duplicated");
     for round in 1..=5 {
         let mut daemon = topo.network(&[], &[]);
