@@ -22,6 +22,7 @@ mod logging;
 mod metrics;
 mod net;
 mod pid1;
+mod private_socket;
 mod qemu;
 mod regular_file;
 mod size;

@@ -5,14 +5,12 @@
 //! answer (Ctrl-C, a killed `kubectl exec`) cancels its backup.
 
 use std::io::{BufRead as _, BufReader as StdBufReader, Write as _};
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixListener;
 
 use super::job::Backups;
 use super::plan::Want;
@@ -66,9 +64,7 @@ pub(crate) fn serve(path: &Path, backups: Arc<Backups>) -> Result<(), BackupErro
         path: path.to_owned(),
         source,
     };
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path).map_err(bind)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind)?;
+    let listener = crate::private_socket::bind(path).map_err(bind)?;
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let backups = Arc::clone(&backups);

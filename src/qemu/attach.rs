@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use nix::sys::termios::{self, SetArg, Termios};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixListener;
 use tokio::sync::{broadcast, mpsc, Semaphore};
 
 use super::console::Ring;
@@ -52,8 +51,7 @@ pub(crate) fn serve(
     raw: broadcast::Sender<Vec<u8>>,
     input: mpsc::Sender<Vec<u8>>,
 ) -> Result<(), AttachError> {
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path).map_err(|source| AttachError::Listen {
+    let listener = crate::private_socket::bind(path).map_err(|source| AttachError::Listen {
         path: path.to_owned(),
         source,
     })?;

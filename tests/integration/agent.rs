@@ -5,6 +5,7 @@
 //! or dies, and a guest without an agent. Options reach the guest through comment lines in
 //! user-data (tests/guest/README.md).
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -198,6 +199,21 @@ fn the_agent_shows_the_guest_gates_readiness_freezes_and_thaws_and_shuts_an_acpi
         let (code, body) = post_from_node(&cluster, path);
         assert_eq!(code, 403, "{path} from the pod IP: {body}");
     }
+
+    // The sockets that change the VM are the pod owner's alone (and complete from the start:
+    // bound in a private directory, so no staging directory is left beside them).
+    let run = cluster.pod.path("run");
+    for name in ["control.sock", "backup.sock", "console.sock"] {
+        let meta = std::fs::symlink_metadata(run.join(name)).expect(name);
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
+    }
+    let staging: Vec<_> = std::fs::read_dir(&run)
+        .expect("RUNTIME_DIR")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".bind"))
+        .collect();
+    assert!(staging.is_empty(), "{staging:?}");
 
     // `kvm-manager freeze` over the control socket: the guest's writes block.
     vm.wait_for_line("KVMTEST tick n=3", BOOT);
