@@ -18,6 +18,7 @@ mod error;
 mod http;
 mod image;
 pub mod lan;
+mod locked;
 mod logging;
 mod metrics;
 mod net;

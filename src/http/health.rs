@@ -14,6 +14,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 
 use super::AppState;
+use crate::locked::Locked as _;
 use crate::qemu::pause::Pause;
 use crate::qemu::qmp::Qmp;
 
@@ -106,32 +107,20 @@ impl VmStatus {
 
     // --- issue 22: backups ---
     pub(crate) fn set_backups(&self, backups: Option<std::sync::Arc<crate::backup::job::Backups>>) {
-        *self
-            .backups
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = backups;
+        *self.backups.locked() = backups;
     }
 
     pub(crate) fn backups(&self) -> Option<std::sync::Arc<crate::backup::job::Backups>> {
-        self.backups
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.backups.locked().clone()
     }
     // --- end issue 22 ---
 
     pub(crate) fn set_guest(&self, guest: Option<GuestLink>) {
-        *self
-            .guest
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = guest;
+        *self.guest.locked() = guest;
     }
 
     pub(crate) fn guest(&self) -> Option<GuestLink> {
-        self.guest
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.guest.locked().clone()
     }
 
     pub(crate) fn lease(&self) -> bool {
@@ -172,34 +161,22 @@ impl VmStatus {
     }
 
     pub(crate) fn set_qmp(&self, qmp: Option<Qmp>) {
-        *self
-            .qmp
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = qmp;
+        *self.qmp.locked() = qmp;
     }
 
     /// Called as the VM pauses (`Some`, with the reason) and runs again (`None`).
     pub(crate) fn set_pause(&self, pause: Option<Pause>) {
         crate::metrics::VM.paused(&Pause::LABELS, pause.as_ref().map(Pause::label));
-        *self
-            .pause
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = pause;
+        *self.pause.locked() = pause;
     }
 
     fn pause(&self) -> Option<Pause> {
-        self.pause
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.pause.locked().clone()
     }
 
     /// How readiness is decided, once the network mode is known.
     pub(crate) fn set_readiness(&self, readiness: Readiness) {
-        *self
-            .readiness
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = readiness;
+        *self.readiness.locked() = readiness;
     }
 
     /// Fed by `run` from the DHCP server's lease watch: true once the VM's MAC holds its address
@@ -209,10 +186,7 @@ impl VmStatus {
     }
 
     fn qmp(&self) -> Option<Qmp> {
-        self.qmp
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.qmp.locked().clone()
     }
 
     /// Liveness: qemu runs the VM (not paused) and answers `query-status`.
@@ -243,10 +217,7 @@ impl VmStatus {
         if let Some(pause) = self.pause() {
             return Err(format!("not ready: {pause}"));
         }
-        let readiness = *self
-            .readiness
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let readiness = *self.readiness.locked();
         match readiness {
             Readiness::GuestPort(addr) if self.lease.load(Ordering::SeqCst) => {
                 Ok(format!("the guest answers on {addr} (through passt)"))

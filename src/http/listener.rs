@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 use super::connections::{self, Activity, Check, Limits, ShedLog, TrimPolicy};
+use crate::locked::Locked as _;
 
 /// Largest request head (and read buffer) a connection may hold. Our requests are small GETs;
 /// hyper's default (~400 KiB) would let every slow connection pin that much memory.
@@ -72,12 +73,8 @@ struct Conn {
 
 impl Conn {
     fn activity(&self) -> MutexGuard<'_, Activity> {
-        self.activity.lock().unwrap_or_else(PoisonError::into_inner)
+        self.activity.locked()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Serves `router` on `listener` until the process ends.
@@ -139,7 +136,7 @@ impl Server {
             close: Notify::new(),
         });
         let (id, shed) = {
-            let mut table = lock(&self.table);
+            let mut table = self.table.locked();
             let shed = if table.open.len() >= self.limits.cap {
                 Self::shed_from(&mut table, connections::shed_batch(self.limits.cap))
             } else {
@@ -158,7 +155,7 @@ impl Server {
 
     /// Sheds one connection, if there is one; whether it did.
     fn shed_one(&self) -> bool {
-        let shed = Self::shed_from(&mut lock(&self.table), 1);
+        let shed = Self::shed_from(&mut self.table.locked(), 1);
         self.note_shed(shed);
         shed > 0
     }
@@ -185,7 +182,7 @@ impl Server {
             return;
         }
         self.activity.notify_one();
-        if let Some(count) = lock(&self.shed_log).shed(Instant::now(), count) {
+        if let Some(count) = self.shed_log.locked().shed(Instant::now(), count) {
             self.warn_shed(count);
         }
     }
@@ -202,7 +199,7 @@ impl Server {
     }
 
     fn forget(&self, id: u64) {
-        lock(&self.table).open.remove(&id);
+        self.table.locked().open.remove(&id);
     }
 }
 
@@ -212,16 +209,16 @@ async fn housekeeping(server: Arc<Server>) {
     let mut tick = tokio::time::interval(HOUSEKEEPING);
     loop {
         tick.tick().await;
-        if let Some(count) = lock(&server.shed_log).flush(Instant::now()) {
+        if let Some(count) = server.shed_log.locked().flush(Instant::now()) {
             server.warn_shed(count);
         }
         let (peak, open) = {
-            let mut table = lock(&server.table);
+            let mut table = server.table.locked();
             let open = table.open.len();
             (std::mem::replace(&mut table.peak, open), open)
         };
         if trim.observe(peak, open) {
-            lock(&server.table).open.shrink_to(open);
+            server.table.locked().open.shrink_to(open);
             let released = crate::sys::release_free_memory();
             tracing::debug!(
                 peak,
@@ -234,7 +231,7 @@ async fn housekeeping(server: Arc<Server>) {
         // has trimmed after any peak once nothing is open): park until the next connection,
         // so that an idle pod costs no wakeup here. A connection admitted meanwhile left a
         // permit, so none is missed.
-        if open == 0 && peak == 0 && !lock(&server.shed_log).pending() {
+        if open == 0 && peak == 0 && !server.shed_log.locked().pending() {
             server.activity.notified().await;
             tick.reset();
         }

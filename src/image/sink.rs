@@ -28,7 +28,8 @@ use super::progress::Progress;
 use super::source::Compression;
 use super::space::{self, Budget, Shortage};
 use super::{ImageError, Temps};
-use unpack::{lock, Tally};
+use crate::locked::Locked as _;
+use unpack::Tally;
 
 const BUFFER: usize = 256 << 10;
 /// Every this many bytes, writeback of the partial file is started, so that the final fsync
@@ -166,7 +167,7 @@ impl Sink {
         crate::metrics::IMAGE
             .download_bytes
             .inc_by(chunk.len() as u64);
-        let taken = lock(&self.tally).budget.take(chunk.len() as u64);
+        let taken = self.tally.locked().budget.take(chunk.len() as u64);
         if let Err(shortage) = taken {
             return Err(self.reserve_error(shortage, false));
         }
@@ -210,7 +211,7 @@ impl Sink {
             dir: self.temps.dir.clone(),
             downloaded: self.received,
             total: self.total,
-            unpacked: unpacking.then(|| lock(&self.tally).unpacked),
+            unpacked: unpacking.then(|| self.tally.locked().unpacked),
             available: shortage.available,
             reserve: shortage.reserve,
         }
@@ -256,7 +257,7 @@ impl Sink {
 
     /// An unpacking error that was really the reserve, said so with the sizes reached.
     fn refused_for_reserve(&self, result: Result<(), ImageError>) -> Result<(), ImageError> {
-        let shortage = lock(&self.tally).shortage.take();
+        let shortage = self.tally.locked().shortage.take();
         match (result, shortage) {
             (Err(_), Some(shortage)) => Err(self.reserve_error(shortage, true)),
             (result, _) => result,

@@ -22,7 +22,7 @@ use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::AsRawFd as _;
 use std::os::unix::ffi::OsStrExt as _;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -35,6 +35,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 
 use super::{ExitStatus, Pid1Error};
+use crate::locked::Locked as _;
 
 /// Where one of a child's standard streams goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +123,7 @@ impl Reaper {
             program: program.into(),
             source,
         };
-        let mut watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut watched = self.watched.locked();
         let (pid, pipes) = spawn(program, args, stdio, env).map_err(failed)?;
         let (tx, exit) = oneshot::channel();
         watched.insert(pid, tx);
@@ -131,7 +132,7 @@ impl Reaper {
 
     /// Collects every child that has exited; returns how many there were.
     pub(crate) fn reap(&self) -> usize {
-        let mut watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut watched = self.watched.locked();
         let mut reaped = 0;
         loop {
             let (pid, status) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {

@@ -2,6 +2,7 @@
 //! `guest` target, and kept in a bounded ring buffer for later readers (web console,
 //! `kvm-manager console`, error messages).
 
+use crate::locked::Locked as _;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -30,10 +31,7 @@ impl Ring {
     }
 
     pub(crate) fn push(&self, line: String) {
-        let mut lines = self
-            .lines
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut lines = self.lines.locked();
         if lines.len() == self.capacity {
             lines.pop_front();
         }
@@ -41,12 +39,7 @@ impl Ring {
     }
 
     pub(crate) fn snapshot(&self) -> Vec<String> {
-        self.lines
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .cloned()
-            .collect()
+        self.lines.locked().iter().cloned().collect()
     }
 }
 

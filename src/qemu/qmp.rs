@@ -5,6 +5,7 @@
 //! handle, each with a deadline: a stuck qemu must never block PID 1. (The `qapi` crate is
 //! stale and rejects events it does not know, hence our own.)
 
+use crate::locked::Locked as _;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -129,10 +130,7 @@ impl Qmp {
             message["arguments"] = arguments;
         }
         let (tx, rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id, tx);
+        self.pending.locked().insert(id, tx);
         // Whether answered, failed or abandoned at the deadline, the waiter goes.
         let _waiter = Forget(self, id);
         let mut line = message.to_string();
@@ -157,10 +155,7 @@ impl Qmp {
     }
 
     fn forget(&self, id: u64) {
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&id);
+        self.pending.locked().remove(&id);
     }
 
     /// Presses the ACPI power button.
@@ -421,10 +416,7 @@ async fn read_replies(
                 let _ = events.send(event);
             }
             Line::Reply { id, reply } => {
-                let waiter = pending
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .remove(&id);
+                let waiter = pending.locked().remove(&id);
                 if let Some(waiter) = waiter {
                     let _ = waiter.send(reply);
                 }
@@ -432,10 +424,7 @@ async fn read_replies(
         }
     }
     // Wake every waiter: dropping the senders makes them see `Closed`.
-    pending
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clear();
+    pending.locked().clear();
 }
 
 #[cfg(test)]

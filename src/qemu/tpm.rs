@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use tokio::time::{sleep, Instant};
 
 use crate::config::{Hostname, Machine};
+use crate::locked::Locked as _;
 use crate::pid1::reaper::Stdio;
 use crate::pid1::{ExitStatus, Pid1Error, Reaper};
 
@@ -260,7 +261,7 @@ fn keep(line: &str, words: &Mutex<VecDeque<String>>) {
         return;
     }
     tracing::warn!(target: "swtpm", "{line}");
-    let mut words = words.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut words = words.locked();
     if words.len() == LAST_WORDS {
         words.pop_front();
     }
@@ -269,10 +270,7 @@ fn keep(line: &str, words: &Mutex<VecDeque<String>>) {
 
 impl Swtpm {
     fn last_words(&self) -> String {
-        let words = self
-            .last_words
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let words = self.last_words.locked();
         words.iter().cloned().collect::<Vec<_>>().join("\n")
     }
 

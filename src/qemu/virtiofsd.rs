@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
@@ -26,6 +26,7 @@ use tokio::time::{sleep, Instant};
 
 use super::shares::{ShareBackend, ShareDevice};
 use crate::config::GuestIoConfig;
+use crate::locked::Locked as _;
 use crate::pid1::reaper::Stdio;
 use crate::pid1::{ExitStatus, Pid1Error, Reaper};
 
@@ -199,7 +200,7 @@ fn relay(tag: &str, line: &str, words: &Mutex<VecDeque<String>>) {
         return;
     }
     tracing::info!(target: "virtiofsd", share = tag, "{line}");
-    let mut words = words.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut words = words.locked();
     if words.len() == LAST_WORDS {
         words.pop_front();
     }
@@ -208,10 +209,7 @@ fn relay(tag: &str, line: &str, words: &Mutex<VecDeque<String>>) {
 
 impl Daemon {
     fn last_words(&self) -> String {
-        let words = self
-            .last_words
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let words = self.last_words.locked();
         words.iter().cloned().collect::<Vec<_>>().join("\n")
     }
 

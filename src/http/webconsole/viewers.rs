@@ -6,7 +6,8 @@
 //! that never finish the VNC handshake, lock the operator out for good. Besides, each viewer
 //! closes itself after `CONSOLE_IDLE_TIMEOUT` without input (see the bridge).
 
-use std::sync::{Arc, Mutex, PoisonError};
+use crate::locked::Locked as _;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::oneshot;
@@ -52,13 +53,9 @@ pub(super) struct Joined {
 }
 
 impl Viewers {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
-        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Takes a slot at `now`, evicting the longest-idle viewer when all are taken.
     pub(super) fn join(&self, now: Instant) -> Joined {
-        let mut slots = self.lock();
+        let mut slots = self.slots.locked();
         let mut evicted_idle = None;
         if slots.taken.len() >= MAX_VIEWERS {
             let oldest = slots
@@ -92,7 +89,7 @@ impl Viewers {
 
     /// Viewers holding a slot.
     pub(super) fn count(&self) -> usize {
-        self.lock().taken.len()
+        self.slots.locked().taken.len()
     }
 }
 
@@ -101,7 +98,8 @@ impl Seat {
     pub(super) fn input(&self, now: Instant) {
         if let Some(slot) = self
             .viewers
-            .lock()
+            .slots
+            .locked()
             .taken
             .iter_mut()
             .find(|slot| slot.id == self.id)
@@ -113,7 +111,11 @@ impl Seat {
 
 impl Drop for Seat {
     fn drop(&mut self) {
-        self.viewers.lock().taken.retain(|slot| slot.id != self.id);
+        self.viewers
+            .slots
+            .locked()
+            .taken
+            .retain(|slot| slot.id != self.id);
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -17,6 +17,7 @@ use super::super::space::Budget;
 use super::super::{ImageError, Temps};
 use super::body::Body;
 use super::{content_range, fatal, network, retry, Ctx, Failed, Validator};
+use crate::locked::Locked as _;
 
 /// Bytes received but not yet written, over all connections (in KiB, the unit of the
 /// semaphore's permits): memory stays bounded whatever `FETCH_CONNECTIONS` is, and a slow disk
@@ -68,10 +69,6 @@ pub(super) struct Written {
     pub(super) stopped: bool,
 }
 
-pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// What one connection owns.
 pub(super) struct Own<'a> {
     pub(super) ctx: Ctx<'a>,
@@ -91,7 +88,7 @@ pub(super) async fn receive(
         let (span, response, head) = match first.take() {
             Some((First { response, head }, span)) => (span, response, head),
             None => {
-                let Some(span) = lock(&own.shared.schedule).claim(own.connection) else {
+                let Some(span) = own.shared.schedule.locked().claim(own.connection) else {
                     return Ok(());
                 };
                 let response = request(&own, &span).await?;
@@ -222,7 +219,11 @@ async fn receive_span(
 /// Hands the part of `chunk` that is still this connection's to its writer; `true` when its
 /// span is complete.
 async fn deliver(own: &Own<'_>, at: &mut u64, chunk: Bytes) -> Result<bool, Failed> {
-    let (take, complete) = lock(&own.shared.schedule).advance(own.connection, chunk.len() as u64);
+    let (take, complete) = own
+        .shared
+        .schedule
+        .locked()
+        .advance(own.connection, chunk.len() as u64);
     if take > 0 {
         let offset = *at;
         *at += take;
@@ -243,7 +244,7 @@ async fn deliver(own: &Own<'_>, at: &mut u64, chunk: Bytes) -> Result<bool, Fail
             return Err(fatal(ImageError::Internal("a writer stopped".to_owned())));
         }
         let received = own.shared.received.fetch_add(take, Ordering::Relaxed) + take;
-        if let Some(report) = lock(&own.shared.progress).tick(received, Instant::now()) {
+        if let Some(report) = own.shared.progress.locked().tick(received, Instant::now()) {
             tracing::info!(image = %own.ctx.url, "downloading: {report}");
         }
     }

@@ -16,6 +16,7 @@ use std::sync::Mutex;
 use super::super::ranges::{self, Ranges};
 use super::super::sink::TEMP_MODE;
 use super::super::{ImageError, Temps};
+use crate::locked::Locked as _;
 
 /// A connection records what it wrote every this many bytes…
 pub(super) const RECORD_EVERY: u64 = 8 << 20;
@@ -76,10 +77,7 @@ impl Journal {
         self.part
             .sync_data()
             .map_err(|source| self.temps.write_error(&self.temps.part, source))?;
-        let mut file = self
-            .file
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut file = self.file.locked();
         file.write_all(&ranges::encode(&range))
             .and_then(|()| file.sync_data())
             .map_err(|source| self.temps.write_error(&self.temps.ranges, source))

@@ -33,9 +33,10 @@ use super::super::sink::{hex, Finished, TEMP_MODE};
 use super::super::source::Compression;
 use super::super::space;
 use super::super::{ImageError, Temps};
-use super::connection::{kib, lock, receive, First, Own, Shared};
+use super::connection::{kib, receive, First, Own, Shared};
 use super::journal::{Journal, RECORD_AFTER, RECORD_EVERY};
 use super::{fatal, retry, Ctx, Failed, Validator, CHANNEL};
+use crate::locked::Locked as _;
 
 /// Bytes hashed per read.
 const HASH_BUFFER: usize = 256 << 10;
@@ -44,7 +45,7 @@ struct StopHasher(Arc<Shared>);
 
 impl Drop for StopHasher {
     fn drop(&mut self) {
-        lock(&self.0.written).stopped = true;
+        self.0.written.locked().stopped = true;
         self.0.grown.notify_all();
     }
 }
@@ -88,7 +89,7 @@ pub(super) async fn download(
 
     let ended =
         connections_and_writers(ctx, temps, &journal, &shared, &if_range, total, first).await;
-    let now = lock(&shared.written).ranges.clone();
+    let now = shared.written.locked().ranges.clone();
     let progressed = now.len() > had;
     if let Err(failed) = ended {
         return Err(Failed {
@@ -113,7 +114,7 @@ pub(super) async fn download(
         .map_err(fatal)?
         .ok_or_else(|| internal("the hasher stopped before the end"))?;
     drop(stop_hasher);
-    let report = lock(&shared.progress).report(total, Instant::now());
+    let report = shared.progress.locked().report(total, Instant::now());
     tracing::info!(
         image = %url,
         connections,
@@ -142,7 +143,7 @@ async fn connections_and_writers(
     let mut writers = Vec::with_capacity(connections);
     let mut workers = FuturesUnordered::new();
     // The first response is from byte 0: it is the first span's, claimed before any other.
-    let mut first = first.and_then(|f| Some((f, lock(&shared.schedule).claim(0)?)));
+    let mut first = first.and_then(|f| Some((f, shared.schedule.locked().claim(0)?)));
     for connection in 0..connections {
         let (tx, rx) = mpsc::channel(CHANNEL);
         let file = journal
@@ -242,7 +243,7 @@ fn write(
     let result = (|| {
         while let Some((offset, chunk)) = rx.blocking_recv() {
             let len = chunk.len() as u64;
-            let taken = lock(&shared.budget).take(len);
+            let taken = shared.budget.locked().take(len);
             if let Err(shortage) = taken {
                 return Err(ImageError::Reserve {
                     dir: temps.dir.clone(),
@@ -267,7 +268,7 @@ fn write(
                     }
                 }
             }
-            lock(&shared.written).ranges.insert(offset..end);
+            shared.written.locked().ranges.insert(offset..end);
             shared.grown.notify_all();
             let due = run
                 .as_ref()
@@ -302,7 +303,7 @@ fn hash(path: &std::path::Path, shared: &Shared, total: u64) -> Result<Option<St
     let mut hashed = 0u64;
     while hashed < total {
         let ready = {
-            let mut written = lock(&shared.written);
+            let mut written = shared.written.locked();
             loop {
                 if written.stopped {
                     return Ok(None);

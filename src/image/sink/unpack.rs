@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use async_compression::tokio::write::{GzipDecoder, XzDecoder, ZstdDecoder};
@@ -16,6 +16,7 @@ use super::{Temps, BUFFER, TEMP_MODE};
 use crate::image::source::Compression;
 use crate::image::space::{Budget, Shortage};
 use crate::image::ImageError;
+use crate::locked::Locked as _;
 
 /// Shared by both files of one download: what may still be written, and what the unpacked
 /// file holds (counted where the decoder writes it).
@@ -25,10 +26,6 @@ pub(super) struct Tally {
     pub unpacked: u64,
     /// Set when the decoder's write was refused for the reserve.
     pub shortage: Option<Shortage>,
-}
-
-pub(super) fn lock(tally: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
-    tally.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The decoder of `compression`, writing to the unpacked file (created 0600), or `None` for
@@ -101,7 +98,7 @@ impl AsyncWrite for Immediate {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        let mut tally = lock(&this.tally);
+        let mut tally = this.tally.locked();
         if let Err(shortage) = tally.budget.take(buf.len() as u64) {
             tally.shortage = Some(shortage);
             return Poll::Ready(Err(io::Error::new(

@@ -8,10 +8,11 @@
 //! fails over immediately instead of waiting out its timeout. The sockets carry
 //! [`crate::net::ruleset::LOCAL_MARK`], so the NAT leaves them alone.
 
+use crate::locked::Locked as _;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use socket2::{Domain, Socket, Type};
 use tokio::net::UdpSocket;
@@ -100,7 +101,7 @@ impl Exchange {
     }
 
     fn register(&self, index: usize, waiter: Waiter) -> std::io::Result<u16> {
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pending = self.pending.locked();
         if pending.len() >= MAX_PENDING {
             return Err(std::io::ErrorKind::WouldBlock.into());
         }
@@ -114,10 +115,7 @@ impl Exchange {
     }
 
     fn forget(&self, id: u16) {
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id);
+        self.pending.locked().remove(&id);
     }
 }
 
@@ -132,7 +130,7 @@ async fn receive(
         match socket.recv(&mut buf).await {
             Ok(len) if len >= 12 => {
                 let id = u16::from_be_bytes([buf[0], buf[1]]);
-                let mut map = pending.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut map = pending.locked();
                 // Only a waiter on this very socket: an id is unique per upstream, but an
                 // answer must also come back where its query went.
                 if map.get(&id).is_some_and(|(at, _)| *at == index) {
@@ -145,7 +143,7 @@ async fn receive(
             Err(e) => {
                 // ECONNREFUSED and the like: the upstream is not there; fail this socket's
                 // waiters now so they move on to the next upstream.
-                let mut map = pending.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut map = pending.locked();
                 let ids: Vec<u16> = map
                     .iter()
                     .filter(|(_, (at, _))| *at == index)

@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use tokio::time::{sleep, Instant};
 
 use super::{PasstPlan, PodFacts};
+use crate::locked::Locked as _;
 use crate::net::NetError;
 use crate::pid1::reaper::Stdio;
 use crate::pid1::{ExitStatus, Reaper};
@@ -130,7 +131,7 @@ fn relay(line: &str, words: &Mutex<VecDeque<String>>) {
         return;
     }
     tracing::debug!(target: "passt", "{line}");
-    let mut words = words.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut words = words.locked();
     if words.len() == LAST_WORDS {
         words.pop_front();
     }
@@ -194,10 +195,7 @@ pub(crate) async fn guest_answers(addr: std::net::SocketAddr) -> bool {
 
 impl Passt {
     fn last_words(&self) -> String {
-        let words = self
-            .last_words
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let words = self.last_words.locked();
         words.iter().cloned().collect::<Vec<_>>().join("\n")
     }
 
