@@ -19,6 +19,7 @@
 //!    ([`raise_open_files_limit`]): the pod IP is open to the whole cluster, and every
 //!    connection to our HTTP server costs a descriptor.
 
+pub(crate) mod daemon;
 pub(crate) mod reaper;
 pub(crate) mod signals;
 pub(crate) mod supervisor;

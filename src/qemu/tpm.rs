@@ -7,22 +7,15 @@
 //! start, so a damaged one stops the start with swtpm's own words). swtpm dying stops the VM (its own
 //! exit code): a guest whose TPM vanished would fail every later TPM command.
 
-use std::collections::VecDeque;
 use std::io;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
-use tokio::sync::oneshot;
 use tokio::time::{sleep, Instant};
 
 use crate::config::{Hostname, Machine};
-use crate::locked::Locked as _;
-use crate::pid1::reaper::Stdio;
+use crate::pid1::daemon::Daemon;
 use crate::pid1::{ExitStatus, Pid1Error, Reaper};
 
 /// swtpm's file of a TPM 2.0's permanent state (seeds, NV indices, hierarchies).
@@ -31,8 +24,6 @@ const PERMALL: &str = "tpm2-00.permall";
 const SOCKET_WAIT: Duration = Duration::from_secs(15);
 /// How long swtpm gets to obey SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-/// swtpm's lines kept for the error that reports its death.
-const LAST_WORDS: usize = 20;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum TpmError {
@@ -177,64 +168,37 @@ pub(crate) fn check_state(dir: &Path) -> Result<StateCheck, TpmError> {
 
 /// A running swtpm.
 #[derive(Debug)]
-pub(crate) struct Swtpm {
-    pid: Pid,
-    exit: oneshot::Receiver<ExitStatus>,
-    last_words: Arc<Mutex<VecDeque<String>>>,
-    exited: bool,
-}
+pub(crate) struct Swtpm(Daemon);
 
 /// Starts swtpm per `plan` and returns once its socket is there for qemu.
 pub(crate) async fn start(plan: &TpmPlan, reaper: &Reaper) -> Result<Swtpm, TpmError> {
     let state = check_state(&plan.state_dir)?;
     let _ = std::fs::remove_file(&plan.socket);
     let args = swtpm_args(plan);
-    let spawned = reaper
-        .spawn(
-            std::ffi::OsStr::new("swtpm"),
-            &args,
-            [Stdio::Null, Stdio::Piped, Stdio::Piped],
-        )
-        .map_err(TpmError::Spawn)?;
-    let last_words = Arc::new(Mutex::new(VecDeque::new()));
-    for pipe in [spawned.pipes.stdout, spawned.pipes.stderr]
-        .into_iter()
-        .flatten()
-    {
-        let words = Arc::clone(&last_words);
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(pipe).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                keep(&line, &words);
-            }
-        });
-    }
-    let mut swtpm = Swtpm {
-        pid: spawned.pid,
-        exit: spawned.exit,
-        last_words,
-        exited: false,
-    };
-    tracing::info!(pid = swtpm.pid.as_raw(), state = %plan.state_dir.display(), new = (state == StateCheck::Created), "swtpm started");
+    let mut swtpm = Daemon::spawn(reaper, std::ffi::OsStr::new("swtpm"), &args, |line| {
+        tracing::warn!(target: "swtpm", "{line}");
+        true
+    })
+    .map_err(TpmError::Spawn)?;
+    tracing::info!(pid = swtpm.pid().as_raw(), state = %plan.state_dir.display(), new = (state == StateCheck::Created), "swtpm started");
     // swtpm creates its socket before it loads the state: ready is when it answers on it.
     let deadline = Instant::now() + SOCKET_WAIT;
     while !answers(&plan.socket).await {
-        if let Ok(status) = swtpm.exit.try_recv() {
-            sleep(Duration::from_millis(200)).await;
+        if let Some(status) = swtpm.exited().await {
             return Err(TpmError::EarlyExit {
                 status,
                 last_words: swtpm.last_words(),
             });
         }
         if Instant::now() >= deadline {
-            swtpm.stop().await;
+            swtpm.stop(STOP_GRACE).await;
             return Err(TpmError::NoSocket {
                 path: plan.socket.clone(),
             });
         }
         sleep(Duration::from_millis(10)).await;
     }
-    Ok(swtpm)
+    Ok(Swtpm(swtpm))
 }
 
 /// Whether swtpm answers `CMD_GET_TPMESTABLISHED` (4) with success on its control socket: it
@@ -255,47 +219,24 @@ async fn answers(socket: &Path) -> bool {
     )
 }
 
-fn keep(line: &str, words: &Mutex<VecDeque<String>>) {
-    let line = line.trim_end();
-    if line.is_empty() {
-        return;
-    }
-    tracing::warn!(target: "swtpm", "{line}");
-    let mut words = words.locked();
-    if words.len() == LAST_WORDS {
-        words.pop_front();
-    }
-    words.push_back(line.to_owned());
-}
-
 impl Swtpm {
-    fn last_words(&self) -> String {
-        let words = self.last_words.locked();
-        words.iter().cloned().collect::<Vec<_>>().join("\n")
-    }
-
     /// Resolves when swtpm exits, with the error that reports it.
     pub(crate) async fn died(&mut self) -> TpmError {
-        let status = (&mut self.exit).await;
-        self.exited = true;
-        sleep(Duration::from_millis(200)).await;
-        let last_words = self.last_words();
-        match status {
-            Ok(status) => TpmError::Died { status, last_words },
+        match self.0.died(Duration::ZERO).await {
+            Some(status) => TpmError::Died {
+                status,
+                last_words: self.0.last_words(),
+            },
             // The reaper is gone: report it as a death we could not see the status of.
-            Err(_) => TpmError::NoSocket {
+            None => TpmError::NoSocket {
                 path: PathBuf::from("(swtpm lost)"),
             },
         }
     }
 
     /// SIGTERM (swtpm writes its volatile state and exits), then SIGKILL after a grace period.
-    pub(crate) async fn stop(mut self) {
-        if self.exited || self.exit.try_recv().is_ok() {
-            return;
-        }
-        let _ = kill(self.pid, Signal::SIGTERM);
-        let _ = crate::pid1::supervisor::stop_within(self.pid, STOP_GRACE, &mut self.exit).await;
+    pub(crate) async fn stop(self) {
+        self.0.stop(STOP_GRACE).await;
     }
 }
 

@@ -12,30 +12,21 @@
 //! restricted pods); the pod is the sandbox, and virtiofsd still resolves every guest request
 //! beneath the shared directory. `--readonly` for a `:ro` share: refused on the pod side.
 
-use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
-use tokio::sync::oneshot;
 use tokio::time::{sleep, Instant};
 
 use super::shares::{ShareBackend, ShareDevice};
 use crate::config::GuestIoConfig;
-use crate::locked::Locked as _;
-use crate::pid1::reaper::Stdio;
+use crate::pid1::daemon::Daemon;
 use crate::pid1::{ExitStatus, Pid1Error, Reaper};
 
 /// How long virtiofsd gets to create its socket.
 const SOCKET_WAIT: Duration = Duration::from_secs(30);
 /// How long virtiofsd gets to obey SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-/// Lines kept for the error that reports a death.
-const LAST_WORDS: usize = 20;
 /// A virtiofsd exit counts as a death only if qemu is still running this long after it.
 pub(crate) const DEATH_GRACE: Duration = Duration::from_secs(1);
 
@@ -85,17 +76,14 @@ pub(crate) fn args(path: &Path, socket: &Path, writable: bool) -> Vec<OsString> 
 
 /// One running virtiofsd.
 #[derive(Debug)]
-struct Daemon {
+struct Share {
     tag: String,
-    pid: Pid,
-    exit: oneshot::Receiver<ExitStatus>,
-    last_words: Arc<Mutex<VecDeque<String>>>,
-    exited: bool,
+    daemon: Daemon,
 }
 
 /// The virtiofsd of every virtio-fs share (none when no share uses virtio-fs).
 #[derive(Debug, Default)]
-pub(crate) struct Virtiofsds(Vec<Daemon>);
+pub(crate) struct Virtiofsds(Vec<Share>);
 
 /// Starts a virtiofsd for each virtio-fs share among `devices` (the share's directory from
 /// `config`) and returns once every socket is there for qemu. On a failure, those already
@@ -131,49 +119,26 @@ async fn start_one(
     args: &[OsString],
     socket: &Path,
     reaper: &Reaper,
-) -> Result<Daemon, ShareError> {
+) -> Result<Share, ShareError> {
     let _ = std::fs::remove_file(socket);
-    let spawned = reaper
-        .spawn(
-            binary.as_os_str(),
-            args,
-            [Stdio::Null, Stdio::Piped, Stdio::Piped],
-        )
-        .map_err(|source| ShareError::Spawn {
-            tag: tag.to_owned(),
-            source,
-        })?;
-    let last_words = Arc::new(Mutex::new(VecDeque::new()));
-    for pipe in [spawned.pipes.stdout, spawned.pipes.stderr]
-        .into_iter()
-        .flatten()
-    {
-        let words = Arc::clone(&last_words);
-        let tag = tag.to_owned();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(pipe).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                relay(&tag, &line, &words);
-            }
-        });
-    }
-    let mut daemon = Daemon {
+    let share = tag.to_owned();
+    let mut daemon = Daemon::spawn(reaper, binary.as_os_str(), args, move |line| {
+        tracing::info!(target: "virtiofsd", share, "{line}");
+        true
+    })
+    .map_err(|source| ShareError::Spawn {
         tag: tag.to_owned(),
-        pid: spawned.pid,
-        exit: spawned.exit,
-        last_words,
-        exited: false,
-    };
+        source,
+    })?;
     tracing::info!(
         share = tag,
-        pid = daemon.pid.as_raw(),
+        pid = daemon.pid().as_raw(),
         ?args,
         "virtiofsd started"
     );
     let deadline = Instant::now() + SOCKET_WAIT;
     while !socket.exists() {
-        if let Ok(status) = daemon.exit.try_recv() {
-            sleep(Duration::from_millis(200)).await;
+        if let Some(status) = daemon.exited().await {
             return Err(ShareError::EarlyExit {
                 tag: tag.to_owned(),
                 status,
@@ -182,7 +147,7 @@ async fn start_one(
         }
         if Instant::now() >= deadline {
             let last_words = daemon.last_words();
-            daemon.stop().await;
+            daemon.stop(STOP_GRACE).await;
             return Err(ShareError::NoSocket {
                 tag: tag.to_owned(),
                 path: socket.to_owned(),
@@ -191,53 +156,26 @@ async fn start_one(
         }
         sleep(Duration::from_millis(20)).await;
     }
-    Ok(daemon)
+    Ok(Share {
+        tag: tag.to_owned(),
+        daemon,
+    })
 }
 
-fn relay(tag: &str, line: &str, words: &Mutex<VecDeque<String>>) {
-    let line = line.trim_end();
-    if line.is_empty() {
-        return;
-    }
-    tracing::info!(target: "virtiofsd", share = tag, "{line}");
-    let mut words = words.locked();
-    if words.len() == LAST_WORDS {
-        words.pop_front();
-    }
-    words.push_back(line.to_owned());
-}
-
-impl Daemon {
-    fn last_words(&self) -> String {
-        let words = self.last_words.locked();
-        words.iter().cloned().collect::<Vec<_>>().join("\n")
-    }
-
+impl Share {
     async fn died(&mut self) -> ShareError {
-        let status = (&mut self.exit).await;
-        self.exited = true;
         // qemu closing the socket ends virtiofsd too: give qemu's own exit the time to win.
-        sleep(DEATH_GRACE).await;
-        let last_words = self.last_words();
-        match status {
-            Ok(status) => ShareError::Died {
+        match self.daemon.died(DEATH_GRACE).await {
+            Some(status) => ShareError::Died {
                 tag: self.tag.clone(),
                 status,
-                last_words,
+                last_words: self.daemon.last_words(),
             },
-            Err(_) => ShareError::Lost {
+            None => ShareError::Lost {
                 tag: self.tag.clone(),
-                pid: self.pid.as_raw(),
+                pid: self.daemon.pid().as_raw(),
             },
         }
-    }
-
-    async fn stop(mut self) {
-        if self.exited || self.exit.try_recv().is_ok() {
-            return;
-        }
-        let _ = kill(self.pid, Signal::SIGTERM);
-        let _ = crate::pid1::supervisor::stop_within(self.pid, STOP_GRACE, &mut self.exit).await;
     }
 }
 
@@ -257,8 +195,8 @@ impl Virtiofsds {
 
     /// Stops every one still running (SIGTERM, then SIGKILL after a grace period).
     pub(crate) async fn stop(self) {
-        for daemon in self.0 {
-            daemon.stop().await;
+        for share in self.0 {
+            share.daemon.stop(STOP_GRACE).await;
         }
     }
 }

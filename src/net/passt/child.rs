@@ -4,30 +4,21 @@
 //! passt dying is the VM losing its network: [`Passt::died`] resolves then, and `run` stops
 //! the VM (exit 4) instead of leaving it cut off.
 
-use std::collections::VecDeque;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
-use tokio::sync::oneshot;
 use tokio::time::{sleep, Instant};
 
 use super::{PasstPlan, PodFacts};
-use crate::locked::Locked as _;
 use crate::net::NetError;
-use crate::pid1::reaper::Stdio;
-use crate::pid1::{ExitStatus, Reaper};
+use crate::pid1::daemon::Daemon;
+use crate::pid1::Reaper;
 
 /// How long passt gets to bind its ports and its socket.
 const SOCKET_WAIT: Duration = Duration::from_secs(30);
 /// How long passt gets to obey SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-/// passt's lines kept for the error that reports its death.
-const LAST_WORDS: usize = 20;
 /// How long a connection through passt must stay open, silent, to count as the guest's.
 const ANSWER_WINDOW: Duration = Duration::from_secs(3);
 
@@ -58,13 +49,7 @@ pub(crate) fn probe() -> PodFacts {
 
 /// A running passt.
 #[derive(Debug)]
-pub(crate) struct Passt {
-    pid: Pid,
-    exit: oneshot::Receiver<ExitStatus>,
-    last_words: Arc<Mutex<VecDeque<String>>>,
-    /// [`Passt::died`] collected its exit status.
-    exited: bool,
-}
+pub(crate) struct Passt(Daemon);
 
 /// Starts passt per `plan` and returns once its socket is there for qemu.
 pub(crate) async fn start(plan: &PasstPlan, reaper: &Reaper) -> Result<Passt, NetError> {
@@ -73,38 +58,12 @@ pub(crate) async fn start(plan: &PasstPlan, reaper: &Reaper) -> Result<Passt, Ne
         socket_dir(dir, plan.runas)?;
     }
     let _ = std::fs::remove_file(&plan.socket);
-    let spawned = reaper
-        .spawn(
-            plan.binary.as_os_str(),
-            &plan.args(),
-            [Stdio::Null, Stdio::Piped, Stdio::Piped],
-        )
+    let mut passt = Daemon::spawn(reaper, plan.binary.as_os_str(), &plan.args(), relay)
         .map_err(NetError::PasstSpawn)?;
-    let last_words = Arc::new(Mutex::new(VecDeque::new()));
-    for pipe in [spawned.pipes.stdout, spawned.pipes.stderr]
-        .into_iter()
-        .flatten()
-    {
-        let words = Arc::clone(&last_words);
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(pipe).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                relay(&line, &words);
-            }
-        });
-    }
-    let mut passt = Passt {
-        pid: spawned.pid,
-        exit: spawned.exit,
-        last_words,
-        exited: false,
-    };
-    tracing::info!(pid = passt.pid.as_raw(), args = ?plan.args(), "passt started");
+    tracing::info!(pid = passt.pid().as_raw(), args = ?plan.args(), "passt started");
     let deadline = Instant::now() + SOCKET_WAIT;
     while !plan.socket.exists() {
-        if let Ok(status) = passt.exit.try_recv() {
-            // Let the relays catch passt's last words.
-            sleep(Duration::from_millis(200)).await;
+        if let Some(status) = passt.exited().await {
             return Err(NetError::PasstEarlyExit {
                 status,
                 last_words: passt.last_words(),
@@ -112,7 +71,7 @@ pub(crate) async fn start(plan: &PasstPlan, reaper: &Reaper) -> Result<Passt, Ne
         }
         if Instant::now() >= deadline {
             let last_words = passt.last_words();
-            passt.stop().await;
+            passt.stop(STOP_GRACE).await;
             return Err(NetError::PasstNoSocket {
                 path: plan.socket.clone(),
                 last_words,
@@ -120,22 +79,17 @@ pub(crate) async fn start(plan: &PasstPlan, reaper: &Reaper) -> Result<Passt, Ne
         }
         sleep(Duration::from_millis(20)).await;
     }
-    Ok(passt)
+    Ok(Passt(passt))
 }
 
-/// Logs one line of passt's (at debug: its start banner is long) and keeps it.
-fn relay(line: &str, words: &Mutex<VecDeque<String>>) {
-    let line = line.trim_end();
+/// Logs one line of passt's (at debug: its start banner is long); says whether to keep it.
+fn relay(line: &str) -> bool {
     // passt also tries syslog, which a container does not have.
-    if line.is_empty() || line.starts_with("Failed to send") {
-        return;
+    if line.starts_with("Failed to send") {
+        return false;
     }
     tracing::debug!(target: "passt", "{line}");
-    let mut words = words.locked();
-    if words.len() == LAST_WORDS {
-        words.pop_front();
-    }
-    words.push_back(line.to_owned());
+    true
 }
 
 /// The socket's directory, owned by the user passt runs as (it binds the socket as that user).
@@ -194,33 +148,21 @@ pub(crate) async fn guest_answers(addr: std::net::SocketAddr) -> bool {
 }
 
 impl Passt {
-    fn last_words(&self) -> String {
-        let words = self.last_words.locked();
-        words.iter().cloned().collect::<Vec<_>>().join("\n")
-    }
-
     /// Resolves when passt exits, with the error that reports it.
     pub(crate) async fn died(&mut self) -> NetError {
-        let status = (&mut self.exit).await;
-        self.exited = true;
-        // Let the relays catch passt's last words.
-        sleep(Duration::from_millis(200)).await;
-        let last_words = self.last_words();
+        let status = self.0.died(Duration::ZERO).await;
+        let last_words = self.0.last_words();
         match status {
-            Ok(status) => NetError::PasstDied { status, last_words },
-            Err(_) => NetError::PasstLost {
-                pid: self.pid.as_raw(),
+            Some(status) => NetError::PasstDied { status, last_words },
+            None => NetError::PasstLost {
+                pid: self.0.pid().as_raw(),
             },
         }
     }
 
     /// SIGTERM, then SIGKILL after a grace period; returns once the reaper collected it.
-    pub(crate) async fn stop(mut self) {
-        if self.exited || self.exit.try_recv().is_ok() {
-            return;
-        }
-        let _ = kill(self.pid, Signal::SIGTERM);
-        let _ = crate::pid1::supervisor::stop_within(self.pid, STOP_GRACE, &mut self.exit).await;
+    pub(crate) async fn stop(self) {
+        self.0.stop(STOP_GRACE).await;
     }
 }
 
