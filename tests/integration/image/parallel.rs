@@ -4,6 +4,7 @@
 //! one stream for a server without ranges and for compressed images, nothing left behind.
 //! `FETCH_PARALLEL_MIN_SIZE=1Mi` makes the test files "large".
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,23 @@ fn span_requests(server: &Server, path: &str) -> usize {
         .iter()
         .filter(|s| s.range.as_deref().is_some_and(|r| !r.ends_with('-')))
         .count()
+}
+
+/// Starts a download of `url` and kills it with SIGKILL once `journal` holds four records:
+/// some of every connection's bytes are on disk.
+fn kill_9_once_every_connection_wrote(pod: &Pod, url: &str, env: &[(&str, &str)], journal: &Path) {
+    let mut first = Running::spawn(&mut pod.command(url, env));
+    let deadline = Instant::now() + T;
+    while std::fs::metadata(journal).map_or(0, |m| m.len()) < 4 * 16 {
+        assert!(
+            Instant::now() < deadline,
+            "no journal at {}",
+            journal.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    first.child.kill().expect("SIGKILL");
+    first.wait(T);
 }
 
 #[test]
@@ -230,19 +248,7 @@ fn kill_9_mid_parallel_download_refetches_only_the_missing_ranges() {
     let extra = four_and(&[("IMG_SHA256", &digest)]);
     let journal = pod.image_dir.join(".slow.raw.part.ranges");
 
-    let mut first = Running::spawn(&mut pod.command(&url, &extra));
-    let deadline = Instant::now() + T;
-    // Four records: some of every connection's bytes are on disk.
-    while std::fs::metadata(&journal).map_or(0, |m| m.len()) < 4 * 16 {
-        assert!(
-            Instant::now() < deadline,
-            "no journal at {}",
-            journal.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    first.child.kill().expect("SIGKILL");
-    first.wait(T);
+    kill_9_once_every_connection_wrote(&pod, &url, &extra, &journal);
     let before = server.bytes_sent("/slow.raw");
     let requests_before = server.seen("/slow.raw").len();
 
@@ -276,18 +282,7 @@ fn a_file_changed_between_starts_is_downloaded_anew_never_spliced() {
     let url = server.url("/moving.raw");
     let journal = pod.image_dir.join(".moving.raw.part.ranges");
 
-    let mut first = Running::spawn(&mut pod.command(&url, &FOUR));
-    let deadline = Instant::now() + T;
-    while std::fs::metadata(&journal).map_or(0, |m| m.len()) < 4 * 16 {
-        assert!(
-            Instant::now() < deadline,
-            "no journal at {}",
-            journal.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    first.child.kill().expect("SIGKILL");
-    first.wait(T);
+    kill_9_once_every_connection_wrote(&pod, &url, &FOUR, &journal);
 
     // The mirror now serves another file under another ETag.
     server.route(
