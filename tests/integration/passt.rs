@@ -326,38 +326,6 @@ fn passt_dying_stops_the_vm_cleanly_and_exits_4() {
     );
 }
 
-/// The pod's IPv6 address on its uplink, with the node as its default IPv6 router.
-fn add_ipv6(pod: &Pod) -> (String, String) {
-    let n = pod.node_ip.split('.').nth(2).expect("a dotted quad");
-    let (node, guest) = (format!("fd42:0:{n}::1"), format!("fd42:0:{n}::2"));
-    let veth = format!("{}n", pod.tag);
-    let ns = |ns: &str, args: &[&str]| {
-        let mut all = vec!["ip", "-n", ns, "-6"];
-        all.extend_from_slice(args);
-        run(&all);
-    };
-    ns(
-        &pod.node_ns,
-        &["addr", "add", &format!("{node}/64"), "dev", &veth, "nodad"],
-    );
-    ns(
-        &pod.pod_ns,
-        &[
-            "addr",
-            "add",
-            &format!("{guest}/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ],
-    );
-    ns(
-        &pod.pod_ns,
-        &["route", "add", "default", "via", &node, "dev", "eth0"],
-    );
-    (node, guest)
-}
-
 #[test]
 fn passt_mode_gives_the_guest_the_pods_ipv6_and_the_node_reaches_it() {
     if !require_root("passt_mode_gives_the_guest_the_pods_ipv6_and_the_node_reaches_it") {
@@ -365,7 +333,7 @@ fn passt_mode_gives_the_guest_the_pods_ipv6_and_the_node_reaches_it() {
     }
     let cluster = Cluster::new("kmp6", "vm-passt6");
     let pod = &cluster.pod;
-    let (node, pod_ipv6) = add_ipv6(pod);
+    let (node, pod_ipv6) = pod.add_ipv6();
     // The guest configures its address from passt's advertisement (it has no DHCPv6 client);
     // passt learns it from the guest's first packet: a ping to the node, through passt's ICMP
     // echo sockets.
