@@ -59,6 +59,7 @@ agent_pkgs=(qemu-guest-agent libglib2.0-0 libnuma1 libudev1 liburing2 libffi8 li
 pkgs+=("${agent_pkgs[@]}")
 pkgs+=(systemd-boot-efi) # issue 20: the UEFI variant's boot loader
 pkgs+=(shim-signed grub-efi-amd64-signed) # issue 20: the Secure Boot variant's signed loaders
+pkgs+=(dosfstools) # issue 22: fsck.fat, the guest's own check of its boot disk
 for pkg in "${pkgs[@]}"; do
     if ! compgen -G "$debs/${pkg}_*.deb" >/dev/null; then
         log "downloading $pkg"
@@ -120,6 +121,22 @@ sync
 poweroff -f
 EOF
 chmod 0755 "$rd/sbin/shutdown"
+# --- issue 22: the guest's own fsck ---
+# Debian's fsck.fat (busybox has none), which init runs read-only (-n) on the boot disk before
+# mounting it. Like qemu-ga, every library ld.so resolves for it must come from the packages.
+install -m 0755 "$work/pkgs/sbin/fsck.fat" "$rd/bin/fsck.fat"
+fsck_libs=$(LD_LIBRARY_PATH="$gnu" "$gnu/ld-linux-x86-64.so.2" --list "$work/pkgs/sbin/fsck.fat" |
+    awk '$2 == "=>" && $3 ~ /^\// { print $3 }')
+for lib in $fsck_libs; do
+    [[ -e $rd/lib/x86_64-linux-gnu/${lib##*/} ]] || { log "fsck.fat needs ${lib##*/}, not in the initramfs"; exit 1; }
+done
+# fsck.fat converts names from the FAT's codepage (850 by default) with iconv: glibc's module
+# for it and the configuration naming it, where glibc looks for them.
+gconv=usr/lib/x86_64-linux-gnu/gconv
+mkdir -p "$rd/$gconv/gconv-modules.d"
+cp "$work/pkgs/$gconv/IBM850.so" "$work/pkgs/$gconv/gconv-modules" "$rd/$gconv/"
+cp "$work/pkgs/$gconv/gconv-modules.d/"*.conf "$rd/$gconv/gconv-modules.d/"
+# --- end issue 22 ---
 install -m 0755 "$here/init" "$rd/init"
 install -m 0755 "$here/udhcpc.script" "$rd/etc/udhcpc.script"
 

@@ -3,8 +3,9 @@
 //! a backup whose client is SIGKILLed and one into a full volume (neither leaves a
 //! complete-looking backup, and the next incremental still holds every change), then the
 //! restore: refused while the VM owns the pet, over an existing pet without `--force`, and for a
-//! damaged backup; with `--force` it rebuilds a disk that passes `qemu-img check` and boots
-//! with its counter intact and the data of the backup's moment. `POST /backup` answers only
+//! damaged backup; with `--force` it rebuilds a disk that passes `qemu-img check` and the
+//! guest's own `fsck.fat` and boots with its counter intact and the data of the backup's moment
+//! (and the same disk with a damaged FAT makes that fsck fail, so the check can fail). `POST /backup` answers only
 //! the pod's loopback (or a token), and the `kvm_manager_backup_*` metrics count it all.
 
 use std::os::unix::process::CommandExt as _;
@@ -97,6 +98,88 @@ fn manifests(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The pet disk's allocated data as `qemu-img map` sees it while the VM runs (`-U`): the
+/// whole chain's (the base's and the overlay's data clusters: what the guest's disk holds)
+/// and the overlay's own.
+fn allocated(pet: &Path) -> (u64, u64) {
+    let out = std::process::Command::new("qemu-img")
+        .args(["map", "-U", "--output=json"])
+        .arg(pet)
+        .output()
+        .expect("qemu-img map");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let extents: Vec<Value> = serde_json::from_slice(&out.stdout).expect("qemu-img map JSON");
+    let (mut chain, mut own) = (0, 0);
+    for extent in extents.iter().filter(|e| e["data"] == true) {
+        let length = extent["length"].as_u64().expect("length");
+        chain += length;
+        if extent["depth"] == 0 {
+            own += length;
+        }
+    }
+    (chain, own)
+}
+
+/// `qemu-io -c COMMAND` on a stopped VM's qcow2; its output.
+fn qemu_io(disk: &Path, command: &str) -> String {
+    let out = std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", command])
+        .arg(disk)
+        .output()
+        .expect("qemu-io");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && !text.contains("failed"),
+        "{command}: {text}"
+    );
+    text
+}
+
+/// `len` bytes at `offset` of a qcow2 disk, from `qemu-io`'s `read -v` hex dump
+/// (`0000abcd:  xx xx … xx  ascii`, 16 bytes a line).
+fn read_bytes(disk: &Path, offset: u64, len: u64) -> Vec<u8> {
+    let dump = qemu_io(disk, &format!("read -v {offset} {len}"));
+    let bytes: Vec<u8> = dump
+        .lines()
+        .filter_map(|l| l.split_once(":  "))
+        .flat_map(|(_, rest)| {
+            rest.split_whitespace()
+                .take(16)
+                .map(|h| u8::from_str_radix(h, 16).expect("a hex byte"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(bytes.len() as u64, len, "{dump}");
+    bytes
+}
+
+/// Damages the FAT16 filesystem of the test guest's (whole-disk) boot disk the way a torn
+/// write of metadata would: 32 free clusters near the end marked used in both FATs, a lost
+/// chain no file owns, which `fsck.fat` reports (and would reclaim). The disk still boots.
+fn damage_fat(disk: &Path) {
+    let boot = read_bytes(disk, 0, 64);
+    let word = |at: usize| u64::from(u16::from_le_bytes([boot[at], boot[at + 1]]));
+    let (sector, reserved, fats, fat_sectors) = (word(11), word(14), u64::from(boot[16]), word(22));
+    assert!(
+        fat_sectors > 0 && fats == 2,
+        "a FAT16 boot sector: {boot:?}"
+    );
+    // Entry 32000 (2 bytes each), below the 32695 clusters of the 64 MiB filesystem.
+    let entries = 32_000 * 2;
+    for fat in 0..fats {
+        let at = (reserved + fat * fat_sectors) * sector + entries;
+        assert!(
+            read_bytes(disk, at, 64).iter().all(|&b| b == 0),
+            "the clusters to damage are free"
+        );
+        qemu_io(disk, &format!("write -P 0xff {at} 64"));
+    }
+}
+
 /// A small tmpfs (a backup volume that fills up), unmounted when dropped.
 struct SmallVolume(PathBuf);
 
@@ -161,10 +244,26 @@ fn a_running_vm_is_backed_up_full_and_incrementally_survives_failed_backups_and_
     let incr = answer(&backup(&cluster, &dir, None));
     assert_eq!(incr["kind"], "incremental", "{incr}");
     let incr_bytes = incr["bytes_copied"].as_u64().expect("bytes");
+    // The disk's allocated size at the incremental's moment: qemu-img map of the pet disk
+    // (data clusters of the base and the overlay together, what the guest's disk holds).
+    let pet = cluster.pod.path("pet").join("vm-backup.qcow2");
+    let (disk_allocated, overlay_allocated) = allocated(&pet);
+    let ratio = incr_bytes as f64 / disk_allocated as f64;
     eprintln!(
         "backup measurement: full copied {full_bytes} B, incremental after 8 MiB written copied \
-         {incr_bytes} B: ratio incremental/full {:.3}",
+         {incr_bytes} B: ratio incremental/full {:.3}; the disk's allocated data (qemu-img map, \
+         base + overlay) {disk_allocated} B, the overlay's own {overlay_allocated} B: ratio \
+         incremental/allocated {ratio:.3}",
         incr_bytes as f64 / full_bytes as f64
+    );
+    assert!(
+        disk_allocated >= overlay_allocated && overlay_allocated >= 8 << 20,
+        "the 8 MiB written are allocated in the overlay: {disk_allocated} {overlay_allocated}"
+    );
+    assert!(
+        ratio < 0.75,
+        "an incremental copies what changed, not the disk's allocated data: {ratio:.3} \
+         ({incr_bytes} of {disk_allocated} B)"
     );
     assert!(
         (8 << 20..16 << 20).contains(&incr_bytes),
@@ -258,7 +357,6 @@ fn a_running_vm_is_backed_up_full_and_incrementally_survives_failed_backups_and_
         .map(|l| l.rsplit("ms=").next().unwrap_or("?"))
         .collect();
     // The same disk copied by qemu-img with the VM stopped, for scale (not a benchmark).
-    let pet = cluster.pod.path("pet").join("vm-backup.qcow2");
     let started = Instant::now();
     let converted = std::process::Command::new("qemu-img")
         .args(["convert", "-O", "qcow2"])
@@ -317,8 +415,17 @@ fn a_running_vm_is_backed_up_full_and_incrementally_survives_failed_backups_and_
         "the old pet disk is gone once the restore is complete"
     );
 
-    // It boots; the counter is a value of the backups' moments, the data the last one's.
+    // It boots; the guest's own fsck finds nothing wrong (but the dirty bit a copy of a
+    // mounted vfat carries); the counter is a value of the backups' moments, the data the
+    // last one's.
     let mut vm = cluster.start(&[]);
+    let fsck = vm.wait_for_line("KVMTEST fsck dev=/dev/vda", BOOT);
+    eprintln!("backup measurement: the guest's fsck of the restored disk: {fsck}");
+    assert_eq!(
+        field(&fsck, "ok"),
+        "1",
+        "the restored disk is clean: {fsck}"
+    );
     let start = vm.wait_for_line("KVMTEST counter start", BOOT);
     let from: u64 = field(&start, "from")
         .parse()
@@ -329,6 +436,15 @@ fn a_running_vm_is_backed_up_full_and_incrementally_survives_failed_backups_and_
         "the restored counter is the last backup's, later than the full's"
     );
     assert_eq!(field(&start, "cfill"), second_fill, "{start}");
+    stop(&mut vm);
+
+    // The guest's fsck can fail: the same disk with lost clusters in its FAT.
+    damage_fat(&pet);
+    let mut vm = cluster.start(&[]);
+    let fsck = vm.wait_for_line("KVMTEST fsck dev=/dev/vda", BOOT);
+    eprintln!("backup measurement: the guest's fsck of the damaged copy: {fsck}");
+    assert_eq!(field(&fsck, "ok"), "0", "a damaged FAT: {fsck}");
+    assert_ne!(field(&fsck, "findings"), "0", "{fsck}");
     stop(&mut vm);
 }
 
