@@ -42,6 +42,9 @@ fn a_value_stored_in_the_tpm_survives_three_restarts_and_swtpm_dying_exits_10() 
     let tpm = vm.wait_for_line("KVMTEST tpm dev=", BOOT);
     assert_eq!(field(&tpm, "nv"), "", "a new TPM has no index yet: {tpm}");
     vm.wait_for_line("KVMTEST tpm written=tpmkept1", T);
+    let dev = vm.wait_for_line("KVMTEST tpmdev ", T);
+    assert_eq!(field(&dev, "version"), "2", "{dev}");
+    assert_eq!(field(&dev, "driver"), "tpm_crb", "q35 gives tpm-crb: {dev}");
     vm.wait_for_line("KVMTEST READY", BOOT);
     stop(&mut vm);
     assert!(
