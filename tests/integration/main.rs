@@ -15,6 +15,7 @@ mod dhcp;
 mod dns;
 mod e2e;
 mod firmware;
+mod firmware_persist;
 mod flood;
 mod http;
 mod ignition;

@@ -1,7 +1,8 @@
 //! The VM's TPM 2.0 (issue 20): swtpm as a supervised child with its state in the pet. A
 //! value the guest stores in a TPM NV index is there after 3 container restarts; swtpm
 //! killed under a running VM stops it with exit 10 and leaves no process; a damaged or
-//! incomplete TPM state is refused and left as it was, never replaced by a fresh TPM.
+//! incomplete TPM state is refused and left as it was, never replaced by a fresh TPM. On `pc`
+//! the TPM is a `tpm-tis` one, found by the guest's `tpm_tis` driver, and keeps its values too.
 
 use std::path::Path;
 
@@ -41,6 +42,9 @@ fn a_value_stored_in_the_tpm_survives_three_restarts_and_swtpm_dying_exits_10() 
     let tpm = vm.wait_for_line("KVMTEST tpm dev=", BOOT);
     assert_eq!(field(&tpm, "nv"), "", "a new TPM has no index yet: {tpm}");
     vm.wait_for_line("KVMTEST tpm written=tpmkept1", T);
+    let dev = vm.wait_for_line("KVMTEST tpmdev ", T);
+    assert_eq!(field(&dev, "version"), "2", "{dev}");
+    assert_eq!(field(&dev, "driver"), "tpm_crb", "q35 gives tpm-crb: {dev}");
     vm.wait_for_line("KVMTEST READY", BOOT);
     stop(&mut vm);
     assert!(
@@ -107,4 +111,43 @@ fn a_damaged_or_incomplete_tpm_state_is_refused_and_left_as_it_was() {
     refused(&cluster, Some(&damaged), TPM, "never replaced");
     refused(&cluster, None, PET, "is incomplete");
     assert!(!Path::new(&cluster.pod.path("pet/vm-bad.vars")).exists());
+}
+
+/// `TPM=2.0` on the default board, `pc`, with SeaBIOS: qemu gets `tpm-tis` (the ISA TPM
+/// interface; `pc` has no CRB), and the guest's built-in `tpm_tis` driver finds it.
+#[test]
+fn on_pc_the_guest_sees_a_tis_tpm_2_0_and_a_stored_value_is_read_back_after_a_restart() {
+    let Some(cluster) = Cluster::for_test("kmtt", "vm-tis") else {
+        return;
+    };
+    let pod = &cluster.pod;
+    let env = [("TPM", "2.0")];
+    let mut args = pod.kvm_manager(&["qemu-args"], &cluster.env(&env));
+    assert_eq!(args.wait(T).code(), Some(0), "{}", args.output());
+    let out = args.output();
+    assert!(out.contains("pc,accel=tcg"), "{out}");
+    assert!(out.contains("tpm-tis,tpmdev=tpm0"), "{out}");
+    assert!(!out.contains("tpm-crb"), "{out}");
+
+    cluster.user_data("#cloud-config\n# kvmtest.tpm_nv=tiskept1\n");
+    let mut vm = cluster.start(&env);
+    let tpm = vm.wait_for_line("KVMTEST tpm dev=", BOOT);
+    assert_eq!(field(&tpm, "nv"), "", "a new TPM has no index yet: {tpm}");
+    // The raw TPM 2.0 commands (NV_DefineSpace, NV_Write, NV_Read) are answered.
+    vm.wait_for_line("KVMTEST tpm written=tiskept1", T);
+    let dev = vm.wait_for_line("KVMTEST tpmdev ", T);
+    assert_eq!(field(&dev, "version"), "2", "{dev}");
+    assert_eq!(field(&dev, "driver"), "tpm_tis", "{dev}");
+    vm.wait_for_line("KVMTEST READY", BOOT);
+    stop(&mut vm);
+
+    let mut vm = cluster.start(&env);
+    let tpm = vm.wait_for_line("KVMTEST tpm dev=", BOOT);
+    assert_eq!(field(&tpm, "nv"), "tiskept1", "{tpm}");
+    vm.wait_for_line("KVMTEST READY", BOOT);
+    stop(&mut vm);
+    assert!(
+        pod.path("pet/vm-tis.tpm/tpm2-00.permall").exists(),
+        "no TPM state in the pet"
+    );
 }
