@@ -228,7 +228,7 @@ fn qemu_args(config: &Config) -> Result<u8, Error> {
         )?;
         let stored = crate::state::stored(&config.pet_dir, &config.hostname)?;
         let record = stored.as_ref().and_then(|s| s.firmware.as_ref());
-        let firmware = launch::firmware(config, stored.is_some(), record)?;
+        let firmware = launch::firmware_preview(config, stored.is_some(), record)?;
         let launch = launch::decide(
             config,
             Some(&wiring),

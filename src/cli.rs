@@ -363,14 +363,17 @@ pub struct Settings {
     #[arg(long, env = "ACCEL", global = true, default_value = "auto")]
     pub accel: String,
 
-    /// `bios` (SeaBIOS), `uefi` (OVMF with a variable store `PET_DIR/<hostname>.vars`,
+    /// `auto`, `bios` (SeaBIOS), `uefi` (OVMF with a variable store `PET_DIR/<hostname>.vars`,
     /// copied once from the template and kept) or `uefi-secure` (Secure Boot with
-    /// Microsoft's keys enrolled; q35 with SMM). Recorded at the VM's first boot; a different
-    /// value on an existing VM is refused unless FIRMWARE_RESET is set.
-    #[arg(long, env = "FIRMWARE", global = true, default_value = "bios")]
+    /// Microsoft's keys enrolled; q35 with SMM). `auto` reads the base image at the VM's first
+    /// boot: uefi for a disk with an EFI system partition and no BIOS boot code (or an ISO that
+    /// boots only UEFI), else bios. Recorded at the first boot and kept; a different value on
+    /// an existing VM is refused unless FIRMWARE_RESET is set (with `auto`, it decides again).
+    #[arg(long, env = "FIRMWARE", global = true, default_value = "auto")]
     pub firmware: String,
 
-    /// `pc` (i440fx) or `q35`. Default: `q35` with UEFI, `pc` with BIOS. UEFI needs `q35`.
+    /// `pc` (i440fx) or `q35`. Default: `q35` with UEFI, `pc` with BIOS (under FIRMWARE=auto:
+    /// what the VM first booted with). UEFI needs `q35`.
     #[arg(long, env = "MACHINE", global = true)]
     pub machine: Option<String>,
 

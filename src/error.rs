@@ -204,7 +204,9 @@ fn image_code(error: &ImageError) -> u8 {
 fn firmware_code(error: &FirmwareError) -> u8 {
     match error {
         // The operator's setting contradicts the pet: a configuration to fix.
-        FirmwareError::Changed { .. } => exit::CONFIG,
+        FirmwareError::Changed { .. } | FirmwareError::UefiOnPc => exit::CONFIG,
+        // The base could not be read: an image problem.
+        FirmwareError::Detect { .. } => exit::IMAGE,
         FirmwareError::Missing { .. } => exit::QEMU_START,
         FirmwareError::Vars { .. } => exit::IMAGE,
     }

@@ -4,8 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, DriveFormat, ShareTransport};
+use crate::config::{
+    Config, DriveFormat, Firmware as FirmwareKind, FirmwareChoice, ShareTransport,
+};
 use crate::configdrive::ignition::Ignition;
+use crate::image::boot_detect::Detection;
 use crate::image::source::DiskFormat;
 use crate::image::BaseImage;
 use crate::net::Wiring;
@@ -92,15 +95,98 @@ pub(super) fn probe(config: &Config, known: Option<&BaseImage>) -> Result<Probed
 }
 
 /// The firmware of this start, from the config and what the pet state recorded (`existed`:
-/// the state file was there, so the VM booted before).
+/// the state file was there, so the VM booted before); `None` when `FIRMWARE=auto` must
+/// first read the base ([`firmware_from_base`]).
 pub(super) fn firmware(
     config: &Config,
     existed: bool,
     record: Option<&crate::state::FirmwareRecord>,
+) -> Result<Option<Plan>, FirmwareError> {
+    let recorded = firmware::recorded(existed, record);
+    if firmware::needs_detection(&config.firmware, recorded.as_ref()) {
+        return Ok(None);
+    }
+    let vars = firmware::vars_path(&config.pet_dir, &config.hostname);
+    let plan = firmware::decide(&config.firmware, recorded.as_ref(), vars, None)?;
+    if config.firmware.firmware == FirmwareChoice::Auto {
+        tracing::info!(
+            firmware = plan.record.firmware.name(),
+            machine = plan.machine.name(),
+            "FIRMWARE=auto: the firmware this VM first booted with"
+        );
+    }
+    Ok(Some(plan))
+}
+
+/// Reads what `base` boots with, for `FIRMWARE=auto` (IO: a few sectors of the base).
+pub(super) fn detect_boot(base: &BaseImage) -> Result<Detection, FirmwareError> {
+    crate::image::boot_detect::detect(&base.path, base.format).map_err(|source| {
+        FirmwareError::Detect {
+            path: base.path.clone(),
+            source,
+        }
+    })
+}
+
+/// `FIRMWARE=auto` at the first boot (or with `FIRMWARE_RESET`): decides from what the base
+/// at `base` boots with ([`detect_boot`]) and says what it chose and why.
+pub(super) fn firmware_detected(
+    config: &Config,
+    existed: bool,
+    record: Option<&crate::state::FirmwareRecord>,
+    base: &Path,
+    found: Detection,
 ) -> Result<Plan, FirmwareError> {
+    let detected = if found.uefi {
+        FirmwareKind::Uefi
+    } else {
+        FirmwareKind::Bios
+    };
+    tracing::info!(
+        firmware = detected.name(),
+        base = %base.display(),
+        why = found.why,
+        "FIRMWARE=auto chose {} from the base image; this VM keeps it from now on",
+        detected.name()
+    );
     let recorded = firmware::recorded(existed, record);
     let vars = firmware::vars_path(&config.pet_dir, &config.hostname);
-    firmware::decide(&config.firmware, recorded.as_ref(), vars)
+    firmware::decide(&config.firmware, recorded.as_ref(), vars, Some(detected))
+}
+
+/// [`firmware`] for `qemu-args`: where `FIRMWARE=auto` still has to decide, from the base if
+/// it is already downloaded, else BIOS with a line saying the first boot decides.
+pub(super) fn firmware_preview(
+    config: &Config,
+    existed: bool,
+    record: Option<&crate::state::FirmwareRecord>,
+) -> Result<Plan, FirmwareError> {
+    if let Some(plan) = firmware(config, existed, record)? {
+        return Ok(plan);
+    }
+    let path = config
+        .image_target
+        .as_ref()
+        .map(|target| target.path(&config.image.dir));
+    let base = path.and_then(|path| match crate::image::inspect_file(&path) {
+        Ok(Ok(format)) => Some(BaseImage { path, format }),
+        _ => None,
+    });
+    match base {
+        Some(base) => {
+            let found = detect_boot(&base)?;
+            firmware_detected(config, existed, record, &base.path, found)
+        }
+        None => {
+            tracing::info!(
+                "FIRMWARE=auto decides at the first boot, from the base image, which is not \
+                 downloaded yet: shown as bios"
+            );
+            let recorded = firmware::recorded(existed, record);
+            let vars = firmware::vars_path(&config.pet_dir, &config.hostname);
+            firmware::decide(&config.firmware, recorded.as_ref(), vars, None)
+        }
+    }
 }
 
 /// Creates or reuses the UEFI variable store, and says which.
@@ -312,7 +398,7 @@ mod tests {
 
     fn bios() -> Plan {
         let wanted = config(&[]).firmware;
-        crate::qemu::firmware::decide(&wanted, None, PathBuf::from("/pet/vm-0.vars"))
+        crate::qemu::firmware::decide(&wanted, None, PathBuf::from("/pet/vm-0.vars"), None)
             .expect("a first boot")
     }
 

@@ -48,11 +48,19 @@ impl Machine {
     }
 }
 
+/// `FIRMWARE` as asked: `auto` is resolved at the VM's first boot, from its base image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirmwareChoice {
+    Auto,
+    Only(Firmware),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FirmwareConfig {
-    pub firmware: Firmware,
-    /// `MACHINE`, resolved: `q35` for UEFI and `pc` for BIOS unless set.
-    pub machine: Machine,
+    pub firmware: FirmwareChoice,
+    /// `MACHINE`, when set; else it follows the resolved firmware (`q35` for UEFI, `pc` for
+    /// BIOS) or, under `FIRMWARE=auto`, what the VM first booted with.
+    pub machine: Option<Machine>,
     /// `FIRMWARE_RESET`: accept a firmware or machine different from the recorded one, and
     /// re-create the UEFI variable store.
     pub reset: bool,
@@ -71,21 +79,23 @@ pub(super) fn parse_firmware(settings: &Settings) -> Result<FirmwareConfig, Conf
         "FIRMWARE",
         &settings.firmware,
         &[
-            ("bios", Firmware::Bios),
-            ("uefi", Firmware::Uefi),
-            ("uefi-secure", Firmware::UefiSecure),
+            ("auto", FirmwareChoice::Auto),
+            ("bios", FirmwareChoice::Only(Firmware::Bios)),
+            ("uefi", FirmwareChoice::Only(Firmware::Uefi)),
+            ("uefi-secure", FirmwareChoice::Only(Firmware::UefiSecure)),
         ],
     )?;
-    let machine = match non_empty(&settings.machine) {
-        Some(raw) => choice(
-            "MACHINE",
-            raw,
-            &[("pc", Machine::Pc), ("q35", Machine::Q35)],
-        )?,
-        None if firmware == Firmware::Bios => Machine::Pc,
-        None => Machine::Q35,
-    };
-    if firmware != Firmware::Bios && machine == Machine::Pc {
+    let machine = non_empty(&settings.machine)
+        .map(|raw| {
+            choice(
+                "MACHINE",
+                raw,
+                &[("pc", Machine::Pc), ("q35", Machine::Q35)],
+            )
+        })
+        .transpose()?;
+    let uefi = matches!(firmware, FirmwareChoice::Only(f) if f != Firmware::Bios);
+    if uefi && machine == Some(Machine::Pc) {
         // OVMF leaves the PIIX IDE controller of `pc` unused, so the config drive (an IDE
         // cdrom) would be invisible to a UEFI guest.
         return Err(invalid(
@@ -158,23 +168,23 @@ mod tests {
     }
 
     #[test]
-    fn bios_on_pc_is_the_default_and_uefi_defaults_to_q35() {
+    fn auto_is_the_default_and_machine_follows_the_firmware_unless_set() {
         let default = parse(&[]).expect("valid");
         assert_eq!(
             (default.firmware, default.machine),
-            (Firmware::Bios, Machine::Pc)
+            (FirmwareChoice::Auto, None)
         );
         assert!(!default.reset);
         let uefi = parse(&["--firmware", "UEFI"]).expect("valid");
-        assert_eq!(
-            (uefi.firmware, uefi.machine),
-            (Firmware::Uefi, Machine::Q35)
-        );
+        assert_eq!(uefi.firmware, FirmwareChoice::Only(Firmware::Uefi));
         let secure = parse(&["--firmware", "uefi-secure"]).expect("valid");
-        assert_eq!(secure.machine, Machine::Q35);
+        assert_eq!(secure.firmware, FirmwareChoice::Only(Firmware::UefiSecure));
         assert!(parse(&["--firmware", "uefi-secure", "--machine", "pc"]).is_err());
-        let bios_q35 = parse(&["--machine", "q35"]).expect("valid");
-        assert_eq!(bios_q35.machine, Machine::Q35);
+        let bios_q35 = parse(&["--firmware", "bios", "--machine", "q35"]).expect("valid");
+        assert_eq!(bios_q35.machine, Some(Machine::Q35));
+        // Under auto, pc is refused only if the base turns out to be UEFI-only.
+        let auto_pc = parse(&["--machine", "pc"]).expect("valid");
+        assert_eq!(auto_pc.machine, Some(Machine::Pc));
     }
 
     #[test]

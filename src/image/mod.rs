@@ -12,6 +12,7 @@
 //!
 //! [`ensure_overlay`]: see [`overlay`].
 
+pub(crate) mod boot_detect;
 mod error;
 pub(crate) mod fetch;
 pub(crate) mod iso_detect;
