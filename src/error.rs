@@ -405,6 +405,12 @@ mod tests {
                 source: denied(),
             }
             .into(),
+            FirmwareError::UefiOnPc.into(),
+            FirmwareError::Detect {
+                path: "/images/base.qcow2".into(),
+                source: denied(),
+            }
+            .into(),
             TpmError::Died {
                 status: crate::pid1::ExitStatus::Signaled(nix::sys::signal::Signal::SIGKILL),
                 last_words: String::new(),
@@ -430,6 +436,15 @@ mod tests {
     #[test]
     fn a_firmware_change_on_an_existing_vm_is_a_configuration_error() {
         assert_eq!(Error::from(firmware_changed()).exit_code(), exit::CONFIG);
+        assert_eq!(
+            Error::from(FirmwareError::UefiOnPc).exit_code(),
+            exit::CONFIG
+        );
+        let unreadable = FirmwareError::Detect {
+            path: "/images/base.qcow2".into(),
+            source: io::Error::from(io::ErrorKind::InvalidData),
+        };
+        assert_eq!(Error::from(unreadable).exit_code(), exit::IMAGE);
     }
 
     /// Every run of three words of `message`, lowercased, punctuation and quotes aside, that
