@@ -389,10 +389,15 @@ pub struct Settings {
     #[arg(long, env = "TPM", global = true, default_value = "none")]
     pub tpm: String,
 
-    /// Path of another ISO (e.g. a driver disk) attached as a second read-only CD-ROM, after
-    /// the installer when IMG_SOURCE is an ISO.
-    #[arg(long, env = "INSTALL_MEDIA", global = true, value_name = "PATH")]
+    /// Another ISO (e.g. a driver disk) attached as a second read-only CD-ROM, after the
+    /// installer when IMG_SOURCE is an ISO: an absolute path in the container, or an http(s)
+    /// URL fetched and cached in IMAGE_DIR (under the URL's file name) like a base image.
+    #[arg(long, env = "INSTALL_MEDIA", global = true, value_name = "PATH|URL")]
     pub install_media: Option<String>,
+
+    /// Expected sha256 (64 hex digits) of INSTALL_MEDIA as downloaded, when it is a URL.
+    #[arg(long, env = "INSTALL_MEDIA_SHA256", global = true, value_name = "HEX")]
+    pub install_media_sha256: Option<String>,
 
     /// SMBIOS system UUID (type 1) the guest sees. Default: the VM's instance id (kept in the
     /// pet state), so licensing and cloud-init see the same machine after every restart.

@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::{
-    Config, DriveFormat, Firmware as FirmwareKind, FirmwareChoice, ShareTransport,
+    Config, DriveFormat, Firmware as FirmwareKind, FirmwareChoice, ImageConfig, ImageSource,
+    ImageTarget, ShareTransport,
 };
 use crate::configdrive::ignition::Ignition;
 use crate::image::boot_detect::Detection;
@@ -189,6 +190,20 @@ pub(super) fn firmware_preview(
     }
 }
 
+/// `INSTALL_MEDIA` as a URL: fetched into `IMAGE_DIR` like a base image, with the base's
+/// download limits; `IMG_AUTH_FILE`'s credentials are the base's and stay with it.
+pub(super) fn media_fetch(config: &Config) -> Option<(ImageConfig, ImageTarget)> {
+    let fetch = config.firmware.install_media.as_ref()?.fetch.as_ref()?;
+    let image = ImageConfig {
+        source: Some(ImageSource::Url(fetch.url.clone())),
+        sha256: fetch.sha256.clone(),
+        dir: config.image.dir.clone(),
+        auth: None,
+        fetch: config.image.fetch,
+    };
+    Some((image, ImageTarget::Name(fetch.name.clone())))
+}
+
 /// Creates or reuses the UEFI variable store, and says which.
 pub(super) fn prepare_vars(uefi: &Uefi, action: VarsAction) -> Result<(), FirmwareError> {
     let created = firmware::prepare_vars(uefi, action)?;
@@ -322,7 +337,13 @@ pub(super) fn compose(
             .iter()
             .filter(|_| probed.base_is_iso)
             .map(|base| base.path.clone())
-            .chain(config.firmware.install_media.clone())
+            .chain(
+                config
+                    .firmware
+                    .install_media
+                    .as_ref()
+                    .map(|m| m.path.clone()),
+            )
             .collect(),
         tpm: config.firmware.tpm.then(|| {
             crate::qemu::tpm::plan(

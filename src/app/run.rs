@@ -289,6 +289,14 @@ async fn prepare(
             Ok::<_, Error>(ignition)
         })
     };
+    // INSTALL_MEDIA as a URL: fetched beside the base, at the same time.
+    let media = async {
+        if let Some((image, target)) = launch::media_fetch(config) {
+            let media = image::ensure_media(&image, &target).await?;
+            tracing::info!(path = %media.path.display(), "INSTALL_MEDIA ready");
+        }
+        Ok::<_, Error>(())
+    };
     let network = async {
         let wiring = timed(
             "network",
@@ -305,7 +313,8 @@ async fn prepare(
         }
         Ok::<_, Error>(wiring)
     };
-    let (firmware, base, ignition, wiring) = tokio::try_join!(state_saved, disk, drive, network)?;
+    let (firmware, base, ignition, wiring, ()) =
+        tokio::try_join!(state_saved, disk, drive, network, media)?;
     let launch = launch::decide(
         config,
         Some(&wiring),

@@ -91,6 +91,15 @@ pub(crate) async fn ensure_base(
     result
 }
 
+/// Another image fetched beside the base (`INSTALL_MEDIA` as a URL): the same lock, resume,
+/// verification and cache in `IMAGE_DIR`, without the base's image-state metric.
+pub(crate) async fn ensure_media(
+    image: &ImageConfig,
+    target: &ImageTarget,
+) -> Result<BaseImage, ImageError> {
+    fetch_base(image, target).await
+}
+
 fn image_state(state: &'static str) {
     let states = ["waiting", "downloading", "ready", "failed"];
     crate::metrics::IMAGE.state(&states, state);

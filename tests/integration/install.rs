@@ -3,7 +3,8 @@
 //! the disk in the boot order. The ISO here is built in the test with xorriso: a UEFI El
 //! Torito image (systemd-boot, the test guest's kernel with `kvmtest.install=1`) and the UEFI
 //! test guest's disk as `disk.img`, which the guest copies onto the blank disk. The second
-//! start boots the installed disk, without fetching the ISO again.
+//! start boots the installed disk, without fetching the ISO again. `INSTALL_MEDIA` may be a
+//! URL: fetched once into `IMAGE_DIR` (verified by `INSTALL_MEDIA_SHA256`), a further CD-ROM.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -139,5 +140,98 @@ fn an_iso_installs_onto_a_blank_disk_and_the_next_start_boots_the_disk_without_f
     vm.wait_for_line("KVMTEST READY", BOOT);
     crate::vm::stop(&mut vm);
     cluster.open_gate();
+    let _ = std::fs::remove_file(&iso);
+}
+
+/// A small ISO labelled `label` with one file, served beside the test guest; returns its path
+/// (the caller removes it) and URL.
+fn served_iso(cluster: &Cluster, label: &str) -> (PathBuf, String) {
+    let tree = cluster.pod.path("media-tree");
+    std::fs::create_dir_all(&tree).expect("tree");
+    std::fs::write(tree.join("README.TXT"), "a driver disk\n").expect("file");
+    let name = format!("media-{}.iso", std::process::id());
+    let iso = guest_image().with_file_name(&name);
+    run(Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-R", "-J", "-V", label, "-o"])
+        .arg(&iso)
+        .arg(&tree));
+    (iso, cluster.image_url.replace("guest.qcow2", &name))
+}
+
+#[test]
+fn install_media_as_a_url_is_fetched_once_into_image_dir_and_the_guest_sees_a_second_cdrom() {
+    let Some(cluster) = Cluster::for_test("kmim", "vm-media") else {
+        return;
+    };
+    let pod = &cluster.pod;
+    let (iso, url) = served_iso(&cluster, "KVMMEDIA");
+    let name = iso
+        .file_name()
+        .expect("a name")
+        .to_string_lossy()
+        .into_owned();
+    let cached = pod.path("image").join(&name);
+    let sum = Command::new("sha256sum")
+        .arg(&iso)
+        .output()
+        .expect("sha256sum");
+    let sha256 = String::from_utf8_lossy(&sum.stdout)
+        .split_whitespace()
+        .next()
+        .expect("a digest")
+        .to_owned();
+    let env = [
+        ("INSTALL_MEDIA", url.as_str()),
+        ("INSTALL_MEDIA_SHA256", sha256.as_str()),
+    ];
+
+    // qemu-args shows where it will be: a CD-ROM from IMAGE_DIR, the URL's file name.
+    let mut args = pod.kvm_manager(&["qemu-args"], &cluster.env(&env));
+    assert_eq!(args.wait(T).code(), Some(0), "{}", args.output());
+    let out = args.output();
+    assert!(
+        out.contains(&format!(
+            "file={},if=none,id=media0,media=cdrom,readonly=on,format=raw",
+            cached.display()
+        )),
+        "{out}"
+    );
+
+    let mut vm = cluster.start(&env);
+    let cdroms = vm.wait_for_line("KVMTEST cdroms", BOOT);
+    assert!(
+        field(&cdroms, "list").contains("config-2") && field(&cdroms, "list").contains("KVMMEDIA"),
+        "{cdroms}"
+    );
+    vm.wait_for_line("KVMTEST READY", BOOT);
+    crate::vm::stop(&mut vm);
+    assert!(
+        vm.output().contains("INSTALL_MEDIA ready"),
+        "{}",
+        vm.output()
+    );
+    assert_eq!(
+        std::fs::read(&cached).expect("cached in IMAGE_DIR"),
+        std::fs::read(&iso).expect("iso")
+    );
+
+    // The second start: nothing is fetched (the image server would hold it), the same CD.
+    cluster.close_gate();
+    let mut vm = cluster.start(&env);
+    let cdroms = vm.wait_for_line("KVMTEST cdroms", BOOT);
+    assert!(field(&cdroms, "list").contains("KVMMEDIA"), "{cdroms}");
+    vm.wait_for_line("KVMTEST READY", BOOT);
+    crate::vm::stop(&mut vm);
+    cluster.open_gate();
+
+    // A wrong digest is refused before the VM starts (exit 3), and the cached copy is not used.
+    std::fs::remove_file(&cached).expect("uncache");
+    let wrong = "0".repeat(64);
+    let mut vm = cluster.start(&[
+        ("INSTALL_MEDIA", url.as_str()),
+        ("INSTALL_MEDIA_SHA256", wrong.as_str()),
+    ]);
+    assert_eq!(vm.wait(BOOT).code(), Some(3), "{}", vm.output());
+    assert!(!cached.exists(), "a mismatching download was kept");
     let _ = std::fs::remove_file(&iso);
 }
