@@ -95,11 +95,8 @@ fn an_iso_installs_onto_a_blank_disk_and_the_next_start_boots_the_disk_without_f
     let iso: PathBuf = guest_image().with_file_name(&name);
     build_iso(&work, &iso);
     let url = cluster.image_url.replace("guest.qcow2", &name);
-    let env = [
-        ("IMG_SOURCE", url.as_str()),
-        ("FIRMWARE", "uefi"),
-        ("VM_MEMORY", "512"),
-    ];
+    // FIRMWARE unset: auto reads the ISO's El Torito catalog, which boots UEFI only.
+    let env = [("IMG_SOURCE", url.as_str()), ("VM_MEMORY", "512")];
 
     // Without VM_DISK_SIZE: a clear configuration error.
     let mut vm = cluster.start(&env);
@@ -117,6 +114,12 @@ fn an_iso_installs_onto_a_blank_disk_and_the_next_start_boots_the_disk_without_f
     let done = vm.wait_for_line("KVMTEST install done", BOOT);
     assert!(field(&done, "dev").starts_with("/dev/sr"), "{done}");
     assert_eq!(vm.wait(T).code(), Some(0), "{}", vm.output());
+    let out = vm.output();
+    assert!(
+        out.contains("FIRMWARE=auto chose uefi")
+            && out.contains("an ISO whose El Torito catalog boots UEFI only"),
+        "{out}"
+    );
     let overlay = pod.path("pet/vm-inst.qcow2");
     let info = Command::new("qemu-img")
         .args(["info", "--output=json"])
