@@ -577,4 +577,28 @@ mod tests {
             "no virtiofsd in the probe: 9p"
         );
     }
+
+    #[test]
+    fn under_firmware_auto_machine_and_the_tpm_device_follow_what_the_base_boots_with() {
+        let config = config(&["--tpm", "2.0"]);
+        let decided = |detected| {
+            crate::qemu::firmware::decide(
+                &config.firmware,
+                None,
+                PathBuf::from("/pet/vm-0.vars"),
+                Some(detected),
+            )
+            .expect("a first boot")
+        };
+        let probed = host(Limits::default());
+        let uefi =
+            compose(&config, None, &probed, None, &decided(FirmwareKind::Uefi)).expect("composes");
+        assert_eq!(uefi.firmware.machine, crate::config::Machine::Q35);
+        assert!(uefi.firmware.uefi.is_some());
+        assert_eq!(uefi.tpm.expect("a TPM").device, "tpm-crb");
+        let bios =
+            compose(&config, None, &probed, None, &decided(FirmwareKind::Bios)).expect("composes");
+        assert_eq!(bios.firmware.machine, crate::config::Machine::Pc);
+        assert_eq!(bios.tpm.expect("a TPM").device, "tpm-tis");
+    }
 }
