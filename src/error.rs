@@ -205,8 +205,6 @@ fn firmware_code(error: &FirmwareError) -> u8 {
     match error {
         // The operator's setting contradicts the pet: a configuration to fix.
         FirmwareError::Changed { .. } | FirmwareError::UefiOnPc => exit::CONFIG,
-        // The base could not be read: an image problem.
-        FirmwareError::Detect { .. } => exit::IMAGE,
         FirmwareError::Missing { .. } => exit::QEMU_START,
         FirmwareError::Vars { .. } => exit::IMAGE,
     }
@@ -406,11 +404,6 @@ mod tests {
             }
             .into(),
             FirmwareError::UefiOnPc.into(),
-            FirmwareError::Detect {
-                path: "/images/base.qcow2".into(),
-                source: denied(),
-            }
-            .into(),
             TpmError::Died {
                 status: crate::pid1::ExitStatus::Signaled(nix::sys::signal::Signal::SIGKILL),
                 last_words: String::new(),
@@ -440,11 +433,6 @@ mod tests {
             Error::from(FirmwareError::UefiOnPc).exit_code(),
             exit::CONFIG
         );
-        let unreadable = FirmwareError::Detect {
-            path: "/images/base.qcow2".into(),
-            source: io::Error::from(io::ErrorKind::InvalidData),
-        };
-        assert_eq!(Error::from(unreadable).exit_code(), exit::IMAGE);
     }
 
     /// Every run of three words of `message`, lowercased, punctuation and quotes aside, that

@@ -119,13 +119,13 @@ pub(super) fn firmware(
     Ok(Some(plan))
 }
 
-/// Reads what `base` boots with, for `FIRMWARE=auto` (IO: a few sectors of the base).
-pub(super) fn detect_boot(base: &BaseImage) -> Result<Detection, FirmwareError> {
-    crate::image::boot_detect::detect(&base.path, base.format).map_err(|source| {
-        FirmwareError::Detect {
-            path: base.path.clone(),
-            source,
-        }
+/// Reads what `base` boots with, for `FIRMWARE=auto` (IO: a few sectors of the base). A base
+/// qemu can open but we cannot read gets BIOS, with a warning, rather than no VM at all.
+pub(super) fn detect_boot(base: &BaseImage) -> Detection {
+    use crate::image::boot_detect;
+    boot_detect::detect(&base.path, base.format).unwrap_or_else(|error| {
+        tracing::warn!(base = %base.path.display(), %error, "FIRMWARE=auto could not read the base image's partition table and takes bios; if it boots only under UEFI, set FIRMWARE=uefi (and FIRMWARE_RESET=1 once, on this VM)");
+        boot_detect::UNREADABLE
     })
 }
 
@@ -175,7 +175,7 @@ pub(super) fn firmware_preview(
     });
     match base {
         Some(base) => {
-            let found = detect_boot(&base)?;
+            let found = detect_boot(&base);
             firmware_detected(config, existed, record, &base.path, found)
         }
         None => {

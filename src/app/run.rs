@@ -242,7 +242,7 @@ async fn prepare(
                     return std::future::pending().await;
                 };
                 let path = base.path.clone();
-                let found = on_worker(move || launch::detect_boot(&base)).await?;
+                let found = on_worker(move || launch::detect_boot(&base)).await;
                 launch::firmware_detected(config, existed, record.as_ref(), &path, found)?
             }
         };

@@ -64,6 +64,10 @@ pub(crate) struct Detection {
     pub why: &'static str,
 }
 
+/// What a base that cannot be read (e.g. a qcow2 feature imago lacks, such as extended L2
+/// entries) is taken for: BIOS, what every VM booted before `FIRMWARE=auto` existed.
+pub(crate) const UNREADABLE: Detection = bios("the base's partition table could not be read");
+
 const fn uefi(why: &'static str) -> Detection {
     Detection { uefi: true, why }
 }

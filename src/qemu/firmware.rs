@@ -49,16 +49,6 @@ pub(crate) enum FirmwareError {
     )]
     UefiOnPc,
     #[error(
-        "could not read the base image {} to decide FIRMWARE=auto. Fix: check the image, or \
-         set FIRMWARE=bios or uefi",
-        path.display()
-    )]
-    Detect {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error(
         "the OVMF firmware file {} is missing; install Debian's ovmf package in the image",
         path.display()
     )]

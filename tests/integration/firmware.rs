@@ -373,3 +373,42 @@ fn under_firmware_auto_a_pet_that_booted_bios_stays_bios_when_its_base_becomes_u
     );
     let _ = std::fs::remove_file(image);
 }
+
+#[test]
+fn under_firmware_auto_a_base_whose_partition_table_cannot_be_read_is_bios_with_a_warning() {
+    let Some(cluster) = Cluster::for_test("kmae", "vm-el2") else {
+        return;
+    };
+    let pod = &cluster.pod;
+    // qemu opens a qcow2 with extended L2 entries; imago, which reads the partition table,
+    // does not.
+    let base = pod.path("image").join("el2.qcow2");
+    run(Command::new("qemu-img")
+        .args([
+            "convert",
+            "-f",
+            "qcow2",
+            "-O",
+            "qcow2",
+            "-o",
+            "extended_l2=on",
+        ])
+        .arg(guest_image().with_file_name("guest-uefi.qcow2"))
+        .arg(&base));
+    let target = base.display().to_string();
+    let mut args = pod.kvm_manager(
+        &["qemu-args"],
+        &cluster.env(&[("IMG_TARGET", target.as_str())]),
+    );
+    assert_eq!(args.wait(T).code(), Some(0), "{}", args.output());
+    let out = args.output();
+    assert!(
+        out.contains("could not read the base image's partition table and takes bios"),
+        "{out}"
+    );
+    assert!(out.contains("FIRMWARE=auto chose bios"), "{out}");
+    assert!(
+        out.contains("pc,accel=tcg") && !out.contains("pflash"),
+        "{out}"
+    );
+}
