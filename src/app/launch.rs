@@ -97,7 +97,7 @@ pub(super) fn probe(config: &Config, known: Option<&BaseImage>) -> Result<Probed
 
 /// The firmware of this start, from the config and what the pet state recorded (`existed`:
 /// the state file was there, so the VM booted before); `None` when `FIRMWARE=auto` must
-/// first read the base ([`firmware_from_base`]).
+/// first read the base ([`detect_boot`], [`firmware_detected`]).
 pub(super) fn firmware(
     config: &Config,
     existed: bool,
@@ -155,7 +155,7 @@ pub(super) fn firmware_detected(
     firmware::decide(&config.firmware, recorded.as_ref(), vars, Some(detected))
 }
 
-/// [`firmware`] for `qemu-args`: where `FIRMWARE=auto` still has to decide, from the base if
+/// [`firmware()`] for `qemu-args`: where `FIRMWARE=auto` still has to decide, from the base if
 /// it is already downloaded, else BIOS with a line saying the first boot decides.
 pub(super) fn firmware_preview(
     config: &Config,

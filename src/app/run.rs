@@ -206,12 +206,14 @@ async fn on_worker<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static)
     }
 }
 
-/// Everything qemu needs. After the state is decided (in memory), four things at once, because
+/// Everything qemu needs. After the state is decided (in memory), five things at once, because
 /// each mostly waits on the kernel or the network: the state file (fsynced, on a worker
-/// thread; at a first boot under `FIRMWARE=auto`, once the base says which firmware); the base image, then the pet overlay (fsynced, on another, so the two syncs
-/// overlap); the config drive (on a third); the bridge and the tap (here). The first failure
-/// ends the preparation at once, so a broken network does not wait for a download; work
-/// already on a worker thread finishes before the process exits (the runtime waits for it).
+/// thread; at a first boot under `FIRMWARE=auto`, once the base says which firmware); the base
+/// image, then the pet overlay (fsynced, on another, so the two syncs overlap); the config
+/// drive (on a third); `INSTALL_MEDIA` when it is a URL; the bridge and the tap (here). The
+/// first failure ends the preparation at once, so a broken network does not wait for a
+/// download; work already on a worker thread finishes before the process exits (the runtime
+/// waits for it).
 async fn prepare(
     config: &Config,
     target: &ImageTarget,
