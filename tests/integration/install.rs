@@ -108,18 +108,29 @@ fn an_iso_installs_onto_a_blank_disk_and_the_next_start_boots_the_disk_without_f
         "{out}"
     );
 
+    let refused = out;
+
     let mut env = env.to_vec();
     env.push(("VM_DISK_SIZE", "128M"));
     let mut vm = cluster.start(&env);
     let done = vm.wait_for_line("KVMTEST install done", BOOT);
     assert!(field(&done, "dev").starts_with("/dev/sr"), "{done}");
     assert_eq!(vm.wait(T).code(), Some(0), "{}", vm.output());
-    let out = vm.output();
+    // auto decided once: in the refused start when its state was written before the refusal
+    // ended it, else in this one.
+    let out = format!("{refused}\n{}", vm.output());
+    assert_eq!(
+        out.matches("FIRMWARE=auto chose uefi").count(),
+        1,
+        "not decided exactly once:\n{out}"
+    );
     assert!(
-        out.contains("FIRMWARE=auto chose uefi")
-            && out.contains("an ISO whose El Torito catalog boots UEFI only"),
+        out.contains("an ISO whose El Torito catalog boots UEFI only"),
         "{out}"
     );
+    let state = std::fs::read(pod.path("pet/vm-inst.state.json")).expect("state");
+    let state: serde_json::Value = serde_json::from_slice(&state).expect("json");
+    assert_eq!(state["firmware"]["firmware"], "uefi", "{state}");
     let overlay = pod.path("pet/vm-inst.qcow2");
     let info = Command::new("qemu-img")
         .args(["info", "--output=json"])
