@@ -412,3 +412,32 @@ fn under_firmware_auto_a_base_whose_partition_table_cannot_be_read_is_bios_with_
         "{out}"
     );
 }
+
+#[test]
+fn the_image_subcommand_before_the_first_boot_records_what_auto_decides() {
+    let Some(cluster) = Cluster::for_test("kmai", "vm-img") else {
+        return;
+    };
+    let pod = &cluster.pod;
+    let (image, url) = esp_only_image(&cluster, &pod.path("esp-build"));
+    let env = cluster.env(&[("IMG_SOURCE", url.as_str())]);
+    // `image` writes the pet state: without a firmware record, `run` would take it for a VM
+    // that booted BIOS before records existed.
+    let mut prefetch = pod.kvm_manager(&["image"], &env);
+    assert_eq!(prefetch.wait(T).code(), Some(0), "{}", prefetch.output());
+    assert!(
+        prefetch.output().contains("FIRMWARE=auto chose uefi"),
+        "{}",
+        prefetch.output()
+    );
+    let recorded = state(&pod.path("pet"), "vm-img");
+    assert_eq!(recorded["firmware"]["firmware"], "uefi", "{recorded}");
+    let mut args = pod.kvm_manager(&["qemu-args"], &env);
+    assert_eq!(args.wait(T).code(), Some(0), "{}", args.output());
+    let out = args.output();
+    assert!(
+        out.contains("q35,accel=tcg,pflash0=fw-code,pflash1=fw-vars"),
+        "{out}"
+    );
+    let _ = std::fs::remove_file(image);
+}
