@@ -127,7 +127,7 @@ pub(crate) fn decide_disk(head: &[u8], entries: Option<(&GptEntries, &[u8])>) ->
         _ => return bios("no partition table"),
     };
     let boot_code = mbr[..440].iter().any(|&b| b != 0);
-    let (esp, bios_boot, table) = match entries {
+    let (esp, bios_boot, gpt) = match entries {
         Some((shape, bytes)) => {
             let types: Vec<&[u8]> = bytes
                 .chunks(usize::try_from(shape.size).unwrap_or(usize::MAX))
@@ -136,16 +136,16 @@ pub(crate) fn decide_disk(head: &[u8], entries: Option<(&GptEntries, &[u8])>) ->
             (
                 types.iter().any(|t| *t == ESP),
                 types.iter().any(|t| *t == BIOS_BOOT),
-                "GPT",
+                true,
             )
         }
         None => {
             let types = || (0..4).map(|i| mbr[446 + 16 * i + 4]);
-            (types().any(|t| t == 0xEF), false, "MBR")
+            (types().any(|t| t == 0xEF), false, false)
         }
     };
     match (esp, boot_code, bios_boot) {
-        (true, false, false) if table == "GPT" => {
+        (true, false, false) if gpt => {
             uefi("a GPT disk with an EFI system partition and no BIOS boot code")
         }
         (true, false, false) => {
@@ -195,8 +195,8 @@ pub(crate) fn catalog_platforms(catalog: &[u8]) -> Vec<u8> {
     platforms
 }
 
-/// The deciding half for an ISO: `boot_record` is sector 17, `catalog` the sector it points at
-/// (`None` without a boot record).
+/// The deciding half for an ISO: `catalog` is the sector [`boot_catalog`] points at (`None`
+/// without an El Torito boot record).
 pub(crate) fn decide_iso(catalog: Option<&[u8]>) -> Detection {
     let Some(catalog) = catalog else {
         return bios("an ISO without an El Torito boot catalog");
