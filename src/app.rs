@@ -152,12 +152,25 @@ fn image(config: &Config, target: &ImageTarget) -> Result<u8, Error> {
     let (base, overlay) = runtime.block_on(async {
         let pid1 = Pid1::start()?;
         // PET_DIR exists: the owner lock created it (or failed naming PET_DIR).
-        crate::state::load_or_create(&config.pet_dir, &config.hostname, config.net.vm_mac)?;
+        let mut loaded =
+            crate::state::load(&config.pet_dir, &config.hostname, config.net.vm_mac)?;
         // Dropping the download on SIGTERM/SIGINT keeps its partial file for the next start.
         let base = tokio::select! {
             base = image::ensure_base(&config.image, target) => base?,
             signal = pid1.shutdown_requested() => return Err(ImageError::Interrupted(signal).into()),
         };
+        // The state is written with the firmware `run` will boot, decided as `run` does: a
+        // state without it means a VM that booted BIOS (see `qemu::firmware::recorded`).
+        let (existed, record) = (loaded.existed, loaded.state.firmware.clone());
+        let firmware = match launch::firmware(config, existed, record.as_ref())? {
+            Some(plan) => plan,
+            None => {
+                let found = launch::detect_boot(&base);
+                launch::firmware_detected(config, existed, record.as_ref(), &base.path, found)?
+            }
+        };
+        loaded.record_firmware(firmware.record)?;
+        loaded.persist()?;
         let overlay = image::ensure_overlay(&base, &config.overlay_path(), config.vm.disk_size)?;
         Ok::<_, Error>((base, overlay))
     })?;
@@ -228,7 +241,7 @@ fn qemu_args(config: &Config) -> Result<u8, Error> {
         )?;
         let stored = crate::state::stored(&config.pet_dir, &config.hostname)?;
         let record = stored.as_ref().and_then(|s| s.firmware.as_ref());
-        let firmware = launch::firmware(config, stored.is_some(), record)?;
+        let firmware = launch::firmware_preview(config, stored.is_some(), record)?;
         let launch = launch::decide(
             config,
             Some(&wiring),

@@ -363,14 +363,17 @@ pub struct Settings {
     #[arg(long, env = "ACCEL", global = true, default_value = "auto")]
     pub accel: String,
 
-    /// `bios` (SeaBIOS), `uefi` (OVMF with a variable store `PET_DIR/<hostname>.vars`,
+    /// `auto`, `bios` (SeaBIOS), `uefi` (OVMF with a variable store `PET_DIR/<hostname>.vars`,
     /// copied once from the template and kept) or `uefi-secure` (Secure Boot with
-    /// Microsoft's keys enrolled; q35 with SMM). Recorded at the VM's first boot; a different
-    /// value on an existing VM is refused unless FIRMWARE_RESET is set.
-    #[arg(long, env = "FIRMWARE", global = true, default_value = "bios")]
+    /// Microsoft's keys enrolled; q35 with SMM). `auto` reads the base image at the VM's first
+    /// boot: uefi for a disk with an EFI system partition and no BIOS boot code (or an ISO that
+    /// boots only UEFI), else bios. Recorded at the first boot and kept; a different value on
+    /// an existing VM is refused unless FIRMWARE_RESET is set (with `auto`, it decides again).
+    #[arg(long, env = "FIRMWARE", global = true, default_value = "auto")]
     pub firmware: String,
 
-    /// `pc` (i440fx) or `q35`. Default: `q35` with UEFI, `pc` with BIOS. UEFI needs `q35`.
+    /// `pc` (i440fx) or `q35`. Default: `q35` with UEFI, `pc` with BIOS (under FIRMWARE=auto:
+    /// what the VM first booted with). UEFI needs `q35`.
     #[arg(long, env = "MACHINE", global = true)]
     pub machine: Option<String>,
 
@@ -386,10 +389,15 @@ pub struct Settings {
     #[arg(long, env = "TPM", global = true, default_value = "none")]
     pub tpm: String,
 
-    /// Path of another ISO (e.g. a driver disk) attached as a second read-only CD-ROM, after
-    /// the installer when IMG_SOURCE is an ISO.
-    #[arg(long, env = "INSTALL_MEDIA", global = true, value_name = "PATH")]
+    /// Another ISO (e.g. a driver disk) attached as a second read-only CD-ROM, after the
+    /// installer when IMG_SOURCE is an ISO: an absolute path in the container, or an http(s)
+    /// URL fetched and cached in IMAGE_DIR (under the URL's file name) like a base image.
+    #[arg(long, env = "INSTALL_MEDIA", global = true, value_name = "PATH|URL")]
     pub install_media: Option<String>,
+
+    /// Expected sha256 (64 hex digits) of INSTALL_MEDIA as downloaded, when it is a URL.
+    #[arg(long, env = "INSTALL_MEDIA_SHA256", global = true, value_name = "HEX")]
+    pub install_media_sha256: Option<String>,
 
     /// SMBIOS system UUID (type 1) the guest sees. Default: the VM's instance id (kept in the
     /// pet state), so licensing and cloud-init see the same machine after every restart.

@@ -426,7 +426,7 @@ mod vm;
 
 pub(crate) use auth::ImageAuth;
 pub(crate) use fetch_limits::{FetchLimits, Reserve};
-pub(crate) use firmware::{Firmware, FirmwareConfig, Machine};
+pub(crate) use firmware::{Firmware, FirmwareChoice, FirmwareConfig, Machine};
 pub(crate) use shares::{GuestIoConfig, IgnitionMode, ShareTransport};
 pub(crate) use url::{redact_url, ImageUrl};
 

@@ -204,7 +204,7 @@ fn image_code(error: &ImageError) -> u8 {
 fn firmware_code(error: &FirmwareError) -> u8 {
     match error {
         // The operator's setting contradicts the pet: a configuration to fix.
-        FirmwareError::Changed { .. } => exit::CONFIG,
+        FirmwareError::Changed { .. } | FirmwareError::UefiOnPc => exit::CONFIG,
         FirmwareError::Missing { .. } => exit::QEMU_START,
         FirmwareError::Vars { .. } => exit::IMAGE,
     }
@@ -403,6 +403,7 @@ mod tests {
                 source: denied(),
             }
             .into(),
+            FirmwareError::UefiOnPc.into(),
             TpmError::Died {
                 status: crate::pid1::ExitStatus::Signaled(nix::sys::signal::Signal::SIGKILL),
                 last_words: String::new(),
@@ -428,6 +429,10 @@ mod tests {
     #[test]
     fn a_firmware_change_on_an_existing_vm_is_a_configuration_error() {
         assert_eq!(Error::from(firmware_changed()).exit_code(), exit::CONFIG);
+        assert_eq!(
+            Error::from(FirmwareError::UefiOnPc).exit_code(),
+            exit::CONFIG
+        );
     }
 
     /// Every run of three words of `message`, lowercased, punctuation and quotes aside, that

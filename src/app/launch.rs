@@ -4,8 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, DriveFormat, ShareTransport};
+use crate::config::{
+    Config, DriveFormat, Firmware as FirmwareKind, FirmwareChoice, ImageConfig, ImageSource,
+    ImageTarget, ShareTransport,
+};
 use crate::configdrive::ignition::Ignition;
+use crate::image::boot_detect::Detection;
 use crate::image::source::DiskFormat;
 use crate::image::BaseImage;
 use crate::net::Wiring;
@@ -92,15 +96,112 @@ pub(super) fn probe(config: &Config, known: Option<&BaseImage>) -> Result<Probed
 }
 
 /// The firmware of this start, from the config and what the pet state recorded (`existed`:
-/// the state file was there, so the VM booted before).
+/// the state file was there, so the VM booted before); `None` when `FIRMWARE=auto` must
+/// first read the base ([`detect_boot`], [`firmware_detected`]).
 pub(super) fn firmware(
     config: &Config,
     existed: bool,
     record: Option<&crate::state::FirmwareRecord>,
+) -> Result<Option<Plan>, FirmwareError> {
+    let recorded = firmware::recorded(existed, record);
+    if firmware::needs_detection(&config.firmware, recorded.as_ref()) {
+        return Ok(None);
+    }
+    let vars = firmware::vars_path(&config.pet_dir, &config.hostname);
+    let plan = firmware::decide(&config.firmware, recorded.as_ref(), vars, None)?;
+    if config.firmware.firmware == FirmwareChoice::Auto {
+        tracing::info!(
+            firmware = plan.record.firmware.name(),
+            machine = plan.machine.name(),
+            "FIRMWARE=auto: the firmware this VM first booted with"
+        );
+    }
+    Ok(Some(plan))
+}
+
+/// Reads what `base` boots with, for `FIRMWARE=auto` (IO: a few sectors of the base). A base
+/// qemu can open but we cannot read gets BIOS, with a warning, rather than no VM at all.
+pub(super) fn detect_boot(base: &BaseImage) -> Detection {
+    use crate::image::boot_detect;
+    boot_detect::detect(&base.path, base.format).unwrap_or_else(|error| {
+        tracing::warn!(base = %base.path.display(), %error, "FIRMWARE=auto could not read the base image's partition table and takes bios; if it boots only under UEFI, set FIRMWARE=uefi (and FIRMWARE_RESET=1 once, on this VM)");
+        boot_detect::UNREADABLE
+    })
+}
+
+/// `FIRMWARE=auto` at the first boot (or with `FIRMWARE_RESET`): decides from what the base
+/// at `base` boots with ([`detect_boot`]) and says what it chose and why.
+pub(super) fn firmware_detected(
+    config: &Config,
+    existed: bool,
+    record: Option<&crate::state::FirmwareRecord>,
+    base: &Path,
+    found: Detection,
 ) -> Result<Plan, FirmwareError> {
+    let detected = if found.uefi {
+        FirmwareKind::Uefi
+    } else {
+        FirmwareKind::Bios
+    };
+    tracing::info!(
+        firmware = detected.name(),
+        base = %base.display(),
+        why = found.why,
+        "FIRMWARE=auto chose {} from the base image; this VM keeps it from now on",
+        detected.name()
+    );
     let recorded = firmware::recorded(existed, record);
     let vars = firmware::vars_path(&config.pet_dir, &config.hostname);
-    firmware::decide(&config.firmware, recorded.as_ref(), vars)
+    firmware::decide(&config.firmware, recorded.as_ref(), vars, Some(detected))
+}
+
+/// [`firmware()`] for `qemu-args`: where `FIRMWARE=auto` still has to decide, from the base if
+/// it is already downloaded, else BIOS with a line saying the first boot decides.
+pub(super) fn firmware_preview(
+    config: &Config,
+    existed: bool,
+    record: Option<&crate::state::FirmwareRecord>,
+) -> Result<Plan, FirmwareError> {
+    if let Some(plan) = firmware(config, existed, record)? {
+        return Ok(plan);
+    }
+    let path = config
+        .image_target
+        .as_ref()
+        .map(|target| target.path(&config.image.dir));
+    let base = path.and_then(|path| match crate::image::inspect_file(&path) {
+        Ok(Ok(format)) => Some(BaseImage { path, format }),
+        _ => None,
+    });
+    match base {
+        Some(base) => {
+            let found = detect_boot(&base);
+            firmware_detected(config, existed, record, &base.path, found)
+        }
+        None => {
+            tracing::info!(
+                "FIRMWARE=auto decides at the first boot, from the base image, which is not \
+                 downloaded yet: shown as bios"
+            );
+            let recorded = firmware::recorded(existed, record);
+            let vars = firmware::vars_path(&config.pet_dir, &config.hostname);
+            firmware::decide(&config.firmware, recorded.as_ref(), vars, None)
+        }
+    }
+}
+
+/// `INSTALL_MEDIA` as a URL: fetched into `IMAGE_DIR` like a base image, with the base's
+/// download limits; `IMG_AUTH_FILE`'s credentials are the base's and stay with it.
+pub(super) fn media_fetch(config: &Config) -> Option<(ImageConfig, ImageTarget)> {
+    let fetch = config.firmware.install_media.as_ref()?.fetch.as_ref()?;
+    let image = ImageConfig {
+        source: Some(ImageSource::Url(fetch.url.clone())),
+        sha256: fetch.sha256.clone(),
+        dir: config.image.dir.clone(),
+        auth: None,
+        fetch: config.image.fetch,
+    };
+    Some((image, ImageTarget::Name(fetch.name.clone())))
 }
 
 /// Creates or reuses the UEFI variable store, and says which.
@@ -236,7 +337,13 @@ pub(super) fn compose(
             .iter()
             .filter(|_| probed.base_is_iso)
             .map(|base| base.path.clone())
-            .chain(config.firmware.install_media.clone())
+            .chain(
+                config
+                    .firmware
+                    .install_media
+                    .as_ref()
+                    .map(|m| m.path.clone()),
+            )
             .collect(),
         tpm: config.firmware.tpm.then(|| {
             crate::qemu::tpm::plan(
@@ -312,7 +419,7 @@ mod tests {
 
     fn bios() -> Plan {
         let wanted = config(&[]).firmware;
-        crate::qemu::firmware::decide(&wanted, None, PathBuf::from("/pet/vm-0.vars"))
+        crate::qemu::firmware::decide(&wanted, None, PathBuf::from("/pet/vm-0.vars"), None)
             .expect("a first boot")
     }
 
@@ -469,5 +576,29 @@ mod tests {
             },
             "no virtiofsd in the probe: 9p"
         );
+    }
+
+    #[test]
+    fn under_firmware_auto_machine_and_the_tpm_device_follow_what_the_base_boots_with() {
+        let config = config(&["--tpm", "2.0"]);
+        let decided = |detected| {
+            crate::qemu::firmware::decide(
+                &config.firmware,
+                None,
+                PathBuf::from("/pet/vm-0.vars"),
+                Some(detected),
+            )
+            .expect("a first boot")
+        };
+        let probed = host(Limits::default());
+        let uefi =
+            compose(&config, None, &probed, None, &decided(FirmwareKind::Uefi)).expect("composes");
+        assert_eq!(uefi.firmware.machine, crate::config::Machine::Q35);
+        assert!(uefi.firmware.uefi.is_some());
+        assert_eq!(uefi.tpm.expect("a TPM").device, "tpm-crb");
+        let bios =
+            compose(&config, None, &probed, None, &decided(FirmwareKind::Bios)).expect("composes");
+        assert_eq!(bios.firmware.machine, crate::config::Machine::Pc);
+        assert_eq!(bios.tpm.expect("a TPM").device, "tpm-tis");
     }
 }

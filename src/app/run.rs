@@ -206,12 +206,14 @@ async fn on_worker<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static)
     }
 }
 
-/// Everything qemu needs. After the state is decided (in memory), four things at once, because
+/// Everything qemu needs. After the state is decided (in memory), five things at once, because
 /// each mostly waits on the kernel or the network: the state file (fsynced, on a worker
-/// thread); the base image, then the pet overlay (fsynced, on another, so the two syncs
-/// overlap); the config drive (on a third); the bridge and the tap (here). The first failure
-/// ends the preparation at once, so a broken network does not wait for a download; work
-/// already on a worker thread finishes before the process exits (the runtime waits for it).
+/// thread; at a first boot under `FIRMWARE=auto`, once the base says which firmware); the base
+/// image, then the pet overlay (fsynced, on another, so the two syncs overlap); the config
+/// drive (on a third); `INSTALL_MEDIA` when it is a URL; the bridge and the tap (here). The
+/// first failure ends the preparation at once, so a broken network does not wait for a
+/// download; work already on a worker thread finishes before the process exits (the runtime
+/// waits for it).
 async fn prepare(
     config: &Config,
     target: &ImageTarget,
@@ -222,23 +224,47 @@ async fn prepare(
         source,
     })?;
     let mut loaded = state::load(&config.pet_dir, &config.hostname, config.net.vm_mac)?;
-    let firmware = launch::firmware(config, loaded.existed, loaded.state.firmware.as_ref())?;
-    loaded.record_firmware(firmware.record.clone())?;
+    let existed = loaded.existed;
+    let record = loaded.state.firmware.clone();
+    // `None`: FIRMWARE=auto decides from the base, once it is here.
+    let decided = launch::firmware(config, existed, record.as_ref())?;
     let (mac, state) = (loaded.state.mac(), loaded.state.clone());
     let instance_id = state.instance_id.clone();
 
     let queues = launch::nic_queues(config)?;
-    // The variable store after the state: a store whose record is lost would be re-created.
-    let uefi = firmware.uefi.clone();
-    let state_saved = on_worker(move || {
-        loaded.persist()?;
-        if let Some((uefi, action)) = uefi {
-            launch::prepare_vars(&uefi, action)?;
-        }
-        Ok::<_, Error>(())
-    });
+    let (base_ready, base_known) = tokio::sync::oneshot::channel::<image::BaseImage>();
+    // The state is written with its firmware record, never without: a state without one
+    // means a VM that booted BIOS (see `qemu::firmware::recorded`).
+    let state_saved = async {
+        let firmware = match decided {
+            Some(plan) => plan,
+            None => {
+                // The sender is dropped only when the disk failed, and its error ends `prepare`.
+                let Ok(base) = base_known.await else {
+                    return std::future::pending().await;
+                };
+                let path = base.path.clone();
+                let found = on_worker(move || launch::detect_boot(&base)).await;
+                launch::firmware_detected(config, existed, record.as_ref(), &path, found)?
+            }
+        };
+        loaded.record_firmware(firmware.record.clone())?;
+        // The variable store after the state: a store whose record is lost would be re-created.
+        let uefi = firmware.uefi.clone();
+        on_worker(move || {
+            loaded.persist()?;
+            if let Some((uefi, action)) = uefi {
+                launch::prepare_vars(&uefi, action)?;
+            }
+            Ok::<_, Error>(())
+        })
+        .await?;
+        Ok::<_, Error>(firmware)
+    };
     let disk = async {
         let base = timed("image", image::ensure_base(&config.image, target)).await?;
+        // Nobody waits when the firmware was already decided.
+        let _ = base_ready.send(base.clone());
         let overlay_path = config.overlay_path();
         let disk_size = config.vm.disk_size;
         on_worker(move || {
@@ -265,6 +291,14 @@ async fn prepare(
             Ok::<_, Error>(ignition)
         })
     };
+    // INSTALL_MEDIA as a URL: fetched beside the base, at the same time.
+    let media = async {
+        if let Some((image, target)) = launch::media_fetch(config) {
+            let media = image::ensure_media(&image, &target).await?;
+            tracing::info!(path = %media.path.display(), "INSTALL_MEDIA ready");
+        }
+        Ok::<_, Error>(())
+    };
     let network = async {
         let wiring = timed(
             "network",
@@ -281,7 +315,8 @@ async fn prepare(
         }
         Ok::<_, Error>(wiring)
     };
-    let ((), base, ignition, wiring) = tokio::try_join!(state_saved, disk, drive, network)?;
+    let (firmware, base, ignition, wiring, ()) =
+        tokio::try_join!(state_saved, disk, drive, network, media)?;
     let launch = launch::decide(
         config,
         Some(&wiring),

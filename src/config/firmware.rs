@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{choice, invalid, non_empty, ConfigError};
+use super::{choice, invalid, non_empty, ConfigError, ImageUrl, COMPRESSION_SUFFIXES};
 use crate::cli::Settings;
 
 /// `FIRMWARE`: SeaBIOS or OVMF.
@@ -48,22 +48,116 @@ impl Machine {
     }
 }
 
+/// `FIRMWARE` as asked: `auto` is resolved at the VM's first boot, from its base image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirmwareChoice {
+    Auto,
+    Only(Firmware),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FirmwareConfig {
-    pub firmware: Firmware,
-    /// `MACHINE`, resolved: `q35` for UEFI and `pc` for BIOS unless set.
-    pub machine: Machine,
+    pub firmware: FirmwareChoice,
+    /// `MACHINE`, when set; else it follows the resolved firmware (`q35` for UEFI, `pc` for
+    /// BIOS) or, under `FIRMWARE=auto`, what the VM first booted with.
+    pub machine: Option<Machine>,
     /// `FIRMWARE_RESET`: accept a firmware or machine different from the recorded one, and
     /// re-create the UEFI variable store.
     pub reset: bool,
     /// `TPM=2.0`: a software TPM (swtpm) with its state in the pet volume.
     pub tpm: bool,
     /// `INSTALL_MEDIA`: another ISO (e.g. a driver disk) as a second read-only CD-ROM.
-    pub install_media: Option<std::path::PathBuf>,
+    pub install_media: Option<InstallMedia>,
     /// `VM_UUID`: the SMBIOS system UUID; default: the pet state's instance id.
     pub uuid: Option<uuid::Uuid>,
     /// `VM_SERIAL`: the SMBIOS system serial number; default: the pet state's instance id.
     pub serial: Option<String>,
+}
+
+/// `INSTALL_MEDIA`: a path in the container, or an http(s) URL fetched into `IMAGE_DIR`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallMedia {
+    /// Where qemu opens it: the path given, or `IMAGE_DIR/<the URL's file name>`.
+    pub path: std::path::PathBuf,
+    /// A URL: fetched, verified and cached there the way a base image is.
+    pub fetch: Option<MediaFetch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaFetch {
+    pub url: ImageUrl,
+    /// The file name in `IMAGE_DIR`: the URL's last segment, minus a compression suffix.
+    pub name: String,
+    /// `INSTALL_MEDIA_SHA256`, lowercase hex.
+    pub sha256: Option<String>,
+}
+
+fn parse_install_media(settings: &Settings) -> Result<Option<InstallMedia>, ConfigError> {
+    let sha256 = non_empty(&settings.install_media_sha256)
+        .map(|raw| super::image::parse_sha256_of("INSTALL_MEDIA_SHA256", raw))
+        .transpose()?;
+    let Some(raw) = non_empty(&settings.install_media) else {
+        return match sha256 {
+            Some(_) => Err(invalid(
+                "INSTALL_MEDIA_SHA256",
+                settings.install_media_sha256.as_deref().unwrap_or_default(),
+                "INSTALL_MEDIA is not set",
+                "set INSTALL_MEDIA to the ISO's URL, or unset INSTALL_MEDIA_SHA256",
+            )),
+            None => Ok(None),
+        };
+    };
+    const FIX: &str = "give an http(s) URL of the ISO, or its absolute path in the container \
+                       (e.g. a volume mounted at /media)";
+    if raw.starts_with('/') {
+        if sha256.is_some() {
+            return Err(invalid(
+                "INSTALL_MEDIA_SHA256",
+                settings.install_media_sha256.as_deref().unwrap_or_default(),
+                "INSTALL_MEDIA is a path, which is not fetched",
+                "unset INSTALL_MEDIA_SHA256, or make INSTALL_MEDIA a URL",
+            ));
+        }
+        return Ok(Some(InstallMedia {
+            path: std::path::PathBuf::from(raw),
+            fetch: None,
+        }));
+    }
+    if !raw.contains("://") {
+        return Err(invalid("INSTALL_MEDIA", raw, "not an absolute path", FIX));
+    }
+    let shown = super::url::redact_raw(raw);
+    let url = url::Url::parse(raw)
+        .map_err(|e| invalid("INSTALL_MEDIA", &shown, format!("not a URL ({e})"), FIX))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(invalid(
+            "INSTALL_MEDIA",
+            &shown,
+            "not an http(s) URL with a host",
+            FIX,
+        ));
+    }
+    let url = ImageUrl::new(url);
+    let segment = url.last_segment();
+    let name = COMPRESSION_SUFFIXES
+        .iter()
+        .find_map(|suffix| segment.strip_suffix(suffix))
+        .unwrap_or(segment)
+        .to_owned();
+    super::image::check_file_name(&name).map_err(|reason| {
+        invalid(
+            "INSTALL_MEDIA",
+            &shown,
+            format!(
+                "cannot derive the file name in IMAGE_DIR from it: the last path segment {reason}"
+            ),
+            "use a URL whose last path segment names the file, e.g. https://host/drivers.iso",
+        )
+    })?;
+    Ok(Some(InstallMedia {
+        path: settings.image_dir.join(&name),
+        fetch: Some(MediaFetch { url, name, sha256 }),
+    }))
 }
 
 pub(super) fn parse_firmware(settings: &Settings) -> Result<FirmwareConfig, ConfigError> {
@@ -71,21 +165,23 @@ pub(super) fn parse_firmware(settings: &Settings) -> Result<FirmwareConfig, Conf
         "FIRMWARE",
         &settings.firmware,
         &[
-            ("bios", Firmware::Bios),
-            ("uefi", Firmware::Uefi),
-            ("uefi-secure", Firmware::UefiSecure),
+            ("auto", FirmwareChoice::Auto),
+            ("bios", FirmwareChoice::Only(Firmware::Bios)),
+            ("uefi", FirmwareChoice::Only(Firmware::Uefi)),
+            ("uefi-secure", FirmwareChoice::Only(Firmware::UefiSecure)),
         ],
     )?;
-    let machine = match non_empty(&settings.machine) {
-        Some(raw) => choice(
-            "MACHINE",
-            raw,
-            &[("pc", Machine::Pc), ("q35", Machine::Q35)],
-        )?,
-        None if firmware == Firmware::Bios => Machine::Pc,
-        None => Machine::Q35,
-    };
-    if firmware != Firmware::Bios && machine == Machine::Pc {
+    let machine = non_empty(&settings.machine)
+        .map(|raw| {
+            choice(
+                "MACHINE",
+                raw,
+                &[("pc", Machine::Pc), ("q35", Machine::Q35)],
+            )
+        })
+        .transpose()?;
+    let uefi = matches!(firmware, FirmwareChoice::Only(f) if f != Firmware::Bios);
+    if uefi && machine == Some(Machine::Pc) {
         // OVMF leaves the PIIX IDE controller of `pc` unused, so the config drive (an IDE
         // cdrom) would be invisible to a UEFI guest.
         return Err(invalid(
@@ -96,18 +192,7 @@ pub(super) fn parse_firmware(settings: &Settings) -> Result<FirmwareConfig, Conf
         ));
     }
     let tpm = choice("TPM", &settings.tpm, &[("none", false), ("2.0", true)])?;
-    let install_media = match non_empty(&settings.install_media) {
-        Some(raw) if raw.starts_with('/') => Some(std::path::PathBuf::from(raw)),
-        Some(raw) => {
-            return Err(invalid(
-                "INSTALL_MEDIA",
-                raw,
-                "not an absolute path",
-                "give the path of an ISO in the container, e.g. a volume mounted at /media",
-            ))
-        }
-        None => None,
-    };
+    let install_media = parse_install_media(settings)?;
     let uuid = non_empty(&settings.vm_uuid)
         .map(|raw| {
             uuid::Uuid::parse_str(raw).map_err(|e| {
@@ -158,23 +243,23 @@ mod tests {
     }
 
     #[test]
-    fn bios_on_pc_is_the_default_and_uefi_defaults_to_q35() {
+    fn auto_is_the_default_and_machine_follows_the_firmware_unless_set() {
         let default = parse(&[]).expect("valid");
         assert_eq!(
             (default.firmware, default.machine),
-            (Firmware::Bios, Machine::Pc)
+            (FirmwareChoice::Auto, None)
         );
         assert!(!default.reset);
         let uefi = parse(&["--firmware", "UEFI"]).expect("valid");
-        assert_eq!(
-            (uefi.firmware, uefi.machine),
-            (Firmware::Uefi, Machine::Q35)
-        );
+        assert_eq!(uefi.firmware, FirmwareChoice::Only(Firmware::Uefi));
         let secure = parse(&["--firmware", "uefi-secure"]).expect("valid");
-        assert_eq!(secure.machine, Machine::Q35);
+        assert_eq!(secure.firmware, FirmwareChoice::Only(Firmware::UefiSecure));
         assert!(parse(&["--firmware", "uefi-secure", "--machine", "pc"]).is_err());
-        let bios_q35 = parse(&["--machine", "q35"]).expect("valid");
-        assert_eq!(bios_q35.machine, Machine::Q35);
+        let bios_q35 = parse(&["--firmware", "bios", "--machine", "q35"]).expect("valid");
+        assert_eq!(bios_q35.machine, Some(Machine::Q35));
+        // Under auto, pc is refused only if the base turns out to be UEFI-only.
+        let auto_pc = parse(&["--machine", "pc"]).expect("valid");
+        assert_eq!(auto_pc.machine, Some(Machine::Pc));
     }
 
     #[test]
@@ -192,13 +277,71 @@ mod tests {
         let media = parse(&["--install-media", "/media/drivers.iso"]).expect("valid");
         assert_eq!(
             media.install_media,
-            Some(std::path::PathBuf::from("/media/drivers.iso"))
+            Some(InstallMedia {
+                path: std::path::PathBuf::from("/media/drivers.iso"),
+                fetch: None
+            })
         );
         let err = parse(&["--install-media", "drivers.iso"]).expect_err("relative");
         assert!(
             err.to_string().contains("INSTALL_MEDIA (--install-media)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn install_media_may_be_a_url_fetched_into_image_dir() {
+        let digest = "AB".repeat(32);
+        let media = parse(&[
+            "--install-media",
+            "https://mirror.example/virtio/drivers.iso.gz?x=1",
+            "--install-media-sha256",
+            &digest,
+            "--image-dir",
+            "/images",
+        ])
+        .expect("valid")
+        .install_media
+        .expect("set");
+        assert_eq!(media.path, std::path::PathBuf::from("/images/drivers.iso"));
+        let fetch = media.fetch.expect("a URL");
+        assert_eq!(fetch.name, "drivers.iso");
+        assert_eq!(fetch.sha256, Some("ab".repeat(32)));
+        for (args, var) in [
+            (
+                &["--install-media", "ftp://host/a.iso"][..],
+                "INSTALL_MEDIA (--install-media)",
+            ),
+            (
+                &["--install-media", "https://host/"],
+                "INSTALL_MEDIA (--install-media)",
+            ),
+            (
+                &[
+                    "--install-media",
+                    "https://host/a.iso",
+                    "--install-media-sha256",
+                    "12",
+                ],
+                "INSTALL_MEDIA_SHA256 (--install-media-sha256)",
+            ),
+            (
+                &["--install-media-sha256", &digest],
+                "INSTALL_MEDIA_SHA256 (--install-media-sha256)",
+            ),
+            (
+                &[
+                    "--install-media",
+                    "/media/a.iso",
+                    "--install-media-sha256",
+                    &digest,
+                ],
+                "INSTALL_MEDIA_SHA256 (--install-media-sha256)",
+            ),
+        ] {
+            let err = parse(args).expect_err("refused");
+            assert!(err.to_string().contains(var), "{args:?}: {err}");
+        }
     }
 
     #[test]

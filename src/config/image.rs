@@ -137,7 +137,7 @@ fn default_target(source: &ImageSource) -> Result<String, ConfigError> {
     })
 }
 
-fn check_file_name(name: &str) -> Result<&str, &'static str> {
+pub(super) fn check_file_name(name: &str) -> Result<&str, &'static str> {
     if name.is_empty() {
         Err("is empty")
     } else if name.contains('/') {
@@ -184,6 +184,11 @@ fn parse_target(raw: &str, image_dir: &Path) -> Result<ImageTarget, ConfigError>
 }
 
 fn parse_sha256(raw: &str) -> Result<String, ConfigError> {
+    parse_sha256_of("IMG_SHA256", raw)
+}
+
+/// A sha256 digest in `var` (also `INSTALL_MEDIA_SHA256`).
+pub(super) fn parse_sha256_of(var: &'static str, raw: &str) -> Result<String, ConfigError> {
     let hex = raw
         .strip_prefix("sha256:")
         .unwrap_or(raw)
@@ -192,7 +197,7 @@ fn parse_sha256(raw: &str) -> Result<String, ConfigError> {
         Ok(hex)
     } else {
         Err(invalid(
-            "IMG_SHA256",
+            var,
             raw,
             format!("expected 64 hex digits, got {} characters", hex.len()),
             "paste the output of `sha256sum` for the file as downloaded, or unset it",

@@ -12,6 +12,7 @@
 //!
 //! [`ensure_overlay`]: see [`overlay`].
 
+pub(crate) mod boot_detect;
 mod error;
 pub(crate) mod fetch;
 pub(crate) mod iso_detect;
@@ -88,6 +89,15 @@ pub(crate) async fn ensure_base(
     let result = fetch_base(image, target).await;
     image_state(if result.is_ok() { "ready" } else { "failed" });
     result
+}
+
+/// Another image fetched beside the base (`INSTALL_MEDIA` as a URL): the same lock, resume,
+/// verification and cache in `IMAGE_DIR`, without the base's image-state metric.
+pub(crate) async fn ensure_media(
+    image: &ImageConfig,
+    target: &ImageTarget,
+) -> Result<BaseImage, ImageError> {
+    fetch_base(image, target).await
 }
 
 fn image_state(state: &'static str) {

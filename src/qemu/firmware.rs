@@ -7,11 +7,15 @@
 //! plan's variable store: `PET_DIR/<hostname>.vars` is copied once from Debian's OVMF template
 //! (temporary name, fsync, rename) and then always reused, so boot entries and variables the
 //! guest writes survive restarts and rescheduling with the pet volume.
+//!
+//! `FIRMWARE=auto` (the default) is resolved here too, once: at the first boot (or with
+//! `FIRMWARE_RESET`) from what the base boots with ([`crate::image::boot_detect`]), later from
+//! the record, so that a VM never changes firmware because its base image did.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::config::{Firmware, FirmwareConfig, Hostname, Machine};
+use crate::config::{Firmware, FirmwareChoice, FirmwareConfig, Hostname, Machine};
 use crate::state::FirmwareRecord;
 
 /// Debian's `ovmf` package.
@@ -38,6 +42,12 @@ pub(crate) enum FirmwareError {
         recorded: FirmwareRecord,
         wanted: FirmwareRecord,
     },
+    #[error(
+        "FIRMWARE=auto chose UEFI for this base image, but MACHINE=pc is set and UEFI does not \
+         see pc's IDE controller, where the config drive sits. Fix: unset MACHINE (or set \
+         MACHINE=q35), or set FIRMWARE=bios"
+    )]
+    UefiOnPc,
     #[error(
         "the OVMF firmware file {} is missing; install Debian's ovmf package in the image",
         path.display()
@@ -103,14 +113,43 @@ pub(crate) fn vars_path(pet_dir: &Path, hostname: &Hostname) -> PathBuf {
     pet_dir.join(format!("{hostname}.vars"))
 }
 
-/// Decides the firmware of this start. `recorded`: see [`recorded`].
+/// Whether this start must read the base to resolve `FIRMWARE=auto`: at the VM's first boot,
+/// or when `FIRMWARE_RESET` asks for a fresh decision.
+pub(crate) fn needs_detection(wanted: &FirmwareConfig, recorded: Option<&FirmwareRecord>) -> bool {
+    wanted.firmware == FirmwareChoice::Auto && (recorded.is_none() || wanted.reset)
+}
+
+fn default_machine(firmware: Firmware) -> Machine {
+    match firmware {
+        Firmware::Bios => Machine::Pc,
+        Firmware::Uefi | Firmware::UefiSecure => Machine::Q35,
+    }
+}
+
+/// Decides the firmware of this start. `recorded`: see [`recorded`]. `detected`: what the
+/// base boots with, when [`needs_detection`] (`None` there means BIOS: `qemu-args` before the
+/// base is downloaded, which says so).
 pub(crate) fn decide(
     wanted: &FirmwareConfig,
     recorded: Option<&FirmwareRecord>,
     vars: PathBuf,
+    detected: Option<Firmware>,
 ) -> Result<Plan, FirmwareError> {
+    let (firmware, machine) = match (wanted.firmware, recorded, detected) {
+        (FirmwareChoice::Only(f), _, _) => (f, default_machine(f)),
+        // auto on a VM that booted before: what it booted with, board included.
+        (FirmwareChoice::Auto, Some(r), _) if !needs_detection(wanted, recorded) => {
+            (r.firmware, r.machine)
+        }
+        (FirmwareChoice::Auto, _, Some(f)) => (f, default_machine(f)),
+        (FirmwareChoice::Auto, _, None) => (Firmware::Bios, Machine::Pc),
+    };
+    let machine = wanted.machine.unwrap_or(machine);
+    if firmware != Firmware::Bios && machine == Machine::Pc {
+        return Err(FirmwareError::UefiOnPc);
+    }
     let ovmf = Path::new(OVMF_DIR);
-    let secure = wanted.firmware == Firmware::UefiSecure;
+    let secure = firmware == Firmware::UefiSecure;
     let (code, template) = if secure {
         (OVMF_CODE_SECURE, OVMF_VARS_SECURE)
     } else {
@@ -118,9 +157,9 @@ pub(crate) fn decide(
     };
     let template = ovmf.join(template);
     let record = FirmwareRecord {
-        firmware: wanted.firmware,
-        machine: wanted.machine,
-        vars_template: (wanted.firmware != Firmware::Bios).then(|| template.clone()),
+        firmware,
+        machine,
+        vars_template: (firmware != Firmware::Bios).then(|| template.clone()),
     };
     let same = |r: &FirmwareRecord| r.firmware == record.firmware && r.machine == record.machine;
     let record = match recorded {
@@ -184,8 +223,8 @@ mod tests {
 
     fn wanted(firmware: Firmware, machine: Machine, reset: bool) -> FirmwareConfig {
         FirmwareConfig {
-            firmware,
-            machine,
+            firmware: FirmwareChoice::Only(firmware),
+            machine: Some(machine),
             reset,
             tpm: false,
             install_media: None,
@@ -200,8 +239,13 @@ mod tests {
 
     #[test]
     fn a_first_uefi_boot_records_uefi_q35_and_its_template() {
-        let plan =
-            decide(&wanted(Firmware::Uefi, Machine::Q35, false), None, vars()).expect("decided");
+        let plan = decide(
+            &wanted(Firmware::Uefi, Machine::Q35, false),
+            None,
+            vars(),
+            None,
+        )
+        .expect("decided");
         assert_eq!(plan.record.firmware, Firmware::Uefi);
         assert_eq!(plan.machine, Machine::Q35);
         let (uefi, action) = plan.uefi.expect("uefi");
@@ -219,6 +263,7 @@ mod tests {
             &wanted(Firmware::UefiSecure, Machine::Q35, false),
             None,
             vars(),
+            None,
         )
         .expect("decided");
         let (uefi, _) = plan.uefi.expect("uefi");
@@ -236,7 +281,8 @@ mod tests {
             decide(
                 &wanted(Firmware::Uefi, Machine::Q35, false),
                 Some(&plan.record),
-                vars()
+                vars(),
+                None
             ),
             Err(FirmwareError::Changed { .. })
         ));
@@ -251,6 +297,7 @@ mod tests {
             &wanted(Firmware::Uefi, Machine::Q35, false),
             Some(&old),
             vars(),
+            None,
         )
         .expect_err("refused");
         let text = err.to_string();
@@ -260,9 +307,88 @@ mod tests {
             &wanted(Firmware::Bios, Machine::Pc, false),
             Some(&old),
             vars(),
+            None,
         )
         .expect("same as before");
         assert_eq!(plan.uefi, None);
+    }
+
+    fn auto(machine: Option<Machine>, reset: bool) -> FirmwareConfig {
+        FirmwareConfig {
+            firmware: FirmwareChoice::Auto,
+            machine,
+            ..wanted(Firmware::Bios, Machine::Pc, reset)
+        }
+    }
+
+    #[test]
+    fn auto_decides_from_the_base_at_the_first_boot_only() {
+        assert!(needs_detection(&auto(None, false), None));
+        let uefi = decide(&auto(None, false), None, vars(), Some(Firmware::Uefi)).expect("uefi");
+        assert_eq!(
+            (uefi.record.firmware, uefi.machine),
+            (Firmware::Uefi, Machine::Q35)
+        );
+        assert!(uefi.uefi.is_some());
+        let bios = decide(&auto(None, false), None, vars(), Some(Firmware::Bios)).expect("bios");
+        assert_eq!(
+            (bios.record.firmware, bios.machine),
+            (Firmware::Bios, Machine::Pc)
+        );
+        // Later starts keep the record, whatever the base says now.
+        assert!(!needs_detection(&auto(None, false), Some(&bios.record)));
+        let kept = decide(
+            &auto(None, false),
+            Some(&bios.record),
+            vars(),
+            Some(Firmware::Uefi),
+        )
+        .expect("kept");
+        assert_eq!(kept.record, bios.record);
+        assert_eq!(kept.uefi, None);
+        let kept = decide(&auto(None, false), Some(&uefi.record), vars(), None).expect("kept");
+        assert_eq!(kept.record, uefi.record);
+    }
+
+    #[test]
+    fn auto_keeps_an_old_pet_on_bios_and_a_reset_decides_again() {
+        let old = recorded(true, None).expect("an existing pet");
+        let plan = decide(&auto(None, false), Some(&old), vars(), None).expect("kept");
+        assert_eq!(
+            (plan.record.firmware, plan.machine),
+            (Firmware::Bios, Machine::Pc)
+        );
+        assert!(needs_detection(&auto(None, true), Some(&old)));
+        let plan =
+            decide(&auto(None, true), Some(&old), vars(), Some(Firmware::Uefi)).expect("reset");
+        assert_eq!(plan.record.firmware, Firmware::Uefi);
+        assert_eq!(plan.uefi.expect("uefi").1, VarsAction::Recreate);
+    }
+
+    #[test]
+    fn under_auto_machine_follows_the_firmware_and_uefi_on_pc_is_refused() {
+        let plan = decide(
+            &auto(Some(Machine::Q35), false),
+            None,
+            vars(),
+            Some(Firmware::Bios),
+        )
+        .expect("bios on q35");
+        assert_eq!(plan.machine, Machine::Q35);
+        let err = decide(
+            &auto(Some(Machine::Pc), false),
+            None,
+            vars(),
+            Some(Firmware::Uefi),
+        )
+        .expect_err("uefi on pc");
+        assert!(err.to_string().contains("MACHINE=q35"), "{err}");
+        // A MACHINE different from the recorded board is a change, as with any FIRMWARE.
+        let old = recorded(true, None).expect("an existing pet");
+        assert!(matches!(
+            decide(&auto(Some(Machine::Q35), false), Some(&old), vars(), None),
+            Err(FirmwareError::Changed { .. })
+        ));
     }
 
     #[test]
@@ -276,7 +402,8 @@ mod tests {
             decide(
                 &wanted(Firmware::Bios, Machine::Q35, false),
                 Some(&old),
-                vars()
+                vars(),
+                None
             ),
             Err(FirmwareError::Changed { .. })
         ));
@@ -289,6 +416,7 @@ mod tests {
             &wanted(Firmware::Uefi, Machine::Q35, true),
             Some(&old),
             vars(),
+            None,
         )
         .expect("accepted");
         assert_eq!(plan.record.firmware, Firmware::Uefi);
@@ -306,6 +434,7 @@ mod tests {
             &wanted(Firmware::Uefi, Machine::Q35, false),
             Some(&old),
             vars(),
+            None,
         )
         .expect("same");
         assert_eq!(plan.record, old);

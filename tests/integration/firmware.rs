@@ -1,11 +1,14 @@
 //! UEFI firmware (issue 20): the UEFI test guest boots with `FIRMWARE=uefi` on q35, reads its
 //! config drive, and a variable it writes is still there after a container restart; the
 //! firmware a VM first booted with is kept, and a change is refused with exit 2 unless
-//! `FIRMWARE_RESET=1`.
+//! `FIRMWARE_RESET=1`. `FIRMWARE=auto` (the default) decides at the first boot from the base
+//! image: an ESP-only GPT disk boots OVMF on q35, the (hybrid) test guest SeaBIOS on pc, and a
+//! pet that booted BIOS stays BIOS when its base becomes UEFI-only.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
-use crate::vm::{field, stop, Cluster, BOOT, T};
+use crate::vm::{field, guest_image, stop, Cluster, BOOT, T};
 
 /// A configuration error.
 const CONFIG: i32 = 2;
@@ -200,4 +203,241 @@ fn the_smbios_uuid_and_serial_default_to_the_instance_id_and_follow_vm_uuid_and_
     assert_eq!(field(&smbios, "serial"), "SN-0001", "{smbios}");
     vm.wait_for_line("KVMTEST READY", BOOT);
     stop(&mut vm);
+}
+
+fn run(command: &mut Command) {
+    let out = command.output().expect("run a tool");
+    assert!(
+        out.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A UEFI-only disk beside the test guest, served by the image server: a GPT (protective MBR
+/// without boot code) whose one partition, an EFI system partition, holds the UEFI test
+/// guest's FAT filesystem (systemd-boot as `\EFI\BOOT\BOOTX64.EFI`). The UEFI test guest
+/// itself is a FAT superfloppy with syslinux's boot code too: hybrid, so `auto` gives it BIOS.
+/// Returns its path and URL; the caller removes it.
+fn esp_only_image(cluster: &Cluster, work: &Path) -> (PathBuf, String) {
+    std::fs::create_dir_all(work).expect("work dir");
+    let fs = work.join("esp.raw");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "qcow2", "-O", "raw"])
+        .arg(guest_image().with_file_name("guest-uefi.qcow2"))
+        .arg(&fs));
+    let sectors = std::fs::metadata(&fs).expect("esp").len() / 512;
+    let disk = work.join("disk.raw");
+    // 1 MiB before the partition, 1 MiB after it for the backup GPT.
+    std::fs::File::create(&disk)
+        .and_then(|f| f.set_len((sectors + 4096) * 512))
+        .expect("disk");
+    run(Command::new("sgdisk")
+        .arg(format!("--new=1:2048:{}", 2048 + sectors - 1))
+        .arg("--typecode=1:EF00")
+        .arg(&disk));
+    run(Command::new("dd")
+        .arg(format!("if={}", fs.display()))
+        .arg(format!("of={}", disk.display()))
+        .args(["bs=512", "seek=2048", "conv=notrunc", "status=none"]));
+    let name = format!("guest-esp-{}.qcow2", std::process::id());
+    let image = guest_image().with_file_name(&name);
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&disk)
+        .arg(&image));
+    (image, cluster.image_url.replace("guest.qcow2", &name))
+}
+
+#[test]
+fn under_firmware_auto_an_esp_only_disk_boots_uefi_on_q35_and_the_state_records_it() {
+    let Some(cluster) = Cluster::for_test("kmau", "vm-auto") else {
+        return;
+    };
+    let (image, url) = esp_only_image(&cluster, &cluster.pod.path("esp-build"));
+    let env = [("IMG_SOURCE", url.as_str())];
+    let mut vm = cluster.start(&env);
+    // Only a guest under UEFI prints this line.
+    let efi = vm.wait_for_line("KVMTEST efi ", BOOT);
+    assert_eq!(field(&efi, "secureboot"), "0", "{efi}");
+    let drive = vm.wait_for_line("KVMTEST configdrive", BOOT);
+    assert_eq!(field(&drive, "label"), "config-2", "{drive}");
+    vm.wait_for_line("KVMTEST READY", BOOT);
+    stop(&mut vm);
+    let out = vm.output();
+    assert!(
+        out.contains("FIRMWARE=auto chose uefi")
+            && out.contains("a GPT disk with an EFI system partition and no BIOS boot code"),
+        "{out}"
+    );
+    let pet = cluster.pod.path("pet");
+    let recorded = state(&pet, "vm-auto");
+    assert_eq!(recorded["firmware"]["firmware"], "uefi", "{recorded}");
+    assert_eq!(recorded["firmware"]["machine"], "q35", "{recorded}");
+    assert!(pet.join("vm-auto.vars").exists(), "no variable store");
+
+    // The next start keeps it without reading the base again.
+    let mut args = cluster.pod.kvm_manager(&["qemu-args"], &cluster.env(&env));
+    assert_eq!(args.wait(T).code(), Some(0), "{}", args.output());
+    let out = args.output();
+    assert!(
+        out.contains("q35,accel=tcg,pflash0=fw-code,pflash1=fw-vars"),
+        "{out}"
+    );
+    assert!(
+        out.contains("the firmware this VM first booted with"),
+        "{out}"
+    );
+    let _ = std::fs::remove_file(image);
+}
+
+#[test]
+fn under_firmware_auto_the_hybrid_test_guest_boots_bios_on_pc_and_the_state_records_it() {
+    let Some(cluster) = Cluster::for_test("kmab", "vm-autob") else {
+        return;
+    };
+    let mut vm = cluster.boot(&[]);
+    stop(&mut vm);
+    let out = vm.output();
+    assert!(!out.contains("KVMTEST efi "), "booted UEFI:\n{out}");
+    assert!(
+        out.contains("FIRMWARE=auto chose bios") && out.contains("the MBR holds BIOS boot code"),
+        "{out}"
+    );
+    let recorded = state(&cluster.pod.path("pet"), "vm-autob");
+    assert_eq!(recorded["firmware"]["firmware"], "bios", "{recorded}");
+    assert_eq!(recorded["firmware"]["machine"], "pc", "{recorded}");
+    assert!(!cluster.pod.path("pet/vm-autob.vars").exists());
+}
+
+#[test]
+fn under_firmware_auto_a_pet_that_booted_bios_stays_bios_when_its_base_becomes_uefi_only() {
+    let Some(cluster) = Cluster::for_test("kmak", "vm-keep") else {
+        return;
+    };
+    let pod = &cluster.pod;
+    let (image, url) = esp_only_image(&cluster, &pod.path("esp-build"));
+    let env = cluster.env(&[("IMG_SOURCE", url.as_str()), ("SHUTDOWN_TIMEOUT", "1s")]);
+    let qemu_args = || {
+        let mut args = pod.kvm_manager(&["qemu-args"], &env);
+        assert_eq!(args.wait(T).code(), Some(0), "{}", args.output());
+        args.output()
+    };
+
+    // qemu-args before the first boot and before the base is here: auto has not decided.
+    let out = qemu_args();
+    assert!(out.contains("decides at the first boot"), "{out}");
+    assert!(
+        out.contains("pc,accel=tcg") && !out.contains("pflash"),
+        "{out}"
+    );
+
+    // A pet whose state predates firmware records booted SeaBIOS on pc: it keeps it.
+    let pet = pod.path("pet");
+    std::fs::create_dir_all(&pet).expect("PET_DIR");
+    let old_state =
+        r#"{"mac":"52:54:00:aa:bb:cd","instance_id":"0e3c8a52-6a9d-4bb4-a2b1-3f1de2f0b0c2"}"#;
+    std::fs::write(pet.join("vm-keep.state.json"), old_state).expect("state");
+    let mut vm = pod.kvm_manager(&["run"], &env);
+    vm.wait_for_line("disk ready", BOOT);
+    let kept = vm.wait_for_line("the firmware this VM first booted with", T);
+    assert!(kept.contains("bios") && kept.contains("pc"), "{kept}");
+    let pid = crate::vm::pid1(&vm);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    vm.wait(T);
+    let out = vm.output();
+    assert!(
+        !out.contains("FIRMWARE=auto chose"),
+        "decided again:\n{out}"
+    );
+    let recorded = state(&pet, "vm-keep");
+    assert_eq!(recorded["firmware"]["firmware"], "bios", "{recorded}");
+    assert_eq!(recorded["firmware"]["machine"], "pc", "{recorded}");
+    assert!(
+        !pet.join("vm-keep.vars").exists(),
+        "a variable store was created"
+    );
+    let out = qemu_args();
+    assert!(
+        out.contains("pc,accel=tcg") && !out.contains("pflash"),
+        "{out}"
+    );
+
+    // Without the state (a new VM on the same, now downloaded, base) qemu-args reads the base.
+    std::fs::remove_file(pet.join("vm-keep.state.json")).expect("remove the state");
+    let out = qemu_args();
+    assert!(out.contains("FIRMWARE=auto chose uefi"), "{out}");
+    assert!(
+        out.contains("q35,accel=tcg,pflash0=fw-code,pflash1=fw-vars"),
+        "{out}"
+    );
+    let _ = std::fs::remove_file(image);
+}
+
+#[test]
+fn under_firmware_auto_a_base_whose_partition_table_cannot_be_read_is_bios_with_a_warning() {
+    let Some(cluster) = Cluster::for_test("kmae", "vm-el2") else {
+        return;
+    };
+    let pod = &cluster.pod;
+    // qemu opens a qcow2 with extended L2 entries; imago, which reads the partition table,
+    // does not.
+    let base = pod.path("image").join("el2.qcow2");
+    run(Command::new("qemu-img")
+        .args([
+            "convert",
+            "-f",
+            "qcow2",
+            "-O",
+            "qcow2",
+            "-o",
+            "extended_l2=on",
+        ])
+        .arg(guest_image().with_file_name("guest-uefi.qcow2"))
+        .arg(&base));
+    let target = base.display().to_string();
+    let mut args = pod.kvm_manager(
+        &["qemu-args"],
+        &cluster.env(&[("IMG_TARGET", target.as_str())]),
+    );
+    assert_eq!(args.wait(T).code(), Some(0), "{}", args.output());
+    let out = args.output();
+    assert!(
+        out.contains("could not read the base image's partition table and takes bios"),
+        "{out}"
+    );
+    assert!(out.contains("FIRMWARE=auto chose bios"), "{out}");
+    assert!(
+        out.contains("pc,accel=tcg") && !out.contains("pflash"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_image_subcommand_before_the_first_boot_records_what_auto_decides() {
+    let Some(cluster) = Cluster::for_test("kmai", "vm-img") else {
+        return;
+    };
+    let pod = &cluster.pod;
+    let (image, url) = esp_only_image(&cluster, &pod.path("esp-build"));
+    let env = cluster.env(&[("IMG_SOURCE", url.as_str())]);
+    // `image` writes the pet state: without a firmware record, `run` would take it for a VM
+    // that booted BIOS before records existed.
+    let mut prefetch = pod.kvm_manager(&["image"], &env);
+    assert_eq!(prefetch.wait(T).code(), Some(0), "{}", prefetch.output());
+    assert!(
+        prefetch.output().contains("FIRMWARE=auto chose uefi"),
+        "{}",
+        prefetch.output()
+    );
+    let recorded = state(&pod.path("pet"), "vm-img");
+    assert_eq!(recorded["firmware"]["firmware"], "uefi", "{recorded}");
+    let mut args = pod.kvm_manager(&["qemu-args"], &env);
+    assert_eq!(args.wait(T).code(), Some(0), "{}", args.output());
+    let out = args.output();
+    assert!(
+        out.contains("q35,accel=tcg,pflash0=fw-code,pflash1=fw-vars"),
+        "{out}"
+    );
+    let _ = std::fs::remove_file(image);
 }

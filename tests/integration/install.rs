@@ -3,7 +3,8 @@
 //! the disk in the boot order. The ISO here is built in the test with xorriso: a UEFI El
 //! Torito image (systemd-boot, the test guest's kernel with `kvmtest.install=1`) and the UEFI
 //! test guest's disk as `disk.img`, which the guest copies onto the blank disk. The second
-//! start boots the installed disk, without fetching the ISO again.
+//! start boots the installed disk, without fetching the ISO again. `INSTALL_MEDIA` may be a
+//! URL: fetched once into `IMAGE_DIR` (verified by `INSTALL_MEDIA_SHA256`), a further CD-ROM.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -94,11 +95,8 @@ fn an_iso_installs_onto_a_blank_disk_and_the_next_start_boots_the_disk_without_f
     let iso: PathBuf = guest_image().with_file_name(&name);
     build_iso(&work, &iso);
     let url = cluster.image_url.replace("guest.qcow2", &name);
-    let env = [
-        ("IMG_SOURCE", url.as_str()),
-        ("FIRMWARE", "uefi"),
-        ("VM_MEMORY", "512"),
-    ];
+    // FIRMWARE unset: auto reads the ISO's El Torito catalog, which boots UEFI only.
+    let env = [("IMG_SOURCE", url.as_str()), ("VM_MEMORY", "512")];
 
     // Without VM_DISK_SIZE: a clear configuration error.
     let mut vm = cluster.start(&env);
@@ -110,12 +108,29 @@ fn an_iso_installs_onto_a_blank_disk_and_the_next_start_boots_the_disk_without_f
         "{out}"
     );
 
+    let refused = out;
+
     let mut env = env.to_vec();
     env.push(("VM_DISK_SIZE", "128M"));
     let mut vm = cluster.start(&env);
     let done = vm.wait_for_line("KVMTEST install done", BOOT);
     assert!(field(&done, "dev").starts_with("/dev/sr"), "{done}");
     assert_eq!(vm.wait(T).code(), Some(0), "{}", vm.output());
+    // auto decided once: in the refused start when its state was written before the refusal
+    // ended it, else in this one.
+    let out = format!("{refused}\n{}", vm.output());
+    assert_eq!(
+        out.matches("FIRMWARE=auto chose uefi").count(),
+        1,
+        "not decided exactly once:\n{out}"
+    );
+    assert!(
+        out.contains("an ISO whose El Torito catalog boots UEFI only"),
+        "{out}"
+    );
+    let state = std::fs::read(pod.path("pet/vm-inst.state.json")).expect("state");
+    let state: serde_json::Value = serde_json::from_slice(&state).expect("json");
+    assert_eq!(state["firmware"]["firmware"], "uefi", "{state}");
     let overlay = pod.path("pet/vm-inst.qcow2");
     let info = Command::new("qemu-img")
         .args(["info", "--output=json"])
@@ -139,5 +154,98 @@ fn an_iso_installs_onto_a_blank_disk_and_the_next_start_boots_the_disk_without_f
     vm.wait_for_line("KVMTEST READY", BOOT);
     crate::vm::stop(&mut vm);
     cluster.open_gate();
+    let _ = std::fs::remove_file(&iso);
+}
+
+/// A small ISO labelled `label` with one file, served beside the test guest; returns its path
+/// (the caller removes it) and URL.
+fn served_iso(cluster: &Cluster, label: &str) -> (PathBuf, String) {
+    let tree = cluster.pod.path("media-tree");
+    std::fs::create_dir_all(&tree).expect("tree");
+    std::fs::write(tree.join("README.TXT"), "a driver disk\n").expect("file");
+    let name = format!("media-{}.iso", std::process::id());
+    let iso = guest_image().with_file_name(&name);
+    run(Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-R", "-J", "-V", label, "-o"])
+        .arg(&iso)
+        .arg(&tree));
+    (iso, cluster.image_url.replace("guest.qcow2", &name))
+}
+
+#[test]
+fn install_media_as_a_url_is_fetched_once_into_image_dir_and_the_guest_sees_a_second_cdrom() {
+    let Some(cluster) = Cluster::for_test("kmim", "vm-media") else {
+        return;
+    };
+    let pod = &cluster.pod;
+    let (iso, url) = served_iso(&cluster, "KVMMEDIA");
+    let name = iso
+        .file_name()
+        .expect("a name")
+        .to_string_lossy()
+        .into_owned();
+    let cached = pod.path("image").join(&name);
+    let sum = Command::new("sha256sum")
+        .arg(&iso)
+        .output()
+        .expect("sha256sum");
+    let sha256 = String::from_utf8_lossy(&sum.stdout)
+        .split_whitespace()
+        .next()
+        .expect("a digest")
+        .to_owned();
+    let env = [
+        ("INSTALL_MEDIA", url.as_str()),
+        ("INSTALL_MEDIA_SHA256", sha256.as_str()),
+    ];
+
+    // qemu-args shows where it will be: a CD-ROM from IMAGE_DIR, the URL's file name.
+    let mut args = pod.kvm_manager(&["qemu-args"], &cluster.env(&env));
+    assert_eq!(args.wait(T).code(), Some(0), "{}", args.output());
+    let out = args.output();
+    assert!(
+        out.contains(&format!(
+            "file={},if=none,id=media0,media=cdrom,readonly=on,format=raw",
+            cached.display()
+        )),
+        "{out}"
+    );
+
+    let mut vm = cluster.start(&env);
+    let cdroms = vm.wait_for_line("KVMTEST cdroms", BOOT);
+    assert!(
+        field(&cdroms, "list").contains("config-2") && field(&cdroms, "list").contains("KVMMEDIA"),
+        "{cdroms}"
+    );
+    vm.wait_for_line("KVMTEST READY", BOOT);
+    crate::vm::stop(&mut vm);
+    assert!(
+        vm.output().contains("INSTALL_MEDIA ready"),
+        "{}",
+        vm.output()
+    );
+    assert_eq!(
+        std::fs::read(&cached).expect("cached in IMAGE_DIR"),
+        std::fs::read(&iso).expect("iso")
+    );
+
+    // The second start: nothing is fetched (the image server would hold it), the same CD.
+    cluster.close_gate();
+    let mut vm = cluster.start(&env);
+    let cdroms = vm.wait_for_line("KVMTEST cdroms", BOOT);
+    assert!(field(&cdroms, "list").contains("KVMMEDIA"), "{cdroms}");
+    vm.wait_for_line("KVMTEST READY", BOOT);
+    crate::vm::stop(&mut vm);
+    cluster.open_gate();
+
+    // A wrong digest is refused before the VM starts (exit 3), and the cached copy is not used.
+    std::fs::remove_file(&cached).expect("uncache");
+    let wrong = "0".repeat(64);
+    let mut vm = cluster.start(&[
+        ("INSTALL_MEDIA", url.as_str()),
+        ("INSTALL_MEDIA_SHA256", wrong.as_str()),
+    ]);
+    assert_eq!(vm.wait(BOOT).code(), Some(3), "{}", vm.output());
+    assert!(!cached.exists(), "a mismatching download was kept");
     let _ = std::fs::remove_file(&iso);
 }
