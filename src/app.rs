@@ -160,8 +160,10 @@ fn image(config: &Config, target: &ImageTarget) -> Result<u8, Error> {
             signal = pid1.shutdown_requested() => return Err(ImageError::Interrupted(signal).into()),
         };
         // The state is written with the firmware `run` will boot, decided as `run` does: a
-        // state without it means a VM that booted BIOS (see `qemu::firmware::recorded`).
-        let (existed, record) = (loaded.existed, loaded.state.firmware.clone());
+        // state without it, beside a pet disk, means a VM that booted BIOS
+        // (`launch::booted_before`).
+        let existed = launch::booted_before(config, loaded.existed);
+        let record = loaded.state.firmware.clone();
         let firmware = match launch::firmware(config, existed, record.as_ref())? {
             Some(plan) => plan,
             None => {
@@ -241,7 +243,8 @@ fn qemu_args(config: &Config) -> Result<u8, Error> {
         )?;
         let stored = crate::state::stored(&config.pet_dir, &config.hostname)?;
         let record = stored.as_ref().and_then(|s| s.firmware.as_ref());
-        let firmware = launch::firmware_preview(config, stored.is_some(), record)?;
+        let existed = launch::booted_before(config, stored.is_some());
+        let firmware = launch::firmware_preview(config, existed, record)?;
         let launch = launch::decide(
             config,
             Some(&wiring),

@@ -155,6 +155,14 @@ pub(super) fn firmware_detected(
     firmware::decide(&config.firmware, recorded.as_ref(), vars, Some(detected))
 }
 
+/// Whether this VM booted before, as far as a state without a firmware record tells: its state
+/// and its pet disk are both there. `config-drive` and `network` write a state but no disk,
+/// and a VM that never had a disk has no OS whose firmware could be switched under it: auto
+/// still decides for it.
+pub(super) fn booted_before(config: &Config, state_exists: bool) -> bool {
+    state_exists && config.overlay_path().exists()
+}
+
 /// [`firmware()`] for `qemu-args`: where `FIRMWARE=auto` still has to decide, from the base if
 /// it is already downloaded, else BIOS with a line saying the first boot decides.
 pub(super) fn firmware_preview(

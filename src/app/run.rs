@@ -224,7 +224,7 @@ async fn prepare(
         source,
     })?;
     let mut loaded = state::load(&config.pet_dir, &config.hostname, config.net.vm_mac)?;
-    let existed = loaded.existed;
+    let existed = launch::booted_before(config, loaded.existed);
     let record = loaded.state.firmware.clone();
     // `None`: FIRMWARE=auto decides from the base, once it is here.
     let decided = launch::firmware(config, existed, record.as_ref())?;

@@ -95,8 +95,8 @@ pub(crate) struct Plan {
     pub uefi: Option<(Uefi, VarsAction)>,
 }
 
-/// The recorded firmware of a pet: `None` before its first boot; a state without a record
-/// booted SeaBIOS on `pc`.
+/// The recorded firmware of a pet: `None` before its first boot (`existed`: see
+/// `app::launch::booted_before`); a state without a record booted SeaBIOS on `pc`.
 pub(crate) fn recorded(existed: bool, record: Option<&FirmwareRecord>) -> Option<FirmwareRecord> {
     match record {
         Some(record) => Some(record.clone()),

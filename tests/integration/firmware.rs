@@ -256,6 +256,16 @@ fn under_firmware_auto_an_esp_only_disk_boots_uefi_on_q35_and_the_state_records_
     };
     let (image, url) = esp_only_image(&cluster, &cluster.pod.path("esp-build"));
     let env = [("IMG_SOURCE", url.as_str())];
+    // `config-drive` before the first run writes a state, but boots nothing: auto still
+    // decides at the first run.
+    let iso = cluster.pod.path("early.iso");
+    let iso = iso.to_str().expect("a UTF-8 path");
+    let mut drive = cluster
+        .pod
+        .kvm_manager(&["config-drive", "--output", iso], &cluster.env(&env));
+    assert_eq!(drive.wait(T).code(), Some(0), "{}", drive.output());
+    let early = state(&cluster.pod.path("pet"), "vm-auto");
+    assert!(early.get("firmware").is_none(), "{early}");
     let mut vm = cluster.start(&env);
     // Only a guest under UEFI prints this line.
     let efi = vm.wait_for_line("KVMTEST efi ", BOOT);
@@ -338,6 +348,17 @@ fn under_firmware_auto_a_pet_that_booted_bios_stays_bios_when_its_base_becomes_u
     let old_state =
         r#"{"mac":"52:54:00:aa:bb:cd","instance_id":"0e3c8a52-6a9d-4bb4-a2b1-3f1de2f0b0c2"}"#;
     std::fs::write(pet.join("vm-keep.state.json"), old_state).expect("state");
+    // ... and has its pet disk, an overlay of the base in IMAGE_DIR.
+    let overlay = pet.join("vm-keep.qcow2");
+    let name = url.rsplit('/').next().expect("a file name");
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(&image)
+        .arg(&overlay));
+    run(Command::new("qemu-img")
+        .args(["rebase", "-u", "-F", "qcow2", "-b"])
+        .arg(pod.path("image").join(name))
+        .arg(&overlay));
     let mut vm = pod.kvm_manager(&["run"], &env);
     vm.wait_for_line("disk ready", BOOT);
     let kept = vm.wait_for_line("the firmware this VM first booted with", T);
