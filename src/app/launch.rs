@@ -96,7 +96,7 @@ pub(super) fn probe(config: &Config, known: Option<&BaseImage>) -> Result<Probed
 }
 
 /// The firmware of this start, from the config and what the pet state recorded (`existed`:
-/// the state file was there, so the VM booted before); `None` when `FIRMWARE=auto` must
+/// the VM booted before, [`booted_before`]); `None` when `FIRMWARE=auto` must
 /// first read the base ([`detect_boot`], [`firmware_detected`]).
 pub(super) fn firmware(
     config: &Config,

@@ -196,7 +196,8 @@ pub(crate) async fn start(plan: &TpmPlan, reaper: &Reaper) -> Result<Swtpm, TpmE
                 path: plan.socket.clone(),
             });
         }
-        sleep(Duration::from_millis(10)).await;
+        // swtpm answers a few ms after its exec: a coarse poll would be most of its cost.
+        sleep(Duration::from_millis(2)).await;
     }
     Ok(Swtpm(swtpm))
 }
