@@ -72,6 +72,28 @@ fn a_uefi_guest_reads_its_config_drive_and_keeps_its_variables_across_a_restart(
     stop(&mut vm);
 }
 
+/// A pet whose state predates firmware records (it booted SeaBIOS on `pc`), with its disk: an
+/// overlay of the base that `url` puts in IMAGE_DIR (made from `base`, the same image here).
+/// Returns the state file's text.
+fn old_pet(pod: &crate::pod::Pod, hostname: &str, base: &Path, url: &str) -> String {
+    let pet = pod.path("pet");
+    std::fs::create_dir_all(&pet).expect("PET_DIR");
+    let old_state =
+        r#"{"mac":"52:54:00:aa:bb:cd","instance_id":"0e3c8a52-6a9d-4bb4-a2b1-3f1de2f0b0c2"}"#;
+    std::fs::write(pet.join(format!("{hostname}.state.json")), old_state).expect("state");
+    let overlay = pet.join(format!("{hostname}.qcow2"));
+    let name = url.rsplit('/').next().expect("a file name");
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(base)
+        .arg(&overlay));
+    run(Command::new("qemu-img")
+        .args(["rebase", "-u", "-F", "qcow2", "-b"])
+        .arg(pod.path("image").join(name))
+        .arg(&overlay));
+    old_state.to_owned()
+}
+
 #[test]
 fn changing_the_firmware_of_an_existing_vm_exits_2_unless_firmware_reset_is_set() {
     let Some(cluster) = Cluster::for_test("kmfx", "vm-old") else {
@@ -80,10 +102,7 @@ fn changing_the_firmware_of_an_existing_vm_exits_2_unless_firmware_reset_is_set(
     let pod = &cluster.pod;
     // A pet whose state predates firmware records: it booted SeaBIOS on pc.
     let pet = pod.path("pet");
-    std::fs::create_dir_all(&pet).expect("PET_DIR");
-    let old_state =
-        r#"{"mac":"52:54:00:aa:bb:cc","instance_id":"0e3c8a52-6a9d-4bb4-a2b1-3f1de2f0b0c1"}"#;
-    std::fs::write(pet.join("vm-old.state.json"), old_state).expect("state");
+    let old_state = old_pet(pod, "vm-old", &guest_image(), &cluster.image_url);
 
     let mut vm = cluster.start(&[("FIRMWARE", "uefi")]);
     assert_eq!(vm.wait(T).code(), Some(CONFIG), "{}", vm.output());
@@ -344,21 +363,7 @@ fn under_firmware_auto_a_pet_that_booted_bios_stays_bios_when_its_base_becomes_u
 
     // A pet whose state predates firmware records booted SeaBIOS on pc: it keeps it.
     let pet = pod.path("pet");
-    std::fs::create_dir_all(&pet).expect("PET_DIR");
-    let old_state =
-        r#"{"mac":"52:54:00:aa:bb:cd","instance_id":"0e3c8a52-6a9d-4bb4-a2b1-3f1de2f0b0c2"}"#;
-    std::fs::write(pet.join("vm-keep.state.json"), old_state).expect("state");
-    // ... and has its pet disk, an overlay of the base in IMAGE_DIR.
-    let overlay = pet.join("vm-keep.qcow2");
-    let name = url.rsplit('/').next().expect("a file name");
-    run(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(&image)
-        .arg(&overlay));
-    run(Command::new("qemu-img")
-        .args(["rebase", "-u", "-F", "qcow2", "-b"])
-        .arg(pod.path("image").join(name))
-        .arg(&overlay));
+    old_pet(pod, "vm-keep", &image, &url);
     let mut vm = pod.kvm_manager(&["run"], &env);
     vm.wait_for_line("disk ready", BOOT);
     let kept = vm.wait_for_line("the firmware this VM first booted with", T);
