@@ -168,7 +168,7 @@ fn image(config: &Config, target: &ImageTarget) -> Result<u8, Error> {
             Some(plan) => plan,
             None => {
                 let found = launch::detect_boot(&base);
-                launch::firmware_detected(config, existed, record.as_ref(), &base.path, found)?
+                launch::firmware_detected(config, existed, record.as_ref(), &base.path, found, true)?
             }
         };
         loaded.record_firmware(firmware.record)?;

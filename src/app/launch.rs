@@ -130,24 +130,31 @@ pub(super) fn detect_boot(base: &BaseImage) -> Detection {
 }
 
 /// `FIRMWARE=auto` at the first boot (or with `FIRMWARE_RESET`): decides from what the base
-/// at `base` boots with ([`detect_boot`]) and says what it chose and why.
+/// at `base` boots with ([`detect_boot`]) and says what it chose and why. `records`: the
+/// caller writes the choice into the pet state (`run`, `image`); `qemu-args` does not.
 pub(super) fn firmware_detected(
     config: &Config,
     existed: bool,
     record: Option<&crate::state::FirmwareRecord>,
     base: &Path,
     found: Detection,
+    records: bool,
 ) -> Result<Plan, FirmwareError> {
     let detected = if found.uefi {
         FirmwareKind::Uefi
     } else {
         FirmwareKind::Bios
     };
+    let outcome = if records {
+        "this VM keeps it from now on"
+    } else {
+        "nothing is recorded yet: the first boot decides, from this base"
+    };
     tracing::info!(
         firmware = detected.name(),
         base = %base.display(),
         why = found.why,
-        "FIRMWARE=auto chose {} from the base image; this VM keeps it from now on",
+        "FIRMWARE=auto chose {} from the base image; {outcome}",
         detected.name()
     );
     let recorded = firmware::recorded(existed, record);
@@ -184,7 +191,7 @@ pub(super) fn firmware_preview(
     match base {
         Some(base) => {
             let found = detect_boot(&base);
-            firmware_detected(config, existed, record, &base.path, found)
+            firmware_detected(config, existed, record, &base.path, found, false)
         }
         None => {
             tracing::info!(

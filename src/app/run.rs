@@ -245,7 +245,7 @@ async fn prepare(
                 };
                 let path = base.path.clone();
                 let found = on_worker(move || launch::detect_boot(&base)).await;
-                launch::firmware_detected(config, existed, record.as_ref(), &path, found)?
+                launch::firmware_detected(config, existed, record.as_ref(), &path, found, true)?
             }
         };
         loaded.record_firmware(firmware.record.clone())?;

@@ -393,6 +393,15 @@ fn under_firmware_auto_a_pet_that_booted_bios_stays_bios_when_its_base_becomes_u
     std::fs::remove_file(pet.join("vm-keep.state.json")).expect("remove the state");
     let out = qemu_args();
     assert!(out.contains("FIRMWARE=auto chose uefi"), "{out}");
+    // qemu-args writes no state, and says so.
+    assert!(
+        out.contains("nothing is recorded yet") && !out.contains("keeps it from now on"),
+        "{out}"
+    );
+    assert!(
+        !pet.join("vm-keep.state.json").exists(),
+        "qemu-args wrote a state"
+    );
     assert!(
         out.contains("q35,accel=tcg,pflash0=fw-code,pflash1=fw-vars"),
         "{out}"
