@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::vm::{field, guest_image, stop, Cluster, BOOT, T};
+use crate::vm::{field, guest_image, pet_state as state, stop, Cluster, BOOT, T};
 
 /// A configuration error.
 const CONFIG: i32 = 2;
@@ -19,14 +19,7 @@ fn uefi_image_url(cluster: &Cluster) -> String {
 
 /// The URL of `guest-NAME.qcow2`, built beside the test guest.
 fn variant_url(cluster: &Cluster, name: &str) -> String {
-    cluster
-        .image_url
-        .replace("guest.qcow2", &format!("guest-{name}.qcow2"))
-}
-
-fn state(pet: &Path, hostname: &str) -> serde_json::Value {
-    let bytes = std::fs::read(pet.join(format!("{hostname}.state.json"))).expect("state file");
-    serde_json::from_slice(&bytes).expect("state is JSON")
+    cluster.url_of(&format!("guest-{name}.qcow2"))
 }
 
 #[test]
@@ -265,7 +258,7 @@ fn esp_only_image(cluster: &Cluster, work: &Path) -> (PathBuf, String) {
         .args(["convert", "-f", "raw", "-O", "qcow2"])
         .arg(&disk)
         .arg(&image));
-    (image, cluster.image_url.replace("guest.qcow2", &name))
+    (image, cluster.url_of(&name))
 }
 
 #[test]

@@ -4,20 +4,13 @@
 //! the same pet volume boots with it. The store is checked as OVMF's own format between the two pods:
 //! the size of the template, a firmware volume, and the variable as a live record.
 
-use std::path::Path;
-
 use crate::support::require_root_for_this_test;
-use crate::vm::{field, stop, Cluster, BOOT, T};
+use crate::vm::{field, pet_state as state, stop, Cluster, BOOT, T};
 
 /// Debian's OVMF template the store of `FIRMWARE=uefi` is copied from.
 const TEMPLATE: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 /// The test guest's variable (tests/guest/init, option efivar).
 const NAME: &str = "KvmTest";
-
-fn state(pet: &Path, hostname: &str) -> serde_json::Value {
-    let bytes = std::fs::read(pet.join(format!("{hostname}.state.json"))).expect("state file");
-    serde_json::from_slice(&bytes).expect("state is JSON")
-}
 
 fn u16_at(bytes: &[u8], at: usize) -> usize {
     usize::from(u16::from_le_bytes([bytes[at], bytes[at + 1]]))
@@ -76,7 +69,7 @@ fn a_uefi_variable_survives_deleting_the_pod_and_re_creating_it_on_the_same_volu
     let hostname = "vm-nvram";
 
     let first = Cluster::new("kmnv", hostname);
-    let url = first.image_url.replace("guest.qcow2", "guest-uefi.qcow2");
+    let url = first.url_of("guest-uefi.qcow2");
     let env = [
         ("IMG_SOURCE", url.as_str()),
         ("FIRMWARE", "uefi"),
@@ -131,7 +124,7 @@ fn a_uefi_variable_survives_deleting_the_pod_and_re_creating_it_on_the_same_volu
     // A new pod, same hostname, same pet volume: the variable is there, the store reused.
     let second = Cluster::new("kmnv", hostname);
     assert_ne!(second.pod.pod_ns, old_ns, "not a new pod");
-    let url = second.image_url.replace("guest.qcow2", "guest-uefi.qcow2");
+    let url = second.url_of("guest-uefi.qcow2");
     let env = [
         ("IMG_SOURCE", url.as_str()),
         ("FIRMWARE", "uefi"),

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::vm::{field, guest_image, Cluster, BOOT, T};
+use crate::vm::{field, guest_image, pet_state, Cluster, BOOT, T};
 
 fn run(command: &mut Command) {
     let out = command.output().expect("run a tool");
@@ -94,7 +94,7 @@ fn an_iso_installs_onto_a_blank_disk_and_the_next_start_boots_the_disk_without_f
     let name = format!("install-{}.img", std::process::id());
     let iso: PathBuf = guest_image().with_file_name(&name);
     build_iso(&work, &iso);
-    let url = cluster.image_url.replace("guest.qcow2", &name);
+    let url = cluster.url_of(&name);
     // FIRMWARE unset: auto reads the ISO's El Torito catalog, which boots UEFI only.
     let env = [("IMG_SOURCE", url.as_str()), ("VM_MEMORY", "512")];
 
@@ -134,8 +134,7 @@ fn an_iso_installs_onto_a_blank_disk_and_the_next_start_boots_the_disk_without_f
         out.contains("an ISO whose El Torito catalog boots UEFI only"),
         "{out}"
     );
-    let state = std::fs::read(pod.path("pet/vm-inst.state.json")).expect("state");
-    let state: serde_json::Value = serde_json::from_slice(&state).expect("json");
+    let state = pet_state(&pod.path("pet"), "vm-inst");
     assert_eq!(state["firmware"]["firmware"], "uefi", "{state}");
     let overlay = pod.path("pet/vm-inst.qcow2");
     let info = Command::new("qemu-img")
@@ -175,7 +174,7 @@ fn served_iso(cluster: &Cluster, label: &str) -> (PathBuf, String) {
         .args(["-as", "mkisofs", "-quiet", "-R", "-J", "-V", label, "-o"])
         .arg(&iso)
         .arg(&tree));
-    (iso, cluster.image_url.replace("guest.qcow2", &name))
+    (iso, cluster.url_of(&name))
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use crate::pod::Pod;
 use crate::support::{names_in, require_root, Running, BIN};
-use crate::vm::{field, guest_image, http_get, pid1, stop, Cluster, BOOT, T};
+use crate::vm::{field, guest_image, http_get, pet_state, pid1, stop, Cluster, BOOT, T};
 
 /// "Another kvm-manager owns this pet".
 const OWNED: i32 = 8;
@@ -20,9 +20,7 @@ fn qcow2_size(path: &Path) -> u64 {
 }
 
 fn instance_id(pet: &Path, hostname: &str) -> String {
-    let state = std::fs::read(pet.join(format!("{hostname}.state.json"))).expect("state file");
-    let state: serde_json::Value = serde_json::from_slice(&state).expect("state is JSON");
-    state["instance_id"]
+    pet_state(pet, hostname)["instance_id"]
         .as_str()
         .expect("an instance_id")
         .to_owned()

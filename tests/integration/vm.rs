@@ -2,7 +2,7 @@
 //! guest's image over HTTP (through a gate a test can close to hold the download) and answers
 //! DNS like cluster DNS; helpers to reach the pod's PID 1 and its HTTP endpoints.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -111,6 +111,12 @@ impl Cluster {
         cluster
     }
 
+    /// The URL of `file` where the cluster serves the test guest: its variants
+    /// (`guest-uefi.qcow2`, …) and the images a test builds beside it.
+    pub fn url_of(&self, file: &str) -> String {
+        self.image_url.replace("guest.qcow2", file)
+    }
+
     /// Holds every image download until [`Cluster::open_gate`]: kvm-manager stays in its
     /// first phase for as long as the test needs to look at it.
     pub fn close_gate(&self) {
@@ -181,6 +187,12 @@ impl Cluster {
 }
 
 /// SIGTERM to the pod's PID 1: the guest powers off and kvm-manager exits 0.
+/// The pet state `PET_DIR/<hostname>.state.json`, parsed.
+pub fn pet_state(pet: &Path, hostname: &str) -> serde_json::Value {
+    let bytes = std::fs::read(pet.join(format!("{hostname}.state.json"))).expect("state file");
+    serde_json::from_slice(&bytes).expect("state is JSON")
+}
+
 pub fn stop(vm: &mut Running) {
     kill(pid1(vm), Signal::SIGTERM).expect("SIGTERM to PID 1");
     assert_eq!(vm.wait(T).code(), Some(0), "{}", vm.output());
