@@ -9,6 +9,7 @@ use std::path::Path;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::support::Running;
 use crate::vm::{field, stop, Cluster, BOOT, T};
 
 /// swtpm died or refused its state.
@@ -28,6 +29,31 @@ fn named(pids: &[String], name: &str) -> Vec<i32> {
         .collect()
 }
 
+/// The first boot on a new TPM: the guest finds no NV index, stores `value` in one through
+/// the raw TPM 2.0 commands (NV_DefineSpace, NV_Write, NV_Read), and its kernel's `driver`
+/// finds a TPM 2.0. The VM is stopped after.
+fn first_boot_stores(cluster: &Cluster, env: &[(&str, &str)], value: &str, driver: &str) {
+    cluster.user_data(&format!("#cloud-config\n# kvmtest.tpm_nv={value}\n"));
+    let mut vm = cluster.start(env);
+    let tpm = vm.wait_for_line("KVMTEST tpm dev=", BOOT);
+    assert_eq!(field(&tpm, "nv"), "", "a new TPM has no index yet: {tpm}");
+    vm.wait_for_line(&format!("KVMTEST tpm written={value}"), T);
+    let dev = vm.wait_for_line("KVMTEST tpmdev ", T);
+    assert_eq!(field(&dev, "version"), "2", "{dev}");
+    assert_eq!(field(&dev, "driver"), driver, "{dev}");
+    vm.wait_for_line("KVMTEST READY", BOOT);
+    stop(&mut vm);
+}
+
+/// A later boot: the guest reads `value` back from the TPM. The VM is left running.
+fn boot_reads(cluster: &Cluster, env: &[(&str, &str)], value: &str, what: &str) -> Running {
+    let mut vm = cluster.start(env);
+    let tpm = vm.wait_for_line("KVMTEST tpm dev=", BOOT);
+    assert_eq!(field(&tpm, "nv"), value, "{what}: {tpm}");
+    vm.wait_for_line("KVMTEST READY", BOOT);
+    vm
+}
+
 /// `FIRMWARE=bios MACHINE=q35`: SeaBIOS boots fast, and q35 gives the guest a CRB TPM.
 const ENV: [(&str, &str); 2] = [("TPM", "2.0"), ("MACHINE", "q35")];
 
@@ -37,26 +63,15 @@ fn a_value_stored_in_the_tpm_survives_three_restarts_and_swtpm_dying_exits_10() 
         return;
     };
     let pod = &cluster.pod;
-    cluster.user_data("#cloud-config\n# kvmtest.tpm_nv=tpmkept1\n");
-    let mut vm = cluster.start(&ENV);
-    let tpm = vm.wait_for_line("KVMTEST tpm dev=", BOOT);
-    assert_eq!(field(&tpm, "nv"), "", "a new TPM has no index yet: {tpm}");
-    vm.wait_for_line("KVMTEST tpm written=tpmkept1", T);
-    let dev = vm.wait_for_line("KVMTEST tpmdev ", T);
-    assert_eq!(field(&dev, "version"), "2", "{dev}");
-    assert_eq!(field(&dev, "driver"), "tpm_crb", "q35 gives tpm-crb: {dev}");
-    vm.wait_for_line("KVMTEST READY", BOOT);
-    stop(&mut vm);
+    // q35 gives tpm-crb.
+    first_boot_stores(&cluster, &ENV, "tpmkept1", "tpm_crb");
     assert!(
         pod.path("pet/vm-tpm.tpm/tpm2-00.permall").exists(),
         "no TPM state in the pet"
     );
 
     for restart in 1..=3 {
-        let mut vm = cluster.start(&ENV);
-        let tpm = vm.wait_for_line("KVMTEST tpm dev=", BOOT);
-        assert_eq!(field(&tpm, "nv"), "tpmkept1", "restart {restart}: {tpm}");
-        vm.wait_for_line("KVMTEST READY", BOOT);
+        let mut vm = boot_reads(&cluster, &ENV, "tpmkept1", &format!("restart {restart}"));
         if restart < 3 {
             stop(&mut vm);
             continue;
@@ -129,22 +144,8 @@ fn on_pc_the_guest_sees_a_tis_tpm_2_0_and_a_stored_value_is_read_back_after_a_re
     assert!(out.contains("tpm-tis,tpmdev=tpm0"), "{out}");
     assert!(!out.contains("tpm-crb"), "{out}");
 
-    cluster.user_data("#cloud-config\n# kvmtest.tpm_nv=tiskept1\n");
-    let mut vm = cluster.start(&env);
-    let tpm = vm.wait_for_line("KVMTEST tpm dev=", BOOT);
-    assert_eq!(field(&tpm, "nv"), "", "a new TPM has no index yet: {tpm}");
-    // The raw TPM 2.0 commands (NV_DefineSpace, NV_Write, NV_Read) are answered.
-    vm.wait_for_line("KVMTEST tpm written=tiskept1", T);
-    let dev = vm.wait_for_line("KVMTEST tpmdev ", T);
-    assert_eq!(field(&dev, "version"), "2", "{dev}");
-    assert_eq!(field(&dev, "driver"), "tpm_tis", "{dev}");
-    vm.wait_for_line("KVMTEST READY", BOOT);
-    stop(&mut vm);
-
-    let mut vm = cluster.start(&env);
-    let tpm = vm.wait_for_line("KVMTEST tpm dev=", BOOT);
-    assert_eq!(field(&tpm, "nv"), "tiskept1", "{tpm}");
-    vm.wait_for_line("KVMTEST READY", BOOT);
+    first_boot_stores(&cluster, &env, "tiskept1", "tpm_tis");
+    let mut vm = boot_reads(&cluster, &env, "tiskept1", "after a restart");
     stop(&mut vm);
     assert!(
         pod.path("pet/vm-tis.tpm/tpm2-00.permall").exists(),
